@@ -1,0 +1,1 @@
+"""The feature store: sharded Zarr arrays plus a Parquet manifest."""

@@ -1,0 +1,302 @@
+"""Validated configuration: one pydantic schema for every YAML file in `configs/`.
+
+Unknown keys and wrong types are errors that name the key and the file. Every command takes
+`--config FILE` plus repeatable `--set dotted.key=value` overrides, applied before validation
+so that an override is checked exactly like a value in the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from clare.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- data
+
+
+class SubsetSpec(_Strict):
+    """One named subset: a DeepfakeBench JSON list or a `<folder>/{real,fake}` tree."""
+
+    name: str
+    list: str | None = Field(
+        default=None, description="JSON list file relative to data.lists_dir (default <name>.json)"
+    )
+    folder: str | None = Field(
+        default=None, description="folder layout <root>/<folder>/{real,fake}/... instead of a list"
+    )
+    json_split: str | None = Field(
+        default=None, description="split key inside the JSON list (default: the split prepared)"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SubsetSpec:
+        if self.list is not None and self.folder is not None:
+            raise ValueError(f"subset '{self.name}' names both a list and a folder; keep one")
+        return self
+
+
+class FramesPerVideo(_Strict):
+    train: int = Field(default=32, ge=1)
+    test: int = Field(default=8, ge=1)
+
+
+class DataConfig(_Strict):
+    root: Path = Field(description="dataset root that listed frame paths are relative to")
+    lists_dir: Path | None = Field(
+        default=None, description="folder of DeepfakeBench JSON lists (None: folder layout only)"
+    )
+    prefix_map: dict[str, str] = Field(
+        default_factory=lambda: {"deepfakes_detection_datasets/": ""},
+        description="rewrites of the leading part of listed paths, applied before joining root",
+    )
+    label_map: dict[str, Literal[0, 1]] = Field(
+        default_factory=dict, description="explicit label name -> 0 (real) / 1 (fake)"
+    )
+    label_suffixes: dict[str, Literal[0, 1]] = Field(
+        default_factory=lambda: {"_real": 0, "_fake": 1},
+        description="case-insensitive suffix rule used when a name is not in label_map",
+    )
+    frames_per_video: FramesPerVideo = Field(default_factory=FramesPerVideo)
+    on_missing: Literal["error", "skip"] = "skip"
+    index_dir: Path = Path("stores/index")
+    train: list[SubsetSpec] = Field(default_factory=list)
+    test: list[SubsetSpec] = Field(default_factory=list)
+
+    @field_validator("train", "test", mode="before")
+    @classmethod
+    def _names_as_specs(cls, value: Any) -> Any:
+        # A bare string is shorthand for {name: <string>}.
+        if isinstance(value, list):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+
+
+# --------------------------------------------------------------------------- models
+
+
+class StableDiffusionConfig(_Strict):
+    pretrained: str = Field(
+        default="runwayml/stable-diffusion-v1-5",
+        description="hub id or local folder with vae/unet/scheduler/text_encoder/tokenizer",
+    )
+    revision: str | None = None
+
+
+class ClipConfig(_Strict):
+    model: str = Field(default="ViT-L-14", description="open_clip model name")
+    pretrained: str = Field(default="openai", description="open_clip tag or local checkpoint")
+    model_config_file: Path | None = Field(
+        default=None, description="open_clip model config JSON to register (custom/tiny models)"
+    )
+
+
+class ModelsConfig(_Strict):
+    sd: StableDiffusionConfig = Field(default_factory=StableDiffusionConfig)
+    clip: ClipConfig = Field(default_factory=ClipConfig)
+    local_files_only: bool = Field(
+        default=False, description="never contact a hub (implied when paths are local)"
+    )
+
+
+# --------------------------------------------------------------------------- stage one
+
+
+class LareConfig(_Strict):
+    timestep: int = Field(default=200, ge=0, le=999)
+    ensemble: int = Field(default=4, ge=1)
+    image_size: int = Field(default=256, ge=64, multiple_of=8)
+    prompt: str = "a photo of a face"
+
+
+class AugmentConfig(_Strict):
+    """Seeded augmentations of views >= 1 (view 0 is always the clean image)."""
+
+    crop_scale: tuple[float, float] = (0.8, 1.0)
+    flip_p: float = Field(default=0.5, ge=0, le=1)
+    jpeg_p: float = Field(default=0.5, ge=0, le=1)
+    jpeg_quality: tuple[int, int] = (40, 100)
+    blur_p: float = Field(default=0.3, ge=0, le=1)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+
+
+class ExtractConfig(_Strict):
+    batch_size: int = Field(default=16, ge=1)
+    views: int = Field(default=1, ge=1)
+    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    workers: int = Field(default=1, ge=1)
+    decode_threads: int = Field(default=2, ge=1)
+    shard_rows: int | None = Field(
+        default=None, ge=1, description="rows per shard (None: about 64 MB of tokens per shard)"
+    )
+    min_image_size: int = Field(default=8, ge=1, description="smaller images become failed rows")
+    max_image_pixels: int = Field(default=89_478_485, ge=1, description="PIL bomb limit")
+    max_failures: float = Field(default=1.0, ge=0, le=1)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+
+# --------------------------------------------------------------------------- stage two
+
+
+class PromptConfig(_Strict):
+    n_ctx: int = Field(default=16, ge=1)
+    ctx_init: str | None = Field(default=None, description="initialise context from these words")
+    class_token_position: Literal["end", "front", "middle"] = "end"
+    class_specific: bool = False
+    classnames: tuple[str, str] = ("real", "fake")
+
+
+class FitConfig(_Strict):
+    module: Literal["fusion", "lare", "clipping"] = "fusion"
+    strategy: Literal["coop", "cocoop"] = "coop"
+    attention: Literal["v1", "v2"] = "v2"
+    name: str | None = Field(default=None, description="run name (default: module-strategy)")
+    epochs: int = Field(default=10, ge=1)
+    max_steps: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    lr: float = Field(default=1e-3, gt=0)
+    prompt_lr: float | None = Field(default=None, gt=0, description="default: lr")
+    weight_decay: float = Field(default=5e-4, ge=0)
+    prompt_weight_decay: float | None = Field(default=None, ge=0, description="default: weight_decay")
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    warmup_steps: int = Field(default=0, ge=0)
+    warmup_lr: float = Field(default=1e-5, ge=0)
+    grad_clip: float | None = Field(default=1.0, gt=0)
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    val_fraction: float = Field(default=0.05, gt=0, lt=1)
+    val_every: int | None = Field(default=None, ge=1, description="steps (None: every epoch)")
+    shuffle_window: int = Field(default=2, ge=1, description="shards shuffled together")
+    prefetch: int = Field(default=2, ge=0, description="batches read ahead in the background")
+    device: str = "auto"
+    amp: bool = True
+    prompt: PromptConfig = Field(default_factory=PromptConfig)
+
+
+class EvalConfig(_Strict):
+    batch_size: int = Field(default=256, ge=1)
+    stores: list[str] = Field(default_factory=lambda: ["test"])
+    perturbations: list[str] = Field(
+        default_factory=list, description="robustness stores, e.g. jpeg=50 or blur=1.0"
+    )
+    device: str = "auto"
+    lare_examples: int = Field(default=4, ge=0)
+
+
+class PathsConfig(_Strict):
+    stores: Path = Path("stores")
+    runs: Path = Path("runs")
+    reports: Path = Path("reports")
+
+
+class DemoConfig(_Strict):
+    """Where the demo keeps its generated data and tiny models (built by `clare prepare`)."""
+
+    data_out: Path | None = None
+    models_out: Path | None = None
+
+
+class Config(_Strict):
+    seed: int = 0
+    paths: PathsConfig = Field(default_factory=PathsConfig)
+    data: DataConfig
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+    lare: LareConfig = Field(default_factory=LareConfig)
+    extract: ExtractConfig = Field(default_factory=ExtractConfig)
+    fit: FitConfig = Field(default_factory=FitConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    demo: DemoConfig | None = None
+
+    def run_name(self) -> str:
+        return self.fit.name or f"{self.fit.module}-{self.fit.strategy}"
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: '{key}' is not a section in {source}")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split `a.b=value`; the value is read as YAML so numbers, booleans and lists work."""
+    if "=" not in text:
+        raise ConfigError(f"--set '{text}': expected dotted.key=value, e.g. --set fit.lr=0.01")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set '{text}': empty key; expected dotted.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: value '{raw}' is not valid YAML ({exc.__class__.__name__})")
+    return key, value
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return f"{source}: unknown key '{key}'; remove it or fix its spelling"
+    if kind == "missing":
+        return f"{source}: required key '{key}' is missing; add it"
+    got = err.get("input")
+    shown = repr(got) if not isinstance(got, dict) else "a mapping"
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{source}: key '{key}': {err['msg']} (got {shown}){more}"
+
+
+def load_config_dict(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found; pass an existing --config FILE")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise ConfigError(f"{path}: malformed YAML{at}; fix the syntax") from None
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, not {type(tree).__name__}")
+    return tree
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read, override and validate a config; any problem raises ConfigError naming file and key."""
+    path = Path(path)
+    tree = load_config_dict(path)
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value, str(path))
+    source = f"{path}" + (" (with --set overrides)" if overrides else "")
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain, YAML-safe dictionary (paths as strings, tuples as lists)."""
+    return cfg.model_dump(mode="json")

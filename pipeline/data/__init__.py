@@ -1,0 +1,1 @@
+"""Data: DF40 lists and folders, the synthetic mini-DF40, image decoding and views."""

@@ -1,0 +1,1 @@
+"""Models: loading of frozen backbones, tiny test models, frozen feature extractors, trainable heads."""
