@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -30,7 +30,7 @@ ConfigOpt = Annotated[
     Path, typer.Option("--config", "-c", help="YAML config file (see configs/).")
 ]
 SetOpt = Annotated[
-    Optional[list[str]],  # noqa: UP007 - typer needs Optional here
+    list[str] | None,  # noqa: UP007 - typer needs Optional here
     typer.Option("--set", "-s", help="Override a config key: dotted.key=value (repeatable)."),
 ]
 
@@ -60,13 +60,13 @@ def prepare(config: ConfigOpt, set_: SetOpt = None) -> None:
 def extract(
     config: ConfigOpt,
     split: Annotated[str, typer.Option(help="train or test")] = "train",
-    subset: Annotated[Optional[list[str]], typer.Option(help="Only these subsets.")] = None,  # noqa: UP007
-    views: Annotated[Optional[int], typer.Option(help="Views per image (view 0 clean).")] = None,  # noqa: UP007
-    perturb: Annotated[Optional[str], typer.Option(help="jpeg=Q or blur=SIGMA")] = None,  # noqa: UP007
-    workers: Annotated[Optional[int], typer.Option(help="Dask LocalCluster workers.")] = None,  # noqa: UP007
-    scheduler: Annotated[Optional[str], typer.Option(help="Address of a running Dask scheduler.")] = None,  # noqa: UP007
-    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N")] = None,  # noqa: UP007
-    max_failures: Annotated[Optional[float], typer.Option(help="Exit non-zero above this failed fraction.")] = None,  # noqa: UP007
+    subset: Annotated[list[str] | None, typer.Option(help="Only these subsets.")] = None,  # noqa: UP007
+    views: Annotated[int | None, typer.Option(help="Views per image (view 0 clean).")] = None,  # noqa: UP007
+    perturb: Annotated[str | None, typer.Option(help="jpeg=Q or blur=SIGMA")] = None,  # noqa: UP007
+    workers: Annotated[int | None, typer.Option(help="Dask LocalCluster workers.")] = None,  # noqa: UP007
+    scheduler: Annotated[str | None, typer.Option(help="Address of a running Dask scheduler.")] = None,  # noqa: UP007
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N")] = None,  # noqa: UP007
+    max_failures: Annotated[float | None, typer.Option(help="Exit non-zero above this failed fraction.")] = None,  # noqa: UP007
     overwrite: Annotated[bool, typer.Option(help="Delete an existing store and start afresh.")] = False,
     set_: SetOpt = None,
 ) -> None:
@@ -90,10 +90,10 @@ def extract(
 @app.command()
 def fit(
     config: ConfigOpt,
-    module: Annotated[Optional[str], typer.Option(help="fusion, lare or clipping")] = None,  # noqa: UP007
-    strategy: Annotated[Optional[str], typer.Option(help="coop or cocoop")] = None,  # noqa: UP007
-    attention: Annotated[Optional[str], typer.Option(help="v1 or v2 (fusion)")] = None,  # noqa: UP007
-    name: Annotated[Optional[str], typer.Option(help="Run name (runs/<name>).")] = None,  # noqa: UP007
+    module: Annotated[str | None, typer.Option(help="fusion, lare or clipping")] = None,  # noqa: UP007
+    strategy: Annotated[str | None, typer.Option(help="coop or cocoop")] = None,  # noqa: UP007
+    attention: Annotated[str | None, typer.Option(help="v1 or v2 (fusion)")] = None,  # noqa: UP007
+    name: Annotated[str | None, typer.Option(help="Run name (runs/<name>).")] = None,  # noqa: UP007
     resume: Annotated[bool, typer.Option(help="Continue from runs/<name>/last.ckpt.")] = False,
     set_: SetOpt = None,
 ) -> None:
@@ -109,8 +109,8 @@ def fit(
 @app.command("eval")
 def evaluate(
     config: ConfigOpt,
-    run: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<name>).")] = None,  # noqa: UP007
-    stores: Annotated[Optional[list[str]], typer.Option(help="Store names under the store dir.")] = None,  # noqa: UP007
+    run: Annotated[Path | None, typer.Option(help="Run directory (default runs/<name>).")] = None,  # noqa: UP007
+    stores: Annotated[list[str] | None, typer.Option(help="Store names under the store dir.")] = None,  # noqa: UP007
     report: Annotated[bool, typer.Option(help="Also write report.md and report.html.")] = False,
     set_: SetOpt = None,
 ) -> None:

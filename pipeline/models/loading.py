@@ -1,0 +1,231 @@
+"""The one loading path for the frozen backbones, real or tiny.
+
+Stable Diffusion parts come through diffusers/transformers `from_pretrained` (a hub id or a
+local folder with `vae`, `unet`, `scheduler`, `text_encoder`, `tokenizer` subfolders); CLIP comes
+through open_clip (`pretrained` is a tag or a local checkpoint file). Tests and the demo load the
+tiny models of `clare.models.tiny` through exactly these functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clare.config import ClipConfig, ModelsConfig, StableDiffusionConfig
+from clare.errors import ModelLoadError
+
+SD_SUBFOLDERS = ("vae", "unet", "scheduler", "text_encoder", "tokenizer")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+
+@dataclass
+class StableDiffusionParts:
+    """The frozen SD components LaRE needs (no pipeline object: we never sample images)."""
+
+    vae: Any
+    unet: Any
+    scheduler: Any
+    text_encoder: Any
+    tokenizer: Any
+    source: str
+
+
+@dataclass
+class ClipParts:
+    model: Any
+    preprocess: Any
+    tokenizer: Any
+    name: str
+    pretrained: str
+
+
+def _looks_local(name: str) -> bool:
+    # A hub id is "org/name"; anything else (or anything that exists on disk) is a path.
+    return Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") != 1
+
+
+def _sd_missing_message(where: str, key: str) -> str:
+    return (
+        f"{key}: Stable Diffusion weights not found at '{where}'; download them with "
+        f"`huggingface-cli download runwayml/stable-diffusion-v1-5 --local-dir {where}` "
+        "or build test models with `clare models tiny --out models/tiny`"
+    )
+
+
+def load_stable_diffusion(
+    cfg: StableDiffusionConfig, *, local_files_only: bool = False
+) -> StableDiffusionParts:
+    """Load VAE, UNet, DDPM scheduler, text encoder and tokenizer; all frozen, eval mode, fp32."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    source = cfg.pretrained
+    kwargs: dict[str, Any] = {"revision": cfg.revision} if cfg.revision else {}
+    if _looks_local(source):
+        root = Path(source).expanduser()
+        if not root.is_dir():
+            raise ModelLoadError(_sd_missing_message(source, "models.sd.pretrained"))
+        missing = [sub for sub in SD_SUBFOLDERS if not (root / sub).is_dir()]
+        if missing:
+            raise ModelLoadError(
+                f"models.sd.pretrained: '{source}' lacks subfolder(s) {', '.join(missing)}; "
+                "point it at a diffusers Stable Diffusion folder"
+            )
+        source, local_files_only = str(root), True
+    kwargs["local_files_only"] = local_files_only
+    try:
+        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **kwargs)
+        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kwargs)
+        # SD1.5 ships a PNDM config; its betas define the same DDPM forward process.
+        scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", **kwargs)
+        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kwargs)
+        tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kwargs)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(
+            f"models.sd.pretrained: could not load '{cfg.pretrained}' ({first}); "
+            "on an offline machine point it at a local diffusers folder"
+        ) from None
+    for module in (vae, unet, text_encoder):
+        module.requires_grad_(False).eval()
+    return StableDiffusionParts(vae, unet, scheduler, text_encoder, tokenizer, cfg.pretrained)
+
+
+def register_clip_config(cfg: ClipConfig) -> None:
+    """Make a custom open_clip model config (e.g. the tiny test model) known to open_clip."""
+    import open_clip
+
+    if cfg.model_config_file is None:
+        return
+    path = Path(cfg.model_config_file)
+    if not path.is_file():
+        raise ModelLoadError(
+            f"models.clip.model_config_file: '{path}' not found; "
+            "build it with `clare models tiny --out models/tiny` or remove the key"
+        )
+    open_clip.add_model_config(path)
+
+
+def load_clip(cfg: ClipConfig) -> ClipParts:
+    """Load an open_clip model (frozen, eval mode), its own eval preprocessing and tokenizer."""
+    import open_clip
+
+    register_clip_config(cfg)
+    if cfg.model not in open_clip.list_models():
+        raise ModelLoadError(
+            f"models.clip.model: '{cfg.model}' is not an open_clip model; see "
+            "open_clip.list_models() or set models.clip.model_config_file"
+        )
+    pretrained = cfg.pretrained
+    is_file = Path(pretrained).suffix in _WEIGHT_SUFFIXES or "/" in pretrained
+    if is_file and not Path(pretrained).is_file():
+        raise ModelLoadError(
+            f"models.clip.pretrained: checkpoint '{pretrained}' not found; download the open_clip "
+            "weights or build test models with `clare models tiny --out models/tiny`"
+        )
+    # open_clip logs a warning for random init only; silence its chatter about configs.
+    logging.getLogger("root").setLevel(logging.ERROR)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(cfg.model, pretrained=pretrained)
+    except (OSError, RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(
+            f"models.clip.pretrained: could not load '{pretrained}' for '{cfg.model}' ({first}); "
+            "on an offline machine give a local checkpoint file"
+        ) from None
+    model.requires_grad_(False).eval()
+    tokenizer = open_clip.get_tokenizer(cfg.model)
+    return ClipParts(model, preprocess, tokenizer, cfg.model, pretrained)
+
+
+def clip_dims(model: Any) -> dict[str, int]:
+    """Widths the heads are built from: embedding E, vision width W, patch grid g, text width T."""
+    visual = model.visual
+    grid = visual.grid_size if hasattr(visual, "grid_size") else None
+    if grid is None or grid[0] != grid[1]:
+        raise ModelLoadError("models.clip.model: CLaRE needs a ViT with a square patch grid")
+    return {
+        "embed": int(visual.output_dim),
+        "width": int(visual.transformer.width),
+        "grid": int(grid[0]),
+        "tokens": int(grid[0] * grid[1]),
+        "text_width": int(model.token_embedding.embedding_dim),
+    }
+
+
+def _sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def file_hash(path: Path) -> str:
+    """sha256 of a weight file, memoised on (path, size, mtime) because SD files are GBs."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASH_CACHE:
+        _HASH_CACHE[key] = _sha256(path)
+    return _HASH_CACHE[key]
+
+
+def _hub_snapshot(repo_id: str, revision: str | None) -> Path | None:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached or not a hub id: nothing to hash
+        return None
+
+
+def weights_fingerprint(models: ModelsConfig) -> dict[str, Any]:
+    """Identify the exact weights: model ids plus sha256 of every local weight file.
+
+    For hub ids the resolved snapshot folder is hashed (its files are what from_pretrained
+    loaded); the config alone would not notice a re-downloaded, changed revision.
+    """
+    sd_root: Path | None
+    if _looks_local(models.sd.pretrained):
+        sd_root = Path(models.sd.pretrained).expanduser()
+    else:
+        sd_root = _hub_snapshot(models.sd.pretrained, models.sd.revision)
+    sd_files: dict[str, str] = {}
+    if sd_root is not None and sd_root.is_dir():
+        for sub in ("vae", "unet", "text_encoder", "scheduler", "tokenizer"):
+            for path in sorted((sd_root / sub).glob("*")):
+                if path.is_file() and (path.suffix in _WEIGHT_SUFFIXES or path.suffix in {".json", ".txt"}):
+                    sd_files[f"{sub}/{path.name}"] = file_hash(path)
+    clip_file = Path(models.clip.pretrained)
+    clip_hash = file_hash(clip_file) if clip_file.is_file() else None
+    clip_cfg_hash = (
+        file_hash(Path(models.clip.model_config_file))
+        if models.clip.model_config_file and Path(models.clip.model_config_file).is_file()
+        else None
+    )
+    return {
+        "sd": {"pretrained": models.sd.pretrained, "revision": models.sd.revision, "files": sd_files},
+        "clip": {
+            "model": models.clip.model,
+            "pretrained": models.clip.pretrained,
+            "sha256": clip_hash,
+            "model_config_sha256": clip_cfg_hash,
+        },
+    }
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device '{name}' requested but no CUDA GPU is visible; use --device cpu")
+    return device

@@ -1,0 +1,491 @@
+"""Stage one: run the frozen VAE, UNet and CLIP ViT once per image and view, into a FeatureStore.
+
+Work is split by shard: a worker owns whole shards (different files, so writers never collide),
+computes every row of its shard and writes each array with a single assignment. A shard is done
+when its marker exists, so a killed run resumes by redoing only unmarked shards. Within a shard,
+decoding and preprocessing run in a thread pool ahead of the model batches.
+
+With one worker (the default) shards run in this process; `--workers N` starts a dask
+LocalCluster and `--scheduler ADDRESS` uses an existing Dask cluster (e.g. dask-jobqueue).
+Every random draw of a row is seeded from (seed, image sha256, view), and shards have fixed
+rows and batches, so the arrays are the same for any number of workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+import clare
+from clare.cache.store import FeatureStore, default_shard_rows, fingerprint_digest
+from clare.config import Config
+from clare.data.images import ImageDecodeError, decode_image
+from clare.data.views import Perturbation, derive_seed, make_view, parse_perturbation
+from clare.errors import ConfigError, StoreError
+
+# --------------------------------------------------------------------------- job description
+
+
+@dataclass
+class ExtractJob:
+    """Everything a worker needs to compute any shard of one store (picklable)."""
+
+    config: dict[str, Any]
+    store_path: str
+    data_root: str
+    rows: pd.DataFrame  # the store's manifest skeleton: row, path, subset, ..., view, perturb
+    device: str
+    perturb: str | None
+
+
+@dataclass
+class ShardResult:
+    index: int
+    ok: int
+    failed: int
+    reasons: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass
+class ExtractSummary:
+    store: Path
+    rows: int
+    images: int
+    views: int
+    ok: int
+    failed: int
+    reasons: dict[str, int]
+    shards_total: int
+    shards_run: int
+    seconds: float
+    bytes_per_row: float
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else float("nan")
+
+
+# --------------------------------------------------------------------------- models per worker
+
+_MODEL_CACHE: dict[str, Any] = {}
+
+
+class FeatureExtractor:
+    """The frozen networks of stage one, loaded once per worker process."""
+
+    def __init__(self, cfg: Config, device: torch.device) -> None:
+        from clare.models.clip_image import ClipImageEncoder
+        from clare.models.lare import LareExtractor
+        from clare.models.loading import load_clip, load_stable_diffusion
+
+        sd = load_stable_diffusion(cfg.models.sd, local_files_only=cfg.models.local_files_only)
+        clip = load_clip(cfg.models.clip)
+        ext = cfg.extract
+        self.lare = LareExtractor(sd, cfg.lare, device, ext.precision, ext.channels_last, ext.compile)
+        self.clip = ClipImageEncoder(clip.model, device, ext.precision, ext.channels_last)
+        self.clip_preprocess = clip.preprocess
+        self.cfg = cfg
+
+
+def get_extractor(cfg: Config, device: torch.device) -> FeatureExtractor:
+    key = json.dumps([cfg.models.model_dump(mode="json"), cfg.lare.model_dump(), str(device),
+                      cfg.extract.precision, cfg.extract.channels_last, cfg.extract.compile])
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE.clear()  # one model set per worker: free the previous one first
+        _MODEL_CACHE[key] = FeatureExtractor(cfg, device)
+    return _MODEL_CACHE[key]
+
+
+# --------------------------------------------------------------------------- one shard
+
+
+@dataclass
+class _Prepared:
+    lare_pixels: torch.Tensor | None
+    clip_pixels: torch.Tensor | None
+    sha256: str | None
+    width: int | None
+    height: int | None
+    error: str | None
+
+
+def _prepare_row(
+    path: Path, view: int, cfg: Config, extractor: FeatureExtractor, perturbation: Perturbation | None
+) -> _Prepared:
+    from clare.models.lare import lare_pixels
+
+    try:
+        decoded = decode_image(
+            path, max_pixels=cfg.extract.max_image_pixels, min_size=cfg.extract.min_image_size
+        )
+    except ImageDecodeError as exc:
+        return _Prepared(None, None, None, None, None, str(exc))
+    image = make_view(
+        decoded.image,
+        seed=cfg.seed,
+        image_sha256=decoded.sha256,
+        view=view,
+        aug=cfg.extract.augment,
+        perturbation=perturbation,
+    )
+    # The same (augmented) pixels feed both branches.
+    return _Prepared(
+        lare_pixels(image, cfg.lare.image_size),
+        extractor.clip_preprocess(image),
+        decoded.sha256,
+        decoded.width,
+        decoded.height,
+        None,
+    )
+
+
+def _batched(items: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _resolve_worker_device(name: str) -> torch.device:
+    from clare.models.loading import resolve_device
+
+    device = resolve_device(name)
+    if device.type == "cuda" and device.index is None and torch.cuda.device_count() > 1:
+        # One GPU per Dask worker: worker i takes cuda:i (mod the GPUs it can see).
+        try:
+            from dask.distributed import get_worker
+
+            worker_name = get_worker().name
+            slot = int(worker_name) if str(worker_name).isdigit() else hash(worker_name)
+            device = torch.device("cuda", slot % torch.cuda.device_count())
+        except (ImportError, ValueError):
+            pass
+    return device
+
+
+def compute_shard(job: ExtractJob, index: int) -> ShardResult:
+    """Compute and write one shard of the store. Runs in the driver or in a Dask worker."""
+    started = time.perf_counter()
+    cfg = Config.model_validate(job.config)
+    device = _resolve_worker_device(job.device)
+    extractor = get_extractor(cfg, device)
+    perturbation = parse_perturbation(job.perturb)
+    store = FeatureStore(job.store_path)
+    start, stop = store.shard_bounds(index)
+    rows = job.rows.iloc[start:stop].reset_index(drop=True)
+    n = len(rows)
+    shapes = store.meta["shapes"]
+    out = {
+        "lare": np.full((n, *shapes["lare"]), np.nan, dtype=np.float32),
+        "cls": np.full((n, *shapes["cls"]), np.nan, dtype=np.float32),
+        "tokens": np.full((n, *shapes["tokens"]), np.nan, dtype=np.float16),
+    }
+    status = ["failed"] * n
+    errors: list[str] = [""] * n
+    sha = [""] * n
+    width = np.zeros(n, dtype=np.int32)
+    height = np.zeros(n, dtype=np.int32)
+    root = Path(job.data_root)
+
+    def prepare(i: int) -> _Prepared:
+        return _prepare_row(root / rows.at[i, "path"], int(rows.at[i, "view"]), cfg, extractor, perturbation)
+
+    batch_size = cfg.extract.batch_size
+    batches = list(_batched(list(range(n)), batch_size))
+    with ThreadPoolExecutor(max_workers=cfg.extract.decode_threads) as pool:
+        # Keep up to two batches of decoding in flight ahead of the model work.
+        pending: list[list[Future[_Prepared]]] = []
+        for batch in batches[:2]:
+            pending.append([pool.submit(prepare, i) for i in batch])
+        for number, batch in enumerate(batches):
+            prepared = [future.result() for future in pending.pop(0)]
+            following = number + 2
+            if following < len(batches):
+                pending.append([pool.submit(prepare, i) for i in batches[following]])
+            good = [k for k, item in enumerate(prepared) if item.error is None]
+            for k, item in enumerate(prepared):
+                i = batch[k]
+                if item.error is not None:
+                    errors[i] = item.error
+                else:
+                    sha[i], width[i], height[i] = item.sha256, item.width, item.height
+            if not good:
+                continue
+            lare_in = torch.stack([prepared[k].lare_pixels for k in good])
+            clip_in = torch.stack([prepared[k].clip_pixels for k in good])
+            generators = [
+                torch.Generator().manual_seed(
+                    derive_seed(cfg.seed, prepared[k].sha256, int(rows.at[batch[k], "view"]), "lare")
+                )
+                for k in good
+            ]
+            lare = extractor.lare(lare_in, generators).numpy()
+            cls, tokens = extractor.clip(clip_in)
+            for j, k in enumerate(good):
+                i = batch[k]
+                out["lare"][i], out["cls"][i], out["tokens"][i] = lare[j], cls[j].numpy(), tokens[j].numpy()
+                finite = np.isfinite(lare[j]).all() and np.isfinite(out["cls"][i]).all()
+                if finite and np.isfinite(out["tokens"][i]).all():
+                    status[i] = "ok"
+                else:
+                    errors[i] = "non-finite features: the model produced NaN or inf"
+                    for name in out:
+                        out[name][i] = np.nan
+    manifest = rows.assign(
+        status=status,
+        error=errors,
+        sha256=sha,
+        width=width,
+        height=height,
+    )
+    store.write_shard(index, out, manifest)
+    reasons = Counter(err.split(":", 1)[0] for err in errors if err)
+    failed = int(sum(1 for s in status if s != "ok"))
+    return ShardResult(index, n - failed, failed, dict(reasons), time.perf_counter() - started)
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def store_dir(cfg: Config, split: str, perturbation: Perturbation | None) -> Path:
+    name = split if perturbation is None else f"{split}-{perturbation.tag}"
+    return cfg.paths.stores / name
+
+
+def load_index(cfg: Config, split: str, subsets: list[str] | None) -> pd.DataFrame:
+    path = cfg.data.index_dir / f"{split}.parquet"
+    if not path.is_file():
+        raise StoreError(f"{path}: index not found; run `clare prepare --config CONFIG` first")
+    index = pd.read_parquet(path)
+    if subsets:
+        unknown = sorted(set(subsets) - set(index["subset"]))
+        if unknown:
+            raise ConfigError(
+                f"--subset {', '.join(unknown)}: not in {path}; known: {', '.join(sorted(set(index['subset'])))}"
+            )
+        index = index[index["subset"].isin(subsets)].reset_index(drop=True)
+    if index.empty:
+        raise StoreError(f"{path}: the {split} index is empty; check data.{split} in the config")
+    return index
+
+
+def _row_skeleton(index: pd.DataFrame, views: int, perturbation: Perturbation | None) -> pd.DataFrame:
+    """Image-major rows: the K views of an image are adjacent (row = image * K + view)."""
+    repeated = index.loc[index.index.repeat(views)].reset_index(drop=True)
+    repeated["view"] = np.tile(np.arange(views, dtype=np.int16), len(index))
+    repeated["perturb"] = perturbation.spec if perturbation else ""
+    repeated.insert(0, "row", np.arange(len(repeated), dtype=np.int64))
+    keep = ["row", "path", "subset", "label", "video", "frame", "view", "perturb"]
+    return repeated[keep]
+
+
+def _index_digest(rows: pd.DataFrame) -> str:
+    fields = rows[["path", "subset", "label", "video", "frame", "view"]].astype(str)
+    return hashlib.sha256("\n".join("\t".join(r) for r in fields.itertuples(index=False)).encode()).hexdigest()
+
+
+def build_fingerprint(
+    cfg: Config, rows: pd.DataFrame, views: int, perturbation: Perturbation | None
+) -> dict[str, Any]:
+    """Everything that changes the numbers in the store; batch size and workers do not."""
+    from clare.models.loading import weights_fingerprint
+
+    return {
+        "weights": weights_fingerprint(cfg.models),
+        "lare": cfg.lare.model_dump(mode="json"),
+        "clip": {"model": cfg.models.clip.model, "pretrained": cfg.models.clip.pretrained,
+                 "preprocess": "open_clip model default (eval)"},
+        "precision": cfg.extract.precision,
+        "views": views,
+        "augment": cfg.extract.augment.model_dump(mode="json") if views > 1 else None,
+        "perturb": perturbation.spec if perturbation else None,
+        "decode": {"min_image_size": cfg.extract.min_image_size,
+                   "max_image_pixels": cfg.extract.max_image_pixels},
+        "seed": cfg.seed,
+        "index_sha256": _index_digest(rows),
+        "clare_version": clare.__version__,
+    }
+
+
+def _feature_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
+    from clare.models.loading import clip_dims, load_clip
+
+    dims = clip_dims(load_clip(cfg.models.clip).model)
+    side = cfg.lare.image_size // 8
+    return {"lare": (4, side, side), "cls": (dims["embed"],), "tokens": (dims["tokens"], dims["width"])}
+
+
+def _describe_mismatch(old: dict[str, Any], new: dict[str, Any]) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return ", ".join(keys) or "unknown"
+
+
+def _run_shards(job: ExtractJob, pending: list[int], store: FeatureStore, workers: int,
+                scheduler: str | None, on_done) -> None:
+    if workers == 1 and scheduler is None:
+        for index in pending:
+            on_done(compute_shard(job, index))
+        return
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    if scheduler is not None:
+        client = Client(scheduler)
+        cluster = None
+    else:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        client = Client(cluster)
+    try:
+        futures = [client.submit(compute_shard, job, index, pure=False, key=f"clare-shard-{index}")
+                   for index in pending]
+        for future in as_completed(futures):
+            on_done(future.result())
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def run_extract(
+    cfg: Config,
+    *,
+    split: str = "train",
+    subsets: list[str] | None = None,
+    views: int | None = None,
+    perturb: str | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    device: str | None = None,
+    max_failures: float | None = None,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> ExtractSummary:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    if split not in ("train", "test"):
+        raise ConfigError(f"--split '{split}': expected train or test")
+    views = views if views is not None else cfg.extract.views
+    if views < 1:
+        raise ConfigError(f"--views {views}: must be at least 1")
+    if split == "test" and views != 1:
+        raise ConfigError("--views: test stores hold view 0 only; drop --views for --split test")
+    perturbation = parse_perturbation(perturb)
+    workers = workers if workers is not None else cfg.extract.workers
+    max_failures = max_failures if max_failures is not None else cfg.extract.max_failures
+    console = Console(stderr=True, quiet=quiet)
+
+    index = load_index(cfg, split, subsets)
+    rows = _row_skeleton(index, views, perturbation)
+    fingerprint = build_fingerprint(cfg, rows, views, perturbation)
+    path = store_dir(cfg, split, perturbation)
+    store = FeatureStore(path)
+    started = time.perf_counter()
+    with store.lock():
+        if store.exists() and overwrite:
+            store.destroy()
+            store = FeatureStore(path)
+        if store.exists():
+            old = store.meta.get("fingerprint", {})
+            if old != fingerprint:
+                raise StoreError(
+                    f"{path}: built with other settings ({_describe_mismatch(old, fingerprint)} differ); "
+                    "use --overwrite to rebuild it or another paths.stores"
+                )
+        else:
+            shapes = _feature_shapes(cfg)
+            shard_rows = cfg.extract.shard_rows or default_shard_rows(*shapes["tokens"])
+            store = FeatureStore.create(
+                path, n_rows=len(rows), shapes=shapes, shard_rows=shard_rows,
+                meta={"fingerprint": fingerprint, "fingerprint_sha256": fingerprint_digest(fingerprint),
+                      "split": split, "views": views, "n_images": len(index),
+                      "perturb": perturbation.spec if perturbation else None,
+                      "subsets": sorted(set(rows["subset"])),
+                      "libraries": {"torch": torch.__version__}},
+            )
+        removed = store.remove_partials()
+        if removed:
+            console.print(f"removed {removed} orphaned *.partial file(s) of an interrupted write")
+        done = store.completed_shards()
+        pending = [i for i in range(store.n_shards) if i not in done]
+        job = ExtractJob(
+            config=cfg.model_dump(mode="json"),
+            store_path=str(path),
+            data_root=str(cfg.data.root),
+            rows=rows,
+            device=device or cfg.extract.device,
+            perturb=perturbation.spec if perturbation else None,
+        )
+        if done:
+            console.print(f"resuming {path}: {len(done)} of {store.n_shards} shards already complete")
+        reasons: Counter[str] = Counter()
+        progress = Progress(
+            TextColumn("[bold]extract {task.fields[store]}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} rows"),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        already = sum(store.shard_bounds(i)[1] - store.shard_bounds(i)[0] for i in done)
+        with progress:
+            task = progress.add_task("extract", total=len(rows), completed=already, store=path.name, rate="")
+            run_started = time.perf_counter()
+            computed = 0
+
+            def on_done(result: ShardResult) -> None:
+                nonlocal computed
+                start, stop = store.shard_bounds(result.index)
+                computed += stop - start
+                reasons.update(result.reasons)
+                store.record_progress()
+                rate = computed / max(time.perf_counter() - run_started, 1e-9)
+                progress.update(task, advance=stop - start, rate=f"{rate:.1f} img/s")
+
+            _run_shards(job, pending, store, workers, scheduler, on_done)
+        manifest = store.finalize()
+    seconds = time.perf_counter() - started
+    failed_rows = manifest[manifest["status"] != "ok"]
+    all_reasons = Counter(str(e).split(":", 1)[0] for e in failed_rows["error"])
+    size = sum(p.stat().st_size for p in store.zarr_path.rglob("*") if p.is_file())
+    summary = ExtractSummary(
+        store=path, rows=len(manifest), images=len(index), views=views,
+        ok=int(len(manifest) - len(failed_rows)), failed=len(failed_rows), reasons=dict(all_reasons),
+        shards_total=store.n_shards, shards_run=len(pending), seconds=seconds,
+        bytes_per_row=size / max(len(manifest), 1),
+    )
+    _print_summary(console, summary)
+    fraction = summary.failed / max(summary.rows, 1)
+    if fraction > max_failures:
+        raise StoreError(
+            f"{path}: {summary.failed} of {summary.rows} rows failed ({fraction:.1%}), above "
+            f"--max-failures {max_failures:.1%}; see the error column of manifest.parquet"
+        )
+    return summary
+
+
+def _print_summary(console: Any, summary: ExtractSummary) -> None:
+    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary.reasons.items())) or "none"
+    console.print(
+        f"[bold]{summary.store}[/]: {summary.rows} rows ({summary.images} images x {summary.views} "
+        f"view(s)), {summary.ok} ok, {summary.failed} failed ({reasons}); "
+        f"{summary.shards_run} of {summary.shards_total} shards computed in {summary.seconds:.1f} s; "
+        f"{summary.bytes_per_row / 1024:.1f} KiB per row on disk"
+    )
