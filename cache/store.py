@@ -229,7 +229,9 @@ class FeatureStore:
         self._marker(index).unlink(missing_ok=True)
         for name in ARRAYS:
             self.array(name)[start:stop] = arrays[name]
-        checksums = {name: file_sha256(path) for name, path in self.shard_files(index).items()}
+        # Zarr writes no file for a shard that is all fill value (every row failed): None.
+        checksums = {name: file_sha256(path) if path.is_file() else None
+                     for name, path in self.shard_files(index).items()}
         atomic_write_parquet(self._part(index), manifest[list(MANIFEST_COLUMNS)])
         failed = int((manifest["status"] != "ok").sum())
         marker = {"shard": index, "rows": [start, stop], "checksums": checksums,

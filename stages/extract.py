@@ -389,7 +389,7 @@ def run_extract(
     perturbation = parse_perturbation(perturb)
     workers = workers if workers is not None else cfg.extract.workers
     max_failures = max_failures if max_failures is not None else cfg.extract.max_failures
-    console = Console(stderr=True, quiet=quiet)
+    console = Console(stderr=True, quiet=quiet, soft_wrap=True)
 
     index = load_index(cfg, split, subsets)
     rows = _row_skeleton(index, views, perturbation)

@@ -1,0 +1,282 @@
+"""Learnable text prompts (CoOp / CoCoOp) and the frozen open_clip text tower they run through.
+
+A prompt is the token sequence of "X X ... X <classname>." where the placeholder embeddings
+"X" are replaced by learned context vectors. The start token (prefix) and the class tokens,
+full stop, end token and padding (suffix) are frozen embeddings kept as buffers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from clare.config import PromptConfig
+from clare.errors import ConfigError, ModelLoadError
+
+Strategy = Literal["coop", "cocoop"]
+Tokenizer = Callable[[Sequence[str]], Tensor]
+
+PLACEHOLDER = "X"
+CTX_INIT_STD = 0.02
+META_NET_REDUCTION = 16
+
+
+def _text_tower(clip_model: nn.Module) -> tuple[nn.Module, str]:
+    """The module holding the text parts (CLIP keeps them flat, CustomTextCLIP under `.text`)."""
+    text = getattr(clip_model, "text", None)
+    if text is not None:
+        if not hasattr(text, "transformer") or not hasattr(text, "positional_embedding"):
+            raise ModelLoadError(
+                f"text tower {type(text).__name__} is not an open_clip TextTransformer; "
+                "use a CLIP model with the standard open_clip text tower"
+            )
+        if getattr(text, "cls_emb", None) is not None or getattr(text, "use_pad_mask", False):
+            raise ModelLoadError(
+                f"text tower {type(text).__name__} uses a CoCa class token or padding mask, which "
+                "prompt learning does not support; use a CLIP model"
+            )
+        return text, getattr(text, "pool_type", "argmax")
+    if not hasattr(clip_model, "transformer") or not hasattr(clip_model, "token_embedding"):
+        raise ModelLoadError(
+            f"{type(clip_model).__name__} has no open_clip text tower; use an open_clip CLIP model"
+        )
+    return clip_model, getattr(clip_model, "text_pool_type", "argmax")
+
+
+def token_embedding_of(clip_model: nn.Module) -> nn.Embedding:
+    tower, _ = _text_tower(clip_model)
+    return tower.token_embedding
+
+
+class FrozenTextEncoder(nn.Module):
+    """open_clip's `encode_text` from token embeddings instead of token ids; all weights frozen.
+
+    The token embedding table (the largest text weight) is not kept: prompts arrive as
+    embeddings, and the learner reads the table once at construction.
+    """
+
+    # Detector uses this marker to leave the module out of trainable state dicts.
+    frozen_backbone = True
+
+    def __init__(self, clip_model: nn.Module) -> None:
+        super().__init__()
+        tower, pool_type = _text_tower(clip_model)
+        if pool_type not in ("argmax", "eos", "first", "last"):
+            raise ModelLoadError(
+                f"text pool type {pool_type!r} has no single output token; use a CLIP text tower "
+                "that pools at the end token"
+            )
+        self.pool_type = pool_type
+        self.eos_id = getattr(tower, "text_eos_id", getattr(tower, "eos_id", None))
+        self.transformer = tower.transformer
+        self.ln_final = tower.ln_final
+        self.positional_embedding = tower.positional_embedding
+        self.text_projection = tower.text_projection
+        mask = getattr(tower, "attn_mask", None)
+        self.register_buffer("attn_mask", None if mask is None else mask.clone(), persistent=False)
+        # open_clip >= 2.24 transposes inside Transformer.forward; older releases wanted (L, N, D).
+        self.expects_batch_first = hasattr(self.transformer, "batch_first")
+        self.width = tower.token_embedding.embedding_dim
+        self.context_length = self.positional_embedding.shape[0]
+        self.requires_grad_(False)
+        self.eval()
+
+    @property
+    def output_dim(self) -> int:
+        proj = self.text_projection
+        if proj is None:
+            return self.width
+        return proj.out_features if isinstance(proj, nn.Linear) else proj.shape[1]
+
+    def train(self, mode: bool = True) -> FrozenTextEncoder:
+        # Frozen: stays in eval mode whatever the detector around it does.
+        return super().train(False)
+
+    def pool_positions(self, token_ids: Tensor) -> Tensor:
+        """Index of the output token per sequence, as open_clip's text pooling picks it."""
+        n, length = token_ids.shape
+        if self.pool_type == "argmax":
+            return token_ids.argmax(dim=-1)
+        if self.pool_type == "eos":
+            return (token_ids == self.eos_id).int().argmax(dim=-1)
+        if self.pool_type == "first":
+            return torch.zeros(n, dtype=torch.long, device=token_ids.device)
+        return torch.full((n,), length - 1, dtype=torch.long, device=token_ids.device)
+
+    def forward(self, prompt_embeddings: Tensor, eot_index: Tensor) -> Tensor:
+        """(N, L, T) prompt embeddings and (N,) output positions -> (N, E) text features."""
+        length = prompt_embeddings.shape[1]
+        cast = (
+            self.transformer.get_cast_dtype()
+            if hasattr(self.transformer, "get_cast_dtype")
+            else None
+        )
+        cast = cast or self.positional_embedding.dtype
+        x = prompt_embeddings.to(cast) + self.positional_embedding[:length].to(cast)
+        mask = None if self.attn_mask is None else self.attn_mask[:length, :length]
+        if self.expects_batch_first:
+            x = self.transformer(x, attn_mask=mask)
+        else:
+            x = self.transformer(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
+        # LayerNorm acts per token, so pooling first gives encode_text's result for less work.
+        x = self.ln_final(x[torch.arange(x.shape[0], device=x.device), eot_index])
+        proj = self.text_projection
+        if proj is None:
+            return x
+        return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+
+
+def _content_ids(tokenizer: Tokenizer, text: str, encoder: FrozenTextEncoder) -> list[int]:
+    """Token ids of `text` without the start token, end token and padding."""
+    ids = tokenizer([text])[0]
+    end = int(encoder.pool_positions(ids[None])[0])
+    return ids[1:end].tolist()
+
+
+class PromptLearner(nn.Module):
+    """CoOp (shared or class-specific context) and CoCoOp (context + per-image meta-net bias).
+
+    forward(image_feature) -> text features: CoOp (n_cls, E); CoCoOp (B, n_cls, E).
+    """
+
+    def __init__(
+        self,
+        text_encoder: FrozenTextEncoder,
+        token_embedding: nn.Embedding,
+        tokenizer: Tokenizer,
+        cfg: PromptConfig,
+        strategy: Strategy = "coop",
+        feature_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        if strategy not in ("coop", "cocoop"):
+            raise ConfigError(f"fit.strategy={strategy!r}: expected 'coop' or 'cocoop'")
+        if strategy == "cocoop" and feature_dim is None:
+            raise ValueError("CoCoOp needs feature_dim, the width of the image feature it reads")
+        self.text_encoder = text_encoder
+        self.strategy = strategy
+        self.position = cfg.class_token_position
+        self.class_specific = cfg.class_specific
+        self.classnames = tuple(name.replace("_", " ") for name in cfg.classnames)
+        width = token_embedding.embedding_dim
+        embed = token_embedding.weight.detach()
+
+        init_words = cfg.ctx_init.replace("_", " ").strip() if cfg.ctx_init else ""
+        if cfg.ctx_init is not None and not init_words:
+            raise ConfigError(
+                "fit.prompt.ctx_init is empty; give words such as 'a photo of a' or null"
+            )
+        if init_words:
+            init_ids = _content_ids(tokenizer, init_words, text_encoder)
+            if not init_ids:
+                raise ConfigError(f"fit.prompt.ctx_init={cfg.ctx_init!r} has no tokens; give words")
+            n_ctx = len(init_ids)
+            ctx = embed[torch.tensor(init_ids, device=embed.device)].float().clone()
+            if self.class_specific:
+                ctx = ctx.unsqueeze(0).repeat(len(self.classnames), 1, 1)
+        else:
+            n_ctx = cfg.n_ctx
+            shape = (len(self.classnames), n_ctx, width) if self.class_specific else (n_ctx, width)
+            ctx = torch.randn(shape) * CTX_INIT_STD
+        self.n_ctx = n_ctx
+        self.ctx = nn.Parameter(ctx.to(embed.device))
+
+        prompts = [" ".join([PLACEHOLDER] * n_ctx) + f" {name}." for name in self.classnames]
+        token_ids = tokenizer(prompts).to(embed.device)
+        self._check_layout(tokenizer, token_ids, text_encoder, cfg)
+        with torch.no_grad():
+            embedded = token_embedding(token_ids).float()
+        self.register_buffer("token_ids", token_ids, persistent=False)
+        self.register_buffer("eot_index", text_encoder.pool_positions(token_ids), persistent=False)
+        self.register_buffer("token_prefix", embedded[:, :1].clone(), persistent=False)
+        self.register_buffer("token_suffix", embedded[:, 1 + n_ctx :].clone(), persistent=False)
+        self.name_lengths = [
+            len(_content_ids(tokenizer, name, text_encoder)) for name in self.classnames
+        ]
+
+        self.meta_net: nn.Module | None = None
+        if strategy == "cocoop":
+            hidden = max(1, feature_dim // META_NET_REDUCTION)
+            self.meta_net = nn.Sequential(
+                nn.Linear(feature_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, width)
+            )
+
+    @classmethod
+    def from_clip(
+        cls,
+        clip_model: nn.Module,
+        tokenizer: Tokenizer,
+        cfg: PromptConfig,
+        strategy: Strategy = "coop",
+        feature_dim: int | None = None,
+    ) -> PromptLearner:
+        encoder = FrozenTextEncoder(clip_model)
+        return cls(encoder, token_embedding_of(clip_model), tokenizer, cfg, strategy, feature_dim)
+
+    def _check_layout(
+        self, tokenizer: Tokenizer, token_ids: Tensor, encoder: FrozenTextEncoder, cfg: PromptConfig
+    ) -> None:
+        placeholder = _content_ids(tokenizer, PLACEHOLDER, encoder)
+        ends = encoder.pool_positions(token_ids)
+        needed = [
+            1 + self.n_ctx + len(_content_ids(tokenizer, f"{n}.", encoder)) for n in self.classnames
+        ]
+        if any(int(end) != need for end, need in zip(ends.tolist(), needed, strict=True)):
+            raise ConfigError(
+                f"fit.prompt: {self.n_ctx} context tokens plus class names {list(cfg.classnames)} "
+                f"do not fit the text context of {token_ids.shape[1]} tokens; lower n_ctx"
+            )
+        if len(placeholder) != 1 or not bool(
+            (token_ids[:, 1 : 1 + self.n_ctx] == placeholder[0]).all()
+        ):
+            raise ModelLoadError(
+                "tokenizer does not produce '<start> X X ... <name>.' token layouts; "
+                "use the open_clip tokenizer of the CLIP model"
+            )
+
+    @property
+    def feature_dim(self) -> int | None:
+        return None if self.meta_net is None else self.meta_net[0].in_features
+
+    def _class_context(self) -> Tensor:
+        """(n_cls, n_ctx, T) whether the context is shared or class-specific."""
+        if self.class_specific:
+            return self.ctx
+        return self.ctx.unsqueeze(0).expand(len(self.classnames), -1, -1)
+
+    def assemble(self, ctx: Tensor) -> Tensor:
+        """ctx (..., n_cls, n_ctx, T) -> prompt embeddings (..., n_cls, L, T)."""
+        lead = ctx.shape[:-3]
+        prefix = self.token_prefix.expand(*lead, -1, -1, -1).to(ctx.dtype)
+        suffix = self.token_suffix.expand(*lead, -1, -1, -1).to(ctx.dtype)
+        if self.position == "end":
+            return torch.cat([prefix, ctx, suffix], dim=-2)
+        per_class = []
+        half = self.n_ctx // 2
+        for index, name_length in enumerate(self.name_lengths):
+            start, context = prefix[..., index, :, :], ctx[..., index, :, :]
+            name = suffix[..., index, :name_length, :]
+            rest = suffix[..., index, name_length:, :]
+            if self.position == "front":
+                parts = [start, name, context, rest]
+            else:  # middle
+                parts = [start, context[..., :half, :], name, context[..., half:, :], rest]
+            per_class.append(torch.cat(parts, dim=-2))
+        return torch.stack(per_class, dim=-3)
+
+    def forward(self, image_feature: Tensor | None = None) -> Tensor:
+        ctx = self._class_context()
+        if self.meta_net is None:
+            return self.text_encoder(self.assemble(ctx), self.eot_index)
+        if image_feature is None:
+            raise ValueError("CoCoOp prompts need the image feature (B, D) that conditions them")
+        bias = self.meta_net(F.normalize(image_feature.to(ctx.dtype), dim=-1))  # (B, T)
+        prompts = self.assemble(ctx.unsqueeze(0) + bias[:, None, None, :])  # (B, n_cls, L, T)
+        batch, n_cls = prompts.shape[:2]
+        # All B x n_cls prompts go through one text-encoder call.
+        features = self.text_encoder(prompts.flatten(0, 1), self.eot_index.repeat(batch))
+        return features.view(batch, n_cls, -1)

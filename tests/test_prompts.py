@@ -1,0 +1,215 @@
+"""CoOp / CoCoOp prompt learner and the frozen open_clip text encoder (tiny random CLIP)."""
+
+from __future__ import annotations
+
+import json
+
+import open_clip
+import pytest
+import torch
+
+from clare.config import PromptConfig
+from clare.errors import ConfigError
+from clare.models.detector import build_detector
+from clare.models.prompts import FrozenTextEncoder, PromptLearner
+
+TINY_NAME = "clare-tiny-vit"
+TINY_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {
+        "image_size": 112,
+        "layers": 2,
+        "width": 64,
+        "head_width": 16,
+        "mlp_ratio": 2.0,
+        "patch_size": 14,
+    },
+    "text_cfg": {
+        "context_length": 77,
+        "vocab_size": 49408,
+        "width": 48,
+        "heads": 4,
+        "layers": 2,
+        "mlp_ratio": 2.0,
+    },
+}
+E, W, T, GRID = 32, 64, 48, 8
+
+
+def _register_tiny(folder) -> None:
+    path = folder / f"{TINY_NAME}.json"
+    path.write_text(json.dumps(TINY_CFG))
+    open_clip.add_model_config(path)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny tensors: a second thread only adds contention on the shared CPU (100x slower here).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    _register_tiny(tmp_path_factory.mktemp("openclip-config"))
+    torch.manual_seed(0)
+    model = open_clip.create_model(TINY_NAME, pretrained=None).eval()
+    return model, open_clip.get_tokenizer(TINY_NAME)
+
+
+def _encode(model, tokenizer, texts):
+    with torch.no_grad():
+        return model.encode_text(tokenizer(texts))
+
+
+@pytest.mark.parametrize(
+    ("position", "texts"),
+    [
+        ("end", ["a photo of a real.", "a photo of a fake."]),
+        ("front", ["real a photo of a.", "fake a photo of a."]),
+        ("middle", ["a photo real of a.", "a photo fake of a."]),
+    ],
+)
+@pytest.mark.parametrize("class_specific", [False, True])
+def test_coop_from_words_equals_open_clip_encode_text(tiny_clip, position, texts, class_specific):
+    model, tokenizer = tiny_clip
+    cfg = PromptConfig(
+        ctx_init="a photo of a", class_token_position=position, class_specific=class_specific
+    )
+    learner = PromptLearner.from_clip(model, tokenizer, cfg, "coop")
+    assert learner.n_ctx == 4  # from the words, not cfg.n_ctx (16)
+    with torch.no_grad():
+        features = learner()
+    assert features.shape == (2, E)
+    torch.testing.assert_close(features, _encode(model, tokenizer, texts), atol=1e-5, rtol=0)
+
+
+def test_multi_token_class_names_and_positions(tiny_clip):
+    model, tokenizer = tiny_clip
+    cfg = PromptConfig(
+        ctx_init="a blurry photo of",
+        class_token_position="middle",
+        classnames=("real_face", "fake"),
+    )
+    learner = PromptLearner.from_clip(model, tokenizer, cfg, "coop")
+    assert learner.name_lengths == [2, 1]
+    with torch.no_grad():
+        features = learner()
+    expected = _encode(
+        model, tokenizer, ["a blurry real face photo of.", "a blurry fake photo of."]
+    )
+    torch.testing.assert_close(features, expected, atol=1e-5, rtol=0)
+
+
+def test_random_context_shapes_and_init(tiny_clip):
+    model, tokenizer = tiny_clip
+    torch.manual_seed(1)
+    shared = PromptLearner.from_clip(model, tokenizer, PromptConfig(n_ctx=16), "coop")
+    specific = PromptLearner.from_clip(
+        model, tokenizer, PromptConfig(n_ctx=6, class_specific=True), "coop"
+    )
+    assert shared.ctx.shape == (16, T) and shared.ctx.requires_grad
+    assert specific.ctx.shape == (2, 6, T)
+    assert 0.01 < float(shared.ctx.detach().std()) < 0.03  # N(0, 0.02)
+    for learner in (shared, specific):
+        prompts = learner.assemble(learner._class_context())
+        assert prompts.shape == (2, 77, T)
+        assert learner().shape == (2, E)
+    # Prompt embeddings carry the context exactly where the placeholders were.
+    prompts = specific.assemble(specific._class_context())
+    torch.testing.assert_close(prompts[:, 1:7], specific.ctx)
+    torch.testing.assert_close(prompts[:, :1], specific.token_prefix)
+
+
+def test_frozen_text_encoder_matches_encode_text_on_arbitrary_ids(tiny_clip):
+    model, tokenizer = tiny_clip
+    encoder = FrozenTextEncoder(model)
+    ids = tokenizer(["a face", "a generated face with odd teeth", "x"])
+    with torch.no_grad():
+        ours = encoder(model.token_embedding(ids), encoder.pool_positions(ids))
+    torch.testing.assert_close(
+        ours,
+        _encode(model, tokenizer, ["a face", "a generated face with odd teeth", "x"]),
+        atol=1e-5,
+        rtol=0,
+    )
+    assert all(not p.requires_grad for p in encoder.parameters())
+    encoder.train()
+    assert not encoder.training and not encoder.transformer.training
+    assert "token_embedding" not in dict(encoder.named_children())
+
+
+def test_frozen_text_encoder_custom_text_clip(tiny_clip):
+    _, tokenizer = tiny_clip
+    torch.manual_seed(3)
+    custom = open_clip.create_model(TINY_NAME, pretrained=None, force_custom_text=True).eval()
+    assert hasattr(custom, "text")
+    encoder = FrozenTextEncoder(custom)
+    ids = tokenizer(["a photo of a real.", "fake"])
+    with torch.no_grad():
+        ours = encoder(custom.text.token_embedding(ids), encoder.pool_positions(ids))
+        expected = custom.encode_text(ids)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+
+
+def test_cocoop_prompts_differ_per_image_in_one_encoder_call(tiny_clip):
+    model, tokenizer = tiny_clip
+    torch.manual_seed(2)
+    learner = PromptLearner.from_clip(
+        model, tokenizer, PromptConfig(n_ctx=4), "cocoop", feature_dim=3 * W
+    )
+    calls: list[tuple[int, ...]] = []
+    learner.text_encoder.register_forward_hook(
+        lambda mod, args, out: calls.append(tuple(args[0].shape))
+    )
+    batch = 5
+    features = learner(torch.randn(batch, 3 * W))
+    assert features.shape == (batch, 2, E)
+    assert calls == [(batch * 2, 77, T)]  # all B x 2 prompts in ONE call
+    assert not torch.allclose(features[0], features[1], atol=1e-6)
+    assert torch.isfinite(features).all()
+    with pytest.raises(ValueError):
+        learner(None)
+
+
+def test_cocoop_bias_is_added_to_every_context_vector(tiny_clip):
+    model, tokenizer = tiny_clip
+    cfg = PromptConfig(ctx_init="a photo of a")
+    cocoop = PromptLearner.from_clip(model, tokenizer, cfg, "cocoop", feature_dim=E)
+    coop = PromptLearner.from_clip(model, tokenizer, cfg, "coop")
+    shift = torch.randn(T) * 0.1
+    last = cocoop.meta_net[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(shift)  # meta-net output is exactly `shift` for every image
+        coop.ctx.add_(shift)
+        per_image = cocoop(torch.randn(3, E))
+        expected = coop()
+    for image in range(3):
+        torch.testing.assert_close(per_image[image], expected, atol=1e-5, rtol=0)
+
+
+def test_meta_net_input_dims_follow_module(tiny_clip):
+    model, tokenizer = tiny_clip
+    cfg = PromptConfig(n_ctx=4)
+    fusion = build_detector("fusion", "cocoop", "v2", model, tokenizer, cfg)
+    clipping = build_detector("clipping", "cocoop", "v1", model, tokenizer, cfg)
+    assert fusion.prompt.meta_net[0].in_features == 3 * W
+    assert fusion.prompt.meta_net[0].out_features == 3 * W // 16
+    assert fusion.prompt.meta_net[-1].out_features == T
+    assert clipping.prompt.meta_net[0].in_features == E
+    assert clipping.prompt.meta_net[-1].out_features == T
+    coop = build_detector("fusion", "coop", "v2", model, tokenizer, cfg)
+    assert coop.prompt.meta_net is None
+
+
+def test_prompt_config_errors(tiny_clip):
+    model, tokenizer = tiny_clip
+    with pytest.raises(ConfigError, match="n_ctx"):
+        PromptLearner.from_clip(model, tokenizer, PromptConfig(n_ctx=80), "coop")
+    with pytest.raises(ConfigError, match="ctx_init"):
+        PromptLearner.from_clip(model, tokenizer, PromptConfig(ctx_init="  "), "coop")
+    with pytest.raises(ConfigError, match="strategy"):
+        PromptLearner.from_clip(model, tokenizer, PromptConfig(), "vpt")  # type: ignore[arg-type]
