@@ -102,7 +102,7 @@ class StoreLoader:
             if self.shuffle:
                 perm = rng.permutation(len(window[0]))
                 window = tuple(part[perm] for part in window)
-            buffer = list(window) if buffer is None else [np.concatenate(p) for p in zip(buffer, window)]
+            buffer = list(window) if buffer is None else [np.concatenate(p) for p in zip(buffer, window, strict=True)]
             while len(buffer[0]) >= self.batch_size:
                 yield self._make_batch([part[: self.batch_size] for part in buffer])
                 buffer = [part[self.batch_size :] for part in buffer]

@@ -69,7 +69,7 @@ def split_videos(manifest: pd.DataFrame, fraction: float, seed: int) -> np.ndarr
         ranked = sorted(names, key=lambda v: _video_bucket(seed, str(subset), v))
         count = min(len(names) - 1, max(1, round(fraction * len(names))))
         chosen.update((str(subset), v) for v in ranked[:count])
-    keys = zip(manifest["subset"].astype(str), manifest["video"].astype(str))
+    keys = zip(manifest["subset"].astype(str), manifest["video"].astype(str), strict=True)
     return np.array([key in chosen for key in keys], dtype=bool)
 
 
