@@ -1,0 +1,406 @@
+"""Read DF40 (DeepfakeBench JSON lists or `{real,fake}` folders) into one index of images.
+
+The index is a DataFrame with one row per image: `path` (relative to `data.root`), `subset`,
+`label` (0 real, 1 fake), `video`, `frame`, `split`. Every subset also gets a `SubsetCheck`
+with the counts that `clare prepare` prints, because DF40's lists do not match its files:
+frames are missing, folders are empty, real videos repeat, names differ between lists.
+
+Hostile or malformed input (paths that leave the root, unknown label names, a list with the
+wrong structure) is an error, never silently skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from clare.config import Config, DataConfig, SubsetSpec
+from clare.errors import DataError
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
+INDEX_COLUMNS = ("path", "subset", "label", "video", "frame", "split")
+FOLDER_LABELS = {"real": 0, "fake": 1}
+_PROBE_THREADS = 8  # existence and header checks wait on the disk, not the CPU
+
+
+@dataclass
+class SubsetCheck:
+    """What `prepare` found for one subset; frame counts unless the name says otherwise."""
+
+    subset: str
+    listed: int = 0  # frames selected from the list (after per-video sampling)
+    found: int = 0  # selected frames on disk, kept in the index
+    missing: int = 0  # selected frames not on disk (outside empty folders)
+    empty_folders: int = 0  # video folders that exist but hold no files
+    unreadable: int = 0  # found files whose image header PIL cannot read (kept in the index)
+    duplicates: int = 0  # selected frames whose path was already listed in this subset
+    unknown_labels: int = 0  # frames whose label name maps to neither real nor fake
+    rejected: int = 0  # listed paths that would leave data.root
+    real: int = 0  # index rows with label 0
+    fake: int = 0  # index rows with label 1
+    notes: list[str] = field(default_factory=list)  # tolerated oddities, e.g. a renamed top key
+
+    def counts(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class DataIndexError(DataError):
+    """A DataError raised after the subsets were checked; `checks` holds what was counted."""
+
+    def __init__(self, message: str, checks: list[SubsetCheck]):
+        super().__init__(message)
+        self.checks = checks
+
+
+@dataclass
+class _Frame:
+    path: str  # POSIX, relative to data.root
+    label: int | None  # None: unknown label name
+    video: str
+    frame: int
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def sample_frame_indices(n_listed: int, n_keep: int) -> list[int]:
+    """Evenly spaced, deterministic, ordered indices; all of them when there are few."""
+    if n_listed <= n_keep:
+        return list(range(n_listed))
+    picks = np.rint(np.linspace(0, n_listed - 1, n_keep)).astype(int)
+    return sorted(set(picks.tolist()))
+
+
+def resolve_label(name: str, data: DataConfig) -> int | None:
+    """0/1 from `label_map` (exact) or the longest matching `label_suffixes` entry (any case)."""
+    if name in data.label_map:
+        return data.label_map[name]
+    lowered = name.lower()
+    matches = [(len(s), v) for s, v in data.label_suffixes.items() if lowered.endswith(s.lower())]
+    return max(matches)[1] if matches else None
+
+
+def rewrite_path(listed: str, prefix_map: dict[str, str]) -> str:
+    """Apply the longest matching prefix rewrite; the result should be relative to the root."""
+    for prefix in sorted(prefix_map, key=len, reverse=True):
+        if listed.startswith(prefix):
+            return prefix_map[prefix] + listed[len(prefix):]
+    return listed
+
+
+def _lexically_escapes(rel: str) -> bool:
+    """Absolute, drive-qualified, empty or `..`-bearing paths could read outside the root."""
+    if not rel or rel.startswith(("/", "\\")) or (len(rel) > 1 and rel[1] == ":"):
+        return True
+    parts = rel.replace("\\", "/").split("/")
+    return any(part == ".." for part in parts)
+
+
+class _InsideRoot:
+    """Does a relative path stay inside the root once symlinks are followed?
+
+    Folders are resolved once and cached (DF40 lists hold ~100k frames in a few thousand
+    folders); a file is resolved on its own only when it is itself a symlink.
+    """
+
+    def __init__(self, root: Path):
+        self.root = root.resolve()
+        self._folders: dict[str, Path] = {}
+
+    def _inside(self, target: Path) -> bool:
+        return target == self.root or self.root in target.parents
+
+    def __call__(self, rel: str) -> bool:
+        parent, _, name = rel.rpartition("/")
+        folder = self._folders.get(parent)
+        if folder is None:
+            folder = self._folders[parent] = (self.root / parent).resolve()
+        target = folder / name
+        if target.is_symlink():
+            target = target.resolve()
+        return self._inside(target)
+
+
+def _probe_file(path: Path) -> tuple[bool, bool]:
+    """(exists, header readable) without decoding pixels."""
+    if not path.is_file():
+        return False, False
+    try:
+        with Image.open(path) as image:
+            image.size  # noqa: B018 - Image.open parses the header; touching size proves it
+        return True, True
+    except Exception:  # any decoder complaint means extraction would fail on this file
+        return True, False
+
+
+def _note_once(check: SubsetCheck, note: str, kind: str) -> None:
+    # Keep notes short: one per kind (or per label name), never one per frame.
+    if not any(n.startswith(kind) for n in check.notes):
+        check.notes.append(note)
+
+
+# --------------------------------------------------------------------------- JSON lists
+
+
+def _load_json(path: Path, subset: str) -> Any:
+    if not path.is_file():
+        raise DataError(
+            f"{path}: list for subset '{subset}' not found; check data.lists_dir or the subset's 'list'"
+        )
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}); fix or re-download it") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text; is it really a JSON list?") from None
+
+
+def _expect_dict(value: Any, path: Path, where: str, expected: str) -> dict:
+    if not isinstance(value, dict):
+        raise DataError(
+            f"{path}: at {where} expected {expected}, found {type(value).__name__}; "
+            "the file is not a DeepfakeBench list"
+        )
+    return value
+
+
+def _iter_json_frames(
+    path: Path, spec: SubsetSpec, split_key: str, data: DataConfig, n_keep: int,
+    check: SubsetCheck,
+) -> Iterator[_Frame]:
+    """Walk a DeepfakeBench list: dataset -> label name -> split -> video -> frames."""
+    tree = _expect_dict(_load_json(path, spec.name), path, "the top level",
+                        "a mapping {dataset: {...}}")
+    stem = path.stem
+    if stem in tree:
+        top = stem
+    elif len(tree) == 1:
+        top = next(iter(tree))
+        check.notes.append(f"top key '{top}' of {path.name} differs from the file name; used it")
+    else:
+        keys = ", ".join(repr(k) for k in list(tree)[:5])
+        raise DataError(
+            f"{path}: top-level key '{stem}' (the file name) is missing and there are several "
+            f"others ({keys}); rename the file after its dataset key"
+        )
+    labels = _expect_dict(tree[top], path, f"'{top}'", "a mapping {label_name: {split: ...}}")
+    if not labels:
+        raise DataError(f"{path}: '{top}' lists no label names; the list is empty")
+
+    for label_name, splits in labels.items():
+        splits = _expect_dict(splits, path, f"'{top}/{label_name}'",
+                              "a mapping {train|val|test: {video: ...}}")
+        if split_key not in splits:
+            have = ", ".join(sorted(map(str, splits))) or "none"
+            raise DataError(
+                f"{path}: '{top}/{label_name}' has no '{split_key}' split (has: {have}); "
+                f"set json_split for subset '{spec.name}' or list it under another split"
+            )
+        videos = _expect_dict(splits[split_key], path, f"'{top}/{label_name}/{split_key}'",
+                              "a mapping {video_id: {label, frames}}")
+        for video_id, entry in videos.items():
+            where = f"'{top}/{label_name}/{split_key}/{video_id}'"
+            entry = _expect_dict(entry, path, where, 'a mapping {"label": ..., "frames": [...]}')
+            frames = entry.get("frames")
+            if not isinstance(frames, list) or not all(isinstance(f, str) for f in frames):
+                raise DataError(f"{path}: at {where}/frames expected a list of path strings")
+            name = entry.get("label", label_name)
+            if not isinstance(name, str):
+                raise DataError(f"{path}: at {where}/label expected a label name string")
+            label = resolve_label(name, data)
+            if label is None:
+                _note_once(check, f"unknown label name '{name}' in {path.name} at {where}",
+                           f"unknown label name '{name}'")
+            rewritten = [rewrite_path(f, data.prefix_map) for f in frames]
+            for rel in rewritten:
+                if _lexically_escapes(rel):
+                    check.rejected += 1
+                    _note_once(check, f"rejected entry '{rel}' in {path.name} at {where}",
+                               "rejected entry")
+            for index in sample_frame_indices(len(rewritten), n_keep):
+                yield _Frame(rewritten[index], label, f"{label_name}/{video_id}", index)
+
+
+# --------------------------------------------------------------------------- folder layout
+
+
+def _iter_folder_frames(root: Path, spec: SubsetSpec, n_keep: int,
+                        check: SubsetCheck) -> Iterator[_Frame]:
+    """`<root>/<folder>/{real,fake}/<video>/<frames>`; loose files are one-frame videos."""
+    base = root / str(spec.folder)
+    label_dirs = [(name, base / name) for name in FOLDER_LABELS if (base / name).is_dir()]
+    if not label_dirs:
+        raise DataError(
+            f"{base}: subset '{spec.name}' expects folders real/ and/or fake/ inside; "
+            "check the subset's 'folder' and data.root"
+        )
+    for label_name, label_dir in label_dirs:
+        for entry in sorted(label_dir.iterdir(), key=lambda p: p.name):
+            if entry.is_dir():
+                files = sorted(
+                    (p for p in entry.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
+                    key=lambda p: p.name,
+                )
+                if not files and not any(entry.iterdir()):
+                    check.empty_folders += 1
+                    continue
+                video, frames = entry.name, files
+            elif entry.suffix.lower() in IMAGE_SUFFIXES:
+                video, frames = entry.stem, [entry]
+            else:
+                continue
+            rels = [p.relative_to(root).as_posix() for p in frames]
+            for index in sample_frame_indices(len(rels), n_keep):
+                yield _Frame(rels[index], FOLDER_LABELS[label_name], f"{label_name}/{video}", index)
+
+
+# --------------------------------------------------------------------------- one subset
+
+
+def _list_path(data: DataConfig, spec: SubsetSpec) -> Path:
+    if data.lists_dir is None:
+        raise DataError(
+            f"subset '{spec.name}' needs a JSON list but data.lists_dir is not set; "
+            "set data.lists_dir or give the subset a 'folder'"
+        )
+    return data.lists_dir / (spec.list or f"{spec.name}.json")
+
+
+def _folder_is_empty(folder: Path, cache: dict[Path, bool]) -> bool:
+    if folder not in cache:
+        cache[folder] = folder.is_dir() and next(folder.iterdir(), None) is None
+    return cache[folder]
+
+
+def _index_subset(cfg: Config, spec: SubsetSpec, split: str) -> tuple[list[_Frame], SubsetCheck]:
+    data = cfg.data
+    root = Path(data.root)
+    inside_root = _InsideRoot(root)
+    n_keep = data.frames_per_video.train if split == "train" else data.frames_per_video.test
+    check = SubsetCheck(subset=spec.name)
+    source: Path
+    if spec.folder is not None:
+        source = root / spec.folder
+        frames = list(_iter_folder_frames(root, spec, n_keep, check))
+    else:
+        source = _list_path(data, spec)
+        # A train index reads only `train`: validation is held out from it later.
+        split_key = spec.json_split or split
+        frames = list(_iter_json_frames(source, spec, split_key, data, n_keep, check))
+
+    check.listed = len(frames)
+    seen: set[str] = set()
+    candidates: list[_Frame] = []
+    for item in frames:
+        if _lexically_escapes(item.path):
+            continue  # counted as rejected while reading the list
+        if not inside_root(item.path):
+            check.rejected += 1
+            _note_once(check, f"rejected entry '{item.path}' in {source.name} (a symlink "
+                       "leaves data.root)", "rejected entry")
+            continue
+        if item.label is None:
+            check.unknown_labels += 1
+            continue
+        normal = PurePosixPath(item.path).as_posix()
+        if normal in seen:
+            check.duplicates += 1
+            continue
+        seen.add(normal)
+        candidates.append(_Frame(normal, item.label, item.video, item.frame))
+
+    with ThreadPoolExecutor(_PROBE_THREADS) as pool:
+        probes = list(pool.map(_probe_file, (root / item.path for item in candidates)))
+    empty_cache: dict[Path, bool] = {}
+    empty_folders: set[Path] = set()
+    kept: list[_Frame] = []
+    first_missing: str | None = None
+    for item, (is_present, is_readable) in zip(candidates, probes, strict=True):
+        if is_present:
+            kept.append(item)
+            check.unreadable += not is_readable
+            continue
+        first_missing = first_missing or item.path
+        folder = (root / item.path).parent
+        if _folder_is_empty(folder, empty_cache):
+            empty_folders.add(folder)
+        else:
+            check.missing += 1
+    check.empty_folders += len(empty_folders)
+
+    absent = len(candidates) - len(kept)
+    if absent and data.on_missing == "error":
+        raise DataIndexError(
+            f"subset '{spec.name}' ({source}): {absent} listed frames are not on disk "
+            f"(first: {root / str(first_missing)}); fix data.root/prefix_map or set "
+            "data.on_missing=skip",
+            [check],
+        )
+
+    check.found = len(kept)
+    check.fake = sum(item.label for item in kept if item.label is not None)
+    check.real = check.found - check.fake
+    return kept, check
+
+
+def _problem(spec: SubsetSpec, check: SubsetCheck, source: str) -> str | None:
+    """The one-line error for hostile or unmappable input in a checked subset, if any."""
+    if check.rejected:
+        first = next(n for n in check.notes if n.startswith("rejected entry"))
+        return (f"subset '{spec.name}' ({source}): {check.rejected} listed paths leave "
+                f"data.root, first: {first}; such lists are refused, fix or remove the entries")
+    if check.unknown_labels:
+        first = next(n for n in check.notes if n.startswith("unknown label name"))
+        return (f"subset '{spec.name}' ({source}): {first} ({check.unknown_labels} frames); "
+                "add it to data.label_map as 0 (real) or 1 (fake)")
+    return None
+
+
+def _as_frame(rows: Iterable[_Frame], subset: str, split: str) -> pd.DataFrame:
+    rows = list(rows)
+    return pd.DataFrame({
+        "path": pd.Series([r.path for r in rows], dtype=str),
+        "subset": pd.Series([subset] * len(rows), dtype=str),
+        "label": pd.Series([r.label for r in rows], dtype="int8"),
+        "video": pd.Series([r.video for r in rows], dtype=str),
+        "frame": pd.Series([r.frame for r in rows], dtype="int32"),
+        "split": pd.Series([split] * len(rows), dtype=str),
+    })
+
+
+def build_index(cfg: Config, split: Literal["train", "test"]) -> tuple[pd.DataFrame, list[SubsetCheck]]:
+    """Index every subset of `data.train` or `data.test` and count what is wrong with it.
+
+    Raises DataError for malformed lists, paths leaving the root and unknown label names;
+    when subsets were already counted the error is a `DataIndexError` carrying the checks.
+    """
+    if split not in ("train", "test"):
+        raise DataError(f"split '{split}' is not train or test")
+    specs = cfg.data.train if split == "train" else cfg.data.test
+    parts: list[pd.DataFrame] = []
+    checks: list[SubsetCheck] = []
+    problems: list[str] = []
+    for spec in specs:
+        try:
+            rows, check = _index_subset(cfg, spec, split)
+        except DataIndexError as exc:
+            raise DataIndexError(str(exc), checks + exc.checks) from None
+        checks.append(check)
+        source = spec.folder if spec.folder is not None else str(_list_path(cfg.data, spec))
+        problem = _problem(spec, check, source)
+        if problem:
+            problems.append(problem)
+        parts.append(_as_frame(rows, spec.name, split))
+    if problems:
+        more = f" (and {len(problems) - 1} more subsets)" if len(problems) > 1 else ""
+        raise DataIndexError(problems[0] + more, checks)
+    index = pd.concat(parts, ignore_index=True) if parts else _as_frame([], "", split)
+    return index, checks

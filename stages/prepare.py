@@ -1,0 +1,167 @@
+"""`clare prepare`: build the demo inputs if asked, index the dataset, report what is wrong.
+
+Outputs, under `data.index_dir`: `train.parquet` and `test.parquet` (one row per image, see
+`clare.data.df40`) and `checks.json` (the per-subset counts printed as a table).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from clare.config import Config
+from clare.data.df40 import DataIndexError, SubsetCheck, build_index
+from clare.errors import DataError
+
+_TABLE_COLUMNS = (
+    ("listed", "listed"),
+    ("found", "found"),
+    ("missing", "missing"),
+    ("empty_folders", "empty folders"),
+    ("unreadable", "unreadable headers"),
+    ("duplicates", "duplicates"),
+    ("unknown_labels", "unknown labels"),
+    ("rejected", "rejected paths"),
+    ("real", "real"),
+    ("fake", "fake"),
+)
+
+
+def _build_demo_inputs(cfg: Config, console: Console) -> None:
+    """Create the tiny models and the synthetic mini-DF40 once; existing folders are kept."""
+    demo = cfg.demo
+    assert demo is not None
+    if demo.models_out is not None and not Path(demo.models_out).exists():
+        from clare.models.tiny import build_tiny_models  # torch import: only when needed
+
+        console.print(f"demo: writing tiny models to {demo.models_out}")
+        build_tiny_models(Path(demo.models_out), seed=cfg.seed)
+    if demo.data_out is not None and not Path(demo.data_out).exists():
+        from clare.data.demo import write_demo_dataset
+
+        out = Path(demo.data_out)
+        # Write next to the target and rename at the end, so an interrupted run never
+        # leaves a half-written tree that a later run would take as finished.
+        staging = out.with_name(out.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        summary = write_demo_dataset(staging, seed=cfg.seed)
+        staging.rename(out)
+        console.print(f"demo: wrote {summary.n_images} images and {summary.n_lists} lists to {out}")
+
+
+def _check_inputs(cfg: Config) -> None:
+    data = cfg.data
+    if not Path(data.root).is_dir():
+        raise DataError(
+            f"data.root {data.root} does not exist; point it at your DF40 folder (see README)"
+        )
+    needs_lists = any(spec.folder is None for spec in [*data.train, *data.test])
+    if needs_lists and (data.lists_dir is None or not Path(data.lists_dir).is_dir()):
+        raise DataError(
+            f"data.lists_dir {data.lists_dir} does not exist; point it at the folder of "
+            "DeepfakeBench JSON lists (see README)"
+        )
+
+
+def checks_table(split: str, checks: Iterable[SubsetCheck]) -> Table:
+    table = Table(title=f"prepare: {split}", title_justify="left")
+    table.add_column("subset")
+    for _, header in _TABLE_COLUMNS:
+        table.add_column(header, justify="right")
+    for check in checks:
+        counts = check.counts()
+        cells = []
+        for key, _ in _TABLE_COLUMNS:
+            value = counts[key]
+            # Highlight the counts that mean lost or suspicious images.
+            problem = key not in ("listed", "found", "real", "fake") and value
+            cells.append(f"[bold red]{value}[/]" if problem else str(value))
+        table.add_row(check.subset, *cells)
+    return table
+
+
+def _print_checks(console: Console, split: str, checks: list[SubsetCheck]) -> None:
+    console.print(checks_table(split, checks))
+    for check in checks:
+        for note in check.notes:
+            console.print(f"  {check.subset}: {note}", markup=False, highlight=False)
+
+
+def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_parquet(index: pd.DataFrame, path: Path) -> None:
+    _write_atomic(path, lambda tmp: index.to_parquet(tmp, engine="pyarrow", index=False))
+
+
+def _update_checks_json(path: Path, results: dict[str, list[SubsetCheck]]) -> None:
+    """Merge this run's splits into checks.json so preparing one split keeps the other's."""
+    merged: dict[str, dict] = {}
+    if path.is_file():
+        try:
+            loaded = json.loads(path.read_text(encoding="utf-8"))
+            merged = loaded if isinstance(loaded, dict) else {}
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            merged = {}  # our own output: rebuilding it is always right
+    for split, checks in results.items():
+        merged[split] = {check.subset: check.counts() for check in checks}
+    text = json.dumps(merged, indent=2, sort_keys=True) + "\n"
+    _write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def run_prepare(cfg: Config, splits: Iterable[str] = ("train", "test")) -> dict[str, Path]:
+    """Index each split, write `<index_dir>/<split>.parquet` and `checks.json`; return paths."""
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        console.width = 160  # logs and CI: rich would squeeze the table into 80 columns
+    splits = list(splits)
+    for split in splits:
+        if split not in ("train", "test"):
+            raise DataError(f"split '{split}' is not train or test")
+    if cfg.demo is not None:
+        _build_demo_inputs(cfg, console)
+    _check_inputs(cfg)
+
+    index_dir = Path(cfg.data.index_dir)
+    indexes: dict[str, pd.DataFrame] = {}
+    results: dict[str, list[SubsetCheck]] = {}
+    for split in splits:
+        key = f"data.{split}"
+        if not getattr(cfg.data, split):
+            raise DataError(f"split '{split}' has no subsets; list subset names under {key}")
+        try:
+            index, checks = build_index(cfg, split)  # type: ignore[arg-type]
+        except DataIndexError as exc:
+            _print_checks(console, split, exc.checks)
+            raise
+        _print_checks(console, split, checks)
+        if index.empty:
+            raise DataError(
+                f"split '{split}': no images found for the subsets in {key}; check data.root "
+                "and data.prefix_map against the paths in the lists"
+            )
+        indexes[split], results[split] = index, checks
+
+    # Write only after every split indexed cleanly, so a failure leaves the old index whole.
+    index_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    for split, index in indexes.items():
+        path = index_dir / f"{split}.parquet"
+        _write_parquet(index, path)
+        written[split] = path
+        console.print(f"{split}: {len(index)} images in {len(results[split])} subsets -> {path}")
+    _update_checks_json(index_dir / "checks.json", results)
+    return written
