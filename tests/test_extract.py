@@ -9,26 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers_extract import (  # noqa: F401 - tiny_models_dir is a fixture
-    assert_stores_equal,
-    make_config,
-    make_image_tree,
-    store_arrays,
-    tiny_models_dir,
-)
+from helpers_extract import assert_stores_equal, make_config, make_image_tree, store_arrays
 
 from clare.cache.store import MANIFEST_COLUMNS, FeatureStore
 from clare.stages.extract import run_extract
 
 N_IMAGES = 12
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +29,10 @@ def reference(tmp_path_factory, tiny_models_dir, image_root):
     """One uninterrupted single-worker extraction that other tests compare against."""
     tmp = tmp_path_factory.mktemp("reference")
     cfg = make_config(tmp, tiny_models_dir, image_root)
-    # Dask workers run one intra-op thread each; the reference must too, because oneDNN's
+    # Dask workers run one intra-op thread each and so does this process (conftest.py): the
     # CPU kernels may sum in another order with another thread count (differences ~1e-6).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    assert torch.get_num_threads() == 1
     summary = run_extract(cfg, split="train", quiet=True)
-    torch.set_num_threads(before)
     return cfg, summary
 
 
