@@ -64,10 +64,19 @@ def check_compatible(train_fp: dict[str, Any], other_fp: dict[str, Any], train_n
     differing = sorted(key for key in a if a[key] != b[key])
     if differing:
         key = differing[0]
+        theirs, ours = _differing_parts(b[key], a[key])
         raise StoreError(
             f"{other_name} was built with other {', '.join(differing)} than {train_name} "
-            f"({key}: {_short(b[key])} vs {_short(a[key])}); rebuild one of them with the same config"
+            f"({key}: {_short(theirs)} vs {_short(ours)}); rebuild one of them with the same config"
         )
+
+
+def _differing_parts(left: Any, right: Any) -> tuple[Any, Any]:
+    """For two mappings, only the entries that differ, so a long setting stays readable."""
+    if isinstance(left, dict) and isinstance(right, dict):
+        keys = sorted(k for k in set(left) | set(right) if left.get(k) != right.get(k))
+        return {k: left.get(k) for k in keys}, {k: right.get(k) for k in keys}
+    return left, right
 
 
 def _short(value: Any, limit: int = 80) -> str:

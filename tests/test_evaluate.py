@@ -1,0 +1,280 @@
+"""`clare eval --report`: scores, metrics per subset, robustness, ROC for dvc, store checks.
+
+One module-scoped world: tiny models, a train store, a test store with a broken image and a
+single-class subset, its JPEG-50 copy, a 10-step fit and one evaluation with the report.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from helpers_extract import make_config, make_image_tree, tiny_models_dir, write_index  # noqa: F401
+from sklearn.metrics import roc_auc_score
+
+from clare.cache.store import FeatureStore
+from clare.config import Config
+from clare.errors import ClareError, StoreError
+from clare.runs import load_detector, read_run
+from clare.stages.evaluate import SCORE_COLUMNS, run_eval, score_store
+from clare.stages.extract import run_extract
+from clare.stages.fit import run_fit
+
+BROKEN = "alpha/real/alpha_real_broken/000.png"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@dataclass
+class World:
+    root: Path
+    cfg: Config
+    run_dir: Path
+    out_dir: Path
+    test_manifest: pd.DataFrame
+
+
+def _no_nan_json(path: Path) -> Any:
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{path.name} holds {constant}, which is not valid JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path) -> World:  # noqa: F811
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("evaluate")
+    data = root / "data"
+    index = make_image_tree(data, 24, seed=3)
+    cfg = make_config(
+        root / "work", tiny_models_dir, data, index=index,
+        fit__max_steps=10, fit__batch_size=8, fit__val_fraction=0.3, fit__device="cpu",
+        eval__device="cpu", eval__perturbations=["jpeg=50"], eval__lare_examples=2,
+    )
+    # Test index: beta keeps only its fakes (a single-class subset), alpha gains an image that
+    # cannot be decoded (a failed row).
+    (data / BROKEN).parent.mkdir(parents=True)
+    (data / BROKEN).write_bytes(b"this is not a PNG file")
+    broken = pd.DataFrame([{"path": BROKEN, "subset": "alpha", "label": 0,
+                            "video": "alpha_real_broken", "frame": 0, "split": "test"}])
+    test_index = pd.concat(
+        [index[~((index["subset"] == "beta") & (index["label"] == 0))], broken], ignore_index=True
+    )
+    write_index(test_index, cfg.data.index_dir, "test")
+
+    run_extract(cfg, split="train", quiet=True)
+    run_extract(cfg, split="test", quiet=True)
+    run_extract(cfg, split="test", perturb="jpeg=50", quiet=True)
+    fit = run_fit(cfg, quiet=True)
+    out_dir = run_eval(cfg, report=True, quiet=True)
+    manifest = FeatureStore(cfg.paths.stores / "test").manifest()
+    return World(root, cfg, fit.run_dir, out_dir, manifest)
+
+
+def _scores(world: World) -> pd.DataFrame:
+    return pd.read_parquet(world.out_dir / "scores.parquet")
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def test_writes_every_output_in_the_run_report_folder(world: World) -> None:
+    assert world.out_dir == world.cfg.paths.reports / world.run_dir.name
+    for name in ("metrics.json", "scores.parquet", "roc.json", "report.md", "report.html"):
+        assert (world.out_dir / name).is_file(), name
+    assert (world.out_dir / "figures" / "lare.png").is_file()
+
+
+def test_scores_hold_one_row_per_ok_test_row(world: World) -> None:
+    scores = _scores(world)
+    assert list(scores.columns) == list(SCORE_COLUMNS)
+    clean = scores[scores["store"] == "test"]
+    ok = world.test_manifest[world.test_manifest["status"] == "ok"]
+    assert BROKEN not in set(ok["path"])  # the fixture did produce a failed row
+    assert sorted(clean["row"]) == sorted(ok["row"])
+    merged = clean.merge(ok, on="row", suffixes=("", "_manifest"))
+    for column in ("path", "subset", "label", "video"):
+        assert (merged[column].astype(str) == merged[f"{column}_manifest"].astype(str)).all(), column
+    assert np.isfinite(scores["p_fake"]).all()
+    assert ((scores["p_fake"] >= 0) & (scores["p_fake"] <= 1)).all()
+
+
+def test_metrics_match_sklearn_on_the_written_scores(world: World) -> None:
+    metrics = _no_nan_json(world.out_dir / "metrics.json")
+    assert metrics["run"] == world.run_dir.name
+    assert list(metrics["subsets"]) == ["alpha", "beta"]
+    clean = _scores(world).query("store == 'test'")
+    alpha = clean[clean["subset"] == "alpha"]
+    assert metrics["subsets"]["alpha"]["auc"] == pytest.approx(
+        roc_auc_score(alpha["label"], alpha["p_fake"]), abs=1e-12
+    )
+    per_video = alpha.groupby("video").agg(label=("label", "first"), p=("p_fake", "mean"))
+    assert metrics["subsets"]["alpha"]["video_auc"] == pytest.approx(
+        roc_auc_score(per_video["label"], per_video["p"]), abs=1e-12
+    )
+    assert metrics["subsets"]["alpha"]["n_real"] == int((alpha["label"] == 0).sum())
+    assert metrics["subsets"]["alpha"]["n_failed"] == 1
+    assert metrics["subsets"]["beta"]["n_failed"] == 0
+    assert metrics["stores"]["test"]["failed"] == 1
+    assert metrics["stores"]["test"]["rows"] == len(world.test_manifest)
+    assert metrics["mean"]["n_failed"] == 1
+
+
+def test_single_class_subset_has_no_auc_and_says_why(world: World) -> None:
+    metrics = _no_nan_json(world.out_dir / "metrics.json")
+    beta = metrics["subsets"]["beta"]
+    assert beta["n_real"] == 0 and beta["n_fake"] > 0
+    assert beta["auc"] is None and beta["video_auc"] is None
+    assert "single class" in beta["notes"]["auc"]
+    assert beta["acc"] is not None  # accuracy at 0.5 is still defined
+    assert metrics["mean"]["auc_n_subsets"] == 1
+    assert metrics["mean"]["auc"] == pytest.approx(metrics["subsets"]["alpha"]["auc"])
+
+
+def test_perturbed_store_is_reported_under_robustness(world: World) -> None:
+    metrics = _no_nan_json(world.out_dir / "metrics.json")
+    assert list(metrics["robustness"]) == ["test-jpeg50"]
+    entry = metrics["robustness"]["test-jpeg50"]
+    assert entry["perturb"] == "jpeg=50"
+    assert set(entry["subsets"]) == {"alpha", "beta"}
+    assert entry["mean"]["auc_n_subsets"] == 1
+    assert set(metrics["stores"]) == {"test", "test-jpeg50"}
+    scores = _scores(world)
+    jpeg = scores[scores["store"] == "test-jpeg50"].set_index("row")["p_fake"]
+    clean = scores[scores["store"] == "test"].set_index("row")["p_fake"]
+    assert sorted(jpeg.index) == sorted(clean.index)
+    # Scored from its own (compressed) features, not a copy of the clean scores.
+    assert not np.allclose(jpeg.sort_index().to_numpy(), clean.sort_index().to_numpy())
+    alpha = scores[(scores["store"] == "test-jpeg50") & (scores["subset"] == "alpha")]
+    assert entry["subsets"]["alpha"]["auc"] == pytest.approx(
+        roc_auc_score(alpha["label"], alpha["p_fake"]), abs=1e-12
+    )
+
+
+def test_roc_json_is_a_flat_list_for_dvc_plots(world: World) -> None:
+    points = _no_nan_json(world.out_dir / "roc.json")
+    assert isinstance(points, list) and points
+    assert all(set(p) == {"subset", "fpr", "tpr", "threshold"} for p in points)
+    assert {p["subset"] for p in points} == {"alpha"}  # beta holds one class: no curve
+    fpr = [p["fpr"] for p in points]
+    tpr = [p["tpr"] for p in points]
+    assert (fpr[0], tpr[0]) == (0.0, 0.0) and (fpr[-1], tpr[-1]) == (1.0, 1.0)
+    assert fpr == sorted(fpr) and tpr == sorted(tpr)
+
+
+def test_report_names_every_subset_and_the_perturbation(world: World) -> None:
+    markdown = (world.out_dir / "report.md").read_text()
+    page = (world.out_dir / "report.html").read_text()
+    for text in (markdown, page):
+        assert "alpha" in text and "beta" in text
+        assert "jpeg=50" in text
+        assert world.run_dir.name in text
+    assert "single class" in markdown
+
+
+def test_html_links_nothing_outside_the_file(world: World) -> None:
+    page = (world.out_dir / "report.html").read_text()
+    links = re.findall(r"""\b(?:src|href|srcset|action)\s*=\s*["']([^"']*)["']""", page)
+    assert any(link.startswith("data:image/png;base64,") for link in links)
+    assert all(link.startswith(("data:", "#")) for link in links), [
+        link[:60] for link in links if not link.startswith(("data:", "#"))
+    ]
+    assert "url(http" not in page and "@import" not in page
+
+
+# --------------------------------------------------------------------------- determinism
+
+
+def test_scores_do_not_depend_on_repetition_or_batch_size(world: World) -> None:
+    store = FeatureStore(world.cfg.paths.stores / "test")
+    device = torch.device("cpu")
+    detector = load_detector(read_run(world.run_dir), device)
+    first, failed = score_store(detector, store, batch_size=3, device=device, name="test")
+    again, _ = score_store(detector, store, batch_size=3, device=device, name="test")
+    large, _ = score_store(detector, store, batch_size=64, device=device, name="test")
+    assert list(failed["path"]) == [BROKEN]
+    assert first["p_fake"].tolist() == again["p_fake"].tolist()
+    assert first["row"].tolist() == large["row"].tolist()
+    np.testing.assert_allclose(first["p_fake"], large["p_fake"], rtol=0, atol=1e-6)
+    written = _scores(world).query("store == 'test'").sort_values("row")
+    np.testing.assert_allclose(written["p_fake"], first["p_fake"], rtol=0, atol=1e-6)
+
+
+def test_without_report_only_metrics_are_written_and_a_stale_report_goes(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = world.cfg.model_copy(deep=True)
+    cfg.paths.reports = world.root / "reports-plain"
+    stale = cfg.paths.reports / world.run_dir.name / "report.md"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("an old report")
+    out_dir = run_eval(cfg, run_dir=world.run_dir, stores=["test"], report=False)
+    printed = capsys.readouterr().err
+    # The console table names each subset and says why beta has no AUC.
+    assert "alpha" in printed and "beta" in printed
+    assert "beta: AUC, AP, EER, video AUC undefined (single class" in printed
+    assert str(out_dir) in printed.replace("\n", "")
+    assert (out_dir / "metrics.json").is_file() and (out_dir / "roc.json").is_file()
+    assert not stale.exists() and not (out_dir / "report.html").exists()
+    metrics = _no_nan_json(out_dir / "metrics.json")
+    assert metrics["robustness"] == {} and list(metrics["stores"]) == ["test"]
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_missing_test_store_names_the_extract_command(world: World) -> None:
+    cfg = world.cfg.model_copy(deep=True)
+    cfg.paths.stores = world.root / "no-stores-here"
+    with pytest.raises(StoreError) as caught:
+        run_eval(cfg, run_dir=world.run_dir, quiet=True)
+    assert "clare extract --config CONFIG --split test`" in str(caught.value)
+    assert str(cfg.paths.stores / "test") in str(caught.value)
+
+
+def test_missing_perturbed_store_names_its_perturbation(world: World) -> None:
+    cfg = world.cfg.model_copy(deep=True)
+    cfg.eval.perturbations = ["blur=2"]
+    with pytest.raises(StoreError, match=r"clare extract --config CONFIG --split test --perturb blur=2"):
+        run_eval(cfg, run_dir=world.run_dir, quiet=True)
+    with pytest.raises(StoreError, match=r"--split test --perturb jpeg=90"):
+        run_eval(world.cfg, run_dir=world.run_dir, stores=["test-jpeg90"], quiet=True)
+
+
+def test_missing_run_names_the_fit_command(world: World) -> None:
+    with pytest.raises(ClareError, match=r"clare fit --config CONFIG"):
+        run_eval(world.cfg, run_dir=world.root / "no-run", quiet=True)
+
+
+def test_store_with_other_lare_settings_is_refused(world: World, tiny_models_dir: Path) -> None:  # noqa: F811
+    other = make_config(world.root / "other", tiny_models_dir, world.cfg.data.root,
+                        lare__timestep=100)
+    run_extract(other, split="test", subsets=["alpha"], quiet=True)
+    other_store = other.paths.stores / "test"
+    with pytest.raises(StoreError) as caught:
+        run_eval(world.cfg, run_dir=world.run_dir, stores=[str(other_store)], quiet=True)
+    message = str(caught.value)
+    assert str(other_store) in message
+    assert str(world.cfg.paths.stores / "train") in message
+    assert "lare" in message and "100" in message and "200" in message
+
+
+def test_a_subset_in_two_clean_stores_is_refused(world: World) -> None:
+    import shutil
+
+    copy = world.root / "copy-of-test"
+    shutil.copytree(world.cfg.paths.stores / "test", copy)
+    with pytest.raises(StoreError, match=r"subset 'alpha' is also in store 'test'") as caught:
+        run_eval(world.cfg, run_dir=world.run_dir, stores=["test", str(copy)], quiet=True)
+    assert "\n" not in str(caught.value)
