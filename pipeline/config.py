@@ -166,7 +166,7 @@ class FitConfig(_Strict):
     max_steps: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=32, ge=1)
     optimizer: Literal["sgd", "adamw"] = "adamw"
-    lr: float = Field(default=1e-3, gt=0)
+    lr: float = Field(default=5e-4, gt=0)
     prompt_lr: float | None = Field(default=None, gt=0, description="default: lr")
     weight_decay: float = Field(default=5e-4, ge=0)
     prompt_weight_decay: float | None = Field(default=None, ge=0, description="default: weight_decay")

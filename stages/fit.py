@@ -1,8 +1,8 @@
 """Stage two: train the prompts and the error-guided head from the train store alone.
 
-- Model selection on held-out *training* videos (never on test): per training subset and
-  class, a seeded `val_fraction` of the videos, so the frames of one video never straddle
-  train and validation. The checkpoint with the best validation AUC over the run is kept.
+- Model selection on held-out *training* videos (never on test): per class, a seeded
+  `val_fraction` of the videos (keyed by their frame folder), so the frames of one video never
+  straddle train and validation, even when a list repeats a video under several subsets. The checkpoint with the best validation AUC over the run is kept.
 - Only trainable parameters are optimised (two groups: prompt context and head, each with its
   own learning rate and weight decay); the CLIP and SD weights are frozen.
 - Learning rate per step: `warmup_steps` at `warmup_lr`, then cosine from the group's lr to 0.
@@ -48,29 +48,38 @@ class FitResult:
     skipped_failed: int
     skipped_nonfinite: int
     seconds: float
+    train_losses: list[float]
 
 
 # --------------------------------------------------------------------------- data selection
 
 
-def _video_bucket(seed: int, subset: str, video: str) -> float:
-    digest = hashlib.sha256(f"{seed}:{subset}:{video}".encode()).digest()
+def _video_bucket(seed: int, video_key: str) -> float:
+    digest = hashlib.sha256(f"{seed}:{video_key}".encode()).digest()
     return int.from_bytes(digest[:8], "little") / 2**64
 
 
+def video_keys(manifest: pd.DataFrame) -> pd.Series:
+    """A video's identity is the folder of its frames, not its name inside one list.
+
+    DF40 lists every real video once per method, so the same frames appear in several
+    subsets under different names; keying on the folder keeps all their copies on one side.
+    """
+    return manifest["path"].astype(str).map(lambda p: p.rsplit("/", 1)[0] if "/" in p else p)
+
+
 def split_videos(manifest: pd.DataFrame, fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask of validation rows: whole videos, per (subset, label), seeded."""
-    videos = manifest[["subset", "label", "video"]].drop_duplicates()
-    chosen: set[tuple[str, str]] = set()
-    for (subset, _label), group in videos.groupby(["subset", "label"], sort=True):
-        names = sorted(group["video"].astype(str))
+    """Boolean mask of validation rows: whole videos, a seeded `fraction` of each class."""
+    keys = video_keys(manifest)
+    chosen: set[str] = set()
+    for _label, group in keys.groupby(manifest["label"].astype(int), sort=True):
+        names = sorted(set(group))
         if len(names) < 2:
             continue  # a lone video stays in training
-        ranked = sorted(names, key=lambda v: _video_bucket(seed, str(subset), v))
+        ranked = sorted(names, key=lambda v: _video_bucket(seed, v))
         count = min(len(names) - 1, max(1, round(fraction * len(names))))
-        chosen.update((str(subset), v) for v in ranked[:count])
-    keys = zip(manifest["subset"].astype(str), manifest["video"].astype(str), strict=True)
-    return np.array([key in chosen for key in keys], dtype=bool)
+        chosen.update(ranked[:count])
+    return keys.isin(chosen).to_numpy()
 
 
 def _training_rows(manifest: pd.DataFrame, views: int, epoch: int, seed: int) -> pd.DataFrame:
@@ -272,6 +281,7 @@ def run_fit(cfg: Config, *, resume: bool = False, quiet: bool = False) -> FitRes
 
     live = _open_live(run_dir, resume)
     skipped_nonfinite = 0
+    train_losses: list[float] = []
     detector.train()
 
     def validate(epoch: int, batches_done: int) -> None:
@@ -331,8 +341,9 @@ def run_fit(cfg: Config, *, resume: bool = False, quiet: bool = False) -> FitRes
             optimizer.step()
             step += 1
             batches_done += 1
+            train_losses.append(loss.item())
             if live is not None:
-                live.log_metric("train_loss", loss.item())
+                live.log_metric("train_loss", train_losses[-1])
             if fit.val_every and step % fit.val_every == 0 and step < total_steps:
                 validate(epoch, batches_done)
         skipped_nonfinite += loader.skipped_nonfinite
@@ -359,7 +370,8 @@ def run_fit(cfg: Config, *, resume: bool = False, quiet: bool = False) -> FitRes
     }
     (run_dir / RUN_FILE).write_text(yaml.safe_dump(record, sort_keys=False))
     result = FitResult(run_dir, int(best["step"]), record["metrics"], step, len(train_manifest),
-                       len(val_rows), failed, skipped_nonfinite, time.perf_counter() - started)
+                       len(val_rows), failed, skipped_nonfinite, time.perf_counter() - started,
+                       train_losses)
     console.print(
         f"[bold]{run_dir}[/]: {step} steps in {result.seconds:.1f} s; best val AUC "
         f"{best['auc']:.4f} at step {best['step']}; {failed} failed rows skipped"
