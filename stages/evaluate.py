@@ -78,7 +78,8 @@ def _perturb_from_name(name: str) -> str | None:
 
 
 def stores_to_score(cfg: Config, names: list[str] | None = None) -> list[StoreToScore]:
-    """The configured stores (eval.stores, then one `test-<tag>` per perturbation), or `names`."""
+    """`names`, or the configured stores (eval.stores, one `test-<tag>` per perturbation) plus
+    every finished `test-*` store found beside them."""
     from clare.data.views import parse_perturbation
 
     chosen: list[StoreToScore] = []
@@ -92,6 +93,12 @@ def stores_to_score(cfg: Config, names: list[str] | None = None) -> list[StoreTo
                 raise ConfigError("eval.perturbations holds an empty entry; write e.g. jpeg=50 or remove it")
             name = f"test-{perturbation.tag}"
             chosen.append(StoreToScore(name, cfg.paths.stores / name, perturbation.spec))
+        # Robustness stores built with `clare extract --split test --perturb ...` join by
+        # themselves, so a DVC pipeline need not repeat its list of perturbations here.
+        if cfg.paths.stores.is_dir():
+            for path in sorted(cfg.paths.stores.glob("test-*")):
+                if (path / "store.json").is_file() and (path / "manifest.parquet").is_file():
+                    chosen.append(StoreToScore(path.name, path, _perturb_from_name(path.name)))
     unique: dict[str, StoreToScore] = {}
     for item in chosen:
         unique.setdefault(item.name, item)

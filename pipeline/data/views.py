@@ -78,7 +78,11 @@ class Perturbation:
 def parse_perturbation(text: str | None) -> Perturbation | None:
     if text is None or text == "":
         return None
-    kind, _, raw = text.partition("=")
+    kind, sep, raw = text.partition("=")
+    if not sep:  # the tag form of store names: jpeg50, blur1.5
+        for prefix in ("jpeg", "blur"):
+            if text.startswith(prefix):
+                kind, raw = prefix, text[len(prefix):]
     try:
         value = float(raw)
     except ValueError:
@@ -88,7 +92,8 @@ def parse_perturbation(text: str | None) -> Perturbation | None:
     if kind == "blur" and value > 0:
         return Perturbation("blur", value)
     raise ConfigError(
-        f"--perturb '{text}': expected jpeg=Q with Q in 1..100 or blur=SIGMA with SIGMA > 0"
+        f"--perturb '{text}': expected jpeg=Q with Q in 1..100 or blur=SIGMA with SIGMA > 0 "
+        "(or the tags jpegQ, blurSIGMA)"
     )
 
 
