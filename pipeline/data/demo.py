@@ -28,6 +28,11 @@ LIST_PATH_PREFIX = "deepfakes_detection_datasets/"
 
 FRAMES_PER_VIDEO = 4
 KNOWN_VIDEOS = 8  # per method and domain, fakes; reals of a domain are shared by its lists
+# Each known-method list takes KNOWN_VIDEOS reals from a window of the domain's real videos,
+# shifted by REAL_STRIDE per method: neighbouring lists share some reals (DF40's trap) while
+# training still sees enough real identities not to learn "these few faces are real".
+REAL_STRIDE = 4
+REAL_VIDEOS = KNOWN_VIDEOS + REAL_STRIDE * (len(KNOWN_METHODS) - 1)
 UNKNOWN_VIDEOS = 6  # per unknown method, each of real and fake
 # Video positions per known-method list. As in DF40's EFSAll_ff, `val` equals `test`.
 SPLIT_POSITIONS = {"train": range(0, 5), "val": range(5, 8), "test": range(5, 8)}
@@ -188,7 +193,7 @@ def _known_videos(seed: int) -> tuple[dict[str, list[_Video]], dict[str, list[_V
     """Fake videos per list stem, and the real videos of each domain (shared by its lists)."""
     reals: dict[str, list[_Video]] = {}
     for domain in DOMAINS:
-        ids = [f"{i:03d}" if domain == "ff" else f"id{i}_{i:04d}" for i in range(KNOWN_VIDEOS)]
+        ids = [f"{i:03d}" if domain == "ff" else f"id{i}_{i:04d}" for i in range(REAL_VIDEOS)]
         reals[domain] = [
             _Video("Real", vid, f"{REAL_DIRS[domain]}/{vid}", "png", 256,
                    f"real/{domain}/{vid}", None)
@@ -303,7 +308,9 @@ def write_demo_dataset(out: Path, seed: int = 0) -> DemoSummary:
             garbage[1] = {_frame_names(videos[1])[2]}
         for i, video in enumerate(videos):
             n_images += _write_video(out, seed, video, skip.get(i, set()), garbage.get(i, set()))
-        domain_reals = reals[stem.rsplit("_", 1)[1]]
+        method_rank = KNOWN_METHODS.index(stem.rsplit("_", 1)[0])
+        window = method_rank * REAL_STRIDE
+        domain_reals = reals[stem.rsplit("_", 1)[1]][window : window + KNOWN_VIDEOS]
         splits = {
             split: [(v.video_id, v) for i in positions for v in (videos[i], domain_reals[i])]
             for split, positions in SPLIT_POSITIONS.items()
