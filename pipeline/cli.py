@@ -30,7 +30,7 @@ ConfigOpt = Annotated[
     Path, typer.Option("--config", "-c", help="YAML config file (see configs/).")
 ]
 SetOpt = Annotated[
-    list[str] | None,  # noqa: UP007 - typer needs Optional here
+    list[str] | None,
     typer.Option("--set", "-s", help="Override a config key: dotted.key=value (repeatable)."),
 ]
 
@@ -60,13 +60,13 @@ def prepare(config: ConfigOpt, set_: SetOpt = None) -> None:
 def extract(
     config: ConfigOpt,
     split: Annotated[str, typer.Option(help="train or test")] = "train",
-    subset: Annotated[list[str] | None, typer.Option(help="Only these subsets.")] = None,  # noqa: UP007
-    views: Annotated[int | None, typer.Option(help="Views per image (view 0 clean).")] = None,  # noqa: UP007
-    perturb: Annotated[str | None, typer.Option(help="jpeg=Q or blur=SIGMA")] = None,  # noqa: UP007
-    workers: Annotated[int | None, typer.Option(help="Dask LocalCluster workers.")] = None,  # noqa: UP007
-    scheduler: Annotated[str | None, typer.Option(help="Address of a running Dask scheduler.")] = None,  # noqa: UP007
-    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N")] = None,  # noqa: UP007
-    max_failures: Annotated[float | None, typer.Option(help="Exit non-zero above this failed fraction.")] = None,  # noqa: UP007
+    subset: Annotated[list[str] | None, typer.Option(help="Only these subsets.")] = None,
+    views: Annotated[int | None, typer.Option(help="Views per image (view 0 clean).")] = None,
+    perturb: Annotated[str | None, typer.Option(help="jpeg=Q or blur=SIGMA")] = None,
+    workers: Annotated[int | None, typer.Option(help="Dask LocalCluster workers.")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="Address of a running Dask scheduler.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N")] = None,
+    max_failures: Annotated[float | None, typer.Option(help="Exit non-zero above this failed fraction.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Delete an existing store and start afresh.")] = False,
     set_: SetOpt = None,
 ) -> None:
@@ -90,10 +90,10 @@ def extract(
 @app.command()
 def fit(
     config: ConfigOpt,
-    module: Annotated[str | None, typer.Option(help="fusion, lare or clipping")] = None,  # noqa: UP007
-    strategy: Annotated[str | None, typer.Option(help="coop or cocoop")] = None,  # noqa: UP007
-    attention: Annotated[str | None, typer.Option(help="v1 or v2 (fusion)")] = None,  # noqa: UP007
-    name: Annotated[str | None, typer.Option(help="Run name (runs/<name>).")] = None,  # noqa: UP007
+    module: Annotated[str | None, typer.Option(help="fusion, lare or clipping")] = None,
+    strategy: Annotated[str | None, typer.Option(help="coop or cocoop")] = None,
+    attention: Annotated[str | None, typer.Option(help="v1 or v2 (fusion)")] = None,
+    name: Annotated[str | None, typer.Option(help="Run name (runs/<name>).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from runs/<name>/last.ckpt.")] = False,
     set_: SetOpt = None,
 ) -> None:
@@ -109,8 +109,8 @@ def fit(
 @app.command("eval")
 def evaluate(
     config: ConfigOpt,
-    run: Annotated[Path | None, typer.Option(help="Run directory (default runs/<name>).")] = None,  # noqa: UP007
-    stores: Annotated[list[str] | None, typer.Option(help="Store names under the store dir.")] = None,  # noqa: UP007
+    run: Annotated[Path | None, typer.Option(help="Run directory (default runs/<name>).")] = None,
+    stores: Annotated[list[str] | None, typer.Option(help="Store names under the store dir.")] = None,
     report: Annotated[bool, typer.Option(help="Also write report.md and report.html.")] = False,
     set_: SetOpt = None,
 ) -> None:
@@ -118,6 +118,29 @@ def evaluate(
     from clare.stages.evaluate import run_eval
 
     run_eval(_load(config, set_), run_dir=run, stores=stores or None, report=report)
+
+
+@app.command()
+def show(
+    report_dir: Annotated[
+        Path | None,
+        typer.Argument(help="Report folder (default: <reports>/<run> from params.yaml)."),
+    ] = None,
+    params: Annotated[Path, typer.Option(help="DVC params file naming reports and run.")] = Path("params.yaml"),
+) -> None:
+    """Print the per-subset AUC table of an evaluation and the path of its report."""
+    from clare.stages.evaluate import show_report
+
+    if report_dir is None:
+        import yaml
+
+        from clare.errors import ConfigError
+
+        if not params.is_file():
+            raise ConfigError(f"{params}: not found; pass the report folder, e.g. `clare show reports/demo`")
+        values = yaml.safe_load(params.read_text()) or {}
+        report_dir = Path(str(values.get("reports", "reports"))) / str(values.get("run", "demo"))
+    show_report(report_dir)
 
 
 @app.command()

@@ -34,6 +34,7 @@ import torch
 from clare.cache.loader import StoreLoader
 from clare.cache.store import FeatureStore, atomic_write_bytes, atomic_write_parquet, open_store
 from clare.config import Config
+from clare.console import make_console
 from clare.errors import ConfigError, StoreError
 from clare.runs import RunInfo, check_compatible, load_detector, read_run
 
@@ -291,11 +292,10 @@ def _print_table(console: Any, run_name: str, subsets: dict[str, dict[str, Any]]
 def run_eval(cfg: Config, *, run_dir: Path | None = None, stores: list[str] | None = None,
              report: bool = False, quiet: bool = False) -> Path:
     """Score the stores with a trained run and write the evaluation outputs; return their folder."""
-    from rich.console import Console
 
     from clare.models.loading import resolve_device
 
-    console = Console(stderr=True, quiet=quiet, soft_wrap=True)
+    console = make_console(quiet=quiet)
     started = time.perf_counter()
     run_dir = Path(run_dir) if run_dir is not None else cfg.paths.runs / cfg.run_name()
     run = read_run(run_dir)
@@ -397,3 +397,17 @@ def _remove_stale_report(out_dir: Path) -> None:
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
+
+
+def show_report(report_dir: Path) -> None:
+    """Print the per-subset table of a finished evaluation and where its report is."""
+
+    metrics_file = Path(report_dir) / "metrics.json"
+    if not metrics_file.is_file():
+        raise StoreError(f"{metrics_file}: not found; run `clare eval --config CONFIG --report` first")
+    metrics = json.loads(metrics_file.read_text())
+    console = make_console(stderr=False)
+    _print_table(console, metrics.get("run", Path(report_dir).name), metrics["subsets"],
+                 metrics["mean"], metrics.get("robustness") or {})
+    html = Path(report_dir) / "report.html"
+    console.print(f"report: {html if html.is_file() else metrics_file}")

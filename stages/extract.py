@@ -13,12 +13,14 @@ rows and batches, so the arrays are the same for any number of workers.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ import torch
 import clare
 from clare.cache.store import FeatureStore, default_shard_rows, fingerprint_digest
 from clare.config import Config
+from clare.console import make_console
 from clare.data.images import ImageDecodeError, decode_image
 from clare.data.views import Perturbation, derive_seed, make_view, parse_perturbation
 from clare.errors import ConfigError, StoreError
@@ -356,6 +359,19 @@ def _run_shards(job: ExtractJob, pending: list[int], store: FeatureStore, worker
             cluster.close()
 
 
+@contextmanager
+def _disk_full_as_store_error(path: Path) -> Iterator[None]:
+    # A full disk is the user's to fix; finished shards stay valid, so the rerun resumes.
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise StoreError(
+            f"no space left on {path}; free space and rerun the same command to resume"
+        ) from None
+
+
 def run_extract(
     cfg: Config,
     *,
@@ -370,7 +386,6 @@ def run_extract(
     overwrite: bool = False,
     quiet: bool = False,
 ) -> ExtractSummary:
-    from rich.console import Console
     from rich.progress import (
         BarColumn,
         Progress,
@@ -389,7 +404,7 @@ def run_extract(
     perturbation = parse_perturbation(perturb)
     workers = workers if workers is not None else cfg.extract.workers
     max_failures = max_failures if max_failures is not None else cfg.extract.max_failures
-    console = Console(stderr=True, quiet=quiet, soft_wrap=True)
+    console = make_console(quiet=quiet)
 
     index = load_index(cfg, split, subsets)
     rows = _row_skeleton(index, views, perturbation)
@@ -397,7 +412,7 @@ def run_extract(
     path = store_dir(cfg, split, perturbation)
     store = FeatureStore(path)
     started = time.perf_counter()
-    with store.lock():
+    with store.lock(), _disk_full_as_store_error(path):
         if store.exists() and overwrite:
             store.destroy()
             store = FeatureStore(path)

@@ -31,6 +31,7 @@ import yaml
 from clare.cache.loader import StoreLoader
 from clare.cache.store import FeatureStore, open_store
 from clare.config import Config
+from clare.console import make_console
 from clare.errors import ClareError, StoreError
 from clare.runs import CHECKPOINT_FILE, MODEL_FILE, RUN_FILE
 
@@ -210,7 +211,6 @@ def _load_checkpoint(path: Path, spec: dict[str, str]) -> dict[str, Any]:
 
 
 def run_fit(cfg: Config, *, resume: bool = False, quiet: bool = False) -> FitResult:
-    from rich.console import Console
     from safetensors.torch import save_file
 
     from clare.metrics import compute_metrics
@@ -218,7 +218,7 @@ def run_fit(cfg: Config, *, resume: bool = False, quiet: bool = False) -> FitRes
     from clare.models.lare import autocast_context
     from clare.models.loading import load_clip, resolve_device
 
-    console = Console(stderr=True, quiet=quiet, soft_wrap=True)
+    console = make_console(quiet=quiet)
     started = time.perf_counter()
     fit = cfg.fit
     store = open_store(cfg.paths.stores / "train", hint="clare extract --config CONFIG --split train")

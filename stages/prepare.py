@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from clare.config import Config
+from clare.console import make_console
 from clare.data.df40 import DataIndexError, SubsetCheck, build_index
 from clare.errors import DataError
 
@@ -124,9 +125,7 @@ def _update_checks_json(path: Path, results: dict[str, list[SubsetCheck]]) -> No
 
 def run_prepare(cfg: Config, splits: Iterable[str] = ("train", "test")) -> dict[str, Path]:
     """Index each split, write `<index_dir>/<split>.parquet` and `checks.json`; return paths."""
-    console = Console(stderr=True)
-    if not console.is_terminal:
-        console.width = 160  # logs and CI: rich would squeeze the table into 80 columns
+    console = make_console()
     splits = list(splits)
     for split in splits:
         if split not in ("train", "test"):
