@@ -227,6 +227,10 @@ class FeatureStore:
         if len(manifest) != stop - start or list(manifest["row"]) != list(range(start, stop)):
             raise StoreError(f"{self.path}: manifest rows of shard {index} do not match {start}..{stop}")
         self._marker(index).unlink(missing_ok=True)
+        # Zarr merges a write into an existing shard file by reading it first; a damaged file
+        # (the reason a shard is redone) would make that read fail, so start from none.
+        for path in self.shard_files(index).values():
+            path.unlink(missing_ok=True)
         for name in ARRAYS:
             self.array(name)[start:stop] = arrays[name]
         # Zarr writes no file for a shard that is all fill value (every row failed): None.

@@ -137,6 +137,12 @@ class ExtractConfig(_Strict):
     compile: bool = False
     workers: int = Field(default=1, ge=1)
     decode_threads: int = Field(default=2, ge=1)
+    cpu_threads: int = Field(
+        default=1,
+        ge=1,
+        description="torch intra-op threads per worker on CPU; CPU kernels may sum in another "
+        "order with another thread count, so keep it fixed for bit-identical stores",
+    )
     shard_rows: int | None = Field(
         default=None, ge=1, description="rows per shard (None: about 64 MB of tokens per shard)"
     )

@@ -7,8 +7,10 @@ decoding and preprocessing run in a thread pool ahead of the model batches.
 
 With one worker (the default) shards run in this process; `--workers N` starts a dask
 LocalCluster and `--scheduler ADDRESS` uses an existing Dask cluster (e.g. dask-jobqueue).
-Every random draw of a row is seeded from (seed, image sha256, view), and shards have fixed
-rows and batches, so the arrays are the same for any number of workers.
+Every random draw of a row is seeded from (seed, image sha256, view), shards have fixed rows
+and batches, and every CPU worker runs `extract.cpu_threads` intra-op threads (CPU kernels may
+sum in another order with another thread count), so the arrays are bit-identical for any
+number of workers. On GPU, cuDNN runs its deterministic algorithms for the same reason.
 """
 
 from __future__ import annotations
@@ -103,6 +105,10 @@ class FeatureExtractor:
 
 
 def get_extractor(cfg: Config, device: torch.device) -> FeatureExtractor:
+    if device.type == "cuda":
+        # Autotuned or nondeterministic kernels would make a map depend on the worker.
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
     key = json.dumps([cfg.models.model_dump(mode="json"), cfg.lare.model_dump(), str(device),
                       cfg.extract.precision, cfg.extract.channels_last, cfg.extract.compile])
     if key not in _MODEL_CACHE:
@@ -178,9 +184,19 @@ def _resolve_worker_device(name: str) -> torch.device:
 
 def compute_shard(job: ExtractJob, index: int) -> ShardResult:
     """Compute and write one shard of the store. Runs in the driver or in a Dask worker."""
-    started = time.perf_counter()
     cfg = Config.model_validate(job.config)
     device = _resolve_worker_device(job.device)
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.extract.cpu_threads)
+    try:
+        return _compute_shard(job, index, cfg, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _compute_shard(job: ExtractJob, index: int, cfg: Config, device: torch.device) -> ShardResult:
+    started = time.perf_counter()
     extractor = get_extractor(cfg, device)
     perturbation = parse_perturbation(job.perturb)
     store = FeatureStore(job.store_path)
@@ -432,7 +448,8 @@ def run_extract(
                       "split": split, "views": views, "n_images": len(index),
                       "perturb": perturbation.spec if perturbation else None,
                       "subsets": sorted(set(rows["subset"])),
-                      "libraries": {"torch": torch.__version__}},
+                      "libraries": {"torch": torch.__version__},
+                      "cpu_threads": cfg.extract.cpu_threads},
             )
         removed = store.remove_partials()
         if removed:

@@ -1,0 +1,121 @@
+"""Every benchmark script runs at --smoke size and writes the results its docs promise.
+
+Each script runs as CI would run it: a subprocess of this interpreter, from the repository
+root. The tiny models are built once into a shared temp folder and reused by the two scripts
+that need them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TOP_KEYS = {"benchmark", "created", "machine", "params", "results", "notes"}
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("bench-models")
+
+
+def run_script(script: str, out: Path, *extra: str) -> dict[str, Any]:
+    command = [sys.executable, str(REPO / "benchmarks" / script), "--smoke", "--out", str(out),
+               *extra]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, f"{script} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    assert out.is_file(), f"{script} wrote no results file"
+    payload = json.loads(out.read_text())
+    assert TOP_KEYS <= set(payload), f"{script}: missing top-level keys {TOP_KEYS - set(payload)}"
+    assert payload["benchmark"] == Path(script).stem
+    assert payload["params"]["seed"] == 0
+    # The printed table is part of the promise: the script's stdout names the results file.
+    assert str(out) in done.stdout
+    return payload
+
+
+def positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_bench_extract_smoke(tmp_path: Path, models_dir: Path) -> None:
+    payload = run_script("bench_extract.py", tmp_path / "extract.json", "--models-dir", str(models_dir))
+    results = payload["results"]
+    for key in ("extract", "bare", "extract_vs_bare", "extract_in_shards_vs_bare", "per_image",
+                "batched_speedup_lare", "batched_speedup_total", "peak_rss"):
+        assert key in results, key
+    n = payload["params"]["n"]
+    assert results["extract"]["n"] == n and results["bare"]["n"] == n
+    for value in (results["extract"]["images_per_s"], results["extract"]["images_per_s_in_shards"],
+                  results["bare"]["images_per_s"], results["per_image"]["images_per_s"]):
+        assert positive(value)
+    # Ratios are what they claim to be: quotients of the reported rates.
+    assert results["extract_vs_bare"] == pytest.approx(
+        results["extract"]["images_per_s"] / results["bare"]["images_per_s"])
+    assert results["batched_speedup_lare"] == pytest.approx(
+        results["per_image"]["lare_s"] / results["bare"]["lare_s"])
+    # The per-image reference computes the same LaRE maps as the batched extractor.
+    assert results["per_image"]["max_abs_diff_vs_batched"] <= 1e-4 * max(
+        1.0, results["per_image"]["max_abs_lare"])
+    # One peak-RSS measurement per requested N, each from a fresh process.
+    sizes = [int(v) for v in payload["params"]["rss_n"].split(",")]
+    assert [row["n"] for row in results["peak_rss"]] == sizes
+    assert all(row["ok"] == row["n"] and positive(row["peak_rss_mib"]) for row in results["peak_rss"])
+
+
+def test_bench_store_smoke(tmp_path: Path) -> None:
+    payload = run_script("bench_store.py", tmp_path / "store.json")
+    results, params = payload["results"], payload["params"]
+    for name in ("store", "pt", "memmap"):
+        row = results[name]
+        for key in ("bytes_per_image", "files", "write_mb_s", "read_seq_mb_s", "read_random_mb_s"):
+            assert positive(row[key]), (name, key)
+    n = params["n"]
+    assert results["pt"]["files"] == n  # one file per image
+    assert results["memmap"]["files"] == 3  # one per array
+    # The memmap holds exactly the payload; .pt stores tokens as float32, so more bytes.
+    payload_bytes = results["payload_bytes_per_image"]
+    assert results["memmap"]["bytes_per_image"] >= payload_bytes
+    assert results["memmap"]["bytes_per_image"] < payload_bytes * 1.1 + 1024
+    assert results["store_vs_pt_bytes"] == pytest.approx(
+        results["store"]["bytes_per_image"] / results["pt"]["bytes_per_image"])
+
+
+def test_bench_eval_smoke(tmp_path: Path) -> None:
+    payload = run_script("bench_eval.py", tmp_path / "eval.json")
+    results = payload["results"]
+    for key in ("compute_metrics_s", "best_threshold_s", "naive_extrapolated_s", "speedup_vs_naive"):
+        assert positive(results[key]), key
+    sizes = [int(v) for v in payload["params"]["naive_sizes"].split(",")]
+    assert [row["n"] for row in results["naive"]] == sizes
+    # The naive sweep and the O(N log N) oracle find the same best accuracy.
+    assert all(row["agrees"] for row in results["naive"])
+    fit = results["naive_fit"]
+    n = payload["params"]["n"]
+    assert results["naive_extrapolated_s"] == pytest.approx(fit["a"] * n**2 + fit["b"] * n)
+    assert 0.5 < results["metrics"]["auc"] <= 1.0
+
+
+def test_gpu_bench_smoke_on_cpu(tmp_path: Path, models_dir: Path) -> None:
+    payload = run_script("gpu_bench.py", tmp_path / "gpu.json", "--device", "cpu",
+                         "--models-dir", str(models_dir))
+    results = payload["results"]
+    assert results["errors"] == {} and results["skipped"] == []
+    batch_sizes = payload["params"]["batch_sizes"].split(",")
+    assert sorted(results["extract"]) == sorted(batch_sizes)
+    assert sorted(results["bare"]) == sorted(batch_sizes)
+    for bs in batch_sizes:
+        assert positive(results["extract"][bs]["images_per_s"])
+        assert positive(results["bare"][bs]["images_per_s"])
+        assert results["extract"][bs]["vs_bare"] == pytest.approx(
+            results["extract"][bs]["images_per_s"] / results["bare"][bs]["images_per_s"])
+    assert positive(results["per_image"]["images_per_s"])
+    fit = results["fit"]
+    assert fit["samples_per_s"] == "n/a" or positive(fit["end_to_end_samples_per_s"])
+    assert payload["machine"]["gpu"] is None or isinstance(payload["machine"]["gpu"], dict)

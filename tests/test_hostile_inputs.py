@@ -1,0 +1,336 @@
+"""Hostile image files: each one either decodes to the right RGB pixels or becomes a failed row.
+
+Every file is generated here. Files that PIL cannot write (a PNG whose header claims
+30000x30000, a 48-bit PNG) are assembled chunk by chunk with valid CRCs.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers_extract import make_config, make_image_tree, tiny_models_dir  # noqa: F401
+from PIL import Image, ImageFile, ImageOps
+
+from clare.cache.inspect import verify_store
+from clare.cache.store import FeatureStore
+from clare.data.images import ImageDecodeError, decode_image
+from clare.errors import StoreError
+from clare.stages.extract import run_extract
+
+MAX_PIXELS = 89_478_485
+MIN_SIZE = 8
+
+
+# --------------------------------------------------------------------------- file builders
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def raw_png(width: int, height: int, depth: int, colour_type: int, scanlines: bytes) -> bytes:
+    """A PNG from raw filtered scanlines; the header may claim any size."""
+    header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+            + _png_chunk(b"IDAT", zlib.compress(scanlines)) + _png_chunk(b"IEND", b""))
+
+
+def _encoded(image: Image.Image, fmt: str, **params) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **params)
+    return buffer.getvalue()
+
+
+def _noise(height: int, width: int, channels: int = 3, seed: int = 0) -> np.ndarray:
+    shape = (height, width, channels) if channels > 1 else (height, width)
+    return np.random.default_rng(seed).integers(0, 256, size=shape, dtype=np.uint8)
+
+
+def truncated_png(path: Path) -> None:
+    data = _encoded(Image.fromarray(_noise(90, 120)), "PNG")
+    path.write_bytes(data[: len(data) // 2])
+
+
+def truncated_jpeg(path: Path) -> None:
+    data = _encoded(Image.fromarray(_noise(90, 120)), "JPEG", quality=90)
+    path.write_bytes(data[: len(data) // 2])
+
+
+def zero_bytes(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def text_as_png(path: Path) -> None:
+    path.write_text("this is not an image, whatever its name says\n", encoding="utf-8")
+
+
+def one_pixel(path: Path) -> None:
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(path)
+
+
+def header_bomb(path: Path) -> None:
+    # 30000 x 30000 RGB claimed by the header (2.7 GB of pixels), 10 bytes of image data.
+    path.write_bytes(raw_png(30000, 30000, 8, 2, b"\x00" * 10))
+
+
+def bad_crc_png(path: Path) -> None:
+    scanlines = b"".join(b"\x00" + bytes(range(60)) for _ in range(20))
+    data = bytearray(raw_png(20, 20, 8, 2, scanlines))
+    data[20] ^= 0xFF  # inside IHDR: its CRC no longer matches
+    path.write_bytes(bytes(data))
+
+
+def animated_gif(path: Path) -> None:
+    frames = [Image.new("RGB", (40, 40), (60 * i, 30, 200 - 60 * i)) for i in range(3)]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=50, loop=0)
+
+
+def directory_named_png(path: Path) -> None:
+    path.mkdir()
+
+
+def missing_file(path: Path) -> None:
+    pass  # listed in the index, never written
+
+
+def cmyk_jpeg(path: Path) -> None:
+    Image.fromarray(_noise(40, 50, 4, seed=1), mode="CMYK").save(path, quality=95)
+
+
+GREY16 = (np.arange(40 * 50, dtype=np.float64).reshape(40, 50) * 32.0).astype(np.uint16)
+
+
+def grey16_png(path: Path) -> None:
+    image = Image.fromarray(GREY16)
+    assert image.mode == "I;16"
+    image.save(path)
+
+
+RGB48 = np.random.default_rng(3).integers(0, 65536, size=(30, 20, 3), dtype=np.uint16)
+
+
+def rgb48_png(path: Path) -> None:
+    rows = [b"\x00" + RGB48[y].astype(">u2").tobytes() for y in range(RGB48.shape[0])]
+    path.write_bytes(raw_png(RGB48.shape[1], RGB48.shape[0], 16, 2, b"".join(rows)))
+
+
+PALETTE = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (10, 20, 30)]
+PALETTE_INDEX = np.random.default_rng(4).integers(0, 4, size=(40, 50), dtype=np.uint8)
+
+
+def palette_png(path: Path) -> None:
+    image = Image.fromarray(PALETTE_INDEX, mode="P")
+    image.putpalette([c for colour in PALETTE for c in colour])
+    image.save(path, transparency=2)  # entry 2 fully transparent: a tRNS chunk
+
+
+EXIF_PIXELS = _noise(40, 60, seed=5)
+
+
+def exif_rotated_jpeg(path: Path) -> None:
+    image = Image.fromarray(EXIF_PIXELS)
+    exif = image.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    image.save(path, exif=exif.tobytes(), quality=95)
+
+
+GREY = _noise(33, 47, channels=1, seed=6)
+RGBA = _noise(35, 45, channels=4, seed=7)
+
+
+def grey_png(path: Path) -> None:
+    Image.fromarray(GREY, mode="L").save(path)
+
+
+def rgba_png(path: Path) -> None:
+    Image.fromarray(RGBA, mode="RGBA").save(path)
+
+
+def bilevel_png(path: Path) -> None:
+    Image.fromarray(GREY > 127).save(path)
+
+
+def png_named_jpg(path: Path) -> None:
+    Image.fromarray(_noise(30, 30, seed=8)).save(path, format="PNG")
+
+
+# name, builder, reason of the failure (None: must decode)
+CORPUS: list[tuple[str, Callable[[Path], None], str | None]] = [
+    ("truncated.png", truncated_png, "truncated"),
+    ("truncated.jpg", truncated_jpeg, "truncated"),
+    ("zero.png", zero_bytes, "empty file"),
+    ("text.png", text_as_png, "not an image"),
+    ("one_pixel.png", one_pixel, "too small"),
+    ("bomb.png", header_bomb, "too large"),
+    ("bad_crc.png", bad_crc_png, "not an image"),
+    ("animated.gif", animated_gif, "animated"),
+    ("folder.png", directory_named_png, "unreadable"),
+    ("missing.png", missing_file, "missing"),
+    ("cmyk.jpg", cmyk_jpeg, None),
+    ("grey16.png", grey16_png, None),
+    ("rgb48.png", rgb48_png, None),
+    ("palette.png", palette_png, None),
+    ("exif6.jpg", exif_rotated_jpeg, None),
+    ("grey.png", grey_png, None),
+    ("rgba.png", rgba_png, None),
+    ("bilevel.png", bilevel_png, None),
+    ("png_named.jpg", png_named_jpg, None),
+]
+FAILING = {name: reason for name, _, reason in CORPUS if reason is not None}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("hostile")
+    folder = root / "hostile"
+    folder.mkdir()
+    for name, build, _ in CORPUS:
+        build(folder / name)
+    return root
+
+
+def _decode(path: Path, **limits) -> np.ndarray:
+    decoded = decode_image(path, max_pixels=limits.get("max_pixels", MAX_PIXELS),
+                           min_size=limits.get("min_size", MIN_SIZE))
+    assert decoded.image.mode == "RGB"
+    return np.asarray(decoded.image)
+
+
+# --------------------------------------------------------------------------- decode_image
+
+
+@pytest.mark.parametrize("name", sorted(FAILING))
+def test_unusable_files_fail_with_their_reason(corpus: Path, name: str) -> None:
+    path = corpus / "hostile" / name
+    with pytest.raises(ImageDecodeError) as caught:
+        decode_image(path, max_pixels=MAX_PIXELS, min_size=MIN_SIZE)
+    assert caught.value.reason == FAILING[name]
+    # The detail after the reason says something a user can act on.
+    assert str(caught.value).startswith(f"{FAILING[name]}: ") and len(str(caught.value)) > len(name)
+
+
+def test_header_bomb_is_refused_without_decoding(corpus: Path, monkeypatch) -> None:
+    def never(self, *args, **kwargs):
+        raise AssertionError("pixels of a bomb were decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", never)
+    with pytest.raises(ImageDecodeError, match="too large"):
+        decode_image(corpus / "hostile" / "bomb.png", max_pixels=MAX_PIXELS, min_size=MIN_SIZE)
+    # Our own limit is checked on the header too, before PIL would decode (40 x 40 > 1000).
+    small = corpus / "claims_40x40.png"
+    small.write_bytes(raw_png(40, 40, 8, 2, b"\x00" * 10))
+    with pytest.raises(ImageDecodeError, match="extract.max_image_pixels=1000"):
+        decode_image(small, max_pixels=1000, min_size=MIN_SIZE)
+
+
+def test_min_size_is_the_config_value(corpus: Path) -> None:
+    path = corpus / "hostile" / "grey.png"  # 47 x 33
+    with pytest.raises(ImageDecodeError, match="too small"):
+        decode_image(path, max_pixels=MAX_PIXELS, min_size=34)
+    assert _decode(path, min_size=33).shape == (33, 47, 3)
+
+
+def test_cmyk_jpeg_matches_pil_conversion(corpus: Path) -> None:
+    path = corpus / "hostile" / "cmyk.jpg"
+    with Image.open(path) as original:
+        assert original.mode == "CMYK"
+        expected = np.asarray(original.convert("RGB"))
+    np.testing.assert_array_equal(_decode(path), expected)
+
+
+def test_16_bit_grey_png_keeps_its_full_range(corpus: Path) -> None:
+    pixels = _decode(corpus / "hostile" / "grey16.png")
+    expected = np.round(GREY16.astype(np.float64) / 65535.0 * 255.0).astype(np.uint8)
+    for channel in range(3):
+        np.testing.assert_array_equal(pixels[..., channel], expected)
+    # A naive 16 -> 8 bit convert clips everything above 255 to white; we keep a gradient.
+    assert len(np.unique(pixels)) > 200
+
+
+def test_48_bit_png_keeps_the_high_bytes(corpus: Path) -> None:
+    pixels = _decode(corpus / "hostile" / "rgb48.png")
+    np.testing.assert_array_equal(pixels, (RGB48 >> 8).astype(np.uint8))
+
+
+def test_palette_png_with_transparency_keeps_palette_colours(corpus: Path) -> None:
+    pixels = _decode(corpus / "hostile" / "palette.png")
+    expected = np.array(PALETTE, dtype=np.uint8)[PALETTE_INDEX]
+    np.testing.assert_array_equal(pixels, expected)
+
+
+def test_exif_orientation_is_applied(corpus: Path) -> None:
+    path = corpus / "hostile" / "exif6.jpg"
+    decoded = decode_image(path, max_pixels=MAX_PIXELS, min_size=MIN_SIZE)
+    # Stored 60 wide x 40 high; displayed (and decoded) 40 wide x 60 high.
+    assert (decoded.width, decoded.height) == (60, 40)
+    assert decoded.image.size == (40, 60)
+    with Image.open(path) as original:
+        stored = np.asarray(original.convert("RGB"))
+        expected = np.asarray(ImageOps.exif_transpose(original).convert("RGB"))
+    np.testing.assert_array_equal(np.asarray(decoded.image), expected)
+    # Orientation 6 displays the stored pixels rotated 90 degrees clockwise.
+    np.testing.assert_array_equal(expected, np.rot90(stored, k=-1))
+
+
+def test_grey_rgba_bilevel_and_misnamed_files_decode(corpus: Path) -> None:
+    grey = _decode(corpus / "hostile" / "grey.png")
+    np.testing.assert_array_equal(grey, np.repeat(GREY[..., None], 3, axis=2))
+    np.testing.assert_array_equal(_decode(corpus / "hostile" / "rgba.png"), RGBA[..., :3])
+    bilevel = _decode(corpus / "hostile" / "bilevel.png")
+    np.testing.assert_array_equal(bilevel[..., 0], np.where(GREY > 127, 255, 0))
+    np.testing.assert_array_equal(_decode(corpus / "hostile" / "png_named.jpg"), _noise(30, 30, seed=8))
+
+
+# --------------------------------------------------------------------------- through extract
+
+
+def test_extract_survives_the_whole_corpus(corpus: Path, tiny_models_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    good = make_image_tree(corpus / "good", 4, seed=11)
+    good["path"] = "good/" + good["path"]
+    # Four failures first: shard 0 has no good row at all (Zarr then writes no shard file).
+    order = [name for name, _, reason in CORPUS if reason is not None]
+    order += [name for name, _, reason in CORPUS if reason is None]
+    hostile = pd.DataFrame({
+        "path": [f"hostile/{name}" for name in order], "subset": "hostile",
+        "label": np.int8(1), "video": [f"v{i}" for i in range(len(order))],
+        "frame": np.int32(0), "split": "train",
+    })
+    index = pd.concat([hostile, good], ignore_index=True).astype({"label": "int8", "frame": "int32"})
+    cfg = make_config(tmp_path, tiny_models_dir, corpus, index=index)
+
+    summary = run_extract(cfg, split="train", quiet=True)
+
+    assert summary.rows == len(index)
+    assert summary.failed == len(FAILING)
+    assert summary.ok == len(index) - len(FAILING)
+    assert summary.reasons == dict(Counter(FAILING.values()))
+
+    store = FeatureStore(summary.store)
+    manifest = store.manifest()
+    by_name = manifest.set_index(manifest["path"].str.split("/").str[-1])
+    for name, reason in FAILING.items():
+        row = by_name.loc[name]
+        assert row["status"] == "failed"
+        assert row["error"].startswith(f"{reason}: ")
+    ok = manifest["status"] == "ok"
+    assert set(manifest.loc[ok, "path"]) == {p for p in index["path"] if p.split("/")[-1] not in FAILING}
+    assert (manifest.loc[ok, "error"] == "").all()
+    for name in ("lare", "cls", "tokens"):
+        values = store.read(name, 0, store.n_rows).reshape(store.n_rows, -1)
+        assert np.isnan(values[~ok.to_numpy()]).all(), name
+        assert np.isfinite(values[ok.to_numpy()]).all(), name
+    assert verify_store(summary.store).ok
+
+    # Too many failures: the finished store stays, the command exits with code 2.
+    with pytest.raises(StoreError, match="above --max-failures 10.0%") as caught:
+        run_extract(cfg, split="train", max_failures=0.1, quiet=True)
+    assert caught.value.exit_code == 2
+    assert FeatureStore(summary.store).is_complete()
