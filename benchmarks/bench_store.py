@@ -1,0 +1,290 @@
+"""Feature store on disk: size, file count, write and read speed against two baselines.
+
+- store:  clare's FeatureStore (sharded Zarr v3, lz4 + shuffle, one row per inner chunk),
+          written with FeatureStore.create + write_shard, read with read / read_rows.
+- pt:     one torch.save file per image holding {lare, cls, tokens} as float32 (the CLaRE
+          research code's cache format).
+- memmap: plain NumPy memmaps holding the same bytes as the store (tokens float16), uncompressed.
+
+Data are random (real CLIP tokens compress a little better than random float16). Reads run
+right after the writes, so they come from the page cache: the figures compare the formats'
+CPU cost (decoding, file opening), not the disk.
+
+    python benchmarks/bench_store.py            # ViT-L/14 sizes, N=512 (~0.5 GB per format)
+    python benchmarks/bench_store.py --smoke    # seconds (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import (  # noqa: E402
+    add_common_args,
+    dir_bytes,
+    peak_rss_mib,
+    print_table,
+    seed_everything,
+    time_call,
+    write_results,
+)
+
+NAME = "bench_store"
+MB = 1e6
+DTYPES = {"lare": np.float32, "cls": np.float32, "tokens": np.float16}
+
+DEFAULTS = {
+    "full": {"n": 512, "tokens": 256, "width": 1024, "embed": 768, "lare_side": 32,
+             "shard_rows": 128, "read_batch": 32, "random_batches": 8, "warmup": 1, "repeats": 3},
+    "smoke": {"n": 16, "tokens": 16, "width": 32, "embed": 24, "lare_side": 8,
+              "shard_rows": 4, "read_batch": 4, "random_batches": 2, "warmup": 0, "repeats": 1},
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_args(parser, NAME)
+    parser.add_argument("--n", type=int, help="rows (images)")
+    parser.add_argument("--tokens", type=int, help="patch tokens per image (256 for ViT-L/14)")
+    parser.add_argument("--width", type=int, help="token width (1024 for ViT-L/14)")
+    parser.add_argument("--embed", type=int, help="cls embedding width (768 for ViT-L/14)")
+    parser.add_argument("--lare-side", type=int, help="LaRE map side (32 at 256 px)")
+    parser.add_argument("--shard-rows", type=int, help="rows per shard (product default: 128)")
+    parser.add_argument("--read-batch", type=int, help="rows per random read")
+    parser.add_argument("--random-batches", type=int, help="random reads per timed run")
+    parser.add_argument("--work-dir", type=Path, help="where the three copies go (default: temp)")
+    args = parser.parse_args(argv)
+    for key, value in DEFAULTS["smoke" if args.smoke else "full"].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    return args
+
+
+def random_features(args: argparse.Namespace, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    n, side = args.n, args.lare_side
+    return {
+        # LaRE maps are non-negative squared errors; cls/tokens roughly unit scale.
+        "lare": rng.exponential(0.5, size=(n, 4, side, side)).astype(np.float32),
+        "cls": rng.standard_normal((n, args.embed), dtype=np.float32),
+        "tokens": rng.standard_normal((n, args.tokens, args.width), dtype=np.float32).astype(np.float16),
+    }
+
+
+def logical_bytes(features: dict[str, np.ndarray], rows: int) -> int:
+    """Bytes of `rows` rows at the store's dtypes (what a reader gets back)."""
+    return sum(array[0].nbytes for array in features.values()) * rows
+
+
+# --------------------------------------------------------------------------- formats
+
+
+def write_store(path: Path, features: dict[str, np.ndarray], shard_rows: int) -> None:
+    import pandas as pd
+
+    from clare.cache.store import MANIFEST_COLUMNS, FeatureStore
+
+    shutil.rmtree(path, ignore_errors=True)
+    n = len(features["cls"])
+    shapes = {name: tuple(array.shape[1:]) for name, array in features.items()}
+    store = FeatureStore.create(path, n_rows=n, shapes=shapes, shard_rows=shard_rows,
+                                meta={"benchmark": True})
+    for index in range(store.n_shards):
+        start, stop = store.shard_bounds(index)
+        rows = np.arange(start, stop)
+        manifest = pd.DataFrame({
+            "row": rows, "path": [f"img/{r:06d}.png" for r in rows], "subset": "bench",
+            "label": (rows % 2).astype(np.int8), "video": [f"v{r // 8}" for r in rows],
+            "frame": (rows % 8).astype(np.int32), "view": np.zeros(len(rows), np.int16),
+            "perturb": "", "status": "ok", "error": "", "sha256": "0" * 64,
+            "width": np.full(len(rows), 256, np.int32), "height": np.full(len(rows), 256, np.int32),
+        })[list(MANIFEST_COLUMNS)]
+        store.write_shard(index, {k: v[start:stop] for k, v in features.items()}, manifest)
+    store.finalize()
+
+
+def write_pt(path: Path, features: dict[str, np.ndarray]) -> None:
+    import torch
+
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    for row in range(len(features["cls"])):
+        item = {name: torch.from_numpy(array[row].astype(np.float32)) for name, array in features.items()}
+        torch.save(item, path / f"{row:06d}.pt")
+
+
+def write_memmap(path: Path, features: dict[str, np.ndarray]) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    for name, array in features.items():
+        target = np.lib.format.open_memmap(path / f"{name}.npy", mode="w+", dtype=array.dtype,
+                                           shape=array.shape)
+        target[:] = array
+        target.flush()
+        del target
+
+
+class StoreReader:
+    def __init__(self, path: Path) -> None:
+        from clare.cache.store import ARRAYS, open_store
+
+        self.store = open_store(path)
+        self.names = ARRAYS
+
+    def sequential(self, chunk: int) -> int:
+        got = 0
+        for start in range(0, self.store.n_rows, chunk):
+            stop = min(start + chunk, self.store.n_rows)
+            got += sum(self.store.read(name, start, stop).nbytes for name in self.names)
+        return got
+
+    def rows(self, rows: np.ndarray) -> int:
+        return sum(self.store.read_rows(name, rows).nbytes for name in self.names)
+
+    def rows_as_slices(self, rows: np.ndarray) -> int:
+        """The same rows through one read(start, start + 1) each: a diagnostic for read_rows."""
+        return sum(self.store.read(name, int(r), int(r) + 1).nbytes
+                   for name in self.names for r in rows)
+
+
+class PtReader:
+    def __init__(self, path: Path, n: int) -> None:
+        self.files = [path / f"{row:06d}.pt" for row in range(n)]
+
+    def _load(self, row: int) -> int:
+        import torch
+
+        item = torch.load(self.files[row], weights_only=True)
+        return sum(tensor.numpy().nbytes for tensor in item.values())
+
+    def sequential(self, chunk: int) -> int:
+        return sum(self._load(row) for row in range(len(self.files)))
+
+    def rows(self, rows: np.ndarray) -> int:
+        return sum(self._load(int(row)) for row in rows)
+
+
+class MemmapReader:
+    def __init__(self, path: Path) -> None:
+        self.arrays = {name: np.load(path / f"{name}.npy", mmap_mode="r") for name in DTYPES}
+
+    def sequential(self, chunk: int) -> int:
+        got = 0
+        n = len(self.arrays["cls"])
+        for start in range(0, n, chunk):
+            # np.array copies: a reader needs the values in memory, not a lazy view.
+            got += sum(np.array(a[start : start + chunk]).nbytes for a in self.arrays.values())
+        return got
+
+    def rows(self, rows: np.ndarray) -> int:
+        return sum(a[rows].nbytes for a in self.arrays.values())
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def measure_format(name: str, path: Path, features: dict[str, np.ndarray], args: argparse.Namespace,
+                   random_rows: list[np.ndarray]) -> dict[str, Any]:
+    n = args.n
+    writers = {
+        "store": lambda: write_store(path, features, args.shard_rows),
+        "pt": lambda: write_pt(path, features),
+        "memmap": lambda: write_memmap(path, features),
+    }
+    write = time_call(writers[name], warmup=args.warmup, repeats=args.repeats)
+    size, files = dir_bytes(path)
+    reader = {"store": lambda: StoreReader(path), "pt": lambda: PtReader(path, n),
+              "memmap": lambda: MemmapReader(path)}[name]()
+    delivered = logical_bytes(features, n)
+    if reader.sequential(args.shard_rows) < delivered:  # pt returns float32: more bytes
+        raise RuntimeError(f"{name}: a full read returned fewer bytes than were written")
+    sequential = time_call(lambda: reader.sequential(args.shard_rows), warmup=args.warmup,
+                           repeats=args.repeats)
+    random_bytes = logical_bytes(features, sum(len(r) for r in random_rows))
+    random = time_call(lambda: [reader.rows(r) for r in random_rows], warmup=args.warmup,
+                       repeats=args.repeats)
+    random_count = sum(len(r) for r in random_rows)
+    extra: dict[str, Any] = {}
+    if name == "store":
+        slices = time_call(lambda: [reader.rows_as_slices(r) for r in random_rows],
+                           warmup=args.warmup, repeats=args.repeats)
+        extra["read_random_row_slices_mb_s"] = random_bytes / MB / slices.median_s
+    return {
+        **extra,
+        "bytes_on_disk": size,
+        "bytes_per_image": size / n,
+        "files": files,
+        "write_s": write.median_s,
+        # MB/s of feature bytes at the store's dtypes, so every format is measured on the
+        # same payload (pt writes twice the token bytes, as float32).
+        "write_mb_s": delivered / MB / write.median_s,
+        "write_images_s": n / write.median_s,
+        "read_seq_s": sequential.median_s,
+        "read_seq_mb_s": delivered / MB / sequential.median_s,
+        "read_random_s": random.median_s,
+        "read_random_mb_s": random_bytes / MB / random.median_s,
+        "read_random_rows_s": random_count / random.median_s,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    seed_everything(args.seed)
+    rng = np.random.default_rng(args.seed)
+    temp = None
+    if args.work_dir is None:
+        temp = tempfile.TemporaryDirectory(prefix="clare-bench-store-")
+        args.work_dir = Path(temp.name)
+    work = Path(args.work_dir)
+    started = time.perf_counter()
+    features = random_features(args, rng)
+    random_rows = [np.sort(rng.choice(args.n, size=min(args.read_batch, args.n), replace=False))
+                   for _ in range(args.random_batches)]
+    results: dict[str, Any] = {"payload_bytes_per_image": logical_bytes(features, 1)}
+    for name in ("store", "pt", "memmap"):
+        results[name] = measure_format(name, work / name, features, args, random_rows)
+        shutil.rmtree(work / name, ignore_errors=True)  # keep at most one copy on disk
+    store, pt, memmap = results["store"], results["pt"], results["memmap"]
+    results["store_vs_pt_bytes"] = store["bytes_per_image"] / pt["bytes_per_image"]
+    results["store_vs_memmap_read_seq"] = store["read_seq_mb_s"] / memmap["read_seq_mb_s"]
+    results["store_vs_memmap_read_random"] = store["read_random_mb_s"] / memmap["read_random_mb_s"]
+    results["peak_rss_mib"] = peak_rss_mib()
+    results["seconds_total"] = time.perf_counter() - started
+    params = {k: getattr(args, k) for k in ("n", "tokens", "width", "embed", "lare_side",
+                                            "shard_rows", "read_batch", "random_batches",
+                                            "warmup", "repeats", "seed", "smoke")}
+    notes = ["random data; reads follow the writes (page cache warm)",
+             "MB/s = 10^6 bytes of features at the store's dtypes per second",
+             "random reads: batches of read_batch sorted random rows (read_rows for the store)",
+             "read_random_row_slices_mb_s: the store's random rows read one read() per row"]
+    write_results(args.out, NAME, params, results, notes)
+    print_table(
+        f"feature storage, N={args.n}, tokens {args.tokens}x{args.width} fp16, cls {args.embed}, "
+        f"LaRE 4x{args.lare_side}x{args.lare_side}",
+        ["format", "KiB/image", "files", "write MB/s", "seq read MB/s", "random read MB/s",
+         "random rows/s"],
+        [[name, results[name]["bytes_per_image"] / 1024, results[name]["files"],
+          results[name]["write_mb_s"], results[name]["read_seq_mb_s"],
+          results[name]["read_random_mb_s"], results[name]["read_random_rows_s"]]
+         for name in ("store", "pt", "memmap")],
+    )
+    print(f"store random rows read as one-row slices instead of read_rows: "
+          f"{store['read_random_row_slices_mb_s']:.1f} MB/s")
+    print(f"store/pt bytes: {results['store_vs_pt_bytes']:.3f}; store/memmap read: sequential "
+          f"{results['store_vs_memmap_read_seq']:.3f}, random {results['store_vs_memmap_read_random']:.4f}")
+    print(f"results: {args.out}")
+    if temp is not None:
+        temp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
