@@ -201,7 +201,27 @@ class FeatureStore:
         return self.array(name)[start:stop]
 
     def read_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
-        return self.array(name).get_orthogonal_selection((np.asarray(rows),))
+        """Arbitrary rows, in the order given.
+
+        Zarr's orthogonal selection is several times slower than plain slices here, so rows
+        are read per shard: one slice when they are dense in it, else one slice per row.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        array = self.array(name)
+        out = np.empty((len(rows), *array.shape[1:]), dtype=array.dtype)
+        order = np.argsort(rows, kind="stable")
+        ordered = rows[order]
+        shard_of = ordered // self.shard_rows
+        for shard in np.unique(shard_of):
+            picks = np.flatnonzero(shard_of == shard)
+            wanted = ordered[picks]
+            start, stop = int(wanted[0]), int(wanted[-1]) + 1
+            if len(wanted) * 4 >= stop - start:
+                out[order[picks]] = array[start:stop][wanted - start]
+            else:
+                for pick, row in zip(picks, wanted, strict=True):
+                    out[order[pick]] = array[int(row) : int(row) + 1][0]
+        return out
 
     def shard_files(self, index: int) -> dict[str, Path]:
         """The file that holds shard `index` of every array."""

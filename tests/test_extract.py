@@ -149,3 +149,12 @@ def test_rerun_of_complete_store_computes_nothing(reference):
     cfg, summary = reference
     again = run_extract(cfg, split="train", quiet=True)
     assert again.shards_run == 0 and again.rows == summary.rows
+
+
+def test_read_rows_returns_any_rows_in_the_order_given(reference):
+    _, summary = reference
+    store = FeatureStore(summary.store)
+    rows = np.array([11, 0, 0, 5, 4, 7, 1, 10])  # dense and sparse shards, repeats, unsorted
+    for name in ("lare", "cls", "tokens"):
+        whole = store.read(name, 0, store.n_rows)
+        np.testing.assert_array_equal(store.read_rows(name, rows), whole[rows])
