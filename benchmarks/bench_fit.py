@@ -22,7 +22,7 @@ LaRE 4x32x32) in a temp dir; it is read right after it is written, so from the p
 Models have random weights (`open_clip.create_model(..., pretrained=None)`); nothing is
 downloaded. torch keeps its default thread count, which the results record.
 
-    python benchmarks/bench_fit.py                  # ViT-L/14, N=256, batch 32 (CPU: ~10 min)
+    python benchmarks/bench_fit.py                  # ViT-L/14, N=256, batch 32 (~6 min, 2 CPUs)
     python benchmarks/bench_fit.py --device cuda    # same on a GPU (bf16 autocast, as clare fit)
     python benchmarks/bench_fit.py --smoke          # tiny ViT, N=16, seconds (CI)
 """
@@ -151,7 +151,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
         self.optimizer.step()
         self.step += 1
-        self.last_loss = float(loss)
+        self.last_loss = loss.detach().item()
         if not math.isfinite(self.last_loss):
             raise RuntimeError(f"training loss became {self.last_loss} at step {self.step}")
         return self.last_loss
@@ -203,8 +203,9 @@ def build_random_store(path: Path, n: int, dims: dict[str, int], lare_side: int,
             "tokens": rng.standard_normal((count, *shapes["tokens"]), dtype=np.float32).astype(np.float16),
         }
         videos = [f"v{r // 8:05d}" for r in rows]
+        paths = [f"bench/{video}/{r % 8:03d}.png" for video, r in zip(videos, rows, strict=True)]
         manifest = pd.DataFrame({
-            "row": rows, "path": [f"bench/{v}/{r % 8:03d}.png" for v, r in zip(videos, rows)],
+            "row": rows, "path": paths,
             "subset": "bench", "label": (rows % 2).astype(np.int8), "video": videos,
             "frame": (rows % 8).astype(np.int32), "view": np.zeros(count, np.int16),
             "perturb": "", "status": "ok", "error": "", "sha256": "0" * 64,
@@ -327,8 +328,8 @@ def measure_end_to_end(trainer: Trainer, clip: Any, store: Any, args: argparse.N
             step_s.append((fetched - started) + (finished - clip_started))
             rows_per_step.append(len(batch.rows))
         epoch += 1
-    per_sample = statistics.median(s / r for s, r in zip(step_s, rows_per_step))
-    clip_per_sample = statistics.median(s / r for s, r in zip(clip_s, rows_per_step))
+    per_sample = statistics.median(s / r for s, r in zip(step_s, rows_per_step, strict=True))
+    clip_per_sample = statistics.median(s / r for s, r in zip(clip_s, rows_per_step, strict=True))
     return {
         "steps_timed": len(step_s),
         "rows_per_step": rows_per_step,

@@ -119,3 +119,29 @@ def test_gpu_bench_smoke_on_cpu(tmp_path: Path, models_dir: Path) -> None:
     fit = results["fit"]
     assert fit["samples_per_s"] == "n/a" or positive(fit["end_to_end_samples_per_s"])
     assert payload["machine"]["gpu"] is None or isinstance(payload["machine"]["gpu"], dict)
+
+
+def test_bench_fit_smoke(tmp_path: Path) -> None:
+    payload = run_script("bench_fit.py", tmp_path / "fit.json")
+    results, params = payload["results"], payload["params"]
+    n, batch = params["n"], params["batch_size"]
+    assert params["torch_threads"] >= 1 and results["torch_threads"] == params["torch_threads"]
+    assert results["steps_per_epoch"] == math.ceil(n / batch)
+    # The loader delivers every stored row once per epoch; a store epoch runs every step.
+    assert results["loader"]["samples_per_epoch"] == n
+    assert results["store_epoch"]["steps"] == results["steps_per_epoch"]
+    for key in ("train_step", "loader", "store_epoch", "end_to_end"):
+        assert positive(results[key]["samples_per_s"]), key
+    assert results["store_epoch"]["samples_per_s"] == pytest.approx(
+        n / results["store_epoch"]["median_s"])
+    e2e = results["end_to_end"]
+    assert e2e["steps_timed"] == params["e2e_steps"] == len(e2e["step_s"])
+    # The CLIP forward is one part of each end-to-end step, and the epoch is extrapolated per sample.
+    assert all(0 < c < s for c, s in zip(e2e["clip_s"], e2e["step_s"], strict=True))
+    assert e2e["epoch_s_extrapolated"] == pytest.approx(n * e2e["per_sample_s"])
+    # The reported ratios are quotients of the reported figures.
+    assert results["e2e_vs_store"] == pytest.approx(
+        e2e["epoch_s_extrapolated"] / results["store_epoch"]["median_s"])
+    assert results["loader_vs_step"] == pytest.approx(
+        results["loader"]["samples_per_s"] / results["train_step"]["samples_per_s"])
+    assert math.isfinite(results["final_loss"]) and results["trainable_parameters"] > 0
