@@ -79,6 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-px", type=int, help="side of the generated PNG files")
     parser.add_argument("--shard-rows", type=int, help="rows per shard (default: product's)")
     parser.add_argument("--decode-threads", type=int, default=2)
+    parser.add_argument("--cpu-threads", type=int, default=1,
+                        help="torch intra-op threads, for extract (extract.cpu_threads) and bare alike")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR,
                         help="cache of built benchmark models (reused across runs)")
@@ -101,7 +103,7 @@ def load_models(args: argparse.Namespace) -> ModelPaths:
 
 def build_config(args: argparse.Namespace, models: ModelPaths, work: Path, data_root: Path) -> Any:
     extract = {"device": args.device, "batch_size": args.batch_size, "precision": "fp32",
-               "decode_threads": args.decode_threads}
+               "decode_threads": args.decode_threads, "cpu_threads": args.cpu_threads}
     if args.shard_rows:
         extract["shard_rows"] = args.shard_rows
     lare = {"timestep": 200, "ensemble": args.ensemble, "image_size": args.image_size,
@@ -329,6 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     raw_argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(raw_argv)
     seed_everything(args.seed)
+    import torch
+
+    # Same intra-op threads for every measurement, or the ratios compare thread counts.
+    torch.set_num_threads(args.cpu_threads)
     if args.rss_child is not None:
         rss_child(args)
         return 0
@@ -378,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     params = {k: getattr(args, k) for k in ("mode", "n", "rss_n", "batch_size", "image_size",
                                             "ensemble", "image_px", "shard_rows",
-                                            "decode_threads", "device", "warmup", "repeats",
+                                            "decode_threads", "cpu_threads", "device",
+                                            "warmup", "repeats",
                                             "seed")}
     params["precision"] = "fp32"
     notes = [

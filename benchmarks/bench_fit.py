@@ -30,7 +30,6 @@ downloaded. torch keeps its default thread count, which the results record.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import statistics
@@ -100,12 +99,9 @@ def create_clip(model: str, work: Path) -> tuple[Any, Any]:
     import open_clip
 
     if model == TINY:
-        from clare.models.tiny import TINY_CLIP_CONFIG, TINY_CLIP_NAME
+        from clare.models.tiny import TINY_CLIP_NAME, register_tiny_clip_config
 
-        # open_clip names a registered config after its file, so the file carries the name.
-        config_file = work / f"{TINY_CLIP_NAME}.json"
-        config_file.write_text(json.dumps(TINY_CLIP_CONFIG))
-        open_clip.add_model_config(config_file)
+        register_tiny_clip_config(work)
         model = TINY_CLIP_NAME
     # open_clip warns that no pretrained weights were loaded: random weights are the point here.
     logging.getLogger("root").setLevel(logging.ERROR)

@@ -106,6 +106,11 @@ Block = Heading | Paragraph | Table | Picture | CodeDetails
 # --------------------------------------------------------------------------- formatting
 
 
+def _video_and_frame(path: object) -> str:
+    parts = PurePath(str(path)).parts
+    return "/".join(parts[-2:])
+
+
 def _is_number(value: Any) -> bool:
     return (
         isinstance(value, (int, float, np.integer, np.floating))
@@ -337,7 +342,8 @@ def _lare_figure(examples: Sequence[Mapping[str, Any]], path: Path) -> Path:
             example = items[col]
             image = ax.imshow(maps[id(example)], cmap="magma", vmin=0.0, vmax=vmax)
             ax.set_title(
-                f"{example.get('subset', '')}\n{PurePath(str(example.get('path', ''))).name}",
+                # The video folder tells frames apart: every video has a 000.png.
+                f"{example.get('subset', '')}\n{_video_and_frame(example.get('path', ''))}",
                 fontsize=7,
             )
         row_axes[0].set_ylabel(name, fontsize=10)

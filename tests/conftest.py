@@ -13,6 +13,19 @@ from fixtures_data import demo_data_dir  # noqa: F401 - shared session fixture
 from helpers_extract import tiny_models_dir  # noqa: F401 - shared session fixture
 
 
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    """The tiny open_clip model (random weights, E=32, W=64, T=48, 8x8 grid) and its tokenizer."""
+    import open_clip
+
+    from clare.models.tiny import TINY_CLIP_NAME, register_tiny_clip_config
+
+    register_tiny_clip_config(tmp_path_factory.mktemp("openclip-config"))
+    torch.manual_seed(0)
+    model = open_clip.create_model(TINY_CLIP_NAME, pretrained=None).eval()
+    return model, open_clip.get_tokenizer(TINY_CLIP_NAME)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
     before = torch.get_num_threads()

@@ -1,6 +1,6 @@
 """Shared data fixtures. Import them into a test module:
 
-    from fixtures_data import demo_data_dir  # noqa: F401
+    def test_x(demo_data_dir): ...   # the fixture comes from conftest.py
 
 `demo_data_dir` is the synthetic mini-DF40 (seed 0), written once per test session and shared:
 treat it as read-only (copy it first if a test must change files).

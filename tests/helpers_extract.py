@@ -2,10 +2,10 @@
 
 Import from a test module (tests/ is on sys.path because it has no __init__.py):
 
-    from helpers_extract import make_config, make_image_tree, tiny_models_dir  # noqa: F401
+    from helpers_extract import make_config, make_image_tree  # tiny_models_dir: conftest.py
 
-`tiny_models_dir` is a session-scoped fixture: importing it into a test module makes it
-available there, and the models are built once per pytest session whichever module asks first.
+`tiny_models_dir` is a session-scoped fixture registered in conftest.py: any test can ask for it,
+and the models are built once per pytest session whichever module asks first.
 """
 
 from __future__ import annotations

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures_data import demo_data_dir  # noqa: F401
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
@@ -44,7 +43,7 @@ def _hashes(root: Path) -> dict[str, str]:
     }
 
 
-def test_lists_follow_deepfakebench_format(demo_data_dir: Path) -> None:  # noqa: F811
+def test_lists_follow_deepfakebench_format(demo_data_dir: Path) -> None:
     lists = sorted(p.stem for p in (demo_data_dir / "lists").glob("*.json"))
     assert lists == sorted(ALL_STEMS)
     for stem in ALL_STEMS:
@@ -67,7 +66,7 @@ def test_lists_follow_deepfakebench_format(demo_data_dir: Path) -> None:  # noqa
                 assert not set(splits["train"]) & set(splits["test"])
 
 
-def test_files_sit_in_df40_layout(demo_data_dir: Path) -> None:  # noqa: F811
+def test_files_sit_in_df40_layout(demo_data_dir: Path) -> None:
     real_roots = {
         "ff": "FaceForensics++/original_sequences/youtube/c23/frames/",
         "cdf": "Celeb-DF-v2/Celeb-real/frames/",
@@ -105,7 +104,7 @@ def test_files_sit_in_df40_layout(demo_data_dir: Path) -> None:  # noqa: F811
     assert fake_exts == {".png", ".jpg", ".jpeg"}
 
 
-def test_planted_traps_are_present(demo_data_dir: Path) -> None:  # noqa: F811
+def test_planted_traps_are_present(demo_data_dir: Path) -> None:
     def fake_train_videos(stem: str) -> list[dict]:
         return list(_load(demo_data_dir, stem)[stem][f"{stem}_Fake"]["train"].values())
 
@@ -130,7 +129,7 @@ def test_planted_traps_are_present(demo_data_dir: Path) -> None:  # noqa: F811
 
 
 def test_same_seed_writes_identical_bytes_and_rerun_is_idempotent(
-    demo_data_dir: Path, tmp_path: Path  # noqa: F811
+    demo_data_dir: Path, tmp_path: Path
 ) -> None:
     reference = _hashes(demo_data_dir)
     out = tmp_path / "again"
@@ -187,7 +186,7 @@ def _features(root: Path, stems: list[str], split: str, degrade: bool) -> tuple[
 
 
 @pytest.mark.parametrize("degrade", [False, True], ids=["clean", "crop224-jpeg75"])
-def test_artifact_is_learnable_on_held_out_videos(demo_data_dir: Path, degrade: bool) -> None:  # noqa: F811
+def test_artifact_is_learnable_on_held_out_videos(demo_data_dir: Path, degrade: bool) -> None:
     ff = [s for s in KNOWN_STEMS if s.endswith("_ff")]
     cdf = [s for s in KNOWN_STEMS if s.endswith("_cdf")]
     x_train, y_train = _features(demo_data_dir, ff, "train", degrade)

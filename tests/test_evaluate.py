@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers_extract import make_config, make_image_tree, tiny_models_dir, write_index  # noqa: F401
+from helpers_extract import make_config, make_image_tree, write_index
 from sklearn.metrics import roc_auc_score
 
 from clare.cache.store import FeatureStore
@@ -52,7 +52,7 @@ def _no_nan_json(path: Path) -> Any:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path) -> World:  # noqa: F811
+def world(tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path) -> World:
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("evaluate")
     data = root / "data"
@@ -257,7 +257,7 @@ def test_missing_run_names_the_fit_command(world: World) -> None:
         run_eval(world.cfg, run_dir=world.root / "no-run", quiet=True)
 
 
-def test_store_with_other_lare_settings_is_refused(world: World, tiny_models_dir: Path) -> None:  # noqa: F811
+def test_store_with_other_lare_settings_is_refused(world: World, tiny_models_dir: Path) -> None:
     other = make_config(world.root / "other", tiny_models_dir, world.cfg.data.root,
                         lare__timestep=100)
     run_extract(other, split="test", subsets=["alpha"], quiet=True)

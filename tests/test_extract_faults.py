@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_extract import (  # noqa: F401
+from helpers_extract import (
     assert_stores_equal,
     make_config,
     make_image_tree,
     store_arrays,
-    tiny_models_dir,
 )
 
 from clare.cache.inspect import verify_store
@@ -30,7 +29,7 @@ N_SHARDS = 6
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path) -> dict:  # noqa: F811
+def reference(tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path) -> dict:
     """The uninterrupted run every faulty run must reproduce bit for bit."""
     root = tmp_path_factory.mktemp("faults")
     make_image_tree(root / "data", N_IMAGES, seed=7)

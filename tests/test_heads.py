@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import copy
-import json
 
-import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,26 +19,6 @@ from clare.models.heads import (
     LareHead,
 )
 
-TINY_NAME = "clare-tiny-vit"
-TINY_CFG = {
-    "embed_dim": 32,
-    "vision_cfg": {
-        "image_size": 112,
-        "layers": 2,
-        "width": 64,
-        "head_width": 16,
-        "mlp_ratio": 2.0,
-        "patch_size": 14,
-    },
-    "text_cfg": {
-        "context_length": 77,
-        "vocab_size": 49408,
-        "width": 48,
-        "heads": 4,
-        "layers": 2,
-        "mlp_ratio": 2.0,
-    },
-}
 E, W, GRID, P = 32, 64, 8, 64
 # Every distinct detector: strategy and attention do not apply to `lare`, attention not to `clipping`.
 COMBOS = [
@@ -54,23 +32,8 @@ COMBOS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: a second thread only adds contention on the shared CPU (100x slower here).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="session")
-def tiny_clip(tmp_path_factory):
-    path = tmp_path_factory.mktemp("openclip-config") / f"{TINY_NAME}.json"
-    path.write_text(json.dumps(TINY_CFG))
-    open_clip.add_model_config(path)
-    torch.manual_seed(0)
-    model = open_clip.create_model(TINY_NAME, pretrained=None).eval()
-    return model, open_clip.get_tokenizer(TINY_NAME)
 
 
 def _inputs(batch: int, seed: int = 0):

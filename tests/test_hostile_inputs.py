@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers_extract import make_config, make_image_tree, tiny_models_dir  # noqa: F401
+from helpers_extract import make_config, make_image_tree
 from PIL import Image, ImageFile, ImageOps
 
 from clare.cache.inspect import verify_store
@@ -292,7 +292,7 @@ def test_grey_rgba_bilevel_and_misnamed_files_decode(corpus: Path) -> None:
 # --------------------------------------------------------------------------- through extract
 
 
-def test_extract_survives_the_whole_corpus(corpus: Path, tiny_models_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_extract_survives_the_whole_corpus(corpus: Path, tiny_models_dir: Path, tmp_path: Path) -> None:
     good = make_image_tree(corpus / "good", 4, seed=11)
     good["path"] = "good/" + good["path"]
     # Four failures first: shard 0 has no good row at all (Zarr then writes no shard file).

@@ -10,7 +10,6 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from fixtures_data import demo_data_dir  # noqa: F401
 from PIL import Image
 
 from clare.config import Config, load_config
@@ -99,7 +98,7 @@ def test_shipped_configs_validate(name: str) -> None:
 # --------------------------------------------------------------------------- demo index
 
 
-def test_demo_index_counts_planted_traps(demo_data_dir: Path) -> None:  # noqa: F811
+def test_demo_index_counts_planted_traps(demo_data_dir: Path) -> None:
     cfg = _config(demo_data_dir, demo_data_dir / "lists", DEMO_TRAIN, DEMO_TEST)
     train, train_checks = build_index(cfg, "train")
     test, test_checks = build_index(cfg, "test")
@@ -132,7 +131,7 @@ def test_demo_index_counts_planted_traps(demo_data_dir: Path) -> None:  # noqa: 
     pd.testing.assert_frame_equal(train, again)
 
 
-def test_on_missing_error_names_subset_count_and_path(demo_data_dir: Path) -> None:  # noqa: F811
+def test_on_missing_error_names_subset_count_and_path(demo_data_dir: Path) -> None:
     cfg = _config(demo_data_dir, demo_data_dir / "lists", ["StyleGAN2_ff"], on_missing="error")
     with pytest.raises(DataError, match=r"StyleGAN2_ff.*1 listed frames.*000_100/003\.jpg"):
         build_index(cfg, "train")
@@ -335,7 +334,7 @@ def test_run_prepare_refuses_missing_inputs_and_empty_splits(tiny_tree: Path) ->
         run_prepare(_config(tiny_tree, lists, ["ghost"], ["mini"]))
 
 
-def test_run_prepare_builds_demo_inputs_once(demo_data_dir: Path, tmp_path: Path,  # noqa: F811
+def test_run_prepare_builds_demo_inputs_once(demo_data_dir: Path, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     import clare.data.demo
     import clare.models.tiny

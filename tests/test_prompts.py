@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import open_clip
 import pytest
 import torch
@@ -12,51 +10,15 @@ from clare.config import PromptConfig
 from clare.errors import ConfigError
 from clare.models.detector import build_detector
 from clare.models.prompts import FrozenTextEncoder, PromptLearner
+from clare.models.tiny import TINY_CLIP_NAME
 
-TINY_NAME = "clare-tiny-vit"
-TINY_CFG = {
-    "embed_dim": 32,
-    "vision_cfg": {
-        "image_size": 112,
-        "layers": 2,
-        "width": 64,
-        "head_width": 16,
-        "mlp_ratio": 2.0,
-        "patch_size": 14,
-    },
-    "text_cfg": {
-        "context_length": 77,
-        "vocab_size": 49408,
-        "width": 48,
-        "heads": 4,
-        "layers": 2,
-        "mlp_ratio": 2.0,
-    },
-}
 E, W, T, GRID = 32, 64, 48, 8
 
 
-def _register_tiny(folder) -> None:
-    path = folder / f"{TINY_NAME}.json"
-    path.write_text(json.dumps(TINY_CFG))
-    open_clip.add_model_config(path)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: a second thread only adds contention on the shared CPU (100x slower here).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="session")
-def tiny_clip(tmp_path_factory):
-    _register_tiny(tmp_path_factory.mktemp("openclip-config"))
-    torch.manual_seed(0)
-    model = open_clip.create_model(TINY_NAME, pretrained=None).eval()
-    return model, open_clip.get_tokenizer(TINY_NAME)
 
 
 def _encode(model, tokenizer, texts):
@@ -144,7 +106,7 @@ def test_frozen_text_encoder_matches_encode_text_on_arbitrary_ids(tiny_clip):
 def test_frozen_text_encoder_custom_text_clip(tiny_clip):
     _, tokenizer = tiny_clip
     torch.manual_seed(3)
-    custom = open_clip.create_model(TINY_NAME, pretrained=None, force_custom_text=True).eval()
+    custom = open_clip.create_model(TINY_CLIP_NAME, pretrained=None, force_custom_text=True).eval()
     assert hasattr(custom, "text")
     encoder = FrozenTextEncoder(custom)
     ids = tokenizer(["a photo of a real.", "fake"])

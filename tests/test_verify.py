@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers_extract import (  # noqa: F401
+from helpers_extract import (
     assert_stores_equal,
     make_config,
     make_image_tree,
-    tiny_models_dir,
 )
 from typer.testing import CliRunner
 
@@ -27,7 +26,7 @@ N_IMAGES = 12  # shard_rows 4 -> 3 shards
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path) -> dict:  # noqa: F811
+def reference(tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path) -> dict:
     """One uninterrupted store; tests work on copies of it."""
     root = tmp_path_factory.mktemp("verify")
     make_image_tree(root / "data", N_IMAGES, seed=3)

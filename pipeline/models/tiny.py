@@ -140,14 +140,22 @@ def _build_sd(out: Path) -> None:
     (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
 
 
+def register_tiny_clip_config(folder: Path) -> Path:
+    """Write the tiny model's open_clip config JSON into `folder` and make open_clip know it."""
+    import open_clip
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config_path = folder / f"{TINY_CLIP_NAME}.json"
+    config_path.write_text(json.dumps(TINY_CLIP_CONFIG, indent=2) + "\n", encoding="utf-8")
+    open_clip.add_model_config(config_path)
+    return config_path
+
+
 def _build_clip(out: Path) -> tuple[Path, Path]:
     import open_clip
     from safetensors.torch import save_file
 
-    out.mkdir(parents=True, exist_ok=True)
-    config_path = out / f"{TINY_CLIP_NAME}.json"
-    config_path.write_text(json.dumps(TINY_CLIP_CONFIG, indent=2) + "\n", encoding="utf-8")
-    open_clip.add_model_config(config_path)
+    config_path = register_tiny_clip_config(out)
     model = open_clip.create_model(TINY_CLIP_NAME, pretrained=None)
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     checkpoint = out / "open_clip_model.safetensors"
