@@ -334,3 +334,13 @@ def test_extract_survives_the_whole_corpus(corpus: Path, tiny_models_dir: Path, 
         run_extract(cfg, split="train", max_failures=0.1, quiet=True)
     assert caught.value.exit_code == 2
     assert FeatureStore(summary.store).is_complete()
+
+
+def test_raising_the_pixel_limit_admits_larger_images(tmp_path: Path) -> None:
+    # 10000 x 10000 = 1e8 px is above PIL's default guard (89.5 M px) but below 2e8.
+    path = tmp_path / "big.png"
+    Image.new("L", (10000, 10000)).save(path)
+    with pytest.raises(ImageDecodeError, match="too large"):
+        decode_image(path, max_pixels=89_478_485, min_size=8)
+    decoded = decode_image(path, max_pixels=200_000_000, min_size=8)
+    assert decoded.image.size == (10000, 10000)

@@ -59,6 +59,9 @@ def decode_image(path: Path, *, max_pixels: int, min_size: int) -> DecodedImage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Our header check below is the bomb guard (with extract.max_image_pixels);
+            # PIL's global one would refuse what a user raised the limit to admit.
+            Image.MAX_IMAGE_PIXELS = None
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             # Check the header's claim before decoding anything (decompression bombs).
