@@ -26,10 +26,10 @@ from clare.cache.store import (
     ARRAYS,
     MANIFEST_COLUMNS,
     FeatureStore,
-    file_sha256,
     fingerprint_digest,
 )
 from clare.errors import StoreError
+from clare.files import file_sha256
 
 EXPECTED_DTYPES = {"lare": "float32", "cls": "float32", "tokens": "float16"}
 BUILD_HINT = "clare extract --config CONFIG --split SPLIT"

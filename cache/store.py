@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from clare.errors import StoreError
+from clare.files import atomic_write_bytes, atomic_write_parquet, file_sha256
 
 FORMAT = "clare-store/1"
 ARRAYS = ("lare", "cls", "tokens")
@@ -46,31 +47,8 @@ def default_shard_rows(tokens: int, width: int) -> int:
     return max(1, TOKENS_SHARD_BYTES // (tokens * width * 2))
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def atomic_write_json(path: Path, payload: dict[str, Any]) -> None:
     atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
-
-
-def atomic_write_parquet(path: Path, frame: pd.DataFrame) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fingerprint_digest(fingerprint: dict[str, Any]) -> str:

@@ -32,10 +32,11 @@ import pandas as pd
 import torch
 
 from clare.cache.loader import StoreLoader
-from clare.cache.store import FeatureStore, atomic_write_bytes, atomic_write_parquet, open_store
+from clare.cache.store import FeatureStore, open_store
 from clare.config import Config
 from clare.console import make_console
 from clare.errors import ConfigError, StoreError
+from clare.files import atomic_write_bytes, atomic_write_parquet
 from clare.runs import RunInfo, check_compatible, load_detector, read_run
 
 SCORE_COLUMNS = ("row", "path", "subset", "label", "video", "p_fake", "store")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from clare.cache.store import FeatureStore, open_store
 from clare.config import Config
 from clare.console import make_console
 from clare.errors import ClareError, StoreError
+from clare.files import atomic_write
 from clare.runs import CHECKPOINT_FILE, MODEL_FILE, RUN_FILE
 
 CHECKPOINT_FORMAT = "clare-fit-checkpoint/1"
@@ -181,9 +181,7 @@ def _opt(tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor | No
 
 
 def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def _load_checkpoint(path: Path, spec: dict[str, str]) -> dict[str, Any]:

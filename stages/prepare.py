@@ -7,9 +7,8 @@ Outputs, under `data.index_dir`: `train.parquet` and `test.parquet` (one row per
 from __future__ import annotations
 
 import json
-import os
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +19,7 @@ from clare.config import Config
 from clare.console import make_console
 from clare.data.df40 import DataIndexError, SubsetCheck, build_index
 from clare.errors import DataError
+from clare.files import atomic_write
 
 _TABLE_COLUMNS = (
     ("listed", "listed"),
@@ -95,17 +95,8 @@ def _print_checks(console: Console, split: str, checks: list[SubsetCheck]) -> No
             console.print(f"  {check.subset}: {note}", markup=False, highlight=False)
 
 
-def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _write_parquet(index: pd.DataFrame, path: Path) -> None:
-    _write_atomic(path, lambda tmp: index.to_parquet(tmp, engine="pyarrow", index=False))
+    atomic_write(path, lambda tmp: index.to_parquet(tmp, engine="pyarrow", index=False))
 
 
 def _update_checks_json(path: Path, results: dict[str, list[SubsetCheck]]) -> None:
@@ -120,7 +111,7 @@ def _update_checks_json(path: Path, results: dict[str, list[SubsetCheck]]) -> No
     for split, checks in results.items():
         merged[split] = {check.subset: check.counts() for check in checks}
     text = json.dumps(merged, indent=2, sort_keys=True) + "\n"
-    _write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def run_prepare(cfg: Config, splits: Iterable[str] = ("train", "test")) -> dict[str, Path]:

@@ -305,7 +305,7 @@ def test_run_prepare_writes_parquet_and_checks(tiny_tree: Path, capsys) -> None:
 
     checks = json.loads((index_dir / "checks.json").read_text())
     assert checks["train"]["mini"]["found"] == 12 and checks["test"]["other"]["real"] == 6
-    assert not list(index_dir.glob("*.tmp"))
+    assert not list(index_dir.glob("*.partial"))
     table = capsys.readouterr().err
     assert "mini" in table and "empty folders" in table and "unreadable headers" in table
 

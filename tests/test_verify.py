@@ -17,9 +17,10 @@ from helpers_extract import (
 from typer.testing import CliRunner
 
 from clare.cache.inspect import store_info, verify_store
-from clare.cache.store import FeatureStore, file_sha256
+from clare.cache.store import FeatureStore
 from clare.cli import app
 from clare.errors import StoreError
+from clare.files import file_sha256
 from clare.stages.extract import run_extract
 
 N_IMAGES = 12  # shard_rows 4 -> 3 shards

@@ -8,7 +8,6 @@ tiny models of `clare.models.tiny` through exactly these functions.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 
 from clare.config import ClipConfig, ModelsConfig, StableDiffusionConfig
 from clare.errors import ModelLoadError
+from clare.files import file_sha256
 
 SD_SUBFOLDERS = ("vae", "unet", "scheduler", "text_encoder", "tokenizer")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
@@ -158,14 +158,6 @@ def clip_dims(model: Any) -> dict[str, int]:
     }
 
 
-def _sha256(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 _HASH_CACHE: dict[tuple[str, int, int], str] = {}
 
 
@@ -174,7 +166,7 @@ def file_hash(path: Path) -> str:
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _HASH_CACHE:
-        _HASH_CACHE[key] = _sha256(path)
+        _HASH_CACHE[key] = file_sha256(path)
     return _HASH_CACHE[key]
 
 

@@ -1,0 +1,49 @@
+"""File helpers every stage shares: writes that are never seen half-done, and file hashes.
+
+A write goes to a sibling `<name>.partial` file that is renamed into place, so a reader, or a
+run resumed after a kill, sees the old file or the new one and never a torn one. A `.partial`
+left by a killed process is what `FeatureStore.remove_partials` cleans up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
+    """Call `write(tmp)` on a sibling temporary path, then rename it over `path`."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Bytes, flushed to disk before the rename (store markers and metadata)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    atomic_write(path, write)
+
+
+def atomic_write_parquet(path: Path, frame: Any) -> None:
+    atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
