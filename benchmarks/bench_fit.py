@@ -155,20 +155,18 @@ class Trainer:
 
 def build_trainer(clip: Any, tokenizer: Any, device: Any, steps_per_epoch: int) -> Trainer:
     """Fusion / CoOp / v2 with clare fit's defaults: two AdamW groups (prompt, head)."""
-    import torch
 
     from clare.config import FitConfig, PromptConfig
     from clare.models.detector import build_detector
+    from clare.stages.fit import make_optimizer
 
     fit = FitConfig()
     detector = build_detector("fusion", "coop", "v2", clip, tokenizer, PromptConfig(),
                               dropout=fit.dropout).to(device)
     detector.train()
     groups = detector.trainable_parameters()
-    param_groups = [{"params": params, "lr": fit.lr, "base_lr": fit.lr,
-                     "weight_decay": fit.weight_decay} for params in groups.values() if params]
     params = [p for params in groups.values() for p in params]
-    return Trainer(detector, torch.optim.AdamW(param_groups), params, device,
+    return Trainer(detector, make_optimizer(fit, groups), params, device,
                    amp=fit.amp and device.type == "cuda", grad_clip=fit.grad_clip,
                    total_steps=steps_per_epoch * fit.epochs)
 

@@ -29,7 +29,7 @@ import yaml
 
 from clare.cache.loader import StoreLoader
 from clare.cache.store import FeatureStore, open_store
-from clare.config import Config
+from clare.config import Config, FitConfig
 from clare.console import make_console
 from clare.errors import ClareError, StoreError
 from clare.files import atomic_write
@@ -131,8 +131,8 @@ def learning_rate(base: float, step: int, total: int, warmup: int, warmup_lr: fl
     return 0.5 * base * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _make_optimizer(cfg: Config, groups: dict[str, list[torch.nn.Parameter]]) -> torch.optim.Optimizer:
-    fit = cfg.fit
+def make_optimizer(fit: FitConfig, groups: dict[str, list[torch.nn.Parameter]]) -> torch.optim.Optimizer:
+    """SGD or AdamW over the non-empty groups, each with its own lr and weight decay."""
     settings = {
         "prompt": (fit.prompt_lr or fit.lr,
                    fit.prompt_weight_decay if fit.prompt_weight_decay is not None else fit.weight_decay),
@@ -251,7 +251,7 @@ def run_fit(cfg: Config, *, resume: bool = False, quiet: bool = False) -> FitRes
                               fit.prompt, dropout=fit.dropout).to(device)
     del clip
     groups = detector.trainable_parameters()
-    optimizer = _make_optimizer(cfg, groups)
+    optimizer = make_optimizer(fit, groups)
     spec = {"module": fit.module, "strategy": fit.strategy, "attention": fit.attention}
 
     loader_args = dict(batch_size=fit.batch_size, shuffle_window=fit.shuffle_window,
