@@ -26,3 +26,7 @@ class ModelLoadError(ClareError):
 
 class StoreError(ClareError):
     """A feature store is missing, locked, incomplete or built with other settings."""
+
+
+class FingerprintError(StoreError):
+    """Two things that must come from the same frozen models and settings do not."""
