@@ -1,7 +1,7 @@
 """One command for a lent GPU: stage one at real size, the per-image reference, bare models, fit.
 
-    python benchmarks/gpu_bench.py --out $OUT/gpu.json            # H200: under 8 minutes
-    python benchmarks/gpu_bench.py --smoke --device cpu            # seconds, tiny models (CI)
+    python -m benchmarks.gpu_bench --out $OUT/gpu.json            # H200: under 8 minutes
+    python -m benchmarks.gpu_bench --smoke --device cpu            # seconds, tiny models (CI)
 
 Steps, in order of priority; before each the remaining time budget is checked and a step that
 no longer fits is skipped with a note (a SIGALRM also cuts a step that overruns the budget):
@@ -29,24 +29,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.bench_extract import measure_per_image, measure_stage_one  # noqa: E402
-from benchmarks.common import (  # noqa: E402
+from benchmarks.bench_extract import measure_per_image, measure_stage_one
+from benchmarks.common import (
     DEFAULT_MODELS_DIR,
-    ModelPaths,
     add_common_args,
     fmt,
     int_list,
-    make_config,
-    make_images,
     print_table,
     real_size_models,
     seed_everything,
-    tiny_models,
-    write_index,
     write_results,
 )
+from clare.testing import ModelPaths, make_config, make_image_tree, tiny_models
 
 NAME = "gpu_bench"
 
@@ -220,9 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         runner.save()
         return 1
     results["models"] = models.kind
-    index = make_images(work / "images", args.n, args.image_px, args.seed)
-    for split in ("train", "test"):
-        write_index(index, work / "index", split)
+    # make_config writes this tree's index for both splits.
+    make_image_tree(work / "images", args.n, args.seed, side=args.image_px, jpeg=False,
+                    frames_per_video=4)
 
     def config(batch_size: int, fit: dict[str, Any] | None = None) -> Any:
         extract = {"device": str(device), "batch_size": batch_size, "precision": args.precision,
@@ -231,8 +225,8 @@ def main(argv: list[str] | None = None) -> int:
             extract["shard_rows"] = 4
         lare = {"timestep": 200, "ensemble": args.ensemble, "image_size": args.image_size,
                 "prompt": "a photo of a face"}
-        return make_config(work, models, work / "images", lare=lare, extract=extract,
-                           seed=args.seed, fit=fit)
+        sections = {"lare": lare, "extract": extract, **({"fit": fit} if fit else {})}
+        return make_config(work, models, work / "images", seed=args.seed, **sections)
 
     for batch_size in batch_sizes:
         log(f"extract and bare models, batch {batch_size}")
