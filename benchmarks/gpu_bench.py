@@ -170,6 +170,29 @@ def measure_fit(cfg_for: Callable[[int], Any], steps: list[int], batch: int) -> 
             "end_to_end_samples_per_s": last["steps"] * batch / last["seconds"]}
 
 
+def _params(args: argparse.Namespace, device: Any) -> dict[str, Any]:
+    import torch
+
+    params = {k: getattr(args, k) for k in ("mode", "device", "precision", "n", "batch_sizes",
+                                            "per_image_n", "image_size", "ensemble", "image_px",
+                                            "decode_threads", "budget_s", "fit_steps",
+                                            "fit_batch", "warmup", "repeats", "seed")}
+    if device.type == "cuda":
+        try:  # the fp32 reference's real precision: TF32 flags as this torch has them
+            params["tf32_matmul"] = bool(torch.backends.cuda.matmul.allow_tf32)
+            params["tf32_cudnn"] = bool(torch.backends.cudnn.allow_tf32)
+        except (AttributeError, RuntimeError):
+            params["tf32_matmul"] = params["tf32_cudnn"] = "unknown"
+        params["cudnn_benchmark"] = bool(torch.backends.cudnn.benchmark)
+    return params
+
+
+def _build_models(args: argparse.Namespace, device: Any, log: Callable[[str], None]) -> ModelPaths:
+    if args.smoke:
+        return tiny_models(args.models_dir)
+    return real_size_models(args.models_dir, log=log, init_device=str(device))
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -184,31 +207,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.models_dir is None:
         args.models_dir = DEFAULT_MODELS_DIR if args.smoke else work / "models"
     batch_sizes = int_list(args.batch_sizes)
-    params = {k: getattr(args, k) for k in ("mode", "device", "precision", "n", "batch_sizes",
-                                            "per_image_n", "image_size", "ensemble", "image_px",
-                                            "decode_threads", "budget_s", "fit_steps",
-                                            "fit_batch", "warmup", "repeats", "seed")}
-    if device.type == "cuda":
-        try:  # the fp32 reference's real precision: TF32 flags as this torch has them
-            params["tf32_matmul"] = bool(torch.backends.cuda.matmul.allow_tf32)
-            params["tf32_cudnn"] = bool(torch.backends.cudnn.allow_tf32)
-        except (AttributeError, RuntimeError):
-            params["tf32_matmul"] = params["tf32_cudnn"] = "unknown"
-        params["cudnn_benchmark"] = bool(torch.backends.cudnn.benchmark)
-    runner = Runner(args, params)
+    runner = Runner(args, _params(args, device))
     signal.signal(signal.SIGALRM, _on_alarm)
     results = runner.results
 
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - runner.started:6.0f} s] {message}", file=sys.stderr, flush=True)
 
-    def build_models() -> ModelPaths:
-        if args.smoke:
-            return tiny_models(args.models_dir)
-        return real_size_models(args.models_dir, log=log, init_device=str(device))
-
     log("models")
-    models = runner.step("models", "models", build_models)
+    models = runner.step("models", "models", lambda: _build_models(args, device, log))
     if models is None:
         runner.notes.append("no models: nothing else could run")
         runner.save()
