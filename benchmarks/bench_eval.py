@@ -6,23 +6,19 @@ threshold and the accuracy is recomputed over all N scores each time. It is vect
 NumPy per threshold (a pure Python inner loop would be far slower still), timed at a few small
 N, fitted with t(N) = a N^2 + b N (least squares) and extrapolated to the full N.
 
-    python benchmarks/bench_eval.py            # N = 10^6, ~1 min on 2 CPU cores
-    python benchmarks/bench_eval.py --smoke    # seconds (CI)
+    python -m benchmarks.bench_eval            # N = 10^6, ~1 min on 2 CPU cores
+    python -m benchmarks.bench_eval --smoke    # seconds (CI)
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     add_common_args,
     int_list,
     print_table,

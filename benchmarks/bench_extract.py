@@ -12,9 +12,9 @@
     random weights, written to disk and loaded through the real loaders (seconds per image on a
     CPU: keep N small).
 
-    python benchmarks/bench_extract.py                 # tiny models, ~2 min on 2 CPU cores
-    python benchmarks/bench_extract.py --real-size     # SD1.5/ViT-L-14 sizes, N=4
-    python benchmarks/bench_extract.py --smoke         # seconds (CI)
+    python -m benchmarks.bench_extract                 # tiny models, ~2 min on 2 CPU cores
+    python -m benchmarks.bench_extract --real-size     # SD1.5/ViT-L-14 sizes, N=4
+    python -m benchmarks.bench_extract --smoke         # seconds (CI)
 """
 
 from __future__ import annotations
@@ -29,29 +29,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     DEFAULT_MODELS_DIR,
-    ModelPaths,
+    REPO_ROOT,
     add_common_args,
     clip_input_size,
     current_rss_mib,
     image_generators,
     int_list,
     lare_one_image_at_a_time,
-    make_config,
-    make_images,
     peak_rss_mib,
     print_table,
     real_size_models,
     reset_peak_rss,
     seed_everything,
-    tiny_models,
     window_peak_rss_mib,
-    write_index,
     write_results,
 )
+from clare.testing import ModelPaths, make_config, make_image_tree, tiny_models, write_index
 
 NAME = "bench_extract"
 
@@ -314,10 +309,10 @@ def rss_child(args: argparse.Namespace) -> None:
 def measure_rss(args: argparse.Namespace, sizes: list[int], argv: list[str]) -> list[dict[str, Any]]:
     rows = []
     for n in sizes:
-        command = [sys.executable, str(Path(__file__).resolve()), *argv,
+        command = [sys.executable, "-m", "benchmarks.bench_extract", *argv,
                    "--rss-child", str(n), "--work-dir", str(args.work_dir),
                    "--models-dir", str(args.models_dir)]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"peak-RSS run for N={n} failed:\n{done.stderr[-3000:]}")
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -348,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
 
     models = load_models(args)
     n_images = max([args.n, *rss_sizes])
-    index = make_images(work / "images", n_images, args.image_px, args.seed)
+    index = make_image_tree(work / "images", n_images, args.seed, side=args.image_px,
+                            jpeg=False, frames_per_video=4)
     write_index(index, work / "index", "test")
 
     cfg = build_config(args, models, work / "main", work / "images")

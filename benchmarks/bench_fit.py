@@ -22,9 +22,9 @@ LaRE 4x32x32) in a temp dir; it is read right after it is written, so from the p
 Models have random weights (`open_clip.create_model(..., pretrained=None)`); nothing is
 downloaded. torch keeps its default thread count, which the results record.
 
-    python benchmarks/bench_fit.py                  # ViT-L/14, N=256, batch 32 (~6 min, 2 CPUs)
-    python benchmarks/bench_fit.py --device cuda    # same on a GPU (bf16 autocast, as clare fit)
-    python benchmarks/bench_fit.py --smoke          # tiny ViT, N=16, seconds (CI)
+    python -m benchmarks.bench_fit                  # ViT-L/14, N=256, batch 32 (~6 min, 2 CPUs)
+    python -m benchmarks.bench_fit --device cuda    # same on a GPU (bf16 autocast, as clare fit)
+    python -m benchmarks.bench_fit --smoke          # tiny ViT, N=16, seconds (CI)
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ import argparse
 import logging
 import math
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -43,9 +42,7 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     add_common_args,
     clip_input_size,
     dir_bytes,

@@ -10,15 +10,14 @@ Data are random (real CLIP tokens compress a little better than random float16).
 right after the writes, so they come from the page cache: the figures compare the formats'
 CPU cost (decoding, file opening), not the disk.
 
-    python benchmarks/bench_store.py            # ViT-L/14 sizes, N=512 (~0.5 GB per format)
-    python benchmarks/bench_store.py --smoke    # seconds (CI)
+    python -m benchmarks.bench_store            # ViT-L/14 sizes, N=512 (~0.5 GB per format)
+    python -m benchmarks.bench_store --smoke    # seconds (CI)
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,9 +25,7 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     add_common_args,
     dir_bytes,
     peak_rss_mib,

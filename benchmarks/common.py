@@ -1,7 +1,8 @@
-"""Shared pieces of the benchmark scripts: timing, results files, tables, inputs and models.
+"""Shared pieces of the benchmark scripts: timing, results files, tables and real-size models.
 
-Every script imports this module after putting the repository root on sys.path, so the
-scripts run as plain files (`python benchmarks/bench_store.py`) without being installed.
+The scripts run as modules of the `benchmarks` package from the repository root
+(`python -m benchmarks.bench_store`). Their inputs (tiny models, generated images, index,
+config) come from `clare.testing`, the same ones the test suite uses.
 
 Conventions:
 - times are medians over `repeats` timed runs after `warmup` untimed ones (time.perf_counter);
@@ -28,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from clare.testing import ModelPaths, tiny_models
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
@@ -234,80 +237,7 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
     Console(width=140).print(table)
 
 
-# --------------------------------------------------------------------------- inputs
-
-
-def make_images(root: Path, n: int, size: int, seed: int) -> Any:
-    """Write n PNG images of size x size under root; return their index (prepare's columns).
-
-    Gradients plus noise: closer to a photo than pure noise for the PNG decoder, cheap to draw.
-    Half real, half fake, two subsets, four frames per video.
-    """
-    import pandas as pd
-    from PIL import Image
-
-    root = Path(root)
-    rng = np.random.default_rng(seed)
-    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
-    records = []
-    for i in range(n):
-        label = i % 2
-        subset = "alpha" if (i // 2) % 2 == 0 else "beta"
-        video = f"{subset}_{'fake' if label else 'real'}_{i // 8:04d}"
-        frame = (i // 2) % 4
-        relative = Path(subset) / ("fake" if label else "real") / video / f"{frame:03d}.png"
-        target = root / relative
-        if not target.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            slopes = rng.uniform(0.2, 1.5, size=(3, 2))
-            base = np.stack([(xs * a + ys * b + rng.uniform(0, 255)) % 256 for a, b in slopes], -1)
-            pixels = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels, mode="RGB").save(target, format="PNG")
-        records.append({"path": relative.as_posix(), "subset": subset, "label": label,
-                        "video": video, "frame": frame, "split": "test"})
-    index = pd.DataFrame.from_records(records)
-    return index.astype({"label": "int8", "frame": "int32"})
-
-
-def write_index(index: Any, index_dir: Path, split: str) -> Path:
-    index_dir = Path(index_dir)
-    index_dir.mkdir(parents=True, exist_ok=True)
-    path = index_dir / f"{split}.parquet"
-    index.assign(split=split).to_parquet(path, index=False)
-    return path
-
-
 # --------------------------------------------------------------------------- models
-
-
-@dataclass
-class ModelPaths:
-    """Where a model set lives on disk, in the formats `clare.models.loading` reads."""
-
-    kind: str  # "tiny" or "sd15-random"
-    sd: Path
-    clip_model: str
-    clip_checkpoint: Path
-    clip_config: Path | None  # open_clip config to register (None: built into open_clip)
-
-    def models_section(self) -> dict[str, Any]:
-        clip: dict[str, Any] = {"model": self.clip_model, "pretrained": str(self.clip_checkpoint)}
-        if self.clip_config is not None:
-            clip["model_config_file"] = str(self.clip_config)
-        return {"sd": {"pretrained": str(self.sd)}, "clip": clip, "local_files_only": True}
-
-
-def tiny_models(models_dir: Path) -> ModelPaths:
-    """The project's tiny random-weight models (built once under models_dir/tiny)."""
-    from clare.models.tiny import TINY_CLIP_NAME, build_tiny_models
-
-    out = Path(models_dir) / "tiny"
-    if not (out / "sd" / "unet").is_dir():
-        build_tiny_models(out, seed=0)
-    return ModelPaths("tiny", out / "sd", TINY_CLIP_NAME,
-                      out / "clip" / "open_clip_model.safetensors",
-                      out / "clip" / f"{TINY_CLIP_NAME}.json")
-
 
 # SD1.5's architecture (the weights are random): the cost of a forward depends only on this.
 SD15_UNET = {
@@ -366,7 +296,7 @@ def real_size_models(models_dir: Path, log: Callable[[str], None] = print,
     import torch
 
     out = Path(models_dir) / "sd15-random"
-    paths = ModelPaths("sd15-random", out / "sd", REAL_CLIP_MODEL,
+    paths = ModelPaths("sd15-random", out, out / "sd", REAL_CLIP_MODEL,
                        out / "clip" / "open_clip_model.safetensors", None)
     if (out / "complete").is_file():
         return paths
@@ -413,26 +343,6 @@ def real_size_models(models_dir: Path, log: Callable[[str], None] = print,
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
     return paths
-
-
-def make_config(work: Path, models: ModelPaths, data_root: Path, *, lare: dict[str, Any],
-                extract: dict[str, Any], seed: int = 0, fit: dict[str, Any] | None = None) -> Any:
-    """A validated clare Config for a benchmark run (stores under work/stores)."""
-    from clare.config import Config
-
-    work = Path(work)
-    tree: dict[str, Any] = {
-        "seed": seed,
-        "paths": {"stores": str(work / "stores"), "runs": str(work / "runs"),
-                  "reports": str(work / "reports")},
-        "data": {"root": str(data_root), "index_dir": str(work / "index")},
-        "models": models.models_section(),
-        "lare": lare,
-        "extract": extract,
-    }
-    if fit:
-        tree["fit"] = fit
-    return Config.model_validate(tree)
 
 
 def clip_input_size(clip_visual: Any) -> int:

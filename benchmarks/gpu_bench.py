@@ -1,7 +1,7 @@
 """One command for a lent GPU: stage one at real size, the per-image reference, bare models, fit.
 
-    python benchmarks/gpu_bench.py --out $OUT/gpu.json            # H200: under 8 minutes
-    python benchmarks/gpu_bench.py --smoke --device cpu            # seconds, tiny models (CI)
+    python -m benchmarks.gpu_bench --out $OUT/gpu.json            # H200: under 8 minutes
+    python -m benchmarks.gpu_bench --smoke --device cpu            # seconds, tiny models (CI)
 
 Steps, in order of priority; before each the remaining time budget is checked and a step that
 no longer fits is skipped with a note (a SIGALRM also cuts a step that overruns the budget):
@@ -29,24 +29,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.bench_extract import measure_per_image, measure_stage_one  # noqa: E402
-from benchmarks.common import (  # noqa: E402
+from benchmarks.bench_extract import measure_per_image, measure_stage_one
+from benchmarks.common import (
     DEFAULT_MODELS_DIR,
-    ModelPaths,
     add_common_args,
     fmt,
     int_list,
-    make_config,
-    make_images,
     print_table,
     real_size_models,
     seed_everything,
-    tiny_models,
-    write_index,
     write_results,
 )
+from clare.testing import ModelPaths, make_config, make_image_tree, tiny_models
 
 NAME = "gpu_bench"
 
@@ -176,6 +170,29 @@ def measure_fit(cfg_for: Callable[[int], Any], steps: list[int], batch: int) -> 
             "end_to_end_samples_per_s": last["steps"] * batch / last["seconds"]}
 
 
+def _params(args: argparse.Namespace, device: Any) -> dict[str, Any]:
+    import torch
+
+    params = {k: getattr(args, k) for k in ("mode", "device", "precision", "n", "batch_sizes",
+                                            "per_image_n", "image_size", "ensemble", "image_px",
+                                            "decode_threads", "budget_s", "fit_steps",
+                                            "fit_batch", "warmup", "repeats", "seed")}
+    if device.type == "cuda":
+        try:  # the fp32 reference's real precision: TF32 flags as this torch has them
+            params["tf32_matmul"] = bool(torch.backends.cuda.matmul.allow_tf32)
+            params["tf32_cudnn"] = bool(torch.backends.cudnn.allow_tf32)
+        except (AttributeError, RuntimeError):
+            params["tf32_matmul"] = params["tf32_cudnn"] = "unknown"
+        params["cudnn_benchmark"] = bool(torch.backends.cudnn.benchmark)
+    return params
+
+
+def _build_models(args: argparse.Namespace, device: Any, log: Callable[[str], None]) -> ModelPaths:
+    if args.smoke:
+        return tiny_models(args.models_dir)
+    return real_size_models(args.models_dir, log=log, init_device=str(device))
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -190,39 +207,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.models_dir is None:
         args.models_dir = DEFAULT_MODELS_DIR if args.smoke else work / "models"
     batch_sizes = int_list(args.batch_sizes)
-    params = {k: getattr(args, k) for k in ("mode", "device", "precision", "n", "batch_sizes",
-                                            "per_image_n", "image_size", "ensemble", "image_px",
-                                            "decode_threads", "budget_s", "fit_steps",
-                                            "fit_batch", "warmup", "repeats", "seed")}
-    if device.type == "cuda":
-        try:  # the fp32 reference's real precision: TF32 flags as this torch has them
-            params["tf32_matmul"] = bool(torch.backends.cuda.matmul.allow_tf32)
-            params["tf32_cudnn"] = bool(torch.backends.cudnn.allow_tf32)
-        except (AttributeError, RuntimeError):
-            params["tf32_matmul"] = params["tf32_cudnn"] = "unknown"
-        params["cudnn_benchmark"] = bool(torch.backends.cudnn.benchmark)
-    runner = Runner(args, params)
+    runner = Runner(args, _params(args, device))
     signal.signal(signal.SIGALRM, _on_alarm)
     results = runner.results
 
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - runner.started:6.0f} s] {message}", file=sys.stderr, flush=True)
 
-    def build_models() -> ModelPaths:
-        if args.smoke:
-            return tiny_models(args.models_dir)
-        return real_size_models(args.models_dir, log=log, init_device=str(device))
-
     log("models")
-    models = runner.step("models", "models", build_models)
+    models = runner.step("models", "models", lambda: _build_models(args, device, log))
     if models is None:
         runner.notes.append("no models: nothing else could run")
         runner.save()
         return 1
     results["models"] = models.kind
-    index = make_images(work / "images", args.n, args.image_px, args.seed)
-    for split in ("train", "test"):
-        write_index(index, work / "index", split)
+    # make_config writes this tree's index for both splits.
+    make_image_tree(work / "images", args.n, args.seed, side=args.image_px, jpeg=False,
+                    frames_per_video=4)
 
     def config(batch_size: int, fit: dict[str, Any] | None = None) -> Any:
         extract = {"device": str(device), "batch_size": batch_size, "precision": args.precision,
@@ -231,8 +232,8 @@ def main(argv: list[str] | None = None) -> int:
             extract["shard_rows"] = 4
         lare = {"timestep": 200, "ensemble": args.ensemble, "image_size": args.image_size,
                 "prompt": "a photo of a face"}
-        return make_config(work, models, work / "images", lare=lare, extract=extract,
-                           seed=args.seed, fit=fit)
+        sections = {"lare": lare, "extract": extract, **({"fit": fit} if fit else {})}
+        return make_config(work, models, work / "images", seed=args.seed, **sections)
 
     for batch_size in batch_sizes:
         log(f"extract and bare models, batch {batch_size}")

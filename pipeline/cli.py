@@ -12,7 +12,8 @@ from typing import Annotated
 
 import typer
 
-from clare.errors import ClareError
+from clare.console import Verbosity, get_verbosity, verbosity
+from clare.errors import ClareError, ConfigError
 
 app = typer.Typer(
     name="clare",
@@ -35,6 +36,38 @@ SetOpt = Annotated[
 ]
 
 
+def _apply_verbosity(ctx: typer.Context, param: typer.CallbackParam, value: bool) -> bool:
+    """Run the command at the chosen verbosity (restored when the command's context closes)."""
+    if not value:
+        return value
+    chosen = ctx.meta.setdefault("clare.verbosity", param.name)
+    if chosen != param.name:
+        raise ConfigError("--quiet and --verbose: pass one of them, not both")
+    level = Verbosity.QUIET if param.name == "quiet" else Verbosity.VERBOSE
+    ctx.with_resource(verbosity(level))
+    return value
+
+
+# Every command takes these. The option's callback applies them, so command bodies need not
+# read the values: the stages' consoles and the library loggers follow clare.console's state.
+QuietOpt = Annotated[
+    bool,
+    typer.Option("--quiet", "-q", callback=_apply_verbosity,
+                 help="Print nothing but errors (no progress, no summaries)."),
+]
+VerboseOpt = Annotated[
+    bool,
+    typer.Option("--verbose", "-v", callback=_apply_verbosity,
+                 help="Print extra detail, such as Dask's INFO log lines."),
+]
+
+
+def _echo(message: str) -> None:
+    """typer.echo that --quiet silences."""
+    if get_verbosity() is not Verbosity.QUIET:
+        typer.echo(message)
+
+
 def _load(config: Path, overrides: list[str] | None):
     from clare.config import load_config
 
@@ -49,7 +82,9 @@ def _main(
 
 
 @app.command()
-def prepare(config: ConfigOpt, set_: SetOpt = None) -> None:
+def prepare(
+    config: ConfigOpt, set_: SetOpt = None, quiet: QuietOpt = False, verbose: VerboseOpt = False
+) -> None:
     """Index the dataset: read DF40 JSON lists or folders, sample frames, check files."""
     from clare.stages.prepare import run_prepare
 
@@ -69,6 +104,8 @@ def extract(
     max_failures: Annotated[float | None, typer.Option(help="Exit non-zero above this failed fraction.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Delete an existing store and start afresh.")] = False,
     set_: SetOpt = None,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Run the frozen VAE, UNet and CLIP once per image; write LaRE maps and CLIP tokens."""
     from clare.stages.extract import run_extract
@@ -96,6 +133,8 @@ def fit(
     name: Annotated[str | None, typer.Option(help="Run name (runs/<name>).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from runs/<name>/last.ckpt.")] = False,
     set_: SetOpt = None,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Train the prompts and the error-guided head from the train store."""
     from clare.stages.fit import run_fit
@@ -113,6 +152,8 @@ def evaluate(
     stores: Annotated[list[str] | None, typer.Option(help="Store names under the store dir.")] = None,
     report: Annotated[bool, typer.Option(help="Also write report.md and report.html.")] = False,
     set_: SetOpt = None,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Score the test stores with a trained run; write metrics, scores and a report."""
     from clare.stages.evaluate import run_eval
@@ -127,6 +168,8 @@ def show(
         typer.Argument(help="Report folder (default: <reports>/<run> from params.yaml)."),
     ] = None,
     params: Annotated[Path, typer.Option(help="DVC params file naming reports and run.")] = Path("params.yaml"),
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Print the per-subset AUC table of an evaluation and the path of its report."""
     from clare.stages.evaluate import show_report
@@ -144,7 +187,11 @@ def show(
 
 
 @app.command()
-def info(store: Annotated[Path, typer.Argument(help="Store directory.")]) -> None:
+def info(
+    store: Annotated[Path, typer.Argument(help="Store directory.")],
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
     """Print counts, shapes, bytes per image, fingerprint, shard completion and failures."""
     from clare.cache.inspect import print_info
 
@@ -152,7 +199,11 @@ def info(store: Annotated[Path, typer.Argument(help="Store directory.")]) -> Non
 
 
 @app.command()
-def verify(store: Annotated[Path, typer.Argument(help="Store directory.")]) -> None:
+def verify(
+    store: Annotated[Path, typer.Argument(help="Store directory.")],
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
     """Check a store against its manifest and shard checksums; exit 1 naming damaged shards."""
     from clare.cache.inspect import run_verify
 
@@ -164,35 +215,41 @@ def verify(store: Annotated[Path, typer.Argument(help="Store directory.")]) -> N
 def demo_data(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("data/demo"),
     seed: int = 0,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Write the synthetic mini-DF40 (DF40 layout and JSON lists, planted generator artifacts)."""
     from clare.data.demo import write_demo_dataset
 
     summary = write_demo_dataset(out, seed=seed)
-    typer.echo(f"wrote {summary.n_images} images and {summary.n_lists} lists under {out}")
+    _echo(f"wrote {summary.n_images} images and {summary.n_lists} lists under {out}")
 
 
 @models_app.command("tiny")
 def models_tiny(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("models/tiny"),
     seed: int = 0,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Write tiny random-weight SD (diffusers) and CLIP (open_clip) models for tests and the demo."""
     from clare.models.tiny import build_tiny_models
 
     paths = build_tiny_models(out, seed=seed)
     for what, path in paths.items():
-        typer.echo(f"{what}: {path}")
+        _echo(f"{what}: {path}")
 
 
 @app.command("config")
-def show_config(config: ConfigOpt, set_: SetOpt = None) -> None:
+def show_config(
+    config: ConfigOpt, set_: SetOpt = None, quiet: QuietOpt = False, verbose: VerboseOpt = False
+) -> None:
     """Validate a config and print it with every default filled in."""
     import yaml
 
     from clare.config import config_to_dict
 
-    typer.echo(yaml.safe_dump(config_to_dict(_load(config, set_)), sort_keys=False))
+    _echo(yaml.safe_dump(config_to_dict(_load(config, set_)), sort_keys=False))
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Detection metrics for one test subset, and their mean over subsets (design.md §5).
+"""Detection metrics for one test subset, and their mean over subsets (docs/design.md §6).
 
 Conventions used throughout:
 

@@ -34,7 +34,7 @@ import torch
 import clare
 from clare.cache.store import FeatureStore, default_shard_rows, fingerprint_digest
 from clare.config import Config
-from clare.console import make_console
+from clare.console import library_log_level, library_logging, make_console
 from clare.data.images import ImageDecodeError, decode_image
 from clare.data.views import Perturbation, derive_seed, make_view, parse_perturbation
 from clare.errors import ConfigError, StoreError
@@ -355,14 +355,26 @@ def _run_shards(job: ExtractJob, pending: list[int], store: FeatureStore, worker
         for index in pending:
             on_done(compute_shard(job, index))
         return
+    # Dask logs its cluster's life cycle at INFO (some 37 lines for two workers, "killed by
+    # signal 9" among them on a normal shutdown): shown only with --verbose. Importing it sets
+    # its loggers' levels, so the import comes first.
+    import dask.distributed  # noqa: F401
+
+    with library_logging("distributed"):
+        _run_on_dask(job, pending, workers, scheduler, on_done)
+
+
+def _run_on_dask(job: ExtractJob, pending: list[int], workers: int, scheduler: str | None,
+                 on_done) -> None:
     from dask.distributed import Client, LocalCluster, as_completed
 
     if scheduler is not None:
         client = Client(scheduler)
         cluster = None
     else:
+        # silence_logs sets the level of the worker processes' own log handlers.
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
+                               dashboard_address=None, silence_logs=library_log_level())
         client = Client(cluster)
     try:
         futures = [client.submit(compute_shard, job, index, pure=False, key=f"clare-shard-{index}")

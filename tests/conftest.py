@@ -1,5 +1,12 @@
 """Shared fixtures for the whole suite.
 
+Session-scoped fixtures build their inputs once per pytest session, whichever test asks first:
+- `tiny_models_dir`: the tiny random-weight SD and CLIP models (`clare.testing.tiny_models`),
+  the folder holding `sd/` and `clip/`;
+- `demo_data_dir`: the synthetic mini-DF40 (seed 0), lists in `<root>/lists`;
+- `tiny_clip`: the tiny open_clip model object and its tokenizer.
+Treat what they return as read-only (copy first if a test must change files).
+
 The test machines have 2 cores shared with other work; tiny tensors run faster and more
 predictably on one intra-op thread, and Dask workers use one thread each, so every test runs
 torch on one thread.
@@ -7,10 +14,28 @@ torch on one thread.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
-from fixtures_data import demo_data_dir  # noqa: F401 - shared session fixture
-from helpers_extract import tiny_models_dir  # noqa: F401 - shared session fixture
+
+from clare.testing import tiny_models
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder of the tiny models (sd/, clip/), built once per session."""
+    return tiny_models(tmp_path_factory.mktemp("models")).root
+
+
+@pytest.fixture(scope="session")
+def demo_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Root of the synthetic mini-DF40 (seed 0), written once per session; lists in `<root>/lists`."""
+    from clare.data.demo import write_demo_dataset
+
+    out = tmp_path_factory.mktemp("demo_seed0") / "demo"
+    write_demo_dataset(out, seed=0)
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,8 @@
 """Every benchmark script runs at --smoke size and writes the results its docs promise.
 
-Each script runs as CI would run it: a subprocess of this interpreter, from the repository
-root. The tiny models are built once into a shared temp folder and reused by the two scripts
-that need them.
+Each script runs as CI would run it: `python -m benchmarks.<name>`, a subprocess of this
+interpreter, from the repository root. The tiny models are built once into a shared temp
+folder and reused by the two scripts that need them.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_script(script: str, out: Path, *extra: str) -> dict[str, Any]:
-    command = [sys.executable, str(REPO / "benchmarks" / script), "--smoke", "--out", str(out),
-               *extra]
+    module = f"benchmarks.{Path(script).stem}"
+    command = [sys.executable, "-m", module, "--smoke", "--out", str(out), *extra]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, f"{script} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
     assert out.is_file(), f"{script} wrote no results file"

@@ -1,6 +1,6 @@
 """Augmented views and fixed degradations, applied to pixels before both branches.
 
-Stage two never sees pixels, so augmentation happens at extraction (design.md §2.3). Every
+Stage two never sees pixels, so augmentation happens at extraction (docs/design.md §2.3). Every
 random choice comes from a generator seeded by (global seed, image hash, view), so a view is the
 same whatever the batch, worker or order.
 """

@@ -1,4 +1,4 @@
-"""Frozen CLIP image features (design.md §2.2).
+"""Frozen CLIP image features (docs/design.md §2.2).
 
 Per image: `cls`, the image embedding (CLS after ln_post and proj), and `tokens`, the patch
 tokens of the last transformer block *before* ln_post. open_clip's own `output_tokens` returns

@@ -1,6 +1,6 @@
 """The stage-two detector: trainable heads and prompts on cached CLIP/LaRE features.
 
-Modules (design.md §3):
+Modules (docs/design.md §3):
 - fusion   (CLaRE): f = [x_g, x_s, x_c] against text_proj(prompt features), cosine logits.
 - lare     (LaRE² EGRE on frozen CLIP): f with v1 attention -> Linear(3W -> 2); no text.
 - clipping (CLIPping the Deception): CLS embedding against prompt features, cosine logits.

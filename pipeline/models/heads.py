@@ -1,4 +1,4 @@
-"""Trainable heads of stage two (design.md §3.1-3.2).
+"""Trainable heads of stage two (docs/design.md §3.1-3.2).
 
 Every head reads only what stage one stored per image:
 - `cls`    (B, E)       CLIP image embedding,
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 LARE_CHANNELS = 4
-# Widths of the 1x1 convs that lift the per-head LaRE map to the token width in v2 (design §3.1).
+# 1x1 conv widths that lift the per-head LaRE map to the token width in v2 (docs/design.md §3.1).
 LIFT_WIDTHS = (32, 64, 128, 256)
 GATE_HIDDEN = 128
 

@@ -1,4 +1,4 @@
-"""Latent reconstruction error (LaRE) of a frozen Stable Diffusion model (design.md §2.1).
+"""Latent reconstruction error (LaRE) of a frozen Stable Diffusion model (docs/design.md §2.1).
 
 For an image x in [-1, 1] at 256 px:
     z   = vae.encode(x).latent_dist.sample() * scaling_factor          (one draw)
