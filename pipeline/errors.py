@@ -26,3 +26,23 @@ class ModelLoadError(ClareError):
 
 class StoreError(ClareError):
     """A feature store is missing, locked, incomplete or built with other settings."""
+
+
+class RunError(ClareError):
+    """A run folder is missing, unfinished, held by another fit, or would be overwritten."""
+
+
+class CheckpointError(RunError):
+    """A model file or training checkpoint is unreadable, damaged, or made with other settings."""
+
+
+class ReportError(ClareError):
+    """A report folder is held by another evaluation."""
+
+
+class TrainingError(ClareError):
+    """Training cannot go on (the loss became NaN or infinite)."""
+
+
+class ShapeMismatchError(ClareError):
+    """Features have other shapes than the model they are fed to was built for."""

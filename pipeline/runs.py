@@ -14,8 +14,8 @@ import yaml
 
 from clare.config import Config
 from clare.errors import ClareError, StoreError
+from clare.models.detector import MODEL_FILE  # noqa: F401 - its home is the detector
 
-MODEL_FILE = "model.safetensors"
 RUN_FILE = "run.yaml"
 CHECKPOINT_FILE = "last.ckpt"
 
@@ -85,18 +85,7 @@ def _short(value: Any, limit: int = 80) -> str:
 
 
 def load_detector(info: RunInfo, device: Any) -> Any:
-    """Rebuild the run's detector from its config and load its trained weights."""
-    from safetensors.torch import load_file
+    """The run's trained detector, rebuilt from its model file (eval mode, on `device`)."""
+    from clare.models.detector import Detector
 
-    from clare.models.detector import build_detector
-    from clare.models.loading import load_clip
-
-    cfg = info.config
-    clip = load_clip(cfg.models.clip)
-    detector = build_detector(
-        cfg.fit.module, cfg.fit.strategy, cfg.fit.attention, clip.model, clip.tokenizer,
-        cfg.fit.prompt, dropout=cfg.fit.dropout,
-    )
-    detector.load_trainable_state_dict(load_file(str(info.path / MODEL_FILE)),
-                                       source=str(info.path / MODEL_FILE))
-    return detector.to(device).eval()
+    return Detector.load(info.path, device=device)

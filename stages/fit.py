@@ -33,7 +33,7 @@ from clare.config import Config, FitConfig
 from clare.console import make_console
 from clare.errors import ClareError, StoreError
 from clare.files import atomic_write
-from clare.runs import CHECKPOINT_FILE, MODEL_FILE, RUN_FILE
+from clare.runs import CHECKPOINT_FILE, RUN_FILE
 
 CHECKPOINT_FORMAT = "clare-fit-checkpoint/1"
 
@@ -209,10 +209,8 @@ def _load_checkpoint(path: Path, spec: dict[str, str]) -> dict[str, Any]:
 
 
 def run_fit(cfg: Config, *, resume: bool = False, quiet: bool = False) -> FitResult:
-    from safetensors.torch import save_file
-
     from clare.metrics import compute_metrics
-    from clare.models.detector import build_detector
+    from clare.models.detector import Detector
     from clare.models.lare import autocast_context
     from clare.models.loading import load_clip, resolve_device
 
@@ -247,8 +245,8 @@ def run_fit(cfg: Config, *, resume: bool = False, quiet: bool = False) -> FitRes
     amp = fit.amp and device.type == "cuda"
     torch.manual_seed(cfg.seed)
     clip = load_clip(cfg.models.clip)
-    detector = build_detector(fit.module, fit.strategy, fit.attention, clip.model, clip.tokenizer,
-                              fit.prompt, dropout=fit.dropout).to(device)
+    detector = Detector.from_config(fit.detector(), clip.model, clip.tokenizer,
+                                    clip=cfg.models.clip).to(device)
     del clip
     groups = detector.trainable_parameters()
     optimizer = make_optimizer(fit, groups)
@@ -299,7 +297,7 @@ def run_fit(cfg: Config, *, resume: bool = False, quiet: bool = False) -> FitRes
         auc = metrics["auc"] if metrics["auc"] is not None else -1.0
         if auc > best["auc"]:
             best = {"auc": auc, "step": step, **{k: v for k, v in record.items() if k.startswith("val_")}}
-            save_file(detector.trainable_state_dict(), str(run_dir / MODEL_FILE))
+            detector.save(run_dir)
         console.print(
             f"step {step}/{total_steps} epoch {epoch}: val loss {loss:.4f} auc {auc:.4f} "
             f"acc {metrics['acc']:.4f} (best auc {best['auc']:.4f} @ step {best['step']})"

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from clare.config import PromptConfig
-from clare.errors import ClareError, ConfigError, StoreError
-from clare.models.detector import build_detector
+from clare.errors import ClareError, ConfigError, ShapeMismatchError
+from clare.models.detector import Detector
 from clare.models.heads import (
     ChannelGate,
     ErrorGuidedAttention,
@@ -59,9 +59,9 @@ def _toy_batch(batch: int = 16, seed: int = 0):
 
 def _detector(tiny_clip, module, strategy, attention, **prompt):
     model, tokenizer = tiny_clip
-    return build_detector(
-        module, strategy, attention, model, tokenizer, PromptConfig(n_ctx=4, **prompt)
-    )
+    config = {"module": module, "strategy": strategy, "attention": attention,
+              "prompt": PromptConfig(n_ctx=4, **prompt)}
+    return Detector.from_config(config, model, tokenizer)
 
 
 # ---------------------------------------------------------------------------- heads
@@ -186,7 +186,7 @@ def test_detector_shapes_every_combination(tiny_clip, module, strategy, attentio
     if module == "clipping":
         torch.testing.assert_close(detector(cls), logits)  # tokens / LaRE are not needed
     else:
-        with pytest.raises(StoreError, match="tokens"):
+        with pytest.raises(ShapeMismatchError, match="tokens"):
             detector(cls, tokens[:, :10], lare)
     assert isinstance(
         detector.head.features.attention
@@ -304,7 +304,7 @@ def test_trainable_state_dict_round_trip_and_mismatch(tiny_clip):
         other_ctx.load_trainable_state_dict(bad)
 
 
-def test_build_detector_rejects_unknown_choices(tiny_clip):
+def test_detector_config_rejects_unknown_choices(tiny_clip):
     with pytest.raises(ConfigError, match="fit.module"):
         _detector(tiny_clip, "vit", "coop", "v2")
     with pytest.raises(ConfigError, match="fit.strategy"):

@@ -21,8 +21,6 @@ Strategy = Literal["coop", "cocoop"]
 Tokenizer = Callable[[Sequence[str]], Tensor]
 
 PLACEHOLDER = "X"
-CTX_INIT_STD = 0.02
-META_NET_REDUCTION = 16
 
 
 def _text_tower(clip_model: nn.Module) -> tuple[nn.Module, str]:
@@ -181,7 +179,7 @@ class PromptLearner(nn.Module):
         else:
             n_ctx = cfg.n_ctx
             shape = (len(self.classnames), n_ctx, width) if self.class_specific else (n_ctx, width)
-            ctx = torch.randn(shape) * CTX_INIT_STD
+            ctx = torch.randn(shape) * cfg.ctx_init_std
         self.n_ctx = n_ctx
         self.ctx = nn.Parameter(ctx.to(embed.device))
 
@@ -200,7 +198,7 @@ class PromptLearner(nn.Module):
 
         self.meta_net: nn.Module | None = None
         if strategy == "cocoop":
-            hidden = max(1, feature_dim // META_NET_REDUCTION)
+            hidden = max(1, feature_dim // cfg.meta_net_reduction)
             self.meta_net = nn.Sequential(
                 nn.Linear(feature_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, width)
             )
