@@ -1,23 +1,84 @@
-"""A trained run on disk: `runs/<name>/` with model.safetensors, run.yaml and last.ckpt.
+"""What `clare fit` and `clare eval` leave on disk, and how they write it.
 
-`model.safetensors` holds the trainable parameters only (megabytes); the frozen CLIP weights
-are rebuilt from the config and checked against the store fingerprint recorded in run.yaml.
+A run, `runs/<name>/`: model.safetensors (the trainable parameters only, megabytes, with the
+detector's config in its metadata), run.yaml (config, store fingerprint, best step, counts),
+last.ckpt (for --resume), dvclive/ and fit.log. The frozen CLIP weights are rebuilt from the
+config and checked against the store fingerprint recorded in run.yaml.
+
+A report, `reports/<name>/`: metrics.json, scores.parquet, roc.json, the report files, eval.log.
 """
 
 from __future__ import annotations
 
+import shlex
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 from clare.config import Config
+from clare.console import make_console
 from clare.errors import ClareError, StoreError
 from clare.models.detector import MODEL_FILE  # noqa: F401 - its home is the detector
 
 RUN_FILE = "run.yaml"
 CHECKPOINT_FILE = "last.ckpt"
+FIT_LOG = "fit.log"
+EVAL_LOG = "eval.log"
+
+
+# --------------------------------------------------------------------------- console and log
+
+
+def command_console(log_file: Path, *, quiet: bool) -> Console:
+    """The command's console; everything it prints is also appended to `log_file`.
+
+    Each command starts its part of the log with the time and its command line.
+    """
+    log_file = Path(log_file)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "a", encoding="utf-8") as handle:
+        command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+        handle.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {command}\n")
+    return make_console(quiet=quiet, log_file=log_file)
+
+
+class RateColumn(ProgressColumn):
+    """Items per second over rich's recent window (blank until it has a sample)."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        speed = task.speed
+        return Text("" if speed is None else f"{speed:.2f} {self.unit}/s")
+
+
+def step_progress(console: Console, label: str, unit: str) -> Progress:
+    """A progress bar with count, rate and time left, like `clare extract`'s."""
+    return Progress(
+        TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
+        RateColumn(unit), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+    )
+
+
+# --------------------------------------------------------------------------- runs
 
 
 @dataclass

@@ -23,6 +23,7 @@ import math
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,16 @@ from clare.config import Config
 from clare.console import make_console
 from clare.errors import ConfigError, StoreError
 from clare.files import atomic_write_bytes, atomic_write_parquet
-from clare.runs import RunInfo, check_compatible, load_detector, read_run
+from clare.runs import (
+    EVAL_LOG,
+    RunInfo,
+    check_compatible,
+    command_console,
+    load_detector,
+    read_run,
+    step_progress,
+)
+from clare.scoring import score_loader
 
 SCORE_COLUMNS = ("row", "path", "subset", "label", "video", "p_fake", "store")
 REPORT_OUTPUTS = ("report.md", "report.html", "figures")
@@ -123,20 +133,19 @@ def open_checked(item: StoreToScore, run: RunInfo) -> FeatureStore:
 
 
 def score_store(detector: torch.nn.Module, store: FeatureStore, *, batch_size: int,
-                device: torch.device, name: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                device: torch.device, name: str | None = None,
+                on_batch: Callable[[int], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """p(fake) for every usable row of a store, in row order, and the rows left out.
 
     Rows whose extraction failed, or whose features are not finite, are left out.
     """
-    from clare.stages.fit import score_loader
-
     manifest = store.manifest()
     ok = manifest[manifest["status"] == "ok"]
     loader = StoreLoader(
         store, ok["row"].to_numpy(), ok["label"].to_numpy(), batch_size=batch_size, seed=0,
         shuffle=False, read_tokens=detector.needs_tokens, read_lare=detector.needs_lare,
     )
-    probs, _labels, rows, _loss = score_loader(detector, loader, device, amp=False)
+    probs, _labels, rows, _loss = score_loader(detector, loader, device, amp=False, on_batch=on_batch)
     by_row = manifest.set_index("row", drop=False)
     scored = by_row.loc[rows, ["row", "path", "subset", "label", "video"]].reset_index(drop=True)
     scored["p_fake"] = probs.astype(np.float64)
@@ -290,86 +299,135 @@ def _print_table(console: Any, run_name: str, subsets: dict[str, dict[str, Any]]
 # --------------------------------------------------------------------------- main
 
 
-def run_eval(cfg: Config, *, run_dir: Path | None = None, stores: list[str] | None = None,
-             report: bool = False, quiet: bool = False) -> Path:
-    """Score the stores with a trained run and write the evaluation outputs; return their folder."""
+@dataclass
+class Evaluation:
+    """Everything an evaluation writes, computed from the scored stores."""
 
-    from clare.models.loading import resolve_device
+    run_name: str
+    scored: list[ScoredStore]
+    clean_scores: pd.DataFrame
+    clean_order: list[str]  # clean subsets, in store order
+    subsets: dict[str, dict[str, Any]]
+    mean: dict[str, Any]
+    robustness: dict[str, dict[str, Any]]
 
-    console = make_console(quiet=quiet)
-    started = time.perf_counter()
-    run_dir = Path(run_dir) if run_dir is not None else cfg.paths.runs / cfg.run_name()
-    run = read_run(run_dir)
-    items = stores_to_score(cfg, stores)
+    @property
+    def all_scores(self) -> pd.DataFrame:
+        return pd.concat([s.scores for s in self.scored], ignore_index=True)
+
+    def metrics(self) -> dict[str, Any]:
+        """metrics.json: per-subset and mean metrics, robustness, and which stores were read."""
+        return {
+            "run": self.run_name,
+            "subsets": self.subsets,
+            "mean": self.mean,
+            "robustness": self.robustness,
+            "stores": {
+                s.name: {
+                    "path": str(s.store.path),
+                    "perturb": s.store.meta.get("perturb"),
+                    "fingerprint_sha256": s.store.meta.get("fingerprint_sha256"),
+                    "rows": int(s.store.n_rows),
+                    "scored": int(len(s.scores)),
+                    "failed": int(len(s.failed)),
+                }
+                for s in self.scored
+            },
+        }
+
+
+def open_stores(cfg: Config, run: RunInfo, names: list[str] | None) -> list[tuple[StoreToScore, FeatureStore]]:
+    """Open and check every store before the (slower) model load, so a typo fails at once."""
+    items = stores_to_score(cfg, names)
     if not items:
         raise StoreError("eval.stores is empty and no --stores given; name at least one test store")
-    # Open and check every store before the (slower) model load, so a typo fails at once.
     opened = [(item, open_checked(item, run)) for item in items]
     _check_clean_subsets(opened)
+    return opened
+
+
+def score_stores(cfg: Config, run: RunInfo, opened: list[tuple[StoreToScore, FeatureStore]],
+                 console: Any) -> list[ScoredStore]:
+    """Score every store with the run's detector, with one progress bar over all their rows."""
+    from clare.models.loading import resolve_device
 
     device = resolve_device(cfg.eval.device)
     detector = load_detector(run, device)
+    total = sum(int((store.manifest()["status"] == "ok").sum()) for _item, store in opened)
     scored: list[ScoredStore] = []
-    for index, (item, store) in enumerate(opened):
-        scores, failed = score_store(detector, store, batch_size=cfg.eval.batch_size,
-                                     device=device, name=item.name)
-        perturb = store.meta.get("perturb") or item.perturb
-        # The first store is the table even when perturbed: there is nothing to compare it with.
-        scored.append(ScoredStore(item.name, store, None if index == 0 else perturb,
-                                  _subset_order(scores, failed), scores, failed))
+    with step_progress(console, f"eval {run.path.name}", "images") as progress:
+        task = progress.add_task("eval", total=total)
+        for index, (item, store) in enumerate(opened):
+            scores, failed = score_store(detector, store, batch_size=cfg.eval.batch_size,
+                                         device=device, name=item.name,
+                                         on_batch=lambda n: progress.advance(task, n))
+            perturb = store.meta.get("perturb") or item.perturb
+            # The first store is the table even when perturbed: there is nothing to compare it with.
+            scored.append(ScoredStore(item.name, store, None if index == 0 else perturb,
+                                      _subset_order(scores, failed), scores, failed))
+    return scored
 
+
+def summarize_stores(run_name: str, scored: list[ScoredStore]) -> Evaluation:
+    """Metrics per clean subset and their mean; each perturbed store under robustness."""
     clean = [s for s in scored if s.perturb is None]
-    perturbed = [s for s in scored if s.perturb is not None]
     clean_scores = pd.concat([s.scores for s in clean], ignore_index=True)
     clean_failed = pd.concat([s.failed for s in clean], ignore_index=True)
     clean_order = [subset for s in clean for subset in s.subsets]
     subsets = subset_metrics(clean_scores, clean_failed, clean_order)
-    mean = _mean(subsets)
     robustness: dict[str, dict[str, Any]] = {}
-    for item in perturbed:
-        per_subset = subset_metrics(item.scores, item.failed, item.subsets)
-        robustness[item.name] = {"perturb": item.perturb, "subsets": per_subset, "mean": _mean(per_subset)}
+    for item in scored:
+        if item.perturb is not None:
+            per_subset = subset_metrics(item.scores, item.failed, item.subsets)
+            robustness[item.name] = {"perturb": item.perturb, "subsets": per_subset,
+                                     "mean": _mean(per_subset)}
+    return Evaluation(run_name, scored, clean_scores, clean_order, subsets, _mean(subsets),
+                      robustness)
 
-    name = run_dir.name
-    out_dir = cfg.paths.reports / name
-    out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = {
-        "run": name,
-        "subsets": subsets,
-        "mean": mean,
-        "robustness": robustness,
-        "stores": {
-            s.name: {
-                "path": str(s.store.path),
-                "perturb": s.store.meta.get("perturb"),
-                "fingerprint_sha256": s.store.meta.get("fingerprint_sha256"),
-                "rows": int(s.store.n_rows),
-                "scored": int(len(s.scores)),
-                "failed": int(len(s.failed)),
-            }
-            for s in scored
-        },
-    }
-    all_scores = pd.concat([s.scores for s in scored], ignore_index=True)
+
+def write_outputs(out_dir: Path, evaluation: Evaluation) -> dict[str, Any]:
+    """metrics.json, scores.parquet and roc.json; returns the metrics written."""
+    metrics = evaluation.metrics()
     _write_json(out_dir / "metrics.json", metrics)
-    atomic_write_parquet(out_dir / "scores.parquet", all_scores)
-    _write_json(out_dir / "roc.json", roc_rows(clean_scores, clean_order))
+    atomic_write_parquet(out_dir / "scores.parquet", evaluation.all_scores)
+    _write_json(out_dir / "roc.json", roc_rows(evaluation.clean_scores, evaluation.clean_order))
+    return metrics
 
+
+def write_report(out_dir: Path, cfg: Config, run: RunInfo, evaluation: Evaluation,
+                 metrics: dict[str, Any]) -> None:
+    """report.md, report.html and figures/, from the same metrics as metrics.json."""
+    from clare.report import render_report
+
+    scored = evaluation.scored
+    fingerprints = {"train": run.store_fingerprint,
+                    **{s.name: s.store.meta.get("fingerprint", {}) for s in scored}}
+    examples = pick_lare_examples(scored[0].store, scored[0].scores, cfg.eval.lare_examples)
+    render_report(
+        out_dir, title=f"CLaRE evaluation: {evaluation.run_name}", metrics=metrics,
+        scores=evaluation.all_scores, config=run.record["config"], fingerprints=fingerprints,
+        robustness=evaluation.robustness or None, lare_examples=examples,
+    )
+
+
+def run_eval(cfg: Config, *, run_dir: Path | None = None, stores: list[str] | None = None,
+             report: bool = False, quiet: bool = False) -> Path:
+    """Score the stores with a trained run and write the evaluation outputs; return their folder."""
+    started = time.perf_counter()
+    run_dir = Path(run_dir) if run_dir is not None else cfg.paths.runs / cfg.run_name()
+    run = read_run(run_dir)
+    opened = open_stores(cfg, run, stores)
+    out_dir = cfg.paths.reports / run_dir.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    console = command_console(out_dir / EVAL_LOG, quiet=quiet)
+    evaluation = summarize_stores(run_dir.name, score_stores(cfg, run, opened, console))
+    metrics = write_outputs(out_dir, evaluation)
     if report:
-        from clare.report import render_report
-
-        fingerprints = {"train": run.store_fingerprint,
-                        **{s.name: s.store.meta.get("fingerprint", {}) for s in scored}}
-        examples = pick_lare_examples(scored[0].store, scored[0].scores, cfg.eval.lare_examples)
-        render_report(
-            out_dir, title=f"CLaRE evaluation: {name}", metrics=metrics, scores=all_scores,
-            config=run.record["config"], fingerprints=fingerprints,
-            robustness=robustness or None, lare_examples=examples,
-        )
+        write_report(out_dir, cfg, run, evaluation, metrics)
     else:
         _remove_stale_report(out_dir)
-
-    _print_table(console, name, subsets, mean, robustness)
+    _print_table(console, evaluation.run_name, evaluation.subsets, evaluation.mean,
+                 evaluation.robustness)
     what = "report" if report else "metrics"
     console.print(f"[bold]{out_dir}[/]: {what} written in {time.perf_counter() - started:.1f} s")
     return out_dir
