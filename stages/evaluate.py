@@ -12,8 +12,9 @@ shard through `StoreLoader`, never whole. The head runs in fp32 even on a GPU (i
 p(fake) does not depend on batch size or device precision settings.
 
 Outputs, in `<paths.reports>/<run name>/`: metrics.json, scores.parquet, roc.json (a list of
-{subset, fpr, tpr, threshold} rows that `dvc plots` reads) and, with `--report`, report.md,
-report.html and figures/.
+{subset, fpr, tpr, threshold} rows that `dvc plots` reads), eval.log and, with `--report`,
+report.md, report.html and figures/. They are written to a staging folder and published
+together, so the folder never holds a report of one evaluation beside metrics of another.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,11 +36,12 @@ from clare.cache.loader import StoreLoader
 from clare.cache.store import FeatureStore, open_store
 from clare.config import Config
 from clare.console import make_console
-from clare.errors import ConfigError, StoreError
+from clare.errors import ConfigError, ReportError, StoreError
 from clare.files import atomic_write_bytes, atomic_write_parquet
 from clare.runs import (
     EVAL_LOG,
     RunInfo,
+    StagedFolder,
     check_compatible,
     command_console,
     load_detector,
@@ -50,7 +51,6 @@ from clare.runs import (
 from clare.scoring import score_loader
 
 SCORE_COLUMNS = ("row", "path", "subset", "label", "video", "p_fake", "store")
-REPORT_OUTPUTS = ("report.md", "report.html", "figures")
 
 
 @dataclass
@@ -412,25 +412,30 @@ def write_report(out_dir: Path, cfg: Config, run: RunInfo, evaluation: Evaluatio
 
 def run_eval(cfg: Config, *, run_dir: Path | None = None, stores: list[str] | None = None,
              report: bool = False, quiet: bool = False) -> Path:
-    """Score the stores with a trained run and write the evaluation outputs; return their folder."""
+    """Score the stores with a trained run and write the evaluation outputs; return their folder.
+
+    The outputs are written to a staging folder and published whole (clare.runs.StagedFolder),
+    so a killed evaluation leaves the previous report folder as it was: metrics and report
+    always come from the same evaluation.
+    """
     started = time.perf_counter()
     run_dir = Path(run_dir) if run_dir is not None else cfg.paths.runs / cfg.run_name()
     run = read_run(run_dir)
     opened = open_stores(cfg, run, stores)
-    out_dir = cfg.paths.reports / run_dir.name
-    out_dir.mkdir(parents=True, exist_ok=True)
-    console = command_console(out_dir / EVAL_LOG, quiet=quiet)
-    evaluation = summarize_stores(run_dir.name, score_stores(cfg, run, opened, console))
-    metrics = write_outputs(out_dir, evaluation)
-    if report:
-        write_report(out_dir, cfg, run, evaluation, metrics)
-    else:
-        _remove_stale_report(out_dir)
-    _print_table(console, evaluation.run_name, evaluation.subsets, evaluation.mean,
-                 evaluation.robustness)
+    folder = StagedFolder(cfg.paths.reports / run_dir.name, "clare eval")
+    with folder.lock(ReportError):
+        staging = folder.fresh_staging()
+        console = command_console(staging / EVAL_LOG, quiet=quiet)
+        evaluation = summarize_stores(run_dir.name, score_stores(cfg, run, opened, console))
+        metrics = write_outputs(staging, evaluation)
+        if report:
+            write_report(staging, cfg, run, evaluation, metrics)
+        _print_table(console, evaluation.run_name, evaluation.subsets, evaluation.mean,
+                     evaluation.robustness)
+        folder.publish()
     what = "report" if report else "metrics"
-    console.print(f"[bold]{out_dir}[/]: {what} written in {time.perf_counter() - started:.1f} s")
-    return out_dir
+    console.print(f"[bold]{folder.final}[/]: {what} written in {time.perf_counter() - started:.1f} s")
+    return folder.final
 
 
 def _check_clean_subsets(opened: list[tuple[StoreToScore, FeatureStore]]) -> None:
@@ -446,16 +451,6 @@ def _check_clean_subsets(opened: list[tuple[StoreToScore, FeatureStore]]) -> Non
                     "evaluate one of the two stores (--stores) or rename the subset"
                 )
             seen[subset] = item.name
-
-
-def _remove_stale_report(out_dir: Path) -> None:
-    # A report of an earlier evaluation would contradict the metrics just written.
-    for name in REPORT_OUTPUTS:
-        path = out_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
 
 
 def show_report(report_dir: Path) -> None:

@@ -2,21 +2,31 @@
 
 - Model selection on held-out *training* videos (never on test): per class, a seeded
   `val_fraction` of the videos (keyed by their frame folder), so the frames of one video never
-  straddle train and validation, even when a list repeats a video under several subsets. The checkpoint with the best validation AUC over the run is kept.
+  straddle train and validation, even when a list repeats a video under several subsets. The
+  checkpoint with the best validation AUC over the run is kept.
 - Only trainable parameters are optimised (two groups: prompt context and head, each with its
   own learning rate and weight decay); the CLIP and SD weights are frozen.
 - Learning rate per step: `warmup_steps` at `warmup_lr`, then cosine from the group's lr to 0.
   It is a pure function of the step, so resuming needs no scheduler state.
 - `last.ckpt` (weights_only-loadable) is written at every validation point with optimiser,
-  RNG state and position; `--resume` continues from it and ends with the same weights as an
-  uninterrupted run, because the batch order is a pure function of (seed, epoch).
+  RNG state, position and the settings that change the numbers; `--resume` continues from it
+  (refusing other settings) and ends with the same weights as an uninterrupted run, because
+  the batch order is a pure function of (seed, epoch).
+- A run is published whole or not at all: everything is written to `runs/.<name>.staging`
+  and swapped into `runs/<name>` at the end; run.yaml records the model file's sha256. A
+  finished run is replaced only with `--overwrite`, and one fit at a time holds a run's lock.
+
+The steps: `select_rows` (store checks, validation split), `FitSession` (build; `restore`;
+`train` with `validate` at each validation point; `publish`), driven by `run_fit`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,12 +40,20 @@ import yaml
 from clare.cache.loader import StoreLoader
 from clare.cache.store import FeatureStore, open_store
 from clare.config import Config, FitConfig
-from clare.errors import CheckpointError, StoreError, TrainingError
-from clare.files import atomic_write
-from clare.runs import CHECKPOINT_FILE, FIT_LOG, RUN_FILE, command_console, step_progress
+from clare.errors import CheckpointError, ConfigError, RunError, StoreError, TrainingError
+from clare.files import atomic_write, atomic_write_bytes, file_sha256
+from clare.runs import (
+    CHECKPOINT_FILE,
+    FIT_LOG,
+    MODEL_FILE,
+    RUN_FILE,
+    StagedFolder,
+    command_console,
+    step_progress,
+)
 from clare.scoring import batch_logits, score_loader
 
-CHECKPOINT_FORMAT = "clare-fit-checkpoint/1"
+CHECKPOINT_FORMAT = "clare-fit-checkpoint/2"
 
 
 @dataclass
@@ -155,7 +173,33 @@ def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
-def _load_checkpoint(path: Path, spec: dict[str, str]) -> dict[str, Any]:
+# fit settings that do not change the numbers a fit produces; every other one does
+RESULT_NEUTRAL_FIT_KEYS = frozenset({"name", "device", "prefetch"})
+
+
+def fit_settings(cfg: Config, store: FeatureStore) -> dict[str, Any]:
+    """Every setting that changes the weights a fit ends with, flat: fit.*, seed, the store."""
+    values = cfg.fit.model_dump(mode="json", exclude=set(RESULT_NEUTRAL_FIT_KEYS))
+    settings = dict(_flatten("fit", values))
+    settings["seed"] = cfg.seed
+    settings["store.fingerprint_sha256"] = store.meta.get("fingerprint_sha256")
+    return settings
+
+
+def _flatten(prefix: str, values: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    for key, value in values.items():
+        if isinstance(value, dict):
+            yield from _flatten(f"{prefix}.{key}", value)
+        else:
+            yield f"{prefix}.{key}", value
+
+
+def _describe_settings(settings: dict[str, Any], keys: list[str]) -> str:
+    shown = ", ".join(f"{key}={settings.get(key)!r}"[:80] for key in keys[:3])
+    return shown + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+
+def _load_checkpoint(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: no checkpoint to resume from; run without --resume")
     try:
@@ -168,10 +212,14 @@ def _load_checkpoint(path: Path, spec: dict[str, str]) -> dict[str, Any]:
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a clare fit checkpoint; run without --resume")
-    if payload.get("spec") != spec:
+    stored = payload.get("settings")
+    stored = stored if isinstance(stored, dict) else {}
+    differing = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
+    if differing:
         raise CheckpointError(
-            f"{path}: checkpoint is for {payload.get('spec')} but the config asks for {spec}; "
-            "use the same fit settings or another --name"
+            f"{path}: checkpoint is for {_describe_settings(stored, differing)} but the config "
+            f"asks for {_describe_settings(settings, differing)}; resume with the settings it "
+            "was started with, or start afresh with --overwrite"
         )
     return payload
 
@@ -234,7 +282,8 @@ class TrainingState:
 class FitSession:
     """One fit: the detector, its optimiser and loaders, the state, and the run folder it fills."""
 
-    def __init__(self, cfg: Config, rows: TrainingRows, work_dir: Path, console: Any) -> None:
+    def __init__(self, cfg: Config, rows: TrainingRows, work_dir: Path, console: Any,
+                 settings: dict[str, Any]) -> None:
         from clare.models.detector import Detector
         from clare.models.loading import load_clip, resolve_device
 
@@ -249,7 +298,7 @@ class FitSession:
         del clip
         self.groups = self.detector.trainable_parameters()
         self.optimizer = make_optimizer(fit, self.groups)
-        self.spec = self.detector.spec
+        self.settings = settings
         self.val_loader = self._loader(rows.val, shuffle=False)
         steps_per_epoch = -(-len(_training_rows(rows.train, rows.views, 0, cfg.seed)) // fit.batch_size)
         self.total_steps = fit.max_steps or steps_per_epoch * fit.epochs
@@ -265,9 +314,8 @@ class FitSession:
                            read_tokens=self.detector.needs_tokens, read_lare=self.detector.needs_lare)
 
     # ------------------------------------------------------------------ restore
-    def restore(self, checkpoint: Path) -> None:
+    def restore(self, payload: dict[str, Any], checkpoint: Path) -> None:
         """Continue from `last.ckpt`: weights, optimiser, RNG and position in the batch order."""
-        payload = _load_checkpoint(checkpoint, self.spec)
         self.detector.load_trainable_state_dict(payload["trainable"], source=str(checkpoint))
         self.optimizer.load_state_dict(payload["optimizer"])
         torch.set_rng_state(payload["rng"])
@@ -275,8 +323,9 @@ class FitSession:
             step=int(payload["step"]), epoch=int(payload["epoch"]), skip=int(payload["skip"]),
             best={"auc": float(payload["best_auc"]), "step": int(payload["best_step"])},
             history=list(payload.get("history", [])),
+            skipped_nonfinite=int(payload.get("skipped_nonfinite", 0)),
         )
-        self.console.print(f"resuming {checkpoint.parent} at step {self.state.step} "
+        self.console.print(f"resuming {checkpoint} at step {self.state.step} "
                            f"(epoch {self.state.epoch})")
 
     # ------------------------------------------------------------------ the train loop
@@ -369,12 +418,12 @@ class FitSession:
     def _checkpoint(self, epoch: int, batches_done: int) -> None:
         state = self.state
         _save_checkpoint(self.work_dir / CHECKPOINT_FILE, {
-            "format": CHECKPOINT_FORMAT, "spec": self.spec,
+            "format": CHECKPOINT_FORMAT, "settings": self.settings,
             "trainable": self.detector.trainable_state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "rng": torch.get_rng_state(), "step": state.step, "epoch": epoch, "skip": batches_done,
             "best_auc": float(state.best["auc"]), "best_step": int(state.best["step"]),
-            "history": state.history,
+            "history": state.history, "skipped_nonfinite": state.skipped_nonfinite,
         })
 
     # ------------------------------------------------------------------ publish
@@ -395,7 +444,20 @@ class FitSession:
                        "val_videos": int(rows.val["video"].nunique())},
             "trainable_parameters": int(sum(p.numel() for g in self.groups.values() for p in g)),
             "history": state.history,
+            "model_sha256": file_sha256(self.work_dir / MODEL_FILE),
         }
+
+    def publish(self, folder: StagedFolder) -> dict[str, Any]:
+        """run.yaml beside the best weights, then the whole run folder into its place."""
+        if not (self.work_dir / MODEL_FILE).is_file():
+            raise TrainingError(
+                f"{folder.final}: no validation gave a defined AUC, so there is no best model to "
+                "publish; check the validation split (fit.val_fraction)"
+            )
+        record = self.run_record()
+        atomic_write_bytes(self.work_dir / RUN_FILE, yaml.safe_dump(record, sort_keys=False).encode())
+        folder.publish()
+        return record
 
     def result(self, run_dir: Path, record: dict[str, Any], seconds: float) -> FitResult:
         state, rows = self.state, self.rows
@@ -407,26 +469,61 @@ class FitSession:
 # --------------------------------------------------------------------------- main
 
 
-def run_fit(cfg: Config, *, resume: bool = False, quiet: bool = False) -> FitResult:
-    """Train the detector from the train store and write runs/<name>/."""
+def run_fit(cfg: Config, *, resume: bool = False, overwrite: bool = False,
+            quiet: bool = False) -> FitResult:
+    """Train the detector from the train store and publish runs/<name>/ whole at the end.
+
+    Work happens in a staging folder beside the run (see clare.runs.StagedFolder): a killed fit
+    leaves the published run as it was. A finished run is replaced only with `overwrite`;
+    `resume` continues the staged fit (or the finished run) with the same settings only.
+    """
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other: continue the run or replace it")
     started = time.perf_counter()
     rows = select_rows(cfg)
-    run_dir = cfg.paths.runs / cfg.run_name()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    console = command_console(run_dir / FIT_LOG, quiet=quiet)
-    session = FitSession(cfg, rows, run_dir, console)
-    if resume:
-        session.restore(run_dir / CHECKPOINT_FILE)
-    session.train(resumed=resume)
-    record = session.run_record()
-    (run_dir / RUN_FILE).write_text(yaml.safe_dump(record, sort_keys=False))
-    result = session.result(run_dir, record, time.perf_counter() - started)
+    settings = fit_settings(cfg, rows.store)
+    folder = StagedFolder(cfg.paths.runs / cfg.run_name(), "clare fit")
+    with folder.lock():
+        checkpoint, payload = (_prepare_resume(folder, settings) if resume
+                               else _prepare_fresh(folder, overwrite))
+        console = command_console(folder.staging / FIT_LOG, quiet=quiet)
+        session = FitSession(cfg, rows, folder.staging, console, settings)
+        if payload is not None:
+            session.restore(payload, checkpoint)
+        session.train(resumed=resume)
+        record = session.publish(folder)
+    result = session.result(folder.final, record, time.perf_counter() - started)
     best = session.state.best
     console.print(
-        f"[bold]{run_dir}[/]: {result.steps} steps in {result.seconds:.1f} s; best val AUC "
+        f"[bold]{folder.final}[/]: {result.steps} steps in {result.seconds:.1f} s; best val AUC "
         f"{best['auc']:.4f} at step {best['step']}; {rows.failed} failed rows skipped"
     )
     return result
+
+
+def _prepare_fresh(folder: StagedFolder, overwrite: bool) -> tuple[Path, None]:
+    """An empty staging folder; a finished run stays untouched unless `overwrite`."""
+    if (folder.final / RUN_FILE).is_file() and not overwrite:
+        raise RunError(
+            f"{folder.final}: holds a finished run; pass --overwrite to replace it, --resume to "
+            "continue it, or choose another --name"
+        )
+    folder.fresh_staging()
+    return folder.staging / CHECKPOINT_FILE, None
+
+
+def _prepare_resume(folder: StagedFolder, settings: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint to continue from: the staged fit's, else the finished run's (copied to
+    staging, so the run stays as it is until the resumed fit publishes)."""
+    staged = folder.staging / CHECKPOINT_FILE
+    if staged.is_file():
+        return staged, _load_checkpoint(staged, settings)
+    published = folder.final / CHECKPOINT_FILE
+    payload = _load_checkpoint(published, settings)
+    if folder.staging.exists():
+        shutil.rmtree(folder.staging)
+    shutil.copytree(folder.final, folder.staging)
+    return staged, payload
 
 
 def _open_live(run_dir: Path, resume: bool) -> Any:
