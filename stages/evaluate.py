@@ -226,17 +226,8 @@ def pick_lare_examples(store: FeatureStore, scores: pd.DataFrame, per_class: int
     from the subsets in turn so that the examples spread over subsets. Reads only those rows."""
     if per_class <= 0 or scores.empty:
         return []
-    picked: list[pd.Series] = []
-    for label in (0, 1):
-        rows = scores[scores["label"] == label].sort_values("row")
-        queues = [group for _, group in rows.groupby("subset", sort=False)]
-        taken, depth = 0, 0
-        while taken < per_class and any(depth < len(q) for q in queues):
-            for queue in queues:
-                if depth < len(queue) and taken < per_class:
-                    picked.append(queue.iloc[depth])
-                    taken += 1
-            depth += 1
+    picked = [row for label in (0, 1)
+              for row in _subsets_in_turn(scores[scores["label"] == label], per_class)]
     if not picked:
         return []
     row_ids = np.array([int(p["row"]) for p in picked], dtype=np.int64)
@@ -248,6 +239,17 @@ def pick_lare_examples(store: FeatureStore, scores: pd.DataFrame, per_class: int
         for p, lare in zip(picked, maps, strict=True)
         if np.isfinite(lare).all()
     ]
+
+
+def _subsets_in_turn(scores: pd.DataFrame, count: int) -> list[pd.Series]:
+    """Up to `count` rows: the first row of each subset in turn, then the second, and so on."""
+    queues = [group for _, group in scores.sort_values("row").groupby("subset", sort=False)]
+    picked: list[pd.Series] = []
+    depth = 0
+    while len(picked) < count and any(depth < len(q) for q in queues):
+        picked.extend(q.iloc[depth] for q in queues if depth < len(q))
+        depth += 1
+    return picked[:count]
 
 
 # --------------------------------------------------------------------------- console
@@ -281,19 +283,24 @@ def _print_table(console: Any, run_name: str, subsets: dict[str, dict[str, Any]]
         table.add_row(name, *(_cell(metrics, key) for key, _ in _TABLE_COLUMNS))
     table.add_row("[bold]mean[/]", *(_cell(mean, key, len(subsets)) for key, _ in _TABLE_COLUMNS))
     console.print(table)
-    shown = {key for key, _ in _TABLE_COLUMNS}
     for name, metrics in subsets.items():
-        # The reasons go below the table: inside a cell they would wrap it out of shape.
-        by_reason: dict[str, list[str]] = {}
-        for key, reason in (metrics.get("notes") or {}).items():
-            if key in shown:
-                by_reason.setdefault(reason, []).append(dict(_TABLE_COLUMNS)[key])
-        for reason, titles in by_reason.items():
-            console.print(f"  {name}: {', '.join(titles)} undefined ({reason})", highlight=False)
+        _print_undefined(console, name, metrics)
     for name, entry in robustness.items():
         auc = entry["mean"].get("auc")
         shown_auc = f"{auc:.3f}" if isinstance(auc, float) else "—"
         console.print(f"robustness {name} ({entry['perturb']}): mean AUC {shown_auc}")
+
+
+def _print_undefined(console: Any, subset: str, metrics: dict[str, Any]) -> None:
+    """Why a shown metric is undefined, one line per reason, below the table (inside a cell
+    the reason would wrap the table out of shape)."""
+    titles = dict(_TABLE_COLUMNS)
+    by_reason: dict[str, list[str]] = {}
+    for key, reason in (metrics.get("notes") or {}).items():
+        if key in titles:
+            by_reason.setdefault(reason, []).append(titles[key])
+    for reason, shown in by_reason.items():
+        console.print(f"  {subset}: {', '.join(shown)} undefined ({reason})", highlight=False)
 
 
 # --------------------------------------------------------------------------- main
