@@ -195,6 +195,12 @@ class RunInfo:
     def store_fingerprint(self) -> dict[str, Any]:
         return self.record["store_fingerprint"]
 
+    @property
+    def threshold(self) -> float | None:
+        """The operating threshold fit chose on validation (None for runs that record none)."""
+        value = (self.record.get("threshold") or {}).get("value")
+        return float(value) if isinstance(value, (int, float)) else None
+
 
 def read_run(run_dir: Path) -> RunInfo:
     """A finished run whose model file is the one its run.yaml records (sha256)."""

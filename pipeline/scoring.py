@@ -58,3 +58,29 @@ def score_loader(detector: torch.nn.Module, loader: StoreLoader, device: torch.d
                       float("nan"))
     return Scores(np.concatenate(probs), np.concatenate(labels), np.concatenate(rows),
                   loss_sum / max(count, 1))
+
+
+# --------------------------------------------------------------------------- operating threshold
+
+THRESHOLD_RULE = "EER point on the run's held-out validation videos"
+
+
+def eer_threshold(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """The operating threshold `clare fit` chooses: the ROC point of these (validation) scores
+    where the false-positive rate and the miss rate are closest, read at a real score so that
+    "fake when p >= threshold" gives exactly those rates here. Needs both classes."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, thresholds = roc_curve(labels, probs, pos_label=1, drop_intermediate=False)
+    # Point 0 is sklearn's "nothing is fake" (threshold +inf): never an operating point.
+    gap = np.abs((1.0 - tpr[1:]) - fpr[1:])
+    point = 1 + int(np.argmin(gap))
+    return {"value": float(thresholds[point]), "fpr": float(fpr[point]),
+            "fnr": float(1.0 - tpr[point])}
+
+
+def accuracy_at(labels: np.ndarray, probs: np.ndarray, threshold: float) -> float | None:
+    """Accuracy with "fake when p >= threshold"; None without images."""
+    if len(labels) == 0:
+        return None
+    return float(np.mean((np.asarray(probs) >= threshold) == (np.asarray(labels) == 1)))

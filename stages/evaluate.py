@@ -48,9 +48,11 @@ from clare.runs import (
     read_run,
     step_progress,
 )
-from clare.scoring import score_loader
+from clare.scoring import THRESHOLD_RULE, accuracy_at, score_loader
 
 SCORE_COLUMNS = ("row", "path", "subset", "label", "video", "p_fake", "store")
+# Accuracy at the operating threshold `clare fit` chose on the run's validation videos.
+THRESHOLD_ACC = "acc_at_val_threshold"
 
 
 @dataclass
@@ -159,17 +161,22 @@ def score_store(detector: torch.nn.Module, store: FeatureStore, *, batch_size: i
 # --------------------------------------------------------------------------- metrics
 
 
-def subset_metrics(scores: pd.DataFrame, failed: pd.DataFrame,
-                   subsets: list[str]) -> dict[str, dict[str, Any]]:
-    """compute_metrics per subset (video ids for the video AUC) plus the count of failed rows."""
+def subset_metrics(scores: pd.DataFrame, failed: pd.DataFrame, subsets: list[str],
+                   threshold: float | None = None) -> dict[str, dict[str, Any]]:
+    """compute_metrics per subset (video ids for the video AUC), the count of failed rows and,
+    given the run's operating threshold, the accuracy at it (`acc_at_val_threshold`)."""
     from clare.metrics import compute_metrics
 
     out: dict[str, dict[str, Any]] = {}
     for subset in subsets:
         rows = scores[scores["subset"] == subset]
-        metrics = compute_metrics(rows["label"].to_numpy(), rows["p_fake"].to_numpy(),
-                                  rows["video"].to_numpy())
+        labels, probs = rows["label"].to_numpy(), rows["p_fake"].to_numpy()
+        metrics = compute_metrics(labels, probs, rows["video"].to_numpy())
         metrics["n_failed"] = int((failed["subset"] == subset).sum())
+        metrics[THRESHOLD_ACC] = None if threshold is None else accuracy_at(labels, probs, threshold)
+        if metrics[THRESHOLD_ACC] is None:
+            metrics["notes"][THRESHOLD_ACC] = ("no images" if len(rows) else
+                                               "the run records no operating threshold")
         out[subset] = metrics
     return out
 
@@ -185,6 +192,10 @@ def _mean(per_subset: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
     mean = summarize(per_subset)
     mean["n_failed"] = int(sum(m.get("n_failed", 0) for m in per_subset.values()))
+    # Accuracy at the run's threshold is evaluate's own metric: averaged as summarize does.
+    values = [m[THRESHOLD_ACC] for m in per_subset.values() if m.get(THRESHOLD_ACC) is not None]
+    mean[THRESHOLD_ACC] = float(np.mean(values)) if values else None
+    mean[f"{THRESHOLD_ACC}_n_subsets"] = len(values)
     return mean
 
 
@@ -267,7 +278,7 @@ def _cell(metrics: dict[str, Any], key: str, n_subsets: int | None = None) -> st
 
 
 _TABLE_COLUMNS = (("auc", "AUC"), ("ap", "AP"), ("eer", "EER"), ("acc", "Acc@0.5"),
-                  ("video_auc", "video AUC"), ("n_real", "real"), ("n_fake", "fake"),
+                  (THRESHOLD_ACC, "Acc@val thr"), ("video_auc", "video AUC"), ("n_real", "real"), ("n_fake", "fake"),
                   ("n_failed", "failed"))
 
 
@@ -317,6 +328,7 @@ class Evaluation:
     subsets: dict[str, dict[str, Any]]
     mean: dict[str, Any]
     robustness: dict[str, dict[str, Any]]
+    threshold: float | None = None  # the run's operating threshold
 
     @property
     def all_scores(self) -> pd.DataFrame:
@@ -326,6 +338,7 @@ class Evaluation:
         """metrics.json: per-subset and mean metrics, robustness, and which stores were read."""
         return {
             "run": self.run_name,
+            "threshold": {"value": self.threshold, "rule": THRESHOLD_RULE},
             "subsets": self.subsets,
             "mean": self.mean,
             "robustness": self.robustness,
@@ -375,21 +388,24 @@ def score_stores(cfg: Config, run: RunInfo, opened: list[tuple[StoreToScore, Fea
     return scored
 
 
-def summarize_stores(run_name: str, scored: list[ScoredStore]) -> Evaluation:
-    """Metrics per clean subset and their mean; each perturbed store under robustness."""
+def summarize_stores(run_name: str, scored: list[ScoredStore],
+                     threshold: float | None = None) -> Evaluation:
+    """Metrics per clean subset and their mean; each perturbed store under robustness.
+
+    `threshold`: the run's operating threshold (chosen on its validation videos), or None."""
     clean = [s for s in scored if s.perturb is None]
     clean_scores = pd.concat([s.scores for s in clean], ignore_index=True)
     clean_failed = pd.concat([s.failed for s in clean], ignore_index=True)
     clean_order = [subset for s in clean for subset in s.subsets]
-    subsets = subset_metrics(clean_scores, clean_failed, clean_order)
+    subsets = subset_metrics(clean_scores, clean_failed, clean_order, threshold)
     robustness: dict[str, dict[str, Any]] = {}
     for item in scored:
         if item.perturb is not None:
-            per_subset = subset_metrics(item.scores, item.failed, item.subsets)
+            per_subset = subset_metrics(item.scores, item.failed, item.subsets, threshold)
             robustness[item.name] = {"perturb": item.perturb, "subsets": per_subset,
                                      "mean": _mean(per_subset)}
     return Evaluation(run_name, scored, clean_scores, clean_order, subsets, _mean(subsets),
-                      robustness)
+                      robustness, threshold)
 
 
 def write_outputs(out_dir: Path, evaluation: Evaluation) -> dict[str, Any]:
@@ -433,7 +449,8 @@ def run_eval(cfg: Config, *, run_dir: Path | None = None, stores: list[str] | No
     with folder.lock(ReportError):
         staging = folder.fresh_staging()
         console = command_console(staging / EVAL_LOG, quiet=quiet)
-        evaluation = summarize_stores(run_dir.name, score_stores(cfg, run, opened, console))
+        evaluation = summarize_stores(run_dir.name, score_stores(cfg, run, opened, console),
+                                      run.threshold)
         metrics = write_outputs(staging, evaluation)
         if report:
             write_report(staging, cfg, run, evaluation, metrics)

@@ -51,9 +51,10 @@ from clare.runs import (
     command_console,
     step_progress,
 )
-from clare.scoring import batch_logits, score_loader
+from clare.scoring import THRESHOLD_RULE, batch_logits, eer_threshold, score_loader
 
 CHECKPOINT_FORMAT = "clare-fit-checkpoint/2"
+CHECKPOINT_KEYS = ("settings", "trainable", "optimizer", "rng", "step", "epoch", "skip", "best")
 
 
 @dataclass
@@ -211,7 +212,12 @@ def _load_checkpoint(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
             "start afresh without --resume"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a clare fit checkpoint; run without --resume")
+        raise CheckpointError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint; start afresh with "
+                              "--overwrite")
+    missing = [key for key in CHECKPOINT_KEYS if key not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}; start afresh with "
+                              "--overwrite")
     stored = payload.get("settings")
     stored = stored if isinstance(stored, dict) else {}
     differing = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
@@ -317,11 +323,17 @@ class FitSession:
     def restore(self, payload: dict[str, Any], checkpoint: Path) -> None:
         """Continue from `last.ckpt`: weights, optimiser, RNG and position in the batch order."""
         self.detector.load_trainable_state_dict(payload["trainable"], source=str(checkpoint))
-        self.optimizer.load_state_dict(payload["optimizer"])
-        torch.set_rng_state(payload["rng"])
+        try:
+            self.optimizer.load_state_dict(payload["optimizer"])
+            torch.set_rng_state(payload["rng"])
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"{checkpoint}: damaged optimiser or RNG state ({str(exc)[:120]}); start afresh "
+                "with --overwrite"
+            ) from None
         self.state = TrainingState(
             step=int(payload["step"]), epoch=int(payload["epoch"]), skip=int(payload["skip"]),
-            best={"auc": float(payload["best_auc"]), "step": int(payload["best_step"])},
+            best=dict(payload["best"]),
             history=list(payload.get("history", [])),
             skipped_nonfinite=int(payload.get("skipped_nonfinite", 0)),
         )
@@ -397,7 +409,8 @@ class FitSession:
         auc = metrics["auc"] if metrics["auc"] is not None else -1.0
         if auc > state.best["auc"]:
             state.best = {"auc": auc, "step": state.step,
-                          **{k: v for k, v in record.items() if k.startswith("val_")}}
+                          **{k: v for k, v in record.items() if k.startswith("val_")},
+                          "threshold": eer_threshold(labels, probs)}
             self.detector.save(self.work_dir)
         self.console.print(
             f"step {state.step}/{self.total_steps} epoch {epoch}: val loss {loss:.4f} auc {auc:.4f} "
@@ -423,6 +436,7 @@ class FitSession:
             "optimizer": self.optimizer.state_dict(),
             "rng": torch.get_rng_state(), "step": state.step, "epoch": epoch, "skip": batches_done,
             "best_auc": float(state.best["auc"]), "best_step": int(state.best["step"]),
+            "best": state.best,
             "history": state.history, "skipped_nonfinite": state.skipped_nonfinite,
         })
 
@@ -437,7 +451,9 @@ class FitSession:
             "store_fingerprint": rows.store.meta["fingerprint"],
             "store_fingerprint_sha256": rows.store.meta.get("fingerprint_sha256"),
             "best_step": int(state.best["step"]),
-            "metrics": {k: v for k, v in state.best.items() if k not in ("step",)},
+            "metrics": {k: v for k, v in state.best.items() if k not in ("step", "threshold")},
+            "threshold": {**state.best["threshold"], "rule": THRESHOLD_RULE,
+                          "step": int(state.best["step"])},
             "steps": state.step,
             "counts": {"train_rows": int(len(rows.train)), "val_rows": int(len(rows.val)),
                        "skipped_failed": rows.failed, "skipped_nonfinite": state.skipped_nonfinite,
@@ -496,7 +512,8 @@ def run_fit(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     best = session.state.best
     console.print(
         f"[bold]{folder.final}[/]: {result.steps} steps in {result.seconds:.1f} s; best val AUC "
-        f"{best['auc']:.4f} at step {best['step']}; {rows.failed} failed rows skipped"
+        f"{best['auc']:.4f} at step {best['step']}, operating threshold "
+        f"{best['threshold']['value']:.4f} (EER on validation); {rows.failed} failed rows skipped"
     )
     return result
 

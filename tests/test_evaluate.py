@@ -364,3 +364,27 @@ def test_eval_refuses_a_run_whose_weights_are_not_its_record(world: World, tmp_p
         handle.write(bytes([last[0] ^ 1]))
     with pytest.raises(CheckpointError, match=r"model\.safetensors: sha256 .* differs"):
         run_eval(world.cfg, run_dir=run, stores=["test"], quiet=True)
+
+
+# --------------------------------------------------------------------------- operating threshold
+
+
+def test_accuracy_at_the_runs_validation_threshold(world: World) -> None:
+    record = read_run(world.run_dir).record
+    threshold = record["threshold"]["value"]
+    assert 0.0 <= threshold <= 1.0 and "validation" in record["threshold"]["rule"]
+    metrics = _no_nan_json(world.out_dir / "metrics.json")
+    assert metrics["threshold"]["value"] == threshold
+    clean = _scores(world).query("store == 'test'")
+    for subset in ("alpha", "beta"):
+        rows = clean[clean["subset"] == subset]
+        expected = float(np.mean((rows["p_fake"] >= threshold) == (rows["label"] == 1)))
+        assert metrics["subsets"][subset]["acc_at_val_threshold"] == pytest.approx(expected, abs=1e-12)
+        at_half = float(np.mean((rows["p_fake"] >= 0.5) == (rows["label"] == 1)))
+        assert metrics["subsets"][subset]["acc"] == pytest.approx(at_half, abs=1e-12)
+    both = [metrics["subsets"][s]["acc_at_val_threshold"] for s in ("alpha", "beta")]
+    assert metrics["mean"]["acc_at_val_threshold"] == pytest.approx(np.mean(both))
+    jpeg = metrics["robustness"]["test-jpeg50"]["subsets"]["alpha"]
+    assert jpeg["acc_at_val_threshold"] is not None
+    table = (world.out_dir / "eval.log").read_text()
+    assert "Acc@val thr" in table and "Acc@0.5" in table

@@ -345,3 +345,56 @@ def test_fit_log_keeps_what_the_console_printed(finished):
     assert log.startswith("=== ")
     assert "val loss" in log and "best val AUC" in log and str(run_dir) in log
     assert "\x1b[" not in log  # plain text, no terminal codes
+
+
+def test_fit_records_the_eer_threshold_of_its_validation_videos(finished):
+    from clare.models.detector import Detector
+    from clare.scoring import accuracy_at, eer_threshold, score_loader
+    from clare.stages.fit import select_rows
+
+    tmp, overrides, run_dir = finished
+    cfg = load_config(tmp / "config.yaml", overrides)
+    record = read_run(run_dir).record
+    chosen = record["threshold"]
+    assert chosen["step"] == record["best_step"] and "validation" in chosen["rule"]
+    # Rescoring the held-out videos with the published weights gives the recorded point.
+    rows = select_rows(cfg)
+    detector = Detector.load(run_dir)
+    loader = StoreLoader(rows.store, rows.val["row"].to_numpy(), rows.val["label"].to_numpy(),
+                         batch_size=cfg.fit.batch_size, seed=cfg.seed, shuffle=False)
+    probs, labels, _rows, _loss = score_loader(detector, loader, torch.device("cpu"), amp=False)
+    assert eer_threshold(labels, probs) == {k: chosen[k] for k in ("value", "fpr", "fnr")}
+    predicted = probs >= chosen["value"]
+    assert np.mean(predicted[labels == 0]) == pytest.approx(chosen["fpr"])
+    assert np.mean(~predicted[labels == 1]) == pytest.approx(chosen["fnr"])
+    assert accuracy_at(labels, probs, chosen["value"]) == pytest.approx(
+        1 - (chosen["fpr"] * (labels == 0).sum() + chosen["fnr"] * (labels == 1).sum()) / len(labels))
+
+
+def test_eer_threshold_is_the_point_where_both_error_rates_meet():
+    from clare.scoring import accuracy_at, eer_threshold
+
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    probs = np.array([0.1, 0.2, 0.3, 0.7, 0.4, 0.8, 0.9, 0.95])
+    point = eer_threshold(labels, probs)
+    # At 0.7: one real of four called fake, one fake of four (0.4) missed.
+    assert point == {"value": 0.7, "fpr": 0.25, "fnr": 0.25}
+    assert accuracy_at(labels, probs, 0.7) == 0.75
+    assert accuracy_at(labels, probs, 0.5) == 0.75
+    assert accuracy_at(np.array([]), np.array([]), 0.5) is None
+    separable = eer_threshold(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4]))
+    assert separable == {"value": 0.3, "fpr": 0.0, "fnr": 0.0}
+
+
+def test_resume_refuses_checkpoints_of_other_formats_or_incomplete(finished, tmp_path):
+    tmp, overrides, run_dir = finished
+    runs = tmp_path / "runs"
+    copy = _tampered(run_dir, runs / run_dir.name)
+    cfg = load_config(tmp / "config.yaml", [*overrides, f"paths.runs={runs}"])
+    payload = torch.load(copy / CHECKPOINT_FILE, weights_only=True)
+    for broken, message in (({**payload, "format": "clare-fit-checkpoint/1"}, "not a clare-fit-checkpoint/2"),
+                            ({k: v for k, v in payload.items() if k != "rng"}, "checkpoint lacks rng"),
+                            ({**payload, "optimizer": {"state": {}, "param_groups": []}}, "damaged optimiser")):
+        torch.save(broken, copy / CHECKPOINT_FILE)
+        with pytest.raises(CheckpointError, match=message):
+            run_fit(cfg, resume=True, quiet=True)
