@@ -153,13 +153,12 @@ class Trainer:
 def build_trainer(clip: Any, tokenizer: Any, device: Any, steps_per_epoch: int) -> Trainer:
     """Fusion / CoOp / v2 with clare fit's defaults: two AdamW groups (prompt, head)."""
 
-    from clare.config import FitConfig, PromptConfig
-    from clare.models.detector import build_detector
+    from clare.config import FitConfig
+    from clare.models.detector import Detector
     from clare.stages.fit import make_optimizer
 
     fit = FitConfig()
-    detector = build_detector("fusion", "coop", "v2", clip, tokenizer, PromptConfig(),
-                              dropout=fit.dropout).to(device)
+    detector = Detector.from_config(fit.detector(), clip, tokenizer).to(device)
     detector.train()
     groups = detector.trainable_parameters()
     params = [p for params in groups.values() for p in params]
@@ -342,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from clare.cache.store import default_shard_rows
-    from clare.models.loading import clip_dims, resolve_device
+    from clare.models.clip_image import clip_dims
+    from clare.models.loading import resolve_device
 
     args = parse_args(argv)
     seed_everything(args.seed)

@@ -155,11 +155,11 @@ def measure_fit(cfg_for: Callable[[int], Any], steps: list[int], batch: int) -> 
     except ImportError as exc:
         return {"samples_per_s": "n/a", "reason": f"clare.stages.fit not importable ({exc})"}
     # An untimed first run pays the one-time costs (imports, kernels, file cache).
-    run_fit(cfg_for(steps[0]), quiet=True)
+    run_fit(cfg_for(steps[0]), quiet=True, overwrite=True)
     runs = []
     for max_steps in steps:
         start = time.perf_counter()
-        result = run_fit(cfg_for(max_steps), quiet=True)
+        result = run_fit(cfg_for(max_steps), quiet=True, overwrite=True)
         runs.append({"max_steps": max_steps, "steps": result.steps,
                      "seconds": time.perf_counter() - start, "train_rows": result.train_rows})
     first, last = runs[0], runs[-1]

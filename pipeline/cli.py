@@ -132,6 +132,7 @@ def fit(
     attention: Annotated[str | None, typer.Option(help="v1 or v2 (fusion)")] = None,
     name: Annotated[str | None, typer.Option(help="Run name (runs/<name>).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from runs/<name>/last.ckpt.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a finished run of this name.")] = False,
     set_: SetOpt = None,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -142,7 +143,7 @@ def fit(
     extra = [f"fit.{k}={v}" for k, v in
              (("module", module), ("strategy", strategy), ("attention", attention), ("name", name))
              if v is not None]
-    run_fit(_load(config, [*(set_ or []), *extra]), resume=resume)
+    run_fit(_load(config, [*(set_ or []), *extra]), resume=resume, overwrite=overwrite)
 
 
 @app.command("eval")

@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from clare.errors import ConfigError
 
@@ -161,12 +169,42 @@ class PromptConfig(_Strict):
     class_token_position: Literal["end", "front", "middle"] = "end"
     class_specific: bool = False
     classnames: tuple[str, str] = ("real", "fake")
+    ctx_init_std: float = Field(default=0.02, gt=0, description="std of random context vectors")
+    meta_net_reduction: int = Field(
+        default=16, ge=1, description="CoCoOp meta-net hidden width = feature width / this"
+    )
 
 
-class FitConfig(_Strict):
+class HeadConfig(_Strict):
+    """Sizes of the trainable head (docs/design.md §3.1); the widths E, W, g come from CLIP."""
+
+    heads: int = Field(default=8, ge=1, description="attention heads (one LaRE bias map each)")
+    head_dim: int = Field(default=64, ge=1, description="query/key/value width per head")
+    lift_widths: tuple[PositiveInt, ...] = Field(
+        default=(32, 64, 128, 256), description="v2: 1x1 conv widths lifting the LaRE map to W"
+    )
+    gate_hidden: int = Field(default=128, ge=1, description="channel-gate MLP hidden width")
+    pos_init_std: float = Field(default=0.02, gt=0, description="std of positional embeddings")
+
+
+class DetectorConfig(_Strict):
+    """Everything that shapes a detector besides the CLIP model it is built on.
+
+    `clare fit` reads it from the `fit` section; a trained model file records it, so loading
+    a run needs nothing else (see clare.models.detector.Detector.save).
+    """
+
     module: Literal["fusion", "lare", "clipping"] = "fusion"
     strategy: Literal["coop", "cocoop"] = "coop"
     attention: Literal["v1", "v2"] = "v2"
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    prompt: PromptConfig = Field(default_factory=PromptConfig)
+    head: HeadConfig = Field(default_factory=HeadConfig)
+
+
+class FitConfig(DetectorConfig):
+    """The detector's settings (module, strategy, attention, dropout, prompt, head) and training."""
+
     name: str | None = Field(default=None, description="run name (default: module-strategy)")
     epochs: int = Field(default=10, ge=1)
     max_steps: int | None = Field(default=None, ge=1)
@@ -180,14 +218,15 @@ class FitConfig(_Strict):
     warmup_steps: int = Field(default=0, ge=0)
     warmup_lr: float = Field(default=1e-5, ge=0)
     grad_clip: float | None = Field(default=1.0, gt=0)
-    dropout: float = Field(default=0.1, ge=0, lt=1)
     val_fraction: float = Field(default=0.05, gt=0, lt=1)
     val_every: int | None = Field(default=None, ge=1, description="steps (None: every epoch)")
     shuffle_window: int = Field(default=2, ge=1, description="shards shuffled together")
     prefetch: int = Field(default=2, ge=0, description="batches read ahead in the background")
     device: str = "auto"
     amp: bool = True
-    prompt: PromptConfig = Field(default_factory=PromptConfig)
+
+    def detector(self) -> DetectorConfig:
+        return DetectorConfig.model_validate(self.model_dump(include=set(DetectorConfig.model_fields)))
 
 
 class EvalConfig(_Strict):

@@ -30,3 +30,23 @@ class StoreError(ClareError):
 
 class FingerprintError(StoreError):
     """Two things that must come from the same frozen models and settings do not."""
+
+
+class RunError(ClareError):
+    """A run folder is missing, unfinished, held by another fit, or would be overwritten."""
+
+
+class CheckpointError(RunError):
+    """A model file or training checkpoint is unreadable, damaged, or made with other settings."""
+
+
+class ReportError(ClareError):
+    """A report folder is held by another evaluation."""
+
+
+class TrainingError(ClareError):
+    """Training cannot go on (the loss became NaN or infinite)."""
+
+
+class ShapeMismatchError(ClareError):
+    """Features have other shapes than the model they are fed to was built for."""

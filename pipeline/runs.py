@@ -1,23 +1,188 @@
-"""A trained run on disk: `runs/<name>/` with model.safetensors, run.yaml and last.ckpt.
+"""What `clare fit` and `clare eval` leave on disk, and how they write it.
 
-`model.safetensors` holds the trainable parameters only (megabytes); the frozen CLIP weights
-are rebuilt from the config and checked against the store fingerprint recorded in run.yaml.
+A run, `runs/<name>/`: model.safetensors (the trainable parameters only, megabytes, with the
+detector's config in its metadata), run.yaml (config, store fingerprint, best step, counts),
+last.ckpt (for --resume), dvclive/ and fit.log. The frozen CLIP weights are rebuilt from the
+config and checked against the store fingerprint recorded in run.yaml.
+
+A report, `reports/<name>/`: metrics.json, scores.parquet, roc.json, the report files, eval.log.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import fcntl
+import os
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 from clare.config import Config
-from clare.errors import ClareError, StoreError
+from clare.console import make_console
+from clare.errors import CheckpointError, ClareError, RunError, StoreError
+from clare.files import file_sha256
+from clare.models.detector import MODEL_FILE  # noqa: F401 - its home is the detector
 
-MODEL_FILE = "model.safetensors"
 RUN_FILE = "run.yaml"
 CHECKPOINT_FILE = "last.ckpt"
+FIT_LOG = "fit.log"
+EVAL_LOG = "eval.log"
+
+
+# --------------------------------------------------------------------------- console and log
+
+
+def command_console(log_file: Path, *, quiet: bool) -> Console:
+    """The command's console; everything it prints is also appended to `log_file`.
+
+    Each command starts its part of the log with the time and its command line.
+    """
+    log_file = Path(log_file)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "a", encoding="utf-8") as handle:
+        command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+        handle.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {command}\n")
+    return make_console(quiet=quiet, log_file=log_file)
+
+
+class RateColumn(ProgressColumn):
+    """Items per second over rich's recent window (blank until it has a sample)."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        speed = task.speed
+        return Text("" if speed is None else f"{speed:.2f} {self.unit}/s")
+
+
+def step_progress(console: Console, label: str, unit: str) -> Progress:
+    """A progress bar with count, rate and time left, like `clare extract`'s."""
+    return Progress(
+        TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
+        RateColumn(unit), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+    )
+
+
+# --------------------------------------------------------------------------- runs
+
+
+class StagedFolder:
+    """An output folder that a command builds beside its place and publishes whole.
+
+    `runs/base` is built in `runs/.base.staging` and swapped in at the end, in one step where
+    the system allows it (Linux renameat2 RENAME_EXCHANGE), so a reader sees the old folder or
+    the new one, never a mix. Elsewhere the swap is two renames through `runs/.base.old`, and
+    `recover` finishes one that a kill interrupted. `lock` keeps a second writer out.
+    """
+
+    def __init__(self, final: Path, command: str) -> None:
+        self.final = Path(final)
+        self.command = command  # names the holder in "locked" errors, e.g. "clare fit"
+        parent, name = self.final.parent, self.final.name
+        self.staging = parent / f".{name}.staging"
+        self.old = parent / f".{name}.old"
+        self.lock_path = parent / f".{name}.lock"
+
+    @contextmanager
+    def lock(self, error: type[ClareError] = RunError) -> Iterator[None]:
+        """Exclusive for the whole command; the kernel releases it when the process dies."""
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.lock_path, "a+")  # noqa: SIM115 - held until the block ends
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise error(
+                f"{self.final}: another {self.command} is writing it (pid {holder}); wait for it "
+                "to finish or stop it, or choose another name"
+            ) from None
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(os.getpid()))
+            handle.flush()
+            self.recover()
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            handle.close()
+
+    def recover(self) -> None:
+        """Finish a two-rename publish that was killed half-way (called under the lock)."""
+        if not self.old.exists():
+            return
+        if self.final.exists():
+            shutil.rmtree(self.old)  # the new folder made it; the old one is garbage
+        else:
+            os.rename(self.old, self.final)  # killed between the renames: put the old one back
+
+    def fresh_staging(self) -> Path:
+        """An empty staging folder (a leftover of a killed command is removed)."""
+        if self.staging.exists():
+            shutil.rmtree(self.staging)
+        self.staging.mkdir(parents=True)
+        return self.staging
+
+    def publish(self) -> None:
+        """Put the staging folder in the final place, replacing what was there as one step."""
+        if not self.final.exists():
+            os.rename(self.staging, self.final)
+        elif exchange_paths(self.staging, self.final):
+            # The staging name now holds the old folder: out of the way first, so a resume
+            # never mistakes it for work in progress, then deleted (recover finishes a kill).
+            os.rename(self.staging, self.old)
+            shutil.rmtree(self.old)
+        else:
+            os.rename(self.final, self.old)
+            os.rename(self.staging, self.final)
+            shutil.rmtree(self.old)
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def exchange_paths(first: Path, second: Path) -> bool:
+    """Swap two existing paths atomically (Linux renameat2); False where that is not offered."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second),
+                 _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # kernel or file system lacks it
+        return False
+    raise OSError(code, os.strerror(code), str(second))
 
 
 @dataclass
@@ -30,19 +195,62 @@ class RunInfo:
     def store_fingerprint(self) -> dict[str, Any]:
         return self.record["store_fingerprint"]
 
+    @property
+    def threshold(self) -> float | None:
+        """The operating threshold fit chose on validation (None for runs that record none)."""
+        value = (self.record.get("threshold") or {}).get("value")
+        return float(value) if isinstance(value, (int, float)) else None
+
 
 def read_run(run_dir: Path) -> RunInfo:
+    """A finished run whose model file is the one its run.yaml records (sha256)."""
     run_dir = Path(run_dir)
     run_file, model_file = run_dir / RUN_FILE, run_dir / MODEL_FILE
     if not run_file.is_file() or not model_file.is_file():
-        raise ClareError(
+        raise RunError(
             f"{run_dir}: not a finished run (needs {RUN_FILE} and {MODEL_FILE}); "
             "train one with `clare fit --config CONFIG`"
         )
-    record = yaml.safe_load(run_file.read_text())
-    if not isinstance(record, dict) or "config" not in record:
-        raise ClareError(f"{run_file}: malformed run record; rerun `clare fit`")
-    return RunInfo(run_dir, Config.model_validate(record["config"]), record)
+    record = _read_record(run_file)
+    check_model_file(model_file, record.get("model_sha256"), run_file)
+    try:
+        config = Config.model_validate(record["config"])
+    except ValidationError as exc:
+        raise RunError(f"{run_file}: its config is invalid ({_first_error(exc)}); refit the run") from None
+    return RunInfo(run_dir, config, record)
+
+
+def _read_record(run_file: Path) -> dict[str, Any]:
+    try:
+        record = yaml.safe_load(run_file.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise RunError(f"{run_file}: not valid YAML ({type(exc).__name__}); refit the run") from None
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise RunError(f"{run_file}: malformed run record (no config); rerun `clare fit`")
+    if not isinstance(record.get("store_fingerprint"), dict):
+        raise RunError(f"{run_file}: records no store fingerprint; rerun `clare fit`")
+    return record
+
+
+def check_model_file(model_file: Path, expected: Any, run_file: Path) -> None:
+    """The model file must be the one the run record was written with."""
+    if not isinstance(expected, str):
+        raise RunError(
+            f"{run_file}: records no model_sha256 (written by an older clare); refit the run"
+        )
+    actual = file_sha256(model_file)
+    if actual != expected:
+        raise CheckpointError(
+            f"{model_file}: sha256 {actual[:12]}... differs from the {expected[:12]}... that "
+            f"{run_file.name} records; the weights and the record come from different fits, "
+            "refit with `clare fit --overwrite`"
+        )
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    return f"{key}: {err['msg']}"[:160]
 
 
 def model_settings(fingerprint: dict[str, Any]) -> dict[str, Any]:
@@ -85,18 +293,7 @@ def _short(value: Any, limit: int = 80) -> str:
 
 
 def load_detector(info: RunInfo, device: Any) -> Any:
-    """Rebuild the run's detector from its config and load its trained weights."""
-    from safetensors.torch import load_file
+    """The run's trained detector, rebuilt from its model file (eval mode, on `device`)."""
+    from clare.models.detector import Detector
 
-    from clare.models.detector import build_detector
-    from clare.models.loading import load_clip
-
-    cfg = info.config
-    clip = load_clip(cfg.models.clip)
-    detector = build_detector(
-        cfg.fit.module, cfg.fit.strategy, cfg.fit.attention, clip.model, clip.tokenizer,
-        cfg.fit.prompt, dropout=cfg.fit.dropout,
-    )
-    detector.load_trainable_state_dict(load_file(str(info.path / MODEL_FILE)),
-                                       source=str(info.path / MODEL_FILE))
-    return detector.to(device).eval()
+    return Detector.load(info.path, device=device)

@@ -12,8 +12,9 @@ shard through `StoreLoader`, never whole. The head runs in fp32 even on a GPU (i
 p(fake) does not depend on batch size or device precision settings.
 
 Outputs, in `<paths.reports>/<run name>/`: metrics.json, scores.parquet, roc.json (a list of
-{subset, fpr, tpr, threshold} rows that `dvc plots` reads) and, with `--report`, report.md,
-report.html and figures/.
+{subset, fpr, tpr, threshold} rows that `dvc plots` reads), eval.log and, with `--report`,
+report.md, report.html and figures/. They are written to a staging folder and published
+together, so the folder never holds a report of one evaluation beside metrics of another.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,12 +36,23 @@ from clare.cache.loader import StoreLoader
 from clare.cache.store import FeatureStore, open_store
 from clare.config import Config
 from clare.console import make_console
-from clare.errors import ConfigError, StoreError
+from clare.errors import ConfigError, ReportError, StoreError
 from clare.files import atomic_write_bytes, atomic_write_parquet
-from clare.runs import RunInfo, check_compatible, load_detector, read_run
+from clare.runs import (
+    EVAL_LOG,
+    RunInfo,
+    StagedFolder,
+    check_compatible,
+    command_console,
+    load_detector,
+    read_run,
+    step_progress,
+)
+from clare.scoring import THRESHOLD_RULE, accuracy_at, score_loader
 
 SCORE_COLUMNS = ("row", "path", "subset", "label", "video", "p_fake", "store")
-REPORT_OUTPUTS = ("report.md", "report.html", "figures")
+# Accuracy at the operating threshold `clare fit` chose on the run's validation videos.
+THRESHOLD_ACC = "acc_at_val_threshold"
 
 
 @dataclass
@@ -123,20 +135,19 @@ def open_checked(item: StoreToScore, run: RunInfo) -> FeatureStore:
 
 
 def score_store(detector: torch.nn.Module, store: FeatureStore, *, batch_size: int,
-                device: torch.device, name: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                device: torch.device, name: str | None = None,
+                on_batch: Callable[[int], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """p(fake) for every usable row of a store, in row order, and the rows left out.
 
     Rows whose extraction failed, or whose features are not finite, are left out.
     """
-    from clare.stages.fit import score_loader
-
     manifest = store.manifest()
     ok = manifest[manifest["status"] == "ok"]
     loader = StoreLoader(
         store, ok["row"].to_numpy(), ok["label"].to_numpy(), batch_size=batch_size, seed=0,
         shuffle=False, read_tokens=detector.needs_tokens, read_lare=detector.needs_lare,
     )
-    probs, _labels, rows, _loss = score_loader(detector, loader, device, amp=False)
+    probs, _labels, rows, _loss = score_loader(detector, loader, device, amp=False, on_batch=on_batch)
     by_row = manifest.set_index("row", drop=False)
     scored = by_row.loc[rows, ["row", "path", "subset", "label", "video"]].reset_index(drop=True)
     scored["p_fake"] = probs.astype(np.float64)
@@ -150,17 +161,22 @@ def score_store(detector: torch.nn.Module, store: FeatureStore, *, batch_size: i
 # --------------------------------------------------------------------------- metrics
 
 
-def subset_metrics(scores: pd.DataFrame, failed: pd.DataFrame,
-                   subsets: list[str]) -> dict[str, dict[str, Any]]:
-    """compute_metrics per subset (video ids for the video AUC) plus the count of failed rows."""
+def subset_metrics(scores: pd.DataFrame, failed: pd.DataFrame, subsets: list[str],
+                   threshold: float | None = None) -> dict[str, dict[str, Any]]:
+    """compute_metrics per subset (video ids for the video AUC), the count of failed rows and,
+    given the run's operating threshold, the accuracy at it (`acc_at_val_threshold`)."""
     from clare.metrics import compute_metrics
 
     out: dict[str, dict[str, Any]] = {}
     for subset in subsets:
         rows = scores[scores["subset"] == subset]
-        metrics = compute_metrics(rows["label"].to_numpy(), rows["p_fake"].to_numpy(),
-                                  rows["video"].to_numpy())
+        labels, probs = rows["label"].to_numpy(), rows["p_fake"].to_numpy()
+        metrics = compute_metrics(labels, probs, rows["video"].to_numpy())
         metrics["n_failed"] = int((failed["subset"] == subset).sum())
+        metrics[THRESHOLD_ACC] = None if threshold is None else accuracy_at(labels, probs, threshold)
+        if metrics[THRESHOLD_ACC] is None:
+            metrics["notes"][THRESHOLD_ACC] = ("no images" if len(rows) else
+                                               "the run records no operating threshold")
         out[subset] = metrics
     return out
 
@@ -176,6 +192,10 @@ def _mean(per_subset: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
     mean = summarize(per_subset)
     mean["n_failed"] = int(sum(m.get("n_failed", 0) for m in per_subset.values()))
+    # Accuracy at the run's threshold is evaluate's own metric: averaged as summarize does.
+    values = [m[THRESHOLD_ACC] for m in per_subset.values() if m.get(THRESHOLD_ACC) is not None]
+    mean[THRESHOLD_ACC] = float(np.mean(values)) if values else None
+    mean[f"{THRESHOLD_ACC}_n_subsets"] = len(values)
     return mean
 
 
@@ -217,17 +237,8 @@ def pick_lare_examples(store: FeatureStore, scores: pd.DataFrame, per_class: int
     from the subsets in turn so that the examples spread over subsets. Reads only those rows."""
     if per_class <= 0 or scores.empty:
         return []
-    picked: list[pd.Series] = []
-    for label in (0, 1):
-        rows = scores[scores["label"] == label].sort_values("row")
-        queues = [group for _, group in rows.groupby("subset", sort=False)]
-        taken, depth = 0, 0
-        while taken < per_class and any(depth < len(q) for q in queues):
-            for queue in queues:
-                if depth < len(queue) and taken < per_class:
-                    picked.append(queue.iloc[depth])
-                    taken += 1
-            depth += 1
+    picked = [row for label in (0, 1)
+              for row in _subsets_in_turn(scores[scores["label"] == label], per_class)]
     if not picked:
         return []
     row_ids = np.array([int(p["row"]) for p in picked], dtype=np.int64)
@@ -239,6 +250,17 @@ def pick_lare_examples(store: FeatureStore, scores: pd.DataFrame, per_class: int
         for p, lare in zip(picked, maps, strict=True)
         if np.isfinite(lare).all()
     ]
+
+
+def _subsets_in_turn(scores: pd.DataFrame, count: int) -> list[pd.Series]:
+    """Up to `count` rows: the first row of each subset in turn, then the second, and so on."""
+    queues = [group for _, group in scores.sort_values("row").groupby("subset", sort=False)]
+    picked: list[pd.Series] = []
+    depth = 0
+    while len(picked) < count and any(depth < len(q) for q in queues):
+        picked.extend(q.iloc[depth] for q in queues if depth < len(q))
+        depth += 1
+    return picked[:count]
 
 
 # --------------------------------------------------------------------------- console
@@ -256,7 +278,7 @@ def _cell(metrics: dict[str, Any], key: str, n_subsets: int | None = None) -> st
 
 
 _TABLE_COLUMNS = (("auc", "AUC"), ("ap", "AP"), ("eer", "EER"), ("acc", "Acc@0.5"),
-                  ("video_auc", "video AUC"), ("n_real", "real"), ("n_fake", "fake"),
+                  (THRESHOLD_ACC, "Acc@val thr"), ("video_auc", "video AUC"), ("n_real", "real"), ("n_fake", "fake"),
                   ("n_failed", "failed"))
 
 
@@ -272,107 +294,172 @@ def _print_table(console: Any, run_name: str, subsets: dict[str, dict[str, Any]]
         table.add_row(name, *(_cell(metrics, key) for key, _ in _TABLE_COLUMNS))
     table.add_row("[bold]mean[/]", *(_cell(mean, key, len(subsets)) for key, _ in _TABLE_COLUMNS))
     console.print(table)
-    shown = {key for key, _ in _TABLE_COLUMNS}
     for name, metrics in subsets.items():
-        # The reasons go below the table: inside a cell they would wrap it out of shape.
-        by_reason: dict[str, list[str]] = {}
-        for key, reason in (metrics.get("notes") or {}).items():
-            if key in shown:
-                by_reason.setdefault(reason, []).append(dict(_TABLE_COLUMNS)[key])
-        for reason, titles in by_reason.items():
-            console.print(f"  {name}: {', '.join(titles)} undefined ({reason})", highlight=False)
+        _print_undefined(console, name, metrics)
     for name, entry in robustness.items():
         auc = entry["mean"].get("auc")
         shown_auc = f"{auc:.3f}" if isinstance(auc, float) else "—"
         console.print(f"robustness {name} ({entry['perturb']}): mean AUC {shown_auc}")
 
 
+def _print_undefined(console: Any, subset: str, metrics: dict[str, Any]) -> None:
+    """Why a shown metric is undefined, one line per reason, below the table (inside a cell
+    the reason would wrap the table out of shape)."""
+    titles = dict(_TABLE_COLUMNS)
+    by_reason: dict[str, list[str]] = {}
+    for key, reason in (metrics.get("notes") or {}).items():
+        if key in titles:
+            by_reason.setdefault(reason, []).append(titles[key])
+    for reason, shown in by_reason.items():
+        console.print(f"  {subset}: {', '.join(shown)} undefined ({reason})", highlight=False)
+
+
 # --------------------------------------------------------------------------- main
+
+
+@dataclass
+class Evaluation:
+    """Everything an evaluation writes, computed from the scored stores."""
+
+    run_name: str
+    scored: list[ScoredStore]
+    clean_scores: pd.DataFrame
+    clean_order: list[str]  # clean subsets, in store order
+    subsets: dict[str, dict[str, Any]]
+    mean: dict[str, Any]
+    robustness: dict[str, dict[str, Any]]
+    threshold: float | None = None  # the run's operating threshold
+
+    @property
+    def all_scores(self) -> pd.DataFrame:
+        return pd.concat([s.scores for s in self.scored], ignore_index=True)
+
+    def metrics(self) -> dict[str, Any]:
+        """metrics.json: per-subset and mean metrics, robustness, and which stores were read."""
+        return {
+            "run": self.run_name,
+            "threshold": {"value": self.threshold, "rule": THRESHOLD_RULE},
+            "subsets": self.subsets,
+            "mean": self.mean,
+            "robustness": self.robustness,
+            "stores": {
+                s.name: {
+                    "path": str(s.store.path),
+                    "perturb": s.store.meta.get("perturb"),
+                    "fingerprint_sha256": s.store.meta.get("fingerprint_sha256"),
+                    "rows": int(s.store.n_rows),
+                    "scored": int(len(s.scores)),
+                    "failed": int(len(s.failed)),
+                }
+                for s in self.scored
+            },
+        }
+
+
+def open_stores(cfg: Config, run: RunInfo, names: list[str] | None) -> list[tuple[StoreToScore, FeatureStore]]:
+    """Open and check every store before the (slower) model load, so a typo fails at once."""
+    items = stores_to_score(cfg, names)
+    if not items:
+        raise StoreError("eval.stores is empty and no --stores given; name at least one test store")
+    opened = [(item, open_checked(item, run)) for item in items]
+    _check_clean_subsets(opened)
+    return opened
+
+
+def score_stores(cfg: Config, run: RunInfo, opened: list[tuple[StoreToScore, FeatureStore]],
+                 console: Any) -> list[ScoredStore]:
+    """Score every store with the run's detector, with one progress bar over all their rows."""
+    from clare.models.loading import resolve_device
+
+    device = resolve_device(cfg.eval.device)
+    detector = load_detector(run, device)
+    total = sum(int((store.manifest()["status"] == "ok").sum()) for _item, store in opened)
+    scored: list[ScoredStore] = []
+    with step_progress(console, f"eval {run.path.name}", "images") as progress:
+        task = progress.add_task("eval", total=total)
+        for index, (item, store) in enumerate(opened):
+            scores, failed = score_store(detector, store, batch_size=cfg.eval.batch_size,
+                                         device=device, name=item.name,
+                                         on_batch=lambda n: progress.advance(task, n))
+            perturb = store.meta.get("perturb") or item.perturb
+            # The first store is the table even when perturbed: there is nothing to compare it with.
+            scored.append(ScoredStore(item.name, store, None if index == 0 else perturb,
+                                      _subset_order(scores, failed), scores, failed))
+    return scored
+
+
+def summarize_stores(run_name: str, scored: list[ScoredStore],
+                     threshold: float | None = None) -> Evaluation:
+    """Metrics per clean subset and their mean; each perturbed store under robustness.
+
+    `threshold`: the run's operating threshold (chosen on its validation videos), or None."""
+    clean = [s for s in scored if s.perturb is None]
+    clean_scores = pd.concat([s.scores for s in clean], ignore_index=True)
+    clean_failed = pd.concat([s.failed for s in clean], ignore_index=True)
+    clean_order = [subset for s in clean for subset in s.subsets]
+    subsets = subset_metrics(clean_scores, clean_failed, clean_order, threshold)
+    robustness: dict[str, dict[str, Any]] = {}
+    for item in scored:
+        if item.perturb is not None:
+            per_subset = subset_metrics(item.scores, item.failed, item.subsets, threshold)
+            robustness[item.name] = {"perturb": item.perturb, "subsets": per_subset,
+                                     "mean": _mean(per_subset)}
+    return Evaluation(run_name, scored, clean_scores, clean_order, subsets, _mean(subsets),
+                      robustness, threshold)
+
+
+def write_outputs(out_dir: Path, evaluation: Evaluation) -> dict[str, Any]:
+    """metrics.json, scores.parquet and roc.json; returns the metrics written."""
+    metrics = evaluation.metrics()
+    _write_json(out_dir / "metrics.json", metrics)
+    atomic_write_parquet(out_dir / "scores.parquet", evaluation.all_scores)
+    _write_json(out_dir / "roc.json", roc_rows(evaluation.clean_scores, evaluation.clean_order))
+    return metrics
+
+
+def write_report(out_dir: Path, cfg: Config, run: RunInfo, evaluation: Evaluation,
+                 metrics: dict[str, Any]) -> None:
+    """report.md, report.html and figures/, from the same metrics as metrics.json."""
+    from clare.report import render_report
+
+    scored = evaluation.scored
+    fingerprints = {"train": run.store_fingerprint,
+                    **{s.name: s.store.meta.get("fingerprint", {}) for s in scored}}
+    examples = pick_lare_examples(scored[0].store, scored[0].scores, cfg.eval.lare_examples)
+    render_report(
+        out_dir, title=f"CLaRE evaluation: {evaluation.run_name}", metrics=metrics,
+        scores=evaluation.all_scores, config=run.record["config"], fingerprints=fingerprints,
+        robustness=evaluation.robustness or None, lare_examples=examples,
+    )
 
 
 def run_eval(cfg: Config, *, run_dir: Path | None = None, stores: list[str] | None = None,
              report: bool = False, quiet: bool = False) -> Path:
-    """Score the stores with a trained run and write the evaluation outputs; return their folder."""
+    """Score the stores with a trained run and write the evaluation outputs; return their folder.
 
-    from clare.models.loading import resolve_device
-
-    console = make_console(quiet=quiet)
+    The outputs are written to a staging folder and published whole (clare.runs.StagedFolder),
+    so a killed evaluation leaves the previous report folder as it was: metrics and report
+    always come from the same evaluation.
+    """
     started = time.perf_counter()
     run_dir = Path(run_dir) if run_dir is not None else cfg.paths.runs / cfg.run_name()
     run = read_run(run_dir)
-    items = stores_to_score(cfg, stores)
-    if not items:
-        raise StoreError("eval.stores is empty and no --stores given; name at least one test store")
-    # Open and check every store before the (slower) model load, so a typo fails at once.
-    opened = [(item, open_checked(item, run)) for item in items]
-    _check_clean_subsets(opened)
-
-    device = resolve_device(cfg.eval.device)
-    detector = load_detector(run, device)
-    scored: list[ScoredStore] = []
-    for index, (item, store) in enumerate(opened):
-        scores, failed = score_store(detector, store, batch_size=cfg.eval.batch_size,
-                                     device=device, name=item.name)
-        perturb = store.meta.get("perturb") or item.perturb
-        # The first store is the table even when perturbed: there is nothing to compare it with.
-        scored.append(ScoredStore(item.name, store, None if index == 0 else perturb,
-                                  _subset_order(scores, failed), scores, failed))
-
-    clean = [s for s in scored if s.perturb is None]
-    perturbed = [s for s in scored if s.perturb is not None]
-    clean_scores = pd.concat([s.scores for s in clean], ignore_index=True)
-    clean_failed = pd.concat([s.failed for s in clean], ignore_index=True)
-    clean_order = [subset for s in clean for subset in s.subsets]
-    subsets = subset_metrics(clean_scores, clean_failed, clean_order)
-    mean = _mean(subsets)
-    robustness: dict[str, dict[str, Any]] = {}
-    for item in perturbed:
-        per_subset = subset_metrics(item.scores, item.failed, item.subsets)
-        robustness[item.name] = {"perturb": item.perturb, "subsets": per_subset, "mean": _mean(per_subset)}
-
-    name = run_dir.name
-    out_dir = cfg.paths.reports / name
-    out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = {
-        "run": name,
-        "subsets": subsets,
-        "mean": mean,
-        "robustness": robustness,
-        "stores": {
-            s.name: {
-                "path": str(s.store.path),
-                "perturb": s.store.meta.get("perturb"),
-                "fingerprint_sha256": s.store.meta.get("fingerprint_sha256"),
-                "rows": int(s.store.n_rows),
-                "scored": int(len(s.scores)),
-                "failed": int(len(s.failed)),
-            }
-            for s in scored
-        },
-    }
-    all_scores = pd.concat([s.scores for s in scored], ignore_index=True)
-    _write_json(out_dir / "metrics.json", metrics)
-    atomic_write_parquet(out_dir / "scores.parquet", all_scores)
-    _write_json(out_dir / "roc.json", roc_rows(clean_scores, clean_order))
-
-    if report:
-        from clare.report import render_report
-
-        fingerprints = {"train": run.store_fingerprint,
-                        **{s.name: s.store.meta.get("fingerprint", {}) for s in scored}}
-        examples = pick_lare_examples(scored[0].store, scored[0].scores, cfg.eval.lare_examples)
-        render_report(
-            out_dir, title=f"CLaRE evaluation: {name}", metrics=metrics, scores=all_scores,
-            config=run.record["config"], fingerprints=fingerprints,
-            robustness=robustness or None, lare_examples=examples,
-        )
-    else:
-        _remove_stale_report(out_dir)
-
-    _print_table(console, name, subsets, mean, robustness)
+    opened = open_stores(cfg, run, stores)
+    folder = StagedFolder(cfg.paths.reports / run_dir.name, "clare eval")
+    with folder.lock(ReportError):
+        staging = folder.fresh_staging()
+        console = command_console(staging / EVAL_LOG, quiet=quiet)
+        evaluation = summarize_stores(run_dir.name, score_stores(cfg, run, opened, console),
+                                      run.threshold)
+        metrics = write_outputs(staging, evaluation)
+        if report:
+            write_report(staging, cfg, run, evaluation, metrics)
+        _print_table(console, evaluation.run_name, evaluation.subsets, evaluation.mean,
+                     evaluation.robustness)
+        folder.publish()
     what = "report" if report else "metrics"
-    console.print(f"[bold]{out_dir}[/]: {what} written in {time.perf_counter() - started:.1f} s")
-    return out_dir
+    console.print(f"[bold]{folder.final}[/]: {what} written in {time.perf_counter() - started:.1f} s")
+    return folder.final
 
 
 def _check_clean_subsets(opened: list[tuple[StoreToScore, FeatureStore]]) -> None:
@@ -388,16 +475,6 @@ def _check_clean_subsets(opened: list[tuple[StoreToScore, FeatureStore]]) -> Non
                     "evaluate one of the two stores (--stores) or rename the subset"
                 )
             seen[subset] = item.name
-
-
-def _remove_stale_report(out_dir: Path) -> None:
-    # A report of an earlier evaluation would contradict the metrics just written.
-    for name in REPORT_OUTPUTS:
-        path = out_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
 
 
 def show_report(report_dir: Path) -> None:

@@ -2,22 +2,32 @@
 
 - Model selection on held-out *training* videos (never on test): per class, a seeded
   `val_fraction` of the videos (keyed by their frame folder), so the frames of one video never
-  straddle train and validation, even when a list repeats a video under several subsets. The checkpoint with the best validation AUC over the run is kept.
+  straddle train and validation, even when a list repeats a video under several subsets. The
+  checkpoint with the best validation AUC over the run is kept.
 - Only trainable parameters are optimised (two groups: prompt context and head, each with its
   own learning rate and weight decay); the CLIP and SD weights are frozen.
 - Learning rate per step: `warmup_steps` at `warmup_lr`, then cosine from the group's lr to 0.
   It is a pure function of the step, so resuming needs no scheduler state.
 - `last.ckpt` (weights_only-loadable) is written at every validation point with optimiser,
-  RNG state and position; `--resume` continues from it and ends with the same weights as an
-  uninterrupted run, because the batch order is a pure function of (seed, epoch).
+  RNG state, position and the settings that change the numbers; `--resume` continues from it
+  (refusing other settings) and ends with the same weights as an uninterrupted run, because
+  the batch order is a pure function of (seed, epoch).
+- A run is published whole or not at all: everything is written to `runs/.<name>.staging`
+  and swapped into `runs/<name>` at the end; run.yaml records the model file's sha256. A
+  finished run is replaced only with `--overwrite`, and one fit at a time holds a run's lock.
+
+The steps: `select_rows` (store checks, validation split), `FitSession` (build; `restore`;
+`train` with `validate` at each validation point; `publish`), driven by `run_fit`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import shutil
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +40,21 @@ import yaml
 from clare.cache.loader import StoreLoader
 from clare.cache.store import FeatureStore, open_store
 from clare.config import Config, FitConfig
-from clare.console import make_console
-from clare.errors import ClareError, StoreError
-from clare.files import atomic_write
-from clare.runs import CHECKPOINT_FILE, MODEL_FILE, RUN_FILE
+from clare.errors import CheckpointError, ConfigError, RunError, StoreError, TrainingError
+from clare.files import atomic_write, atomic_write_bytes, file_sha256
+from clare.runs import (
+    CHECKPOINT_FILE,
+    FIT_LOG,
+    MODEL_FILE,
+    RUN_FILE,
+    StagedFolder,
+    command_console,
+    step_progress,
+)
+from clare.scoring import THRESHOLD_RULE, batch_logits, eer_threshold, score_loader
 
-CHECKPOINT_FORMAT = "clare-fit-checkpoint/1"
+CHECKPOINT_FORMAT = "clare-fit-checkpoint/2"
+CHECKPOINT_KEYS = ("settings", "trainable", "optimizer", "rng", "step", "epoch", "skip", "best")
 
 
 @dataclass
@@ -148,35 +167,6 @@ def make_optimizer(fit: FitConfig, groups: dict[str, list[torch.nn.Parameter]]) 
     return torch.optim.AdamW(param_groups)
 
 
-# --------------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def score_loader(detector: torch.nn.Module, loader: StoreLoader, device: torch.device,
-                 amp: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """p(fake), labels and rows for every batch of a loader, plus the mean loss."""
-    from clare.models.lare import autocast_context
-
-    detector.eval()
-    probs, labels, rows, losses, count = [], [], [], 0.0, 0
-    for batch in loader.epoch(0):
-        with autocast_context(device, "bf16" if amp else "fp32"):
-            logits = detector(batch.cls.to(device), _opt(batch.tokens, device), _opt(batch.lare, device))
-        logits = logits.float()
-        losses += float(F.cross_entropy(logits, batch.label.to(device), reduction="sum"))
-        count += len(batch.rows)
-        probs.append(logits.softmax(-1)[:, 1].cpu().numpy())
-        labels.append(batch.label.numpy())
-        rows.append(batch.rows)
-    if not probs:
-        return np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), float("nan")
-    return np.concatenate(probs), np.concatenate(labels), np.concatenate(rows), losses / max(count, 1)
-
-
-def _opt(tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
-    return None if tensor is None else tensor.to(device, non_blocking=True)
-
-
 # --------------------------------------------------------------------------- checkpoint
 
 
@@ -184,41 +174,79 @@ def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
-def _load_checkpoint(path: Path, spec: dict[str, str]) -> dict[str, Any]:
+# fit settings that do not change the numbers a fit produces; every other one does
+RESULT_NEUTRAL_FIT_KEYS = frozenset({"name", "device", "prefetch"})
+
+
+def fit_settings(cfg: Config, store: FeatureStore) -> dict[str, Any]:
+    """Every setting that changes the weights a fit ends with, flat: fit.*, seed, the store."""
+    values = cfg.fit.model_dump(mode="json", exclude=set(RESULT_NEUTRAL_FIT_KEYS))
+    settings = dict(_flatten("fit", values))
+    settings["seed"] = cfg.seed
+    settings["store.fingerprint_sha256"] = store.meta.get("fingerprint_sha256")
+    return settings
+
+
+def _flatten(prefix: str, values: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    for key, value in values.items():
+        if isinstance(value, dict):
+            yield from _flatten(f"{prefix}.{key}", value)
+        else:
+            yield f"{prefix}.{key}", value
+
+
+def _describe_settings(settings: dict[str, Any], keys: list[str]) -> str:
+    shown = ", ".join(f"{key}={settings.get(key)!r}"[:80] for key in keys[:3])
+    return shown + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+
+def _load_checkpoint(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
     if not path.is_file():
-        raise ClareError(f"{path}: no checkpoint to resume from; run without --resume")
+        raise CheckpointError(f"{path}: no checkpoint to resume from; run without --resume")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle payloads and corrupt files end here
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise ClareError(
+        raise CheckpointError(
             f"{path}: refused to load checkpoint ({first}); only plain tensors are accepted, "
             "start afresh without --resume"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ClareError(f"{path}: not a clare fit checkpoint; run without --resume")
-    if payload.get("spec") != spec:
-        raise ClareError(
-            f"{path}: checkpoint is for {payload.get('spec')} but the config asks for {spec}; "
-            "use the same fit settings or another --name"
+        raise CheckpointError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint; start afresh with "
+                              "--overwrite")
+    missing = [key for key in CHECKPOINT_KEYS if key not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}; start afresh with "
+                              "--overwrite")
+    stored = payload.get("settings")
+    stored = stored if isinstance(stored, dict) else {}
+    differing = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
+    if differing:
+        raise CheckpointError(
+            f"{path}: checkpoint is for {_describe_settings(stored, differing)} but the config "
+            f"asks for {_describe_settings(settings, differing)}; resume with the settings it "
+            "was started with, or start afresh with --overwrite"
         )
     return payload
 
 
-# --------------------------------------------------------------------------- main
+# --------------------------------------------------------------------------- the steps of a fit
 
 
-def run_fit(cfg: Config, *, resume: bool = False, quiet: bool = False) -> FitResult:
-    from safetensors.torch import save_file
+@dataclass
+class TrainingRows:
+    """What fit reads from the train store: usable rows, split into training and validation."""
 
-    from clare.metrics import compute_metrics
-    from clare.models.detector import build_detector
-    from clare.models.lare import autocast_context
-    from clare.models.loading import load_clip, resolve_device
+    store: FeatureStore
+    manifest: pd.DataFrame  # every usable (status ok) row
+    train: pd.DataFrame  # rows of the training videos (all views)
+    val: pd.DataFrame  # view 0 of the held-out videos
+    failed: int  # rows whose extraction failed
+    views: int
 
-    console = make_console(quiet=quiet)
-    started = time.perf_counter()
-    fit = cfg.fit
+
+def select_rows(cfg: Config) -> TrainingRows:
+    """Open and check the train store; hold out whole videos of both classes for validation."""
     store = open_store(cfg.paths.stores / "train", hint="clare extract --config CONFIG --split train")
     check_store_matches_config(store, cfg)
     manifest = store.manifest()
@@ -233,148 +261,286 @@ def run_fit(cfg: Config, *, resume: bool = False, quiet: bool = False) -> FitRes
             f"{store.path}: the train store holds only {only} images; fit needs both classes "
             "(check data.train)"
         )
-    is_val = split_videos(manifest, fit.val_fraction, cfg.seed)
-    val_rows = manifest[is_val & (manifest["view"] == 0)]
-    train_manifest = manifest[~is_val]
-    if val_rows.empty or set(val_rows["label"].astype(int)) != {0, 1}:
+    is_val = split_videos(manifest, cfg.fit.val_fraction, cfg.seed)
+    val = manifest[is_val & (manifest["view"] == 0)]
+    if val.empty or set(val["label"].astype(int)) != {0, 1}:
         raise StoreError(
             f"{store.path}: too few videos to hold out a validation set with both classes; "
             "raise fit.val_fraction or add training videos"
         )
-    views = int(store.meta.get("views", 1))
+    return TrainingRows(store, manifest, manifest[~is_val], val, failed,
+                        int(store.meta.get("views", 1)))
 
-    device = resolve_device(fit.device)
-    amp = fit.amp and device.type == "cuda"
-    torch.manual_seed(cfg.seed)
-    clip = load_clip(cfg.models.clip)
-    detector = build_detector(fit.module, fit.strategy, fit.attention, clip.model, clip.tokenizer,
-                              fit.prompt, dropout=fit.dropout).to(device)
-    del clip
-    groups = detector.trainable_parameters()
-    optimizer = make_optimizer(fit, groups)
-    spec = {"module": fit.module, "strategy": fit.strategy, "attention": fit.attention}
 
-    loader_args = dict(batch_size=fit.batch_size, shuffle_window=fit.shuffle_window,
-                       prefetch=fit.prefetch, read_tokens=detector.needs_tokens,
-                       read_lare=detector.needs_lare)
-    val_loader = StoreLoader(store, val_rows["row"].to_numpy(), val_rows["label"].to_numpy(),
-                             seed=cfg.seed, shuffle=False, **loader_args)
-    steps_per_epoch = -(-len(_training_rows(train_manifest, views, 0, cfg.seed)) // fit.batch_size)
-    total_steps = fit.max_steps or steps_per_epoch * fit.epochs
-    epochs = -(-total_steps // steps_per_epoch)
+@dataclass
+class TrainingState:
+    """Where a fit stands; all of it goes into last.ckpt, so a resumed fit continues exactly."""
 
-    run_dir = cfg.paths.runs / cfg.run_name()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    step, start_epoch, skip, best = 0, 0, 0, {"auc": -1.0, "step": -1}
-    history: list[dict[str, Any]] = []
-    if resume:
-        payload = _load_checkpoint(run_dir / CHECKPOINT_FILE, spec)
-        detector.load_trainable_state_dict(payload["trainable"], source=str(run_dir / CHECKPOINT_FILE))
-        optimizer.load_state_dict(payload["optimizer"])
-        torch.set_rng_state(payload["rng"])
-        step, start_epoch, skip = int(payload["step"]), int(payload["epoch"]), int(payload["skip"])
-        best = {"auc": float(payload["best_auc"]), "step": int(payload["best_step"])}
-        history = list(payload.get("history", []))
-        console.print(f"resuming {run_dir} at step {step} (epoch {start_epoch})")
+    step: int = 0
+    epoch: int = 0
+    skip: int = 0  # batches of `epoch` already trained
+    best: dict[str, Any] = field(default_factory=lambda: {"auc": -1.0, "step": -1})
+    history: list[dict[str, Any]] = field(default_factory=list)
+    train_losses: list[float] = field(default_factory=list)
+    skipped_nonfinite: int = 0
 
-    live = _open_live(run_dir, resume)
-    skipped_nonfinite = 0
-    train_losses: list[float] = []
-    detector.train()
 
-    def validate(epoch: int, batches_done: int) -> None:
-        nonlocal best
-        probs, labels, rows, loss = score_loader(detector, val_loader, device, amp)
-        videos = manifest.set_index("row").loc[rows, "video"].to_numpy()
-        metrics = compute_metrics(labels, probs, videos)
-        record = {"step": step, "epoch": epoch, "val_loss": loss, "val_auc": metrics["auc"],
-                  "val_ap": metrics["ap"], "val_acc": metrics["acc"]}
-        history.append(record)
-        for key, value in record.items():
-            if key not in ("step", "epoch") and value is not None and live is not None:
-                live.log_metric(key, float(value))
-        if live is not None:
-            live.step = step
-            live.next_step()
-        auc = metrics["auc"] if metrics["auc"] is not None else -1.0
-        if auc > best["auc"]:
-            best = {"auc": auc, "step": step, **{k: v for k, v in record.items() if k.startswith("val_")}}
-            save_file(detector.trainable_state_dict(), str(run_dir / MODEL_FILE))
-        console.print(
-            f"step {step}/{total_steps} epoch {epoch}: val loss {loss:.4f} auc {auc:.4f} "
-            f"acc {metrics['acc']:.4f} (best auc {best['auc']:.4f} @ step {best['step']})"
+class FitSession:
+    """One fit: the detector, its optimiser and loaders, the state, and the run folder it fills."""
+
+    def __init__(self, cfg: Config, rows: TrainingRows, work_dir: Path, console: Any,
+                 settings: dict[str, Any]) -> None:
+        from clare.models.detector import Detector
+        from clare.models.loading import load_clip, resolve_device
+
+        fit = cfg.fit
+        self.cfg, self.fit, self.rows, self.work_dir, self.console = cfg, fit, rows, work_dir, console
+        self.device = resolve_device(fit.device)
+        self.amp = fit.amp and self.device.type == "cuda"
+        torch.manual_seed(cfg.seed)  # before the detector: its initial weights come from it
+        clip = load_clip(cfg.models.clip)
+        self.detector = Detector.from_config(fit.detector(), clip.model, clip.tokenizer,
+                                             clip=cfg.models.clip).to(self.device)
+        del clip
+        self.groups = self.detector.trainable_parameters()
+        self.optimizer = make_optimizer(fit, self.groups)
+        self.settings = settings
+        self.val_loader = self._loader(rows.val, shuffle=False)
+        steps_per_epoch = -(-len(_training_rows(rows.train, rows.views, 0, cfg.seed)) // fit.batch_size)
+        self.total_steps = fit.max_steps or steps_per_epoch * fit.epochs
+        self.epochs = -(-self.total_steps // steps_per_epoch)
+        self.state = TrainingState()
+        self.live: Any = None
+
+    def _loader(self, rows: pd.DataFrame, *, shuffle: bool) -> StoreLoader:
+        fit = self.fit
+        return StoreLoader(self.rows.store, rows["row"].to_numpy(), rows["label"].to_numpy(),
+                           batch_size=fit.batch_size, seed=self.cfg.seed, shuffle=shuffle,
+                           shuffle_window=fit.shuffle_window, prefetch=fit.prefetch,
+                           read_tokens=self.detector.needs_tokens, read_lare=self.detector.needs_lare)
+
+    # ------------------------------------------------------------------ restore
+    def restore(self, payload: dict[str, Any], checkpoint: Path) -> None:
+        """Continue from `last.ckpt`: weights, optimiser, RNG and position in the batch order."""
+        self.detector.load_trainable_state_dict(payload["trainable"], source=str(checkpoint))
+        try:
+            self.optimizer.load_state_dict(payload["optimizer"])
+            torch.set_rng_state(payload["rng"])
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"{checkpoint}: damaged optimiser or RNG state ({str(exc)[:120]}); start afresh "
+                "with --overwrite"
+            ) from None
+        self.state = TrainingState(
+            step=int(payload["step"]), epoch=int(payload["epoch"]), skip=int(payload["skip"]),
+            best=dict(payload["best"]),
+            history=list(payload.get("history", [])),
+            skipped_nonfinite=int(payload.get("skipped_nonfinite", 0)),
         )
-        _save_checkpoint(run_dir / CHECKPOINT_FILE, {
-            "format": CHECKPOINT_FORMAT, "spec": spec,
-            "trainable": detector.trainable_state_dict(), "optimizer": optimizer.state_dict(),
-            "rng": torch.get_rng_state(), "step": step, "epoch": epoch, "skip": batches_done,
-            "best_auc": float(best["auc"]), "best_step": int(best["step"]), "history": history,
-        })
-        detector.train()
+        self.console.print(f"resuming {checkpoint} at step {self.state.step} "
+                           f"(epoch {self.state.epoch})")
 
-    for epoch in range(start_epoch, epochs):
-        if step >= total_steps:
-            break
-        rows = _training_rows(train_manifest, views, epoch, cfg.seed)
-        loader = StoreLoader(store, rows["row"].to_numpy(), rows["label"].to_numpy(),
-                             seed=cfg.seed, shuffle=True, **loader_args)
-        batches_done = skip
-        for batch in loader.epoch(epoch, skip=skip):
-            if step >= total_steps:
+    # ------------------------------------------------------------------ the train loop
+    def train(self, resumed: bool) -> None:
+        self.live = _open_live(self.work_dir, resumed)
+        self.detector.train()
+        with step_progress(self.console, f"fit {self.cfg.run_name()}", "steps") as progress:
+            task = progress.add_task("fit", total=self.total_steps, completed=self.state.step)
+            for epoch in range(self.state.epoch, self.epochs):
+                if self.state.step >= self.total_steps:
+                    break
+                self._train_epoch(epoch, lambda: progress.advance(task))
+        if self.live is not None:
+            self.live.end()
+
+    def _train_epoch(self, epoch: int, on_step: Any) -> None:
+        state, fit = self.state, self.fit
+        rows = _training_rows(self.rows.train, self.rows.views, epoch, self.cfg.seed)
+        loader = self._loader(rows, shuffle=True)
+        batches_done = state.skip
+        for batch in loader.epoch(epoch, skip=state.skip):
+            if state.step >= self.total_steps:
                 break
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(group["base_lr"], step, total_steps, fit.warmup_steps,
-                                            fit.warmup_lr)
-            with autocast_context(device, "bf16" if amp else "fp32"):
-                logits = detector(batch.cls.to(device), _opt(batch.tokens, device),
-                                  _opt(batch.lare, device))
-            loss = F.cross_entropy(logits.float(), batch.label.to(device))
-            if not torch.isfinite(loss):
-                raise StoreError(f"{store.path}: training loss became {float(loss)} at step {step}; "
-                                 "lower fit.lr or check the features with `clare verify`")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if fit.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_([p for g in groups.values() for p in g], fit.grad_clip)
-            optimizer.step()
-            step += 1
+            self._train_step(batch)
             batches_done += 1
-            train_losses.append(loss.item())
-            if live is not None:
-                live.log_metric("train_loss", train_losses[-1])
-            if fit.val_every and step % fit.val_every == 0 and step < total_steps:
-                validate(epoch, batches_done)
-        skipped_nonfinite += loader.skipped_nonfinite
-        skip = 0
-        if fit.val_every is None or step >= total_steps:
-            validate(epoch + 1, 0)
-    if live is not None:
-        live.end()
+            on_step()
+            if fit.val_every and state.step % fit.val_every == 0 and state.step < self.total_steps:
+                self.validate(epoch, batches_done)
+        state.skipped_nonfinite += loader.skipped_nonfinite
+        state.skip = 0
+        if fit.val_every is None or state.step >= self.total_steps:
+            self.validate(epoch + 1, 0)
 
-    record = {
-        "config": cfg.model_dump(mode="json"),
-        "module": fit.module, "strategy": fit.strategy, "attention": fit.attention,
-        "store": str(store.path),
-        "store_fingerprint": store.meta["fingerprint"],
-        "store_fingerprint_sha256": store.meta.get("fingerprint_sha256"),
-        "best_step": int(best["step"]),
-        "metrics": {k: v for k, v in best.items() if k not in ("step",)},
-        "steps": step,
-        "counts": {"train_rows": int(len(train_manifest)), "val_rows": int(len(val_rows)),
-                   "skipped_failed": failed, "skipped_nonfinite": skipped_nonfinite,
-                   "val_videos": int(val_rows["video"].nunique())},
-        "trainable_parameters": int(sum(p.numel() for g in groups.values() for p in g)),
-        "history": history,
-    }
-    (run_dir / RUN_FILE).write_text(yaml.safe_dump(record, sort_keys=False))
-    result = FitResult(run_dir, int(best["step"]), record["metrics"], step, len(train_manifest),
-                       len(val_rows), failed, skipped_nonfinite, time.perf_counter() - started,
-                       train_losses)
+    def _train_step(self, batch: Any) -> None:
+        state, fit = self.state, self.fit
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(group["base_lr"], state.step, self.total_steps,
+                                        fit.warmup_steps, fit.warmup_lr)
+        logits = batch_logits(self.detector, batch, self.device, self.amp)
+        loss = F.cross_entropy(logits.float(), batch.label.to(self.device))
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"{self.rows.store.path}: training loss became {float(loss)} at step {state.step}; "
+                "lower fit.lr or check the features with `clare verify`"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if fit.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_([p for g in self.groups.values() for p in g], fit.grad_clip)
+        self.optimizer.step()
+        state.step += 1
+        state.train_losses.append(loss.item())
+        if self.live is not None:
+            self.live.log_metric("train_loss", state.train_losses[-1])
+
+    # ------------------------------------------------------------------ validate
+    def validate(self, epoch: int, batches_done: int) -> None:
+        """Score the held-out videos, keep the best weights, write last.ckpt."""
+        from clare.metrics import compute_metrics
+
+        state = self.state
+        probs, labels, rows, loss = score_loader(self.detector, self.val_loader, self.device, self.amp)
+        videos = self.rows.manifest.set_index("row").loc[rows, "video"].to_numpy()
+        metrics = compute_metrics(labels, probs, videos)
+        record = {"step": state.step, "epoch": epoch, "val_loss": loss, "val_auc": metrics["auc"],
+                  "val_ap": metrics["ap"], "val_acc": metrics["acc"]}
+        state.history.append(record)
+        self._log_live(record)
+        auc = metrics["auc"] if metrics["auc"] is not None else -1.0
+        if auc > state.best["auc"]:
+            state.best = {"auc": auc, "step": state.step,
+                          **{k: v for k, v in record.items() if k.startswith("val_")},
+                          "threshold": eer_threshold(labels, probs)}
+            self.detector.save(self.work_dir)
+        self.console.print(
+            f"step {state.step}/{self.total_steps} epoch {epoch}: val loss {loss:.4f} auc {auc:.4f} "
+            f"acc {metrics['acc']:.4f} (best auc {state.best['auc']:.4f} @ step {state.best['step']})"
+        )
+        self._checkpoint(epoch, batches_done)
+        self.detector.train()
+
+    def _log_live(self, record: dict[str, Any]) -> None:
+        if self.live is None:
+            return
+        for key, value in record.items():
+            if key not in ("step", "epoch") and value is not None:
+                self.live.log_metric(key, float(value))
+        self.live.step = self.state.step
+        self.live.next_step()
+
+    def _checkpoint(self, epoch: int, batches_done: int) -> None:
+        state = self.state
+        _save_checkpoint(self.work_dir / CHECKPOINT_FILE, {
+            "format": CHECKPOINT_FORMAT, "settings": self.settings,
+            "trainable": self.detector.trainable_state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": torch.get_rng_state(), "step": state.step, "epoch": epoch, "skip": batches_done,
+            "best_auc": float(state.best["auc"]), "best_step": int(state.best["step"]),
+            "best": state.best,
+            "history": state.history, "skipped_nonfinite": state.skipped_nonfinite,
+        })
+
+    # ------------------------------------------------------------------ publish
+    def run_record(self) -> dict[str, Any]:
+        """run.yaml: the config, the store it learned from, the best step and the counts."""
+        cfg, rows, state = self.cfg, self.rows, self.state
+        return {
+            "config": cfg.model_dump(mode="json"),
+            "module": cfg.fit.module, "strategy": cfg.fit.strategy, "attention": cfg.fit.attention,
+            "store": str(rows.store.path),
+            "store_fingerprint": rows.store.meta["fingerprint"],
+            "store_fingerprint_sha256": rows.store.meta.get("fingerprint_sha256"),
+            "best_step": int(state.best["step"]),
+            "metrics": {k: v for k, v in state.best.items() if k not in ("step", "threshold")},
+            "threshold": {**state.best["threshold"], "rule": THRESHOLD_RULE,
+                          "step": int(state.best["step"])},
+            "steps": state.step,
+            "counts": {"train_rows": int(len(rows.train)), "val_rows": int(len(rows.val)),
+                       "skipped_failed": rows.failed, "skipped_nonfinite": state.skipped_nonfinite,
+                       "val_videos": int(rows.val["video"].nunique())},
+            "trainable_parameters": int(sum(p.numel() for g in self.groups.values() for p in g)),
+            "history": state.history,
+            "model_sha256": file_sha256(self.work_dir / MODEL_FILE),
+        }
+
+    def publish(self, folder: StagedFolder) -> dict[str, Any]:
+        """run.yaml beside the best weights, then the whole run folder into its place."""
+        if not (self.work_dir / MODEL_FILE).is_file():
+            raise TrainingError(
+                f"{folder.final}: no validation gave a defined AUC, so there is no best model to "
+                "publish; check the validation split (fit.val_fraction)"
+            )
+        record = self.run_record()
+        atomic_write_bytes(self.work_dir / RUN_FILE, yaml.safe_dump(record, sort_keys=False).encode())
+        folder.publish()
+        return record
+
+    def result(self, run_dir: Path, record: dict[str, Any], seconds: float) -> FitResult:
+        state, rows = self.state, self.rows
+        return FitResult(run_dir, int(state.best["step"]), record["metrics"], state.step,
+                         len(rows.train), len(rows.val), rows.failed, state.skipped_nonfinite,
+                         seconds, state.train_losses)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def run_fit(cfg: Config, *, resume: bool = False, overwrite: bool = False,
+            quiet: bool = False) -> FitResult:
+    """Train the detector from the train store and publish runs/<name>/ whole at the end.
+
+    Work happens in a staging folder beside the run (see clare.runs.StagedFolder): a killed fit
+    leaves the published run as it was. A finished run is replaced only with `overwrite`;
+    `resume` continues the staged fit (or the finished run) with the same settings only.
+    """
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other: continue the run or replace it")
+    started = time.perf_counter()
+    rows = select_rows(cfg)
+    settings = fit_settings(cfg, rows.store)
+    folder = StagedFolder(cfg.paths.runs / cfg.run_name(), "clare fit")
+    with folder.lock():
+        checkpoint, payload = (_prepare_resume(folder, settings) if resume
+                               else _prepare_fresh(folder, overwrite))
+        console = command_console(folder.staging / FIT_LOG, quiet=quiet)
+        session = FitSession(cfg, rows, folder.staging, console, settings)
+        if payload is not None:
+            session.restore(payload, checkpoint)
+        session.train(resumed=resume)
+        record = session.publish(folder)
+    result = session.result(folder.final, record, time.perf_counter() - started)
+    best = session.state.best
     console.print(
-        f"[bold]{run_dir}[/]: {step} steps in {result.seconds:.1f} s; best val AUC "
-        f"{best['auc']:.4f} at step {best['step']}; {failed} failed rows skipped"
+        f"[bold]{folder.final}[/]: {result.steps} steps in {result.seconds:.1f} s; best val AUC "
+        f"{best['auc']:.4f} at step {best['step']}, operating threshold "
+        f"{best['threshold']['value']:.4f} (EER on validation); {rows.failed} failed rows skipped"
     )
     return result
+
+
+def _prepare_fresh(folder: StagedFolder, overwrite: bool) -> tuple[Path, None]:
+    """An empty staging folder; a finished run stays untouched unless `overwrite`."""
+    if (folder.final / RUN_FILE).is_file() and not overwrite:
+        raise RunError(
+            f"{folder.final}: holds a finished run; pass --overwrite to replace it, --resume to "
+            "continue it, or choose another --name"
+        )
+    folder.fresh_staging()
+    return folder.staging / CHECKPOINT_FILE, None
+
+
+def _prepare_resume(folder: StagedFolder, settings: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint to continue from: the staged fit's, else the finished run's (copied to
+    staging, so the run stays as it is until the resumed fit publishes)."""
+    staged = folder.staging / CHECKPOINT_FILE
+    if staged.is_file():
+        return staged, _load_checkpoint(staged, settings)
+    published = folder.final / CHECKPOINT_FILE
+    payload = _load_checkpoint(published, settings)
+    if folder.staging.exists():
+        shutil.rmtree(folder.staging)
+    shutil.copytree(folder.final, folder.staging)
+    return staged, payload
 
 
 def _open_live(run_dir: Path, resume: bool) -> Any:

@@ -278,3 +278,113 @@ def test_a_subset_in_two_clean_stores_is_refused(world: World) -> None:
     with pytest.raises(StoreError, match=r"subset 'alpha' is also in store 'test'") as caught:
         run_eval(world.cfg, run_dir=world.run_dir, stores=["test", str(copy)], quiet=True)
     assert "\n" not in str(caught.value)
+
+
+# --------------------------------------------------------------------------- published whole
+
+
+def _folder_files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+KILL_IN_REPORT = (
+    "import os, signal\n"
+    "import clare.report\n"
+    "clare.report.render_report = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
+    "from clare.cli import main\n"
+    "main()\n"
+)
+
+
+def test_a_killed_report_never_mixes_with_the_published_one(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    from clare.stages.evaluate import show_report
+
+    reports = tmp_path / "reports"
+    published = reports / world.run_dir.name
+    shutil.copytree(world.out_dir, published)
+    before = _folder_files(published)
+    config = world.root / "work" / "config.yaml"
+    # Another evaluation (clean store only: other metrics) killed while it renders its report.
+    done = subprocess.run(
+        [sys.executable, "-c", KILL_IN_REPORT, "eval", "--config", str(config), "--run",
+         str(world.run_dir), "--stores", "test", "--report", "--set", f"paths.reports={reports}"],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    assert _folder_files(published) == before  # old metrics beside the old report, untouched
+
+    show_report(published)
+    shown = capsys.readouterr().out
+    assert f"report: {published / 'report.html'}" in shown.replace("\n", "")
+
+    # A finished evaluation without --report replaces the whole folder: no report of an
+    # earlier evaluation stays beside its metrics, and `clare show` points at the metrics.
+    cfg = world.cfg.model_copy(deep=True)
+    cfg.paths.reports = reports
+    run_eval(cfg, run_dir=world.run_dir, stores=["test"], quiet=True)
+    assert not (published / "report.html").exists() and not (published / "figures").exists()
+    assert sorted(p.name for p in reports.iterdir()) == [f".{published.name}.lock", published.name]
+    show_report(published)
+    assert f"report: {published / 'metrics.json'}" in capsys.readouterr().out.replace("\n", "")
+    log = (published / "eval.log").read_text()
+    assert log.startswith("=== ") and "per-subset metrics" in log and "alpha" in log
+
+
+def test_a_second_evaluation_of_the_same_report_is_refused(world: World, tmp_path: Path) -> None:
+    from clare.errors import ReportError
+    from clare.runs import StagedFolder
+
+    cfg = world.cfg.model_copy(deep=True)
+    cfg.paths.reports = tmp_path
+    with StagedFolder(tmp_path / world.run_dir.name, "clare eval").lock(ReportError):
+        with pytest.raises(ReportError, match="another clare eval is writing it"):
+            run_eval(cfg, run_dir=world.run_dir, stores=["test"], quiet=True)
+    assert not (tmp_path / world.run_dir.name).exists()
+
+
+def test_eval_refuses_a_run_whose_weights_are_not_its_record(world: World, tmp_path: Path) -> None:
+    import shutil
+
+    from clare.errors import CheckpointError
+
+    run = tmp_path / world.run_dir.name
+    shutil.copytree(world.run_dir, run)
+    with open(run / "model.safetensors", "r+b") as handle:  # one byte in the tensor data
+        handle.seek(-1, 2)
+        last = handle.read(1)
+        handle.seek(-1, 2)
+        handle.write(bytes([last[0] ^ 1]))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: sha256 .* differs"):
+        run_eval(world.cfg, run_dir=run, stores=["test"], quiet=True)
+
+
+# --------------------------------------------------------------------------- operating threshold
+
+
+def test_accuracy_at_the_runs_validation_threshold(world: World) -> None:
+    record = read_run(world.run_dir).record
+    threshold = record["threshold"]["value"]
+    assert 0.0 <= threshold <= 1.0 and "validation" in record["threshold"]["rule"]
+    metrics = _no_nan_json(world.out_dir / "metrics.json")
+    assert metrics["threshold"]["value"] == threshold
+    clean = _scores(world).query("store == 'test'")
+    for subset in ("alpha", "beta"):
+        rows = clean[clean["subset"] == subset]
+        expected = float(np.mean((rows["p_fake"] >= threshold) == (rows["label"] == 1)))
+        assert metrics["subsets"][subset]["acc_at_val_threshold"] == pytest.approx(expected, abs=1e-12)
+        at_half = float(np.mean((rows["p_fake"] >= 0.5) == (rows["label"] == 1)))
+        assert metrics["subsets"][subset]["acc"] == pytest.approx(at_half, abs=1e-12)
+    both = [metrics["subsets"][s]["acc_at_val_threshold"] for s in ("alpha", "beta")]
+    assert metrics["mean"]["acc_at_val_threshold"] == pytest.approx(np.mean(both))
+    jpeg = metrics["robustness"]["test-jpeg50"]["subsets"]["alpha"]
+    assert jpeg["acc_at_val_threshold"] is not None
+    table = (world.out_dir / "eval.log").read_text()
+    assert "Acc@val thr" in table and "Acc@0.5" in table

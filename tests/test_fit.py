@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 from pathlib import Path
 
@@ -15,8 +17,9 @@ import clare.stages.fit as fit_stage
 from clare.cache.loader import StoreLoader
 from clare.cache.store import FeatureStore
 from clare.config import load_config
-from clare.errors import ClareError, StoreError
-from clare.runs import CHECKPOINT_FILE, MODEL_FILE, RUN_FILE
+from clare.errors import CheckpointError, ClareError, ConfigError, RunError, StoreError
+from clare.files import file_sha256
+from clare.runs import CHECKPOINT_FILE, MODEL_FILE, RUN_FILE, StagedFolder, read_run
 from clare.stages.extract import run_extract
 from clare.stages.fit import run_fit, split_videos, video_keys
 from clare.stages.prepare import run_prepare
@@ -183,3 +186,215 @@ def test_resume_refuses_other_module_and_pickles(demo_train, tmp_path):
     torch.save({"format": "clare-fit-checkpoint/1", "x": Payload()}, tmp_path / "guarded" / CHECKPOINT_FILE)
     with pytest.raises(ClareError, match="refused to load checkpoint"):
         run_fit(load_config(tmp / "config.yaml", base), resume=True, quiet=True)
+
+
+# --------------------------------------------------------------------------- runs published whole
+
+
+def _files(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_a_finished_run_is_replaced_only_whole_and_only_with_overwrite(demo_train, tmp_path, monkeypatch):
+    tmp, _ = demo_train
+    base = ["fit.max_steps=6", "fit.val_every=2", "fit.batch_size=16", "fit.name=base",
+            f"paths.runs={tmp_path}"]
+    first = run_fit(load_config(tmp / "config.yaml", base), quiet=True)
+    published = _files(first.run_dir)
+    assert {"run.yaml", "model.safetensors", "last.ckpt", "fit.log", "dvclive/metrics.json"} <= set(published)
+
+    changed = load_config(tmp / "config.yaml", [*base, "fit.lr=0.05"])
+    with pytest.raises(RunError, match="holds a finished run; pass --overwrite"):
+        run_fit(changed, quiet=True)
+    # A replacing fit that dies after its first validation changes nothing that was published.
+    real_lr = fit_stage.learning_rate
+
+    def die_at_step_3(base_lr, step, total, warmup, warmup_lr):
+        if step == 3:
+            raise KeyboardInterrupt("simulated kill")
+        return real_lr(base_lr, step, total, warmup, warmup_lr)
+
+    monkeypatch.setattr(fit_stage, "learning_rate", die_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        run_fit(changed, overwrite=True, quiet=True)
+    monkeypatch.setattr(fit_stage, "learning_rate", real_lr)
+    assert _files(first.run_dir) == published
+    assert read_run(first.run_dir).config.fit.lr == first_lr(tmp)
+    staged = StagedFolder(first.run_dir, "clare fit").staging
+    assert torch.load(staged / CHECKPOINT_FILE, weights_only=True)["step"] == 2
+
+    # Resuming the staged fit under other numbers is refused, naming the setting.
+    with pytest.raises(CheckpointError, match=r"fit\.lr=0\.05 but the config asks for fit\.lr=0\.01"):
+        run_fit(load_config(tmp / "config.yaml", [*base, "fit.lr=0.01"]), resume=True, quiet=True)
+    resumed = run_fit(changed, resume=True, quiet=True)
+    assert resumed.steps == 6
+    info = read_run(resumed.run_dir)  # checks the model file against the recorded sha256
+    assert info.config.fit.lr == 0.05
+    assert info.record["model_sha256"] == file_sha256(resumed.run_dir / MODEL_FILE)
+    assert not staged.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".base.lock", "base"]
+
+
+def first_lr(tmp: Path) -> float:
+    return load_config(tmp / "config.yaml").fit.lr
+
+
+@pytest.fixture(scope="module")
+def finished(demo_train, tmp_path_factory):
+    """A short finished run to resume from and to tamper with (copies only)."""
+    tmp, _ = demo_train
+    runs = tmp_path_factory.mktemp("finished")
+    overrides = ["fit.max_steps=2", "fit.name=done", f"paths.runs={runs}"]
+    result = run_fit(load_config(tmp / "config.yaml", overrides), quiet=True)
+    return tmp, overrides, result.run_dir
+
+
+@pytest.mark.parametrize("override,setting", [
+    ("seed=1", "seed"), ("fit.batch_size=8", "fit.batch_size"),
+    ("fit.prompt.n_ctx=8", "fit.prompt.n_ctx"), ("fit.head.heads=4", "fit.head.heads"),
+    ("fit.head.lift_widths=[16,32]", "fit.head.lift_widths"), ("fit.amp=false", "fit.amp"),
+    ("fit.val_every=1", "fit.val_every"), ("fit.shuffle_window=3", "fit.shuffle_window"),
+    ("fit.grad_clip=null", "fit.grad_clip"), ("fit.prompt_weight_decay=0.1", "fit.prompt_weight_decay"),
+])
+def test_resume_refuses_a_setting_that_changes_the_numbers(finished, override, setting):
+    tmp, overrides, run_dir = finished
+    before = _files(run_dir)
+    with pytest.raises(CheckpointError, match=rf"checkpoint is for {re.escape(setting)}=") as caught:
+        run_fit(load_config(tmp / "config.yaml", [*overrides, override]), resume=True, quiet=True)
+    assert "\n" not in str(caught.value)
+    assert _files(run_dir) == before
+
+
+def test_resume_refuses_another_store_and_allows_neutral_settings(finished, tmp_path):
+    tmp, overrides, run_dir = finished
+    stores = tmp_path / "stores"
+    shutil.copytree(tmp / "stores" / "train", stores / "train")
+    meta_file = stores / "train" / "store.json"
+    meta = json.loads(meta_file.read_text())
+    meta["fingerprint_sha256"] = "0" * 64  # another extraction of the same settings
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"store\.fingerprint_sha256="):
+        run_fit(load_config(tmp / "config.yaml", [*overrides, f"paths.stores={stores}"]),
+                resume=True, quiet=True)
+    # Device and read-ahead do not change the numbers: resuming the finished run is allowed
+    # (nothing is left to train) and publishes the same weights.
+    weights = (run_dir / MODEL_FILE).read_bytes()
+    again = run_fit(load_config(tmp / "config.yaml", [*overrides, "fit.prefetch=0", "fit.device=cpu"]),
+                    resume=True, quiet=True)
+    assert again.steps == 2 and (run_dir / MODEL_FILE).read_bytes() == weights
+
+
+def test_a_second_fit_of_the_same_run_is_refused_while_one_runs(finished):
+    tmp, overrides, run_dir = finished
+    before = _files(run_dir)
+    with StagedFolder(run_dir, "clare fit").lock():
+        with pytest.raises(RunError, match=r"another clare fit is writing it"):
+            run_fit(load_config(tmp / "config.yaml", overrides), overwrite=True, quiet=True)
+    assert _files(run_dir) == before
+
+
+def test_fit_refuses_resume_and_overwrite_together(finished):
+    tmp, overrides, _ = finished
+    with pytest.raises(ConfigError, match="exclude each other"):
+        run_fit(load_config(tmp / "config.yaml", overrides), resume=True, overwrite=True, quiet=True)
+
+
+def _tampered(run_dir: Path, target: Path) -> Path:
+    shutil.copytree(run_dir, target)
+    return target
+
+
+def test_readers_refuse_a_model_file_that_is_not_the_recorded_one(finished, tmp_path):
+    _, _, run_dir = finished
+    swapped = _tampered(run_dir, tmp_path / "swapped")
+    weights = load_file(str(swapped / MODEL_FILE))
+    weights = {k: v + 1 for k, v in weights.items()}  # other weights, same layout and metadata
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(run_dir / MODEL_FILE), framework="pt") as handle:
+        metadata = handle.metadata()
+    save_file(weights, str(swapped / MODEL_FILE), metadata=metadata)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: sha256 .* differs from") as caught:
+        read_run(swapped)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda r: r.pop("model_sha256"), "records no model_sha256"),
+    (lambda r: r.pop("store_fingerprint"), "records no store fingerprint"),
+    (lambda r: r["config"]["fit"].update(module="vit"), r"its config is invalid \(fit\.module"),
+    (lambda r: r.pop("config"), "malformed run record"),
+])
+def test_readers_refuse_a_damaged_run_record(finished, tmp_path, edit, message):
+    _, _, run_dir = finished
+    damaged = _tampered(run_dir, tmp_path / "damaged")
+    record = yaml.safe_load((damaged / RUN_FILE).read_text())
+    edit(record)
+    (damaged / RUN_FILE).write_text(yaml.safe_dump(record))
+    with pytest.raises(RunError, match=message):
+        read_run(damaged)
+    (damaged / RUN_FILE).write_text("config: [unclosed")
+    with pytest.raises(RunError, match="not valid YAML"):
+        read_run(damaged)
+
+
+def test_fit_log_keeps_what_the_console_printed(finished):
+    _, _, run_dir = finished
+    log = (run_dir / "fit.log").read_text()
+    assert log.startswith("=== ")
+    assert "val loss" in log and "best val AUC" in log and str(run_dir) in log
+    assert "\x1b[" not in log  # plain text, no terminal codes
+
+
+def test_fit_records_the_eer_threshold_of_its_validation_videos(finished):
+    from clare.models.detector import Detector
+    from clare.scoring import accuracy_at, eer_threshold, score_loader
+    from clare.stages.fit import select_rows
+
+    tmp, overrides, run_dir = finished
+    cfg = load_config(tmp / "config.yaml", overrides)
+    record = read_run(run_dir).record
+    chosen = record["threshold"]
+    assert chosen["step"] == record["best_step"] and "validation" in chosen["rule"]
+    # Rescoring the held-out videos with the published weights gives the recorded point.
+    rows = select_rows(cfg)
+    detector = Detector.load(run_dir)
+    loader = StoreLoader(rows.store, rows.val["row"].to_numpy(), rows.val["label"].to_numpy(),
+                         batch_size=cfg.fit.batch_size, seed=cfg.seed, shuffle=False)
+    probs, labels, _rows, _loss = score_loader(detector, loader, torch.device("cpu"), amp=False)
+    assert eer_threshold(labels, probs) == {k: chosen[k] for k in ("value", "fpr", "fnr")}
+    predicted = probs >= chosen["value"]
+    assert np.mean(predicted[labels == 0]) == pytest.approx(chosen["fpr"])
+    assert np.mean(~predicted[labels == 1]) == pytest.approx(chosen["fnr"])
+    assert accuracy_at(labels, probs, chosen["value"]) == pytest.approx(
+        1 - (chosen["fpr"] * (labels == 0).sum() + chosen["fnr"] * (labels == 1).sum()) / len(labels))
+
+
+def test_eer_threshold_is_the_point_where_both_error_rates_meet():
+    from clare.scoring import accuracy_at, eer_threshold
+
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    probs = np.array([0.1, 0.2, 0.3, 0.7, 0.4, 0.8, 0.9, 0.95])
+    point = eer_threshold(labels, probs)
+    # At 0.7: one real of four called fake, one fake of four (0.4) missed.
+    assert point == {"value": 0.7, "fpr": 0.25, "fnr": 0.25}
+    assert accuracy_at(labels, probs, 0.7) == 0.75
+    assert accuracy_at(labels, probs, 0.5) == 0.75
+    assert accuracy_at(np.array([]), np.array([]), 0.5) is None
+    separable = eer_threshold(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4]))
+    assert separable == {"value": 0.3, "fpr": 0.0, "fnr": 0.0}
+
+
+def test_resume_refuses_checkpoints_of_other_formats_or_incomplete(finished, tmp_path):
+    tmp, overrides, run_dir = finished
+    runs = tmp_path / "runs"
+    copy = _tampered(run_dir, runs / run_dir.name)
+    cfg = load_config(tmp / "config.yaml", [*overrides, f"paths.runs={runs}"])
+    payload = torch.load(copy / CHECKPOINT_FILE, weights_only=True)
+    for broken, message in (({**payload, "format": "clare-fit-checkpoint/1"}, "not a clare-fit-checkpoint/2"),
+                            ({k: v for k, v in payload.items() if k != "rng"}, "checkpoint lacks rng"),
+                            ({**payload, "optimizer": {"state": {}, "param_groups": []}}, "damaged optimiser")):
+        torch.save(broken, copy / CHECKPOINT_FILE)
+        with pytest.raises(CheckpointError, match=message):
+            run_fit(cfg, resume=True, quiet=True)

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clare.config import PromptConfig
-from clare.errors import ClareError, ConfigError, StoreError
-from clare.models.detector import build_detector
+from clare.config import DetectorConfig, HeadConfig, PromptConfig
+from clare.errors import CheckpointError, ClareError, ConfigError, ShapeMismatchError
+from clare.models.detector import MODEL_FILE, Detector
 from clare.models.heads import (
     ChannelGate,
     ErrorGuidedAttention,
@@ -59,9 +59,9 @@ def _toy_batch(batch: int = 16, seed: int = 0):
 
 def _detector(tiny_clip, module, strategy, attention, **prompt):
     model, tokenizer = tiny_clip
-    return build_detector(
-        module, strategy, attention, model, tokenizer, PromptConfig(n_ctx=4, **prompt)
-    )
+    config = {"module": module, "strategy": strategy, "attention": attention,
+              "prompt": PromptConfig(n_ctx=4, **prompt)}
+    return Detector.from_config(config, model, tokenizer)
 
 
 # ---------------------------------------------------------------------------- heads
@@ -186,7 +186,7 @@ def test_detector_shapes_every_combination(tiny_clip, module, strategy, attentio
     if module == "clipping":
         torch.testing.assert_close(detector(cls), logits)  # tokens / LaRE are not needed
     else:
-        with pytest.raises(StoreError, match="tokens"):
+        with pytest.raises(ShapeMismatchError, match="tokens"):
             detector(cls, tokens[:, :10], lare)
     assert isinstance(
         detector.head.features.attention
@@ -304,10 +304,72 @@ def test_trainable_state_dict_round_trip_and_mismatch(tiny_clip):
         other_ctx.load_trainable_state_dict(bad)
 
 
-def test_build_detector_rejects_unknown_choices(tiny_clip):
+def test_detector_config_rejects_unknown_choices(tiny_clip):
     with pytest.raises(ConfigError, match="fit.module"):
         _detector(tiny_clip, "vit", "coop", "v2")
     with pytest.raises(ConfigError, match="fit.strategy"):
         _detector(tiny_clip, "fusion", "maple", "v2")
     with pytest.raises(ConfigError, match="fit.attention"):
         _detector(tiny_clip, "fusion", "coop", "v3")
+
+
+# ---------------------------------------------------------------------------- one home: config, save, load
+
+
+def test_head_sizes_come_from_the_config_and_default_to_the_reference(tiny_clip):
+    model, tokenizer = tiny_clip
+    reference = Detector.from_config(DetectorConfig(prompt=PromptConfig(n_ctx=4)), model, tokenizer)
+    attention = reference.features.attention
+    assert attention.attention.heads == 8 and attention.attention.head_dim == 64
+    assert [conv.out_channels for conv in attention.lift] == [32, 64, 128, 256, W]
+    assert reference.features.gate.squeeze.out_features == 128
+    small = DetectorConfig(
+        strategy="cocoop", prompt=PromptConfig(n_ctx=3, meta_net_reduction=4),
+        head=HeadConfig(heads=2, head_dim=8, lift_widths=(4, 16), gate_hidden=16),
+    )
+    detector = Detector.from_config(small, model, tokenizer)
+    attention = detector.features.attention
+    assert attention.lare_bias.out_channels == 2 and attention.attention.to_q.out_features == 16
+    assert [conv.out_channels for conv in attention.lift] == [4, 16, W]
+    assert detector.features.gate.squeeze.out_features == 16
+    assert detector.prompt.meta_net[0].out_features == 3 * W // 4
+    assert detector.prompt.ctx.shape[0] == 3
+
+
+@pytest.mark.parametrize("module,strategy,attention", COMBOS)
+def test_save_then_load_gives_the_same_detector(tiny_clip, tmp_path, module, strategy, attention):
+    model, tokenizer = tiny_clip
+    config = DetectorConfig(module=module, strategy=strategy, attention=attention,
+                            prompt=PromptConfig(n_ctx=3), head=HeadConfig(heads=2, head_dim=16))
+    torch.manual_seed(1)
+    detector = Detector.from_config(config, model, tokenizer).eval()
+    path = detector.save(tmp_path)
+    assert path == tmp_path / MODEL_FILE
+    loaded = Detector.load(tmp_path, clip_model=model, tokenizer=tokenizer)
+    assert loaded.config == config and not loaded.training
+    cls, tokens, lare = _inputs(4)
+    torch.testing.assert_close(loaded(cls, tokens, lare), detector(cls, tokens, lare), rtol=0, atol=0)
+
+
+def test_load_refuses_files_that_are_not_saved_detectors(tiny_clip, tmp_path):
+    from safetensors.torch import save_file
+
+    model, tokenizer = tiny_clip
+    save_file({"x": torch.zeros(2)}, str(tmp_path / MODEL_FILE))  # a safetensors file, not ours
+    with pytest.raises(CheckpointError, match="not a clare-detector/1 model file"):
+        Detector.load(tmp_path, clip_model=model, tokenizer=tokenizer)
+    save_file({"x": torch.zeros(2)}, str(tmp_path / MODEL_FILE),
+              metadata={"format": "clare-detector/1", "detector": '{"module": "vit"}'})
+    with pytest.raises(CheckpointError, match="malformed detector record"):
+        Detector.load(tmp_path, clip_model=model, tokenizer=tokenizer)
+    detector = Detector.from_config(DetectorConfig(prompt=PromptConfig(n_ctx=3)), model, tokenizer)
+    detector.save(tmp_path)
+    with pytest.raises(CheckpointError, match="records no CLIP model"):
+        Detector.load(tmp_path)  # saved without naming its CLIP, and none given
+    data = (tmp_path / MODEL_FILE).read_bytes()
+    (tmp_path / MODEL_FILE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="unreadable weights|not a readable safetensors") as caught:
+        Detector.load(tmp_path, clip_model=model, tokenizer=tokenizer)
+    assert "\n" not in str(caught.value)
+    with pytest.raises(CheckpointError, match="no model file"):
+        Detector.load(tmp_path / "elsewhere", clip_model=model, tokenizer=tokenizer)

@@ -8,7 +8,7 @@ import torch
 
 from clare.config import PromptConfig
 from clare.errors import ConfigError
-from clare.models.detector import build_detector
+from clare.models.detector import Detector
 from clare.models.prompts import FrozenTextEncoder, PromptLearner
 from clare.models.tiny import TINY_CLIP_NAME
 
@@ -156,14 +156,19 @@ def test_cocoop_bias_is_added_to_every_context_vector(tiny_clip):
 def test_meta_net_input_dims_follow_module(tiny_clip):
     model, tokenizer = tiny_clip
     cfg = PromptConfig(n_ctx=4)
-    fusion = build_detector("fusion", "cocoop", "v2", model, tokenizer, cfg)
-    clipping = build_detector("clipping", "cocoop", "v1", model, tokenizer, cfg)
+
+    def build(module: str, strategy: str, attention: str) -> Detector:
+        config = dict(module=module, strategy=strategy, attention=attention, prompt=cfg)
+        return Detector.from_config(config, model, tokenizer)
+
+    fusion = build("fusion", "cocoop", "v2")
+    clipping = build("clipping", "cocoop", "v1")
     assert fusion.prompt.meta_net[0].in_features == 3 * W
     assert fusion.prompt.meta_net[0].out_features == 3 * W // 16
     assert fusion.prompt.meta_net[-1].out_features == T
     assert clipping.prompt.meta_net[0].in_features == E
     assert clipping.prompt.meta_net[-1].out_features == T
-    coop = build_detector("fusion", "coop", "v2", model, tokenizer, cfg)
+    coop = build("fusion", "coop", "v2")
     assert coop.prompt.meta_net is None
 
 

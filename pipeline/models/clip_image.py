@@ -1,4 +1,4 @@
-"""Frozen CLIP image features (docs/design.md §2.2).
+"""Frozen CLIP image features (docs/design.md §2.2) and the widths of a CLIP model.
 
 Per image: `cls`, the image embedding (CLS after ln_post and proj), and `tokens`, the patch
 tokens of the last transformer block *before* ln_post. open_clip's own `output_tokens` returns
@@ -7,12 +7,48 @@ tokens after ln_post, so the block output is captured with a forward hook instea
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
-from clare.models.lare import autocast_context
-from clare.models.loading import clip_dims
+from clare.errors import ModelLoadError
+
+
+class ClipDims(TypedDict):
+    """Widths the store shapes and the heads are built from (docs/design.md §3)."""
+
+    embed: int  # E: image embedding (cls)
+    width: int  # W: patch-token width of the vision transformer
+    grid: int  # g: side of the square patch grid
+    tokens: int  # P = g * g patch tokens
+    text_width: int  # T: token-embedding width of the text tower
+
+
+def clip_dims(model: Any) -> ClipDims:
+    """The one reading of a CLIP model's widths; refuses towers the heads cannot use."""
+    visual = getattr(model, "visual", None)
+    grid_size = getattr(visual, "grid_size", None)
+    transformer = getattr(visual, "transformer", None)
+    if grid_size is None or transformer is None or not hasattr(visual, "output_dim"):
+        raise ModelLoadError(
+            f"models.clip.model: image tower {type(visual).__name__} is not a ViT with a patch "
+            "grid; use a ViT open_clip model such as ViT-L-14"
+        )
+    rows, cols = (grid_size, grid_size) if isinstance(grid_size, int) else tuple(grid_size)
+    if rows != cols:
+        raise ModelLoadError(
+            f"models.clip.model: patch grid {rows}x{cols} is not square; use a square input size"
+        )
+    # CLIP keeps its text tower flat, CustomTextCLIP under `.text`.
+    text = getattr(model, "text", model)
+    embedding = getattr(text, "token_embedding", None)
+    return ClipDims(
+        embed=int(visual.output_dim),
+        width=int(transformer.width),
+        grid=int(rows),
+        tokens=int(rows * cols),
+        text_width=int(embedding.embedding_dim) if embedding is not None else 0,
+    )
 
 
 class ClipImageEncoder:
@@ -28,8 +64,7 @@ class ClipImageEncoder:
             self.visual.to(memory_format=torch.channels_last)
         self.device = device
         self.precision = precision
-        dims = clip_dims(model)
-        self.n_patches = dims["tokens"]
+        self.n_patches = clip_dims(model)["tokens"]
         self._captured: torch.Tensor | None = None
         self.visual.transformer.resblocks[-1].register_forward_hook(self._capture)
 
@@ -39,6 +74,10 @@ class ClipImageEncoder:
     @torch.no_grad()
     def __call__(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """pixels (B, 3, S, S), already normalised -> cls (B, E) float32, tokens (B, P, W) fp16."""
+        # Imported here: clare.models.loading imports this module for clip_dims, and lare
+        # imports loading.
+        from clare.models.lare import autocast_context
+
         with autocast_context(self.device, self.precision):
             pooled = self.visual(pixels.to(self.device))
         block_out = self._captured

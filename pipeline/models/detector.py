@@ -4,44 +4,34 @@ Modules (docs/design.md §3):
 - fusion   (CLaRE): f = [x_g, x_s, x_c] against text_proj(prompt features), cosine logits.
 - lare     (LaRE² EGRE on frozen CLIP): f with v1 attention -> Linear(3W -> 2); no text.
 - clipping (CLIPping the Deception): CLS embedding against prompt features, cosine logits.
+
+One home for building, saving and loading: `Detector.from_config(DetectorConfig, clip model,
+tokenizer)`, `detector.save(folder)` and `Detector.load(folder)`. The saved `model.safetensors`
+holds the trainable weights and, in its metadata, the DetectorConfig and the CLIP it was built
+on, so loading needs nothing else.
 """
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
-from typing import Literal
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 from torch import Tensor, nn
 
-from clare.config import PromptConfig
-from clare.errors import ClareError, ConfigError, ModelLoadError, StoreError
-from clare.models.heads import FusionFeatures, LareHead
+from clare.config import ClipConfig, DetectorConfig
+from clare.errors import CheckpointError, ConfigError, ModelLoadError, ShapeMismatchError
+from clare.models.clip_image import ClipDims, clip_dims
+from clare.models.heads import LARE_CHANNELS, FusionFeatures, LareHead
 from clare.models.prompts import PromptLearner, Tokenizer
 
-Module = Literal["fusion", "lare", "clipping"]
-MODULES = ("fusion", "lare", "clipping")
-STRATEGIES = ("coop", "cocoop")
-ATTENTIONS = ("v1", "v2")
-
-
-def vision_dims(clip_model: nn.Module) -> tuple[int, int, int]:
-    """(E, g, W): image embedding width, patch grid side, patch-token width of a ViT tower."""
-    visual = getattr(clip_model, "visual", None)
-    grid_size = getattr(visual, "grid_size", None)
-    transformer = getattr(visual, "transformer", None)
-    if grid_size is None or transformer is None or not hasattr(visual, "output_dim"):
-        raise ModelLoadError(
-            f"CLIP image tower {type(visual).__name__} is not a ViT with a patch grid; "
-            "set models.clip.model to a ViT open_clip model such as ViT-L-14"
-        )
-    rows, cols = (grid_size, grid_size) if isinstance(grid_size, int) else tuple(grid_size)
-    if rows != cols:
-        raise ModelLoadError(
-            f"CLIP patch grid {rows}x{cols} is not square; use a square input size"
-        )
-    return int(visual.output_dim), int(rows), int(transformer.width)
+MODEL_FILE = "model.safetensors"
+MODEL_FORMAT = "clare-detector/1"
 
 
 def _cosine_logits(image: Tensor, text: Tensor, scale: Tensor) -> Tensor:
@@ -55,27 +45,52 @@ def _cosine_logits(image: Tensor, text: Tensor, scale: Tensor) -> Tensor:
     return scale.exp().to(cosine.dtype) * cosine
 
 
+def detector_config(values: DetectorConfig | Mapping[str, Any], source: str = "fit") -> DetectorConfig:
+    """A DetectorConfig from itself or a mapping; a bad value is a ConfigError naming `source.key`."""
+    if isinstance(values, DetectorConfig):
+        return values
+    try:
+        return DetectorConfig.model_validate(dict(values))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        shown = repr(err.get("input"))[:80]
+        raise ConfigError(f"{source}.{key}={shown}: {err['msg']}") from None
+
+
+def _effective_spec(config: DetectorConfig) -> dict[str, str]:
+    """What the module really uses: `lare` has no prompts and always v1; `clipping` no attention."""
+    if config.module == "lare":
+        return {"module": "lare", "strategy": "none", "attention": "v1"}
+    if config.module == "clipping":
+        return {"module": "clipping", "strategy": config.strategy, "attention": "none"}
+    return {"module": "fusion", "strategy": config.strategy, "attention": config.attention}
+
+
 class Detector(nn.Module):
     """forward(cls, tokens, lare) -> logits (B, 2); p(fake) = softmax(logits)[:, 1]."""
 
     def __init__(
         self,
-        module: Module,
-        strategy: str,
-        attention: str,
-        grid: int,
+        config: DetectorConfig,
+        dims: ClipDims,
         *,
         features: FusionFeatures | None = None,
         head: LareHead | None = None,
         prompt: PromptLearner | None = None,
         text_proj: nn.Module | None = None,
         logit_scale: Tensor | None = None,
+        clip: ClipConfig | None = None,
     ) -> None:
         super().__init__()
-        self.module_name = module
-        self.strategy = strategy
-        self.attention = attention
-        self.grid = grid
+        self.config = config
+        self.dims = dims
+        self.clip_config = clip  # the CLIP to rebuild the frozen parts from when loading
+        spec = _effective_spec(config)
+        self.module_name = spec["module"]
+        self.strategy = spec["strategy"]
+        self.attention = spec["attention"]
+        self.grid = dims["grid"]
         self.features = features
         self.head = head
         self.prompt = prompt
@@ -83,6 +98,125 @@ class Detector(nn.Module):
         # CLIP's own temperature, frozen: a buffer so it moves with .to() but never trains.
         scale = torch.zeros(()) if logit_scale is None else logit_scale.detach().float().reshape(())
         self.register_buffer("logit_scale", scale.clone(), persistent=False)
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def from_config(
+        cls,
+        config: DetectorConfig | Mapping[str, Any],
+        clip_model: nn.Module,
+        tokenizer: Tokenizer,
+        *,
+        clip: ClipConfig | None = None,
+    ) -> Detector:
+        """Wire a detector from a (frozen) open_clip model; only its text parts are kept.
+
+        `clip` names that model so `load` can rebuild it; without it, `load` needs it given.
+        """
+        config = detector_config(config)
+        dims = clip_dims(clip_model)
+        if config.module == "lare":
+            head = LareHead(dims["embed"], dims["grid"], dims["width"], config.head, config.dropout)
+            return cls(config, dims, head=head, clip=clip)
+        logit_scale = getattr(clip_model, "logit_scale", None)
+        if logit_scale is None:
+            raise ModelLoadError(
+                f"{type(clip_model).__name__} has no logit_scale; use an open_clip CLIP model"
+            )
+        if config.module == "fusion":
+            features = FusionFeatures(dims["embed"], dims["grid"], dims["width"], config.attention,
+                                      config.head, config.dropout)
+            prompt = PromptLearner.from_clip(clip_model, tokenizer, config.prompt, config.strategy,
+                                             features.feature_dim)
+            text_proj = nn.Linear(prompt.text_encoder.output_dim, features.feature_dim)
+            return cls(config, dims, features=features, prompt=prompt, text_proj=text_proj,
+                       logit_scale=logit_scale, clip=clip)
+        prompt = PromptLearner.from_clip(clip_model, tokenizer, config.prompt, config.strategy,
+                                         dims["embed"])
+        return cls(config, dims, prompt=prompt, logit_scale=logit_scale, clip=clip)
+
+    # ------------------------------------------------------------------ saving and loading
+    def save(self, directory: Path) -> Path:
+        """Write `<directory>/model.safetensors`: trainable weights + config + CLIP identity."""
+        from safetensors.torch import save_file
+
+        from clare.files import atomic_write
+
+        path = Path(directory) / MODEL_FILE
+        metadata = {
+            "format": MODEL_FORMAT,
+            "detector": json.dumps(self.config.model_dump(mode="json")),
+            "clip": json.dumps(None if self.clip_config is None
+                               else self.clip_config.model_dump(mode="json")),
+        }
+        state = self.trainable_state_dict()
+        atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
+        return path
+
+    @staticmethod
+    def read_header(path: Path) -> tuple[DetectorConfig, ClipConfig | None]:
+        """The DetectorConfig and CLIP identity recorded in a saved model file."""
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+        except Exception as exc:  # noqa: BLE001 - truncated or foreign files end here
+            raise CheckpointError(
+                f"{path}: not a readable safetensors file ({_first_line(exc)}); refit the run"
+            ) from None
+        if metadata.get("format") != MODEL_FORMAT:
+            raise CheckpointError(
+                f"{path}: not a {MODEL_FORMAT} model file (format {metadata.get('format')!r}); "
+                "refit the run with this version of clare"
+            )
+        try:
+            config = DetectorConfig.model_validate(json.loads(metadata["detector"]))
+            clip_values = json.loads(metadata.get("clip", "null"))
+            clip = None if clip_values is None else ClipConfig.model_validate(clip_values)
+        except (KeyError, ValueError, ValidationError) as exc:
+            raise CheckpointError(
+                f"{path}: malformed detector record in the file's metadata ({_first_line(exc)}); "
+                "refit the run"
+            ) from None
+        return config, clip
+
+    @classmethod
+    def load(
+        cls,
+        directory: Path,
+        *,
+        device: torch.device | str = "cpu",
+        clip_model: nn.Module | None = None,
+        tokenizer: Tokenizer | None = None,
+    ) -> Detector:
+        """Rebuild a saved detector (eval mode, on `device`) from `<directory>/model.safetensors`.
+
+        The frozen CLIP parts come from the CLIP the file names, unless a model and tokenizer
+        are given (they must be that CLIP).
+        """
+        from safetensors.torch import load_file
+
+        path = Path(directory) / MODEL_FILE
+        if not path.is_file():
+            raise CheckpointError(f"{path}: no model file; train one with `clare fit --config CONFIG`")
+        config, clip = cls.read_header(path)
+        if clip_model is None or tokenizer is None:
+            if clip is None:
+                raise CheckpointError(
+                    f"{path}: records no CLIP model; pass the CLIP it was trained with"
+                )
+            from clare.models.loading import load_clip
+
+            parts = load_clip(clip)
+            clip_model, tokenizer = parts.model, parts.tokenizer
+        detector = cls.from_config(config, clip_model, tokenizer, clip=clip)
+        try:
+            state = load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - a damaged tensor section ends here
+            raise CheckpointError(f"{path}: unreadable weights ({_first_line(exc)}); refit the run") from None
+        detector.load_trainable_state_dict(state, source=str(path))
+        return detector.to(device).eval()
 
     # ------------------------------------------------------------------ description
     @property
@@ -103,18 +237,21 @@ class Detector(nn.Module):
         if not self.needs_tokens:
             return
         if tokens is None or lare is None:
-            raise ValueError(f"module '{self.module_name}' needs patch tokens and the LaRE map")
+            raise ShapeMismatchError(
+                f"module '{self.module_name}' needs patch tokens and the LaRE map; read them "
+                "from the store (read_tokens and read_lare)"
+            )
         expected = self.grid * self.grid
         if tokens.dim() != 3 or tokens.shape[1] != expected:
-            raise StoreError(
+            raise ShapeMismatchError(
                 f"feature store patch tokens have shape {tuple(tokens.shape[1:])} but the CLIP model "
                 f"expects {expected} tokens ({self.grid}x{self.grid}); rebuild the store with the "
                 "same models.clip"
             )
-        if lare.dim() != 4 or lare.shape[1] != 4:
-            raise StoreError(
-                f"feature store LaRE maps have shape {tuple(lare.shape[1:])}, expected (4, H, W); "
-                "rebuild the store"
+        if lare.dim() != 4 or lare.shape[1] != LARE_CHANNELS:
+            raise ShapeMismatchError(
+                f"feature store LaRE maps have shape {tuple(lare.shape[1:])}, expected "
+                f"({LARE_CHANNELS}, H, W); rebuild the store"
             )
 
     def forward(
@@ -168,23 +305,11 @@ class Detector(nn.Module):
         self, state: dict[str, Tensor], source: str = "checkpoint"
     ) -> None:
         own = dict(self.named_trainable_parameters())
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        if missing or unexpected:
-            spec = ", ".join(f"{k}={v}" for k, v in self.spec.items())
-            detail = []
-            if missing:
-                detail.append(f"{len(missing)} missing (e.g. '{missing[0]}')")
-            if unexpected:
-                detail.append(f"{len(unexpected)} unexpected (e.g. '{unexpected[0]}')")
-            raise ClareError(
-                f"{source}: weights do not fit a detector with {spec} ({'; '.join(detail)} keys); "
-                "load it with the fit settings it was trained with"
-            )
+        self._check_keys(own, state, source)
         for name, param in own.items():
             value = state[name]
             if tuple(value.shape) != tuple(param.shape):
-                raise ClareError(
+                raise CheckpointError(
                     f"{source}: '{name}' has shape {tuple(value.shape)} but this detector needs "
                     f"{tuple(param.shape)}; load it with the CLIP model and prompt settings it was "
                     "trained with"
@@ -193,56 +318,23 @@ class Detector(nn.Module):
             for name, param in own.items():
                 param.copy_(state[name].to(device=param.device, dtype=param.dtype))
 
-
-def build_detector(
-    module: str,
-    strategy: str,
-    attention: str,
-    clip_model: nn.Module,
-    tokenizer: Tokenizer,
-    prompt_cfg: PromptConfig,
-    dropout: float = 0.1,
-) -> Detector:
-    """Wire a detector from a (frozen) open_clip model; only its text parts are kept.
-
-    `lare` always uses v1 attention and has no prompts, so it ignores strategy and attention.
-    """
-    if module not in MODULES:
-        raise ConfigError(f"fit.module={module!r}: expected one of {', '.join(MODULES)}")
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"fit.strategy={strategy!r}: expected one of {', '.join(STRATEGIES)}")
-    if attention not in ATTENTIONS:
-        raise ConfigError(f"fit.attention={attention!r}: expected one of {', '.join(ATTENTIONS)}")
-    embed_dim, grid, width = vision_dims(clip_model)
-
-    if module == "lare":
-        head = LareHead(embed_dim, grid, width, dropout=dropout)
-        return Detector("lare", "none", "v1", grid, head=head)
-
-    logit_scale = getattr(clip_model, "logit_scale", None)
-    if logit_scale is None:
-        raise ModelLoadError(
-            f"{type(clip_model).__name__} has no logit_scale; use an open_clip CLIP model"
+    def _check_keys(self, own: Mapping[str, Any], state: Mapping[str, Any], source: str) -> None:
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if not missing and not unexpected:
+            return
+        spec = ", ".join(f"{k}={v}" for k, v in self.spec.items())
+        detail = []
+        if missing:
+            detail.append(f"{len(missing)} missing (e.g. '{missing[0]}')")
+        if unexpected:
+            detail.append(f"{len(unexpected)} unexpected (e.g. '{unexpected[0]}')")
+        raise CheckpointError(
+            f"{source}: weights do not fit a detector with {spec} ({'; '.join(detail)} keys); "
+            "load it with the fit settings it was trained with"
         )
-    if module == "fusion":
-        features = FusionFeatures(embed_dim, grid, width, attention, dropout=dropout)  # type: ignore[arg-type]
-        prompt = PromptLearner.from_clip(
-            clip_model,
-            tokenizer,
-            prompt_cfg,
-            strategy,
-            features.feature_dim,  # type: ignore[arg-type]
-        )
-        text_proj = nn.Linear(prompt.text_encoder.output_dim, features.feature_dim)
-        return Detector(
-            "fusion",
-            strategy,
-            attention,
-            grid,
-            features=features,
-            prompt=prompt,
-            text_proj=text_proj,
-            logit_scale=logit_scale,
-        )
-    prompt = PromptLearner.from_clip(clip_model, tokenizer, prompt_cfg, strategy, embed_dim)  # type: ignore[arg-type]
-    return Detector("clipping", strategy, "none", grid, prompt=prompt, logit_scale=logit_scale)
+
+
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

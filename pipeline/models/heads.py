@@ -5,7 +5,9 @@ Every head reads only what stage one stored per image:
 - `tokens` (B, P, W)    patch tokens of the last block before ln_post, P = g*g,
 - `lare`   (B, 4, H, H) latent reconstruction error (non-negative).
 
-Widths are taken from the CLIP model at build time, never hard-coded.
+Widths are taken from the CLIP model at build time, never hard-coded; the head's own sizes
+(heads, head width, lift widths, gate width, init scale) come from `HeadConfig`, whose defaults
+are the reference settings.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clare.config import HeadConfig
+
+# A LaRE map has the 4 channels of the SD latent: a fact of the store, not a head setting.
 LARE_CHANNELS = 4
-# 1x1 conv widths that lift the per-head LaRE map to the token width in v2 (docs/design.md §3.1).
-LIFT_WIDTHS = (32, 64, 128, 256)
-GATE_HIDDEN = 128
 
 AttentionVariant = Literal["v1", "v2"]
 
@@ -85,13 +87,14 @@ class ErrorGuidedAttention(nn.Module):
     """
 
     def __init__(
-        self, grid: int, width: int, heads: int = 8, head_dim: int = 64, dropout: float = 0.1
+        self, grid: int, width: int, shape: HeadConfig | None = None, dropout: float = 0.1
     ) -> None:
         super().__init__()
+        shape = shape or HeadConfig()
         self.grid = grid
-        self.pos_embedding = nn.Parameter(torch.randn(grid * grid + 1, width) * 0.02)
-        self.lare_bias = nn.Conv2d(LARE_CHANNELS, heads, kernel_size=1)
-        self.attention = _SingleQueryAttention(width, heads, head_dim, dropout)
+        self.pos_embedding = nn.Parameter(torch.randn(grid * grid + 1, width) * shape.pos_init_std)
+        self.lare_bias = nn.Conv2d(LARE_CHANNELS, shape.heads, kernel_size=1)
+        self.attention = _SingleQueryAttention(width, shape.heads, shape.head_dim, dropout)
 
     def head_bias(self, lare: Tensor) -> Tensor:
         """Per-head additive logits (B, heads, P+1); the mean position gets the mean bias."""
@@ -117,12 +120,13 @@ class LareCrossAttention(nn.Module):
     """
 
     def __init__(
-        self, grid: int, width: int, heads: int = 8, head_dim: int = 64, dropout: float = 0.1
+        self, grid: int, width: int, shape: HeadConfig | None = None, dropout: float = 0.1
     ) -> None:
         super().__init__()
+        shape = shape or HeadConfig()
         self.grid = grid
-        self.lare_bias = nn.Conv2d(LARE_CHANNELS, heads, kernel_size=1)
-        widths = (heads, *LIFT_WIDTHS, width)
+        self.lare_bias = nn.Conv2d(LARE_CHANNELS, shape.heads, kernel_size=1)
+        widths = (shape.heads, *shape.lift_widths, width)
         self.lift = nn.Sequential(
             *(
                 nn.Conv2d(c_in, c_out, kernel_size=1)
@@ -132,9 +136,10 @@ class LareCrossAttention(nn.Module):
         # The query sequence is [mean; positions] + a (P+1, W) embedding, but only its mean token
         # is used, so only row 0 of that embedding could ever matter: we store just that row
         # (identical output, and no parameter that can never receive a gradient).
-        self.query_pos_embedding = nn.Parameter(torch.randn(1, width) * 0.02)
-        self.context_pos_embedding = nn.Parameter(torch.randn(grid * grid + 1, width) * 0.02)
-        self.attention = _SingleQueryAttention(width, heads, head_dim, dropout)
+        std = shape.pos_init_std
+        self.query_pos_embedding = nn.Parameter(torch.randn(1, width) * std)
+        self.context_pos_embedding = nn.Parameter(torch.randn(grid * grid + 1, width) * std)
+        self.attention = _SingleQueryAttention(width, shape.heads, shape.head_dim, dropout)
 
     def query_token(self, lare: Tensor) -> Tensor:
         pooled = F.adaptive_avg_pool2d(lare.to(_param_dtype(self)), self.grid)
@@ -153,7 +158,7 @@ class LareCrossAttention(nn.Module):
 class ChannelGate(nn.Module):
     """x_c = mean patch token ⊙ sigmoid(MLP(global mean of the full-resolution LaRE))."""
 
-    def __init__(self, width: int, hidden: int = GATE_HIDDEN) -> None:
+    def __init__(self, width: int, hidden: int = HeadConfig().gate_hidden) -> None:
         super().__init__()
         self.squeeze = nn.Linear(LARE_CHANNELS, hidden, bias=False)
         self.excite = nn.Linear(hidden, width, bias=False)
@@ -169,14 +174,13 @@ def make_attention(
     variant: AttentionVariant,
     grid: int,
     width: int,
-    heads: int = 8,
-    head_dim: int = 64,
+    shape: HeadConfig | None = None,
     dropout: float = 0.1,
 ) -> ErrorGuidedAttention | LareCrossAttention:
     if variant == "v1":
-        return ErrorGuidedAttention(grid, width, heads, head_dim, dropout)
+        return ErrorGuidedAttention(grid, width, shape, dropout)
     if variant == "v2":
-        return LareCrossAttention(grid, width, heads, head_dim, dropout)
+        return LareCrossAttention(grid, width, shape, dropout)
     raise ValueError(f"attention variant must be 'v1' or 'v2', got {variant!r}")
 
 
@@ -189,18 +193,18 @@ class FusionFeatures(nn.Module):
         grid: int,
         width: int,
         variant: AttentionVariant = "v2",
-        heads: int = 8,
-        head_dim: int = 64,
+        shape: HeadConfig | None = None,
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
+        shape = shape or HeadConfig()
         self.variant = variant
         self.width = width
         self.image_proj: nn.Module = (
             nn.Identity() if embed_dim == width else nn.Linear(embed_dim, width)
         )
-        self.attention = make_attention(variant, grid, width, heads, head_dim, dropout)
-        self.gate = ChannelGate(width)
+        self.attention = make_attention(variant, grid, width, shape, dropout)
+        self.gate = ChannelGate(width, shape.gate_hidden)
 
     @property
     def feature_dim(self) -> int:
@@ -223,12 +227,11 @@ class LareHead(nn.Module):
         embed_dim: int,
         grid: int,
         width: int,
-        heads: int = 8,
-        head_dim: int = 64,
+        shape: HeadConfig | None = None,
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
-        self.features = FusionFeatures(embed_dim, grid, width, "v1", heads, head_dim, dropout)
+        self.features = FusionFeatures(embed_dim, grid, width, "v1", shape, dropout)
         self.classifier = nn.Linear(self.features.feature_dim, 2)
 
     def forward(self, cls: Tensor, tokens: Tensor, lare: Tensor) -> Tensor:

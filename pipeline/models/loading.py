@@ -18,6 +18,7 @@ import torch
 from clare.config import ClipConfig, ModelsConfig, StableDiffusionConfig
 from clare.errors import ModelLoadError
 from clare.files import file_sha256
+from clare.models.clip_image import clip_dims  # noqa: F401 - its one home; kept importable here
 
 SD_SUBFOLDERS = ("vae", "unet", "scheduler", "text_encoder", "tokenizer")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
@@ -141,21 +142,6 @@ def load_clip(cfg: ClipConfig) -> ClipParts:
     model.requires_grad_(False).eval()
     tokenizer = open_clip.get_tokenizer(cfg.model)
     return ClipParts(model, preprocess, tokenizer, cfg.model, pretrained)
-
-
-def clip_dims(model: Any) -> dict[str, int]:
-    """Widths the heads are built from: embedding E, vision width W, patch grid g, text width T."""
-    visual = model.visual
-    grid = visual.grid_size if hasattr(visual, "grid_size") else None
-    if grid is None or grid[0] != grid[1]:
-        raise ModelLoadError("models.clip.model: CLaRE needs a ViT with a square patch grid")
-    return {
-        "embed": int(visual.output_dim),
-        "width": int(visual.transformer.width),
-        "grid": int(grid[0]),
-        "tokens": int(grid[0] * grid[1]),
-        "text_width": int(model.token_embedding.embedding_dim),
-    }
 
 
 _HASH_CACHE: dict[tuple[str, int, int], str] = {}

@@ -21,8 +21,6 @@ Strategy = Literal["coop", "cocoop"]
 Tokenizer = Callable[[Sequence[str]], Tensor]
 
 PLACEHOLDER = "X"
-CTX_INIT_STD = 0.02
-META_NET_REDUCTION = 16
 
 
 def _text_tower(clip_model: nn.Module) -> tuple[nn.Module, str]:
@@ -164,24 +162,8 @@ class PromptLearner(nn.Module):
         self.classnames = tuple(name.replace("_", " ") for name in cfg.classnames)
         width = token_embedding.embedding_dim
         embed = token_embedding.weight.detach()
-
-        init_words = cfg.ctx_init.replace("_", " ").strip() if cfg.ctx_init else ""
-        if cfg.ctx_init is not None and not init_words:
-            raise ConfigError(
-                "fit.prompt.ctx_init is empty; give words such as 'a photo of a' or null"
-            )
-        if init_words:
-            init_ids = _content_ids(tokenizer, init_words, text_encoder)
-            if not init_ids:
-                raise ConfigError(f"fit.prompt.ctx_init={cfg.ctx_init!r} has no tokens; give words")
-            n_ctx = len(init_ids)
-            ctx = embed[torch.tensor(init_ids, device=embed.device)].float().clone()
-            if self.class_specific:
-                ctx = ctx.unsqueeze(0).repeat(len(self.classnames), 1, 1)
-        else:
-            n_ctx = cfg.n_ctx
-            shape = (len(self.classnames), n_ctx, width) if self.class_specific else (n_ctx, width)
-            ctx = torch.randn(shape) * CTX_INIT_STD
+        ctx = self._initial_context(token_embedding, tokenizer, cfg)
+        n_ctx = ctx.shape[-2]
         self.n_ctx = n_ctx
         self.ctx = nn.Parameter(ctx.to(embed.device))
 
@@ -200,10 +182,31 @@ class PromptLearner(nn.Module):
 
         self.meta_net: nn.Module | None = None
         if strategy == "cocoop":
-            hidden = max(1, feature_dim // META_NET_REDUCTION)
+            hidden = max(1, feature_dim // cfg.meta_net_reduction)
             self.meta_net = nn.Sequential(
                 nn.Linear(feature_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, width)
             )
+
+    def _initial_context(
+        self, token_embedding: nn.Embedding, tokenizer: Tokenizer, cfg: PromptConfig
+    ) -> Tensor:
+        """(n_ctx, T), or (n_cls, n_ctx, T) class-specific: the embeddings of `ctx_init`'s words,
+        or N(0, ctx_init_std) vectors."""
+        embed = token_embedding.weight.detach()
+        init_words = cfg.ctx_init.replace("_", " ").strip() if cfg.ctx_init else ""
+        if cfg.ctx_init is not None and not init_words:
+            raise ConfigError(
+                "fit.prompt.ctx_init is empty; give words such as 'a photo of a' or null"
+            )
+        n_cls, width = len(self.classnames), token_embedding.embedding_dim
+        if not init_words:
+            shape = (n_cls, cfg.n_ctx, width) if self.class_specific else (cfg.n_ctx, width)
+            return torch.randn(shape) * cfg.ctx_init_std
+        init_ids = _content_ids(tokenizer, init_words, self.text_encoder)
+        if not init_ids:
+            raise ConfigError(f"fit.prompt.ctx_init={cfg.ctx_init!r} has no tokens; give words")
+        ctx = embed[torch.tensor(init_ids, device=embed.device)].float().clone()
+        return ctx.unsqueeze(0).repeat(n_cls, 1, 1) if self.class_specific else ctx
 
     @classmethod
     def from_clip(
