@@ -6,6 +6,10 @@
           research code's cache format).
 - memmap: plain NumPy memmaps holding the same bytes as the store (tokens float16), uncompressed.
 
+The cost of the store's crc32c checksums (every inner chunk and shard index, checked on every
+read) is measured in the same run: the same store written and read with and without the
+checksum codec, the two timed in alternation so that machine load hits both alike.
+
 Data are random (real CLIP tokens compress a little better than random float16). Reads run
 right after the writes, so they come from the page cache: the figures compare the formats'
 CPU cost (decoding, file opening), not the disk.
@@ -44,9 +48,11 @@ DTYPES = {"lare": np.float32, "cls": np.float32, "tokens": np.float16}
 
 DEFAULTS = {
     "full": {"n": 512, "tokens": 256, "width": 1024, "embed": 768, "lare_side": 32,
-             "shard_rows": 128, "read_batch": 32, "random_batches": 8, "warmup": 1, "repeats": 3},
+             "shard_rows": 128, "read_batch": 32, "random_batches": 8, "warmup": 1, "repeats": 3,
+             "checksum_repeats": 7},
     "smoke": {"n": 16, "tokens": 16, "width": 32, "embed": 24, "lare_side": 8,
-              "shard_rows": 4, "read_batch": 4, "random_batches": 2, "warmup": 0, "repeats": 1},
+              "shard_rows": 4, "read_batch": 4, "random_batches": 2, "warmup": 0, "repeats": 1,
+              "checksum_repeats": 1},
 }
 
 
@@ -61,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shard-rows", type=int, help="rows per shard (product default: 128)")
     parser.add_argument("--read-batch", type=int, help="rows per random read")
     parser.add_argument("--random-batches", type=int, help="random reads per timed run")
+    parser.add_argument("--checksum-repeats", type=int,
+                        help="alternating timed runs of the store with and without crc32c")
     parser.add_argument("--work-dir", type=Path, help="where the three copies go (default: temp)")
     args = parser.parse_args(argv)
     for key, value in DEFAULTS["smoke" if args.smoke else "full"].items():
@@ -87,27 +95,38 @@ def logical_bytes(features: dict[str, np.ndarray], rows: int) -> int:
 # --------------------------------------------------------------------------- formats
 
 
-def write_store(path: Path, features: dict[str, np.ndarray], shard_rows: int) -> None:
+def bench_manifest(n: int) -> Any:
+    """The manifest rows of a benchmark store (all ok, half real, 8 frames per video)."""
     import pandas as pd
 
-    from clare.cache.store import MANIFEST_COLUMNS, FeatureStore
+    from clare.cache.store import MANIFEST_COLUMNS
+
+    rows = np.arange(n)
+    return pd.DataFrame({
+        "row": rows, "path": [f"img/{r:06d}.png" for r in rows], "subset": "bench",
+        "label": (rows % 2).astype(np.int8), "video": [f"v{r // 8}" for r in rows],
+        "frame": (rows % 8).astype(np.int32), "view": np.zeros(n, np.int16),
+        "perturb": "", "status": "ok", "error": "", "sha256": "0" * 64,
+        "width": np.full(n, 256, np.int32), "height": np.full(n, 256, np.int32),
+    })[list(MANIFEST_COLUMNS)]
+
+
+def write_store(path: Path, features: dict[str, np.ndarray], shard_rows: int, *,
+                checksum: bool = True) -> None:
+    from clare.cache.store import INDEX_COLUMNS, FeatureStore, index_digest
 
     shutil.rmtree(path, ignore_errors=True)
-    n = len(features["cls"])
+    manifest = bench_manifest(len(features["cls"]))
     shapes = {name: tuple(array.shape[1:]) for name, array in features.items()}
-    store = FeatureStore.create(path, n_rows=n, shapes=shapes, shard_rows=shard_rows,
-                                meta={"benchmark": True})
-    for index in range(store.n_shards):
-        start, stop = store.shard_bounds(index)
-        rows = np.arange(start, stop)
-        manifest = pd.DataFrame({
-            "row": rows, "path": [f"img/{r:06d}.png" for r in rows], "subset": "bench",
-            "label": (rows % 2).astype(np.int8), "video": [f"v{r // 8}" for r in rows],
-            "frame": (rows % 8).astype(np.int32), "view": np.zeros(len(rows), np.int16),
-            "perturb": "", "status": "ok", "error": "", "sha256": "0" * 64,
-            "width": np.full(len(rows), 256, np.int32), "height": np.full(len(rows), 256, np.int32),
-        })[list(MANIFEST_COLUMNS)]
-        store.write_shard(index, {k: v[start:stop] for k, v in features.items()}, manifest)
+    index = manifest[list(INDEX_COLUMNS)]
+    store = FeatureStore.create(path, n_rows=len(manifest), shapes=shapes, shard_rows=shard_rows,
+                                meta={"benchmark": True,
+                                      "fingerprint": {"index_sha256": index_digest(index)}},
+                                index=index, checksum=checksum)
+    for shard in range(store.n_shards):
+        start, stop = store.shard_bounds(shard)
+        store.write_shard(shard, {k: v[start:stop] for k, v in features.items()},
+                          manifest.iloc[start:stop].reset_index(drop=True))
     store.finalize()
 
 
@@ -235,6 +254,51 @@ def measure_format(name: str, path: Path, features: dict[str, np.ndarray], args:
     }
 
 
+def time_alternating(fns: dict[str, Any], *, warmup: int, repeats: int) -> dict[str, float]:
+    """Median seconds of each fn, the fns run in turn (order reversed every round)."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    runs: dict[str, list[float]] = {name: [] for name in fns}
+    for round_ in range(max(1, repeats)):
+        names = list(fns) if round_ % 2 == 0 else list(reversed(fns))
+        for name in names:
+            start = time.perf_counter()
+            fns[name]()
+            runs[name].append(time.perf_counter() - start)
+    return {name: float(np.median(times)) for name, times in runs.items()}
+
+
+def measure_checksum_cost(work: Path, features: dict[str, np.ndarray], args: argparse.Namespace,
+                          random_rows: list[np.ndarray]) -> dict[str, Any]:
+    """The store with crc32c (the product) against the same store without it."""
+    paths = {"crc32c": work / "store-crc32c", "none": work / "store-none"}
+    writes = time_alternating(
+        {name: (lambda p=path, c=(name == "crc32c"): write_store(p, features, args.shard_rows, checksum=c))
+         for name, path in paths.items()},
+        warmup=args.warmup, repeats=args.checksum_repeats)
+    readers = {name: StoreReader(path) for name, path in paths.items()}
+    sequential = time_alternating({name: (lambda r=r: r.sequential(args.shard_rows)) for name, r in readers.items()},
+                                  warmup=args.warmup, repeats=args.checksum_repeats)
+    random = time_alternating({name: (lambda r=r: [r.rows(rows) for rows in random_rows])
+                               for name, r in readers.items()},
+                              warmup=args.warmup, repeats=args.checksum_repeats)
+    delivered = logical_bytes(features, args.n)
+    random_bytes = logical_bytes(features, sum(len(r) for r in random_rows))
+    out: dict[str, Any] = {}
+    for name, path in paths.items():
+        out[name] = {"bytes_on_disk": dir_bytes(path)[0],
+                     "write_mb_s": delivered / MB / writes[name],
+                     "read_seq_mb_s": delivered / MB / sequential[name],
+                     "read_random_mb_s": random_bytes / MB / random[name]}
+        shutil.rmtree(path, ignore_errors=True)
+    with_crc, without = out["crc32c"], out["none"]
+    for key in ("write_mb_s", "read_seq_mb_s", "read_random_mb_s", "bytes_on_disk"):
+        # Below 1 for speeds means the checksum costs time; above 1 for bytes, space.
+        out[f"{key.removesuffix('_mb_s')}_ratio"] = with_crc[key] / without[key]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     seed_everything(args.seed)
@@ -252,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("store", "pt", "memmap"):
         results[name] = measure_format(name, work / name, features, args, random_rows)
         shutil.rmtree(work / name, ignore_errors=True)  # keep at most one copy on disk
+    results["checksum"] = measure_checksum_cost(work, features, args, random_rows)
     store, pt, memmap = results["store"], results["pt"], results["memmap"]
     results["store_vs_pt_bytes"] = store["bytes_per_image"] / pt["bytes_per_image"]
     results["store_vs_memmap_read_seq"] = store["read_seq_mb_s"] / memmap["read_seq_mb_s"]
@@ -260,11 +325,13 @@ def main(argv: list[str] | None = None) -> int:
     results["seconds_total"] = time.perf_counter() - started
     params = {k: getattr(args, k) for k in ("n", "tokens", "width", "embed", "lare_side",
                                             "shard_rows", "read_batch", "random_batches",
-                                            "warmup", "repeats", "seed", "smoke")}
+                                            "warmup", "repeats", "checksum_repeats", "seed",
+                                            "smoke")}
     notes = ["random data; reads follow the writes (page cache warm)",
              "MB/s = 10^6 bytes of features at the store's dtypes per second",
              "random reads: batches of read_batch sorted random rows (read_rows for the store)",
-             "read_random_row_slices_mb_s: the store's random rows read one read() per row"]
+             "read_random_row_slices_mb_s: the store's random rows read one read() per row",
+             "checksum: the store with and without crc32c, timed alternately; *_ratio = with / without"]
     write_results(args.out, NAME, params, results, notes)
     print_table(
         f"feature storage, N={args.n}, tokens {args.tokens}x{args.width} fp16, cls {args.embed}, "
@@ -280,6 +347,16 @@ def main(argv: list[str] | None = None) -> int:
           f"{store['read_random_row_slices_mb_s']:.1f} MB/s")
     print(f"store/pt bytes: {results['store_vs_pt_bytes']:.3f}; store/memmap read: sequential "
           f"{results['store_vs_memmap_read_seq']:.3f}, random {results['store_vs_memmap_read_random']:.4f}")
+    cost = results["checksum"]
+    print_table(
+        "crc32c checksums in the store (timed alternately, same run)",
+        ["store", "write MB/s", "seq read MB/s", "random read MB/s", "bytes on disk"],
+        [[name, cost[name]["write_mb_s"], cost[name]["read_seq_mb_s"], cost[name]["read_random_mb_s"],
+          cost[name]["bytes_on_disk"]] for name in ("none", "crc32c")],
+    )
+    print(f"with / without crc32c: write {cost['write_ratio']:.3f}, sequential read "
+          f"{cost['read_seq_ratio']:.3f}, random read {cost['read_random_ratio']:.3f}, "
+          f"bytes {cost['bytes_on_disk_ratio']:.4f}")
     print(f"results: {args.out}")
     if temp is not None:
         temp.cleanup()

@@ -146,7 +146,7 @@ def show(
 @app.command()
 def info(store: Annotated[Path, typer.Argument(help="Store directory.")]) -> None:
     """Print counts, shapes, bytes per image, fingerprint, shard completion and failures."""
-    from clare.cache.inspect import print_info
+    from clare.store_view import print_info
 
     print_info(store)
 
@@ -154,7 +154,7 @@ def info(store: Annotated[Path, typer.Argument(help="Store directory.")]) -> Non
 @app.command()
 def verify(store: Annotated[Path, typer.Argument(help="Store directory.")]) -> None:
     """Check a store against its manifest and shard checksums; exit 1 naming damaged shards."""
-    from clare.cache.inspect import run_verify
+    from clare.store_view import run_verify
 
     if not run_verify(store):
         raise typer.Exit(1)

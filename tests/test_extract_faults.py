@@ -19,7 +19,7 @@ from helpers_extract import (
     store_arrays,
 )
 
-from clare.cache.inspect import verify_store
+from clare.cache.checks import verify_store
 from clare.cache.store import FeatureStore
 from clare.errors import StoreError
 from clare.stages.extract import run_extract
