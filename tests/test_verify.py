@@ -564,3 +564,20 @@ def test_read_only_store_is_read_and_verified_but_never_written(
     )
     after = {p: p.stat().st_mtime_ns for p in store_path.rglob("*") if p.is_file()}
     assert after == before
+
+
+def test_shards_swapped_within_a_store_are_both_damaged(reference: dict, tmp_path: Path) -> None:
+    cfg, store_path = _copy(reference, tmp_path)
+    store = FeatureStore(store_path)
+    pairs = [*zip(store.shard_files(0).values(), store.shard_files(1).values(), strict=True),
+             (store.marker_path(0), store.marker_path(1)), (store.part_path(0), store.part_path(1))]
+    for first, second in pairs:
+        swap = first.with_name(first.name + ".swap")
+        first.rename(swap)
+        second.rename(first)
+        swap.rename(second)
+    report = verify_store(store_path)
+    assert report.damaged == {0: "marker does not describe this shard's rows",
+                              1: "marker does not describe this shard's rows"}
+    assert run_extract(cfg, split="train", quiet=True).shards_run == 2
+    assert_stores_equal(store_path, reference["store"])
