@@ -6,6 +6,10 @@
           research code's cache format).
 - memmap: plain NumPy memmaps holding the same bytes as the store (tokens float16), uncompressed.
 
+The cost of the store's crc32c checksums (every inner chunk and shard index, checked on every
+read) is measured in the same run: the same store written and read with and without the
+checksum codec, the two timed in alternation so that machine load hits both alike.
+
 Data are random (real CLIP tokens compress a little better than random float16). Reads run
 right after the writes, so they come from the page cache: the figures compare the formats'
 CPU cost (decoding, file opening), not the disk.
@@ -41,9 +45,11 @@ DTYPES = {"lare": np.float32, "cls": np.float32, "tokens": np.float16}
 
 DEFAULTS = {
     "full": {"n": 512, "tokens": 256, "width": 1024, "embed": 768, "lare_side": 32,
-             "shard_rows": 128, "read_batch": 32, "random_batches": 8, "warmup": 1, "repeats": 3},
+             "shard_rows": 128, "read_batch": 32, "random_batches": 8, "warmup": 1, "repeats": 3,
+             "checksum_repeats": 7},
     "smoke": {"n": 16, "tokens": 16, "width": 32, "embed": 24, "lare_side": 8,
-              "shard_rows": 4, "read_batch": 4, "random_batches": 2, "warmup": 0, "repeats": 1},
+              "shard_rows": 4, "read_batch": 4, "random_batches": 2, "warmup": 0, "repeats": 1,
+              "checksum_repeats": 1},
 }
 
 
@@ -58,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shard-rows", type=int, help="rows per shard (product default: 128)")
     parser.add_argument("--read-batch", type=int, help="rows per random read")
     parser.add_argument("--random-batches", type=int, help="random reads per timed run")
+    parser.add_argument("--checksum-repeats", type=int,
+                        help="alternating timed runs of the store with and without crc32c")
     parser.add_argument("--work-dir", type=Path, help="where the three copies go (default: temp)")
     args = parser.parse_args(argv)
     for key, value in DEFAULTS["smoke" if args.smoke else "full"].items():
@@ -84,27 +92,38 @@ def logical_bytes(features: dict[str, np.ndarray], rows: int) -> int:
 # --------------------------------------------------------------------------- formats
 
 
-def write_store(path: Path, features: dict[str, np.ndarray], shard_rows: int) -> None:
+def bench_manifest(n: int) -> Any:
+    """The manifest rows of a benchmark store (all ok, half real, 8 frames per video)."""
     import pandas as pd
 
-    from clare.cache.store import MANIFEST_COLUMNS, FeatureStore
+    from clare.cache.store import MANIFEST_COLUMNS
+
+    rows = np.arange(n)
+    return pd.DataFrame({
+        "row": rows, "path": [f"img/{r:06d}.png" for r in rows], "subset": "bench",
+        "label": (rows % 2).astype(np.int8), "video": [f"v{r // 8}" for r in rows],
+        "frame": (rows % 8).astype(np.int32), "view": np.zeros(n, np.int16),
+        "perturb": "", "status": "ok", "error": "", "sha256": "0" * 64,
+        "width": np.full(n, 256, np.int32), "height": np.full(n, 256, np.int32),
+    })[list(MANIFEST_COLUMNS)]
+
+
+def write_store(path: Path, features: dict[str, np.ndarray], shard_rows: int, *,
+                checksum: bool = True) -> None:
+    from clare.cache.store import INDEX_COLUMNS, FeatureStore, index_digest
 
     shutil.rmtree(path, ignore_errors=True)
-    n = len(features["cls"])
+    manifest = bench_manifest(len(features["cls"]))
     shapes = {name: tuple(array.shape[1:]) for name, array in features.items()}
-    store = FeatureStore.create(path, n_rows=n, shapes=shapes, shard_rows=shard_rows,
-                                meta={"benchmark": True})
-    for index in range(store.n_shards):
-        start, stop = store.shard_bounds(index)
-        rows = np.arange(start, stop)
-        manifest = pd.DataFrame({
-            "row": rows, "path": [f"img/{r:06d}.png" for r in rows], "subset": "bench",
-            "label": (rows % 2).astype(np.int8), "video": [f"v{r // 8}" for r in rows],
-            "frame": (rows % 8).astype(np.int32), "view": np.zeros(len(rows), np.int16),
-            "perturb": "", "status": "ok", "error": "", "sha256": "0" * 64,
-            "width": np.full(len(rows), 256, np.int32), "height": np.full(len(rows), 256, np.int32),
-        })[list(MANIFEST_COLUMNS)]
-        store.write_shard(index, {k: v[start:stop] for k, v in features.items()}, manifest)
+    index = manifest[list(INDEX_COLUMNS)]
+    store = FeatureStore.create(path, n_rows=len(manifest), shapes=shapes, shard_rows=shard_rows,
+                                meta={"benchmark": True,
+                                      "fingerprint": {"index_sha256": index_digest(index)}},
+                                index=index, checksum=checksum)
+    for shard in range(store.n_shards):
+        start, stop = store.shard_bounds(shard)
+        store.write_shard(shard, {k: v[start:stop] for k, v in features.items()},
+                          manifest.iloc[start:stop].reset_index(drop=True))
     store.finalize()
 
 
@@ -232,6 +251,79 @@ def measure_format(name: str, path: Path, features: dict[str, np.ndarray], args:
     }
 
 
+def time_alternating(fns: dict[str, Any], *, warmup: int, repeats: int) -> dict[str, dict[str, float]]:
+    """Median and fastest seconds of each fn, the fns run in turn (order reversed every round).
+
+    The fastest run is the one least disturbed by other work on a shared machine; on a quiet
+    one the two agree.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    runs: dict[str, list[float]] = {name: [] for name in fns}
+    for round_ in range(max(1, repeats)):
+        names = list(fns) if round_ % 2 == 0 else list(reversed(fns))
+        for name in names:
+            start = time.perf_counter()
+            fns[name]()
+            runs[name].append(time.perf_counter() - start)
+    return {name: {"median": float(np.median(times)), "min": float(np.min(times))}
+            for name, times in runs.items()}
+
+
+def crc32c_mb_s(path: Path, shard_rows: int) -> float:
+    """google_crc32c (what Zarr's codec calls) over the shard files cut into row-sized pieces.
+
+    The codec checks one inner chunk (one row) at a time, so the pieces have a row's size.
+    """
+    import google_crc32c
+
+    pieces = []
+    for file in path.glob("features.zarr/*/c/**/*"):
+        if file.is_file():
+            data = file.read_bytes()
+            step = max(1, len(data) // shard_rows)
+            pieces += [data[i : i + step] for i in range(0, len(data), step)]
+    total = sum(len(piece) for piece in pieces)
+    timing = time_call(lambda: [google_crc32c.value(piece) for piece in pieces], warmup=1, repeats=5)
+    return total / MB / timing.min_s
+
+
+def measure_checksum_cost(work: Path, features: dict[str, np.ndarray], args: argparse.Namespace,
+                          random_rows: list[np.ndarray]) -> dict[str, Any]:
+    """The store with crc32c (the product) against the same store without it."""
+    paths = {"crc32c": work / "store-crc32c", "none": work / "store-none"}
+    writes = time_alternating(
+        {name: (lambda p=path, c=(name == "crc32c"): write_store(p, features, args.shard_rows, checksum=c))
+         for name, path in paths.items()},
+        warmup=args.warmup, repeats=args.checksum_repeats)
+    readers = {name: StoreReader(path) for name, path in paths.items()}
+    sequential = time_alternating({name: (lambda r=r: r.sequential(args.shard_rows)) for name, r in readers.items()},
+                                  warmup=args.warmup, repeats=args.checksum_repeats)
+    random = time_alternating({name: (lambda r=r: [r.rows(rows) for rows in random_rows])
+                               for name, r in readers.items()},
+                              warmup=args.warmup, repeats=args.checksum_repeats)
+    delivered = logical_bytes(features, args.n)
+    random_bytes = logical_bytes(features, sum(len(r) for r in random_rows))
+    out: dict[str, Any] = {"crc32c_mb_s": crc32c_mb_s(paths["crc32c"], args.shard_rows)}
+    for name, path in paths.items():
+        out[name] = {"bytes_on_disk": dir_bytes(path)[0]}
+        for stat in ("median", "min"):
+            suffix = "" if stat == "median" else "_best"
+            out[name][f"write_mb_s{suffix}"] = delivered / MB / writes[name][stat]
+            out[name][f"read_seq_mb_s{suffix}"] = delivered / MB / sequential[name][stat]
+            out[name][f"read_random_mb_s{suffix}"] = random_bytes / MB / random[name][stat]
+        shutil.rmtree(path, ignore_errors=True)
+    with_crc, without = out["crc32c"], out["none"]
+    for key in with_crc:
+        # Below 1 for speeds means the checksum costs time; above 1 for bytes, space.
+        out[f"{key.replace('_mb_s', '')}_ratio"] = with_crc[key] / without[key]
+    # The checksum's own share of a sequential read, from two rates measured under the same
+    # load: steadier than the end-to-end ratio when other work shares the machine.
+    out["read_seq_crc_share"] = without["read_seq_mb_s"] / out["crc32c_mb_s"]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     seed_everything(args.seed)
@@ -249,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("store", "pt", "memmap"):
         results[name] = measure_format(name, work / name, features, args, random_rows)
         shutil.rmtree(work / name, ignore_errors=True)  # keep at most one copy on disk
+    results["checksum"] = measure_checksum_cost(work, features, args, random_rows)
     store, pt, memmap = results["store"], results["pt"], results["memmap"]
     results["store_vs_pt_bytes"] = store["bytes_per_image"] / pt["bytes_per_image"]
     results["store_vs_memmap_read_seq"] = store["read_seq_mb_s"] / memmap["read_seq_mb_s"]
@@ -257,11 +350,16 @@ def main(argv: list[str] | None = None) -> int:
     results["seconds_total"] = time.perf_counter() - started
     params = {k: getattr(args, k) for k in ("n", "tokens", "width", "embed", "lare_side",
                                             "shard_rows", "read_batch", "random_batches",
-                                            "warmup", "repeats", "seed", "smoke")}
+                                            "warmup", "repeats", "checksum_repeats", "seed",
+                                            "smoke")}
     notes = ["random data; reads follow the writes (page cache warm)",
              "MB/s = 10^6 bytes of features at the store's dtypes per second",
              "random reads: batches of read_batch sorted random rows (read_rows for the store)",
-             "read_random_row_slices_mb_s: the store's random rows read one read() per row"]
+             "read_random_row_slices_mb_s: the store's random rows read one read() per row",
+             "checksum: the store with and without crc32c, timed alternately; *_ratio = with / without;"
+             " *_best = fastest run (least disturbed by other load); crc32c_mb_s = the checksum"
+             " function alone over row-sized pieces of the shard files; read_seq_crc_share ="
+             " read_seq_mb_s (none) / crc32c_mb_s, the checksum's share of a sequential read"]
     write_results(args.out, NAME, params, results, notes)
     print_table(
         f"feature storage, N={args.n}, tokens {args.tokens}x{args.width} fp16, cls {args.embed}, "
@@ -277,6 +375,20 @@ def main(argv: list[str] | None = None) -> int:
           f"{store['read_random_row_slices_mb_s']:.1f} MB/s")
     print(f"store/pt bytes: {results['store_vs_pt_bytes']:.3f}; store/memmap read: sequential "
           f"{results['store_vs_memmap_read_seq']:.3f}, random {results['store_vs_memmap_read_random']:.4f}")
+    cost = results["checksum"]
+    print_table(
+        "crc32c checksums in the store (timed alternately, same run): median (best) MB/s",
+        ["store", "write", "seq read", "random read", "bytes on disk"],
+        [[name, *(f"{cost[name][k]:.1f} ({cost[name][k + '_best']:.1f})"
+                  for k in ("write_mb_s", "read_seq_mb_s", "read_random_mb_s")),
+          cost[name]["bytes_on_disk"]] for name in ("none", "crc32c")],
+    )
+    print("with / without crc32c, median (best): " + ", ".join(
+        f"{what} {cost[key + '_ratio']:.3f} ({cost[key + '_best_ratio']:.3f})"
+        for what, key in (("write", "write"), ("sequential read", "read_seq"),
+                          ("random read", "read_random")))
+          + f"; bytes {cost['bytes_on_disk_ratio']:.5f}; crc32c alone {cost['crc32c_mb_s']:.0f} MB/s, "
+          f"{cost['read_seq_crc_share']:.1%} of a sequential read")
     print(f"results: {args.out}")
     if temp is not None:
         temp.cleanup()

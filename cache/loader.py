@@ -5,7 +5,9 @@ shuffled; each window of `shuffle_window` shards is read as contiguous slices, i
 shuffled together, and batches are cut from a running buffer so that every batch but the last
 is full. A background thread reads ahead (`prefetch` batches); it changes timing, not order.
 
-Rows whose features are not finite are dropped and counted (`skipped_nonfinite`).
+The rows a loader is given are rows the manifest calls ok, and extraction marks any row with
+NaN or inf features failed, so a non-finite value in a row read here means a missing or
+damaged shard file: it raises a StoreError naming the row and shard instead of being skipped.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ import numpy as np
 import torch
 
 from clare.cache.store import FeatureStore
+from clare.errors import StoreError
+
+# The parts of a window or batch, in this order: rows, labels, cls, tokens, lare.
+_Parts = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 @dataclass
@@ -54,6 +60,7 @@ class StoreLoader:
         self.shuffle = shuffle
         self.shuffle_window = shuffle_window
         self.prefetch = prefetch
+        # Kept for callers that report it: non-finite rows now raise, so it stays 0.
         self.skipped_nonfinite = 0
         # Tokens are 97% of the bytes: heads that only use the CLS embedding skip them.
         self.read_tokens = read_tokens
@@ -64,52 +71,58 @@ class StoreLoader:
     def __len__(self) -> int:
         return -(-len(self.rows) // self.batch_size)
 
-    def _read_window(self, shards: list[int]) -> tuple[np.ndarray, ...]:
-        rows, labels, cls, tokens, lare = [], [], [], [], []
+    def _read(self, name: str, wanted: bool, rows: np.ndarray) -> np.ndarray:
+        """One array's values for rows of one shard (an empty placeholder when not wanted)."""
+        if not wanted:
+            return np.zeros((len(rows), 0), dtype=np.float32)
+        start, stop = int(rows.min()), int(rows.max()) + 1
+        values = self.store.read(name, start, stop)[rows - start]
+        finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+        if not finite.all():
+            row = int(rows[np.flatnonzero(~finite)[0]])
+            raise StoreError(
+                f"{self.store.path}: array {name}, row {row} (shard {row // self.store.shard_rows}) "
+                "holds NaN or inf although the manifest calls it ok (a missing or damaged shard "
+                f"file); {self.store.repair_advice()}"
+            )
+        return values
+
+    def _read_window(self, shards: list[int]) -> _Parts:
+        parts: list[list[np.ndarray]] = [[], [], [], [], []]
         for shard in shards:
             picks = self._by_shard[shard]
-            shard_rows = self.rows[picks]
-            start, stop = int(shard_rows.min()), int(shard_rows.max()) + 1
-            local = shard_rows - start
-            rows.append(shard_rows)
-            labels.append(self.labels[picks])
-            cls.append(self.store.read("cls", start, stop)[local])
-            if self.read_tokens:
-                tokens.append(self.store.read("tokens", start, stop)[local])
-            else:
-                tokens.append(np.zeros((len(local), 0), dtype=np.float16))
-            if self.read_lare:
-                lare.append(self.store.read("lare", start, stop)[local])
-            else:
-                lare.append(np.zeros((len(local), 0), dtype=np.float32))
-        return tuple(np.concatenate(part) for part in (rows, labels, cls, tokens, lare))
+            rows = self.rows[picks]
+            values = (rows, self.labels[picks], self._read("cls", True, rows),
+                      self._read("tokens", self.read_tokens, rows),
+                      self._read("lare", self.read_lare, rows))
+            for bucket, value in zip(parts, values, strict=True):
+                bucket.append(value)
+        rows, labels, cls, tokens, lare = (np.concatenate(bucket) for bucket in parts)
+        return rows, labels, cls, tokens, lare
 
-    def _batches(self, epoch: int) -> Iterator[Batch]:
-        rng = np.random.default_rng([self.seed, epoch])
+    def _windows(self, rng: np.random.Generator) -> Iterator[_Parts]:
+        """The shard windows of one epoch, each with its rows shuffled (when shuffling)."""
         shards = sorted(self._by_shard)
         if self.shuffle:
             shards = [shards[i] for i in rng.permutation(len(shards))]
-        buffer: list[np.ndarray] | None = None
         for start in range(0, len(shards), self.shuffle_window):
             window = self._read_window(shards[start : start + self.shuffle_window])
-            finite = (
-                np.isfinite(window[2]).all(axis=1)
-                & np.isfinite(window[3].reshape(len(window[0]), -1)).all(axis=1)
-                & np.isfinite(window[4].reshape(len(window[0]), -1)).all(axis=1)
-            )
-            self.skipped_nonfinite += int((~finite).sum())
-            window = tuple(part[finite] for part in window)
             if self.shuffle:
                 perm = rng.permutation(len(window[0]))
-                window = tuple(part[perm] for part in window)
-            buffer = list(window) if buffer is None else [np.concatenate(p) for p in zip(buffer, window, strict=True)]
+                window = _take(window, perm)
+            yield window
+
+    def _batches(self, epoch: int) -> Iterator[Batch]:
+        buffer: _Parts | None = None
+        for window in self._windows(np.random.default_rng([self.seed, epoch])):
+            buffer = window if buffer is None else _join(buffer, window)
             while len(buffer[0]) >= self.batch_size:
-                yield self._make_batch([part[: self.batch_size] for part in buffer])
-                buffer = [part[self.batch_size :] for part in buffer]
+                yield self._make_batch(_take(buffer, slice(0, self.batch_size)))
+                buffer = _take(buffer, slice(self.batch_size, None))
         if buffer is not None and len(buffer[0]):
             yield self._make_batch(buffer)
 
-    def _make_batch(self, parts: list[np.ndarray]) -> Batch:
+    def _make_batch(self, parts: _Parts) -> Batch:
         rows, labels, cls, tokens, lare = parts
 
         def tensor(array: np.ndarray) -> torch.Tensor:
@@ -125,7 +138,6 @@ class StoreLoader:
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
         """Batches of one epoch, skipping the first `skip` (used on resume mid-epoch)."""
-        self.skipped_nonfinite = 0
         source = self._batches(epoch)
         if self.prefetch <= 0:
             for number, batch in enumerate(source):
@@ -133,6 +145,16 @@ class StoreLoader:
                     yield batch
             return
         yield from _prefetched(source, self.prefetch, skip)
+
+
+def _take(parts: _Parts, pick: np.ndarray | slice) -> _Parts:
+    rows, labels, cls, tokens, lare = (part[pick] for part in parts)
+    return rows, labels, cls, tokens, lare
+
+
+def _join(first: _Parts, second: _Parts) -> _Parts:
+    rows, labels, cls, tokens, lare = (np.concatenate(pair) for pair in zip(first, second, strict=True))
+    return rows, labels, cls, tokens, lare
 
 
 def _prefetched(source: Iterator[Batch], depth: int, skip: int) -> Iterator[Batch]:

@@ -194,7 +194,7 @@ def info(
     verbose: VerboseOpt = False,
 ) -> None:
     """Print counts, shapes, bytes per image, fingerprint, shard completion and failures."""
-    from clare.cache.inspect import print_info
+    from clare.store_view import print_info
 
     print_info(store)
 
@@ -206,7 +206,7 @@ def verify(
     verbose: VerboseOpt = False,
 ) -> None:
     """Check a store against its manifest and shard checksums; exit 1 naming damaged shards."""
-    from clare.cache.inspect import run_verify
+    from clare.store_view import run_verify
 
     if not run_verify(store):
         raise typer.Exit(1)

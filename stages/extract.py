@@ -16,7 +16,6 @@ number of workers. On GPU, cuDNN runs its deterministic algorithms for the same 
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import time
 from collections import Counter
@@ -32,7 +31,13 @@ import pandas as pd
 import torch
 
 import clare
-from clare.cache.store import FeatureStore, default_shard_rows, fingerprint_digest
+from clare.cache.store import (
+    FeatureStore,
+    default_shard_rows,
+    fingerprint_digest,
+    index_digest,
+    shard_index_digests,
+)
 from clare.config import Config
 from clare.console import library_log_level, library_logging, make_console
 from clare.data.images import ImageDecodeError, decode_image
@@ -308,11 +313,6 @@ def _row_skeleton(index: pd.DataFrame, views: int, perturbation: Perturbation | 
     return repeated[keep]
 
 
-def _index_digest(rows: pd.DataFrame) -> str:
-    fields = rows[["path", "subset", "label", "video", "frame", "view"]].astype(str)
-    return hashlib.sha256("\n".join("\t".join(r) for r in fields.itertuples(index=False)).encode()).hexdigest()
-
-
 def build_fingerprint(
     cfg: Config, rows: pd.DataFrame, views: int, perturbation: Perturbation | None
 ) -> dict[str, Any]:
@@ -331,7 +331,7 @@ def build_fingerprint(
         "decode": {"min_image_size": cfg.extract.min_image_size,
                    "max_image_pixels": cfg.extract.max_image_pixels},
         "seed": cfg.seed,
-        "index_sha256": _index_digest(rows),
+        "index_sha256": index_digest(rows),
         "clare_version": clare.__version__,
     }
 
@@ -387,6 +387,39 @@ def _run_on_dask(job: ExtractJob, pending: list[int], workers: int, scheduler: s
             cluster.close()
 
 
+def _open_or_create(path: Path, cfg: Config, rows: pd.DataFrame, fingerprint: dict[str, Any], *,
+                    overwrite: bool, console: Any, meta: dict[str, Any]) -> FeatureStore:
+    """The store to extend (same settings, unsound shards dropped) or a new one; under the lock."""
+    store = FeatureStore(path)
+    if store.exists() and overwrite:
+        store.destroy()
+    if not store.exists():
+        shapes = _feature_shapes(cfg)
+        shard_rows = cfg.extract.shard_rows or default_shard_rows(*shapes["tokens"])
+        return FeatureStore.create(
+            path, n_rows=len(rows), shapes=shapes, shard_rows=shard_rows, index=rows,
+            meta={"fingerprint": fingerprint, "fingerprint_sha256": fingerprint_digest(fingerprint), **meta},
+        )
+    old = store.meta.get("fingerprint") or {}
+    if old != fingerprint:
+        raise StoreError(
+            f"{path}: built with other settings ({_describe_mismatch(old, fingerprint)} differ); "
+            "use --overwrite to rebuild it or another paths.stores"
+        )
+    removed = store.remove_partials()
+    if removed:
+        console.print(f"removed {removed} orphaned *.partial file(s) of an interrupted write")
+    # The index matches the fingerprint, so it, not store.json, says which rows each shard holds.
+    expected = shard_index_digests(rows, store.shard_rows)
+    if store.meta.get("index_shards_sha256") != expected:
+        console.print(f"{path}: store.json's shard digests differ from the index; restored from the index")
+        store.meta["index_shards_sha256"] = expected
+        store.save_meta()
+    for index, problem in store.drop_unsound_shards().items():
+        console.print(f"shard {index} is not sound ({problem}); recomputing it")
+    return store
+
+
 @contextmanager
 def _disk_full_as_store_error(path: Path) -> Iterator[None]:
     # A full disk is the user's to fix; finished shards stay valid, so the rerun resumes.
@@ -438,34 +471,16 @@ def run_extract(
     rows = _row_skeleton(index, views, perturbation)
     fingerprint = build_fingerprint(cfg, rows, views, perturbation)
     path = store_dir(cfg, split, perturbation)
-    store = FeatureStore(path)
     started = time.perf_counter()
-    with store.lock(), _disk_full_as_store_error(path):
-        if store.exists() and overwrite:
-            store.destroy()
-            store = FeatureStore(path)
-        if store.exists():
-            old = store.meta.get("fingerprint", {})
-            if old != fingerprint:
-                raise StoreError(
-                    f"{path}: built with other settings ({_describe_mismatch(old, fingerprint)} differ); "
-                    "use --overwrite to rebuild it or another paths.stores"
-                )
-        else:
-            shapes = _feature_shapes(cfg)
-            shard_rows = cfg.extract.shard_rows or default_shard_rows(*shapes["tokens"])
-            store = FeatureStore.create(
-                path, n_rows=len(rows), shapes=shapes, shard_rows=shard_rows,
-                meta={"fingerprint": fingerprint, "fingerprint_sha256": fingerprint_digest(fingerprint),
-                      "split": split, "views": views, "n_images": len(index),
-                      "perturb": perturbation.spec if perturbation else None,
-                      "subsets": sorted(set(rows["subset"])),
-                      "libraries": {"torch": torch.__version__},
-                      "cpu_threads": cfg.extract.cpu_threads},
-            )
-        removed = store.remove_partials()
-        if removed:
-            console.print(f"removed {removed} orphaned *.partial file(s) of an interrupted write")
+    with FeatureStore(path).lock(), _disk_full_as_store_error(path):
+        store = _open_or_create(
+            path, cfg, rows, fingerprint, overwrite=overwrite, console=console,
+            meta={"split": split, "views": views, "n_images": len(index),
+                  "perturb": perturbation.spec if perturbation else None,
+                  "subsets": sorted(set(rows["subset"])),
+                  "libraries": {"torch": torch.__version__},
+                  "cpu_threads": cfg.extract.cpu_threads},
+        )
         done = store.completed_shards()
         pending = [i for i in range(store.n_shards) if i not in done]
         job = ExtractJob(

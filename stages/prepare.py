@@ -19,7 +19,7 @@ from clare.config import Config
 from clare.console import make_console
 from clare.data.df40 import DataIndexError, SubsetCheck, build_index
 from clare.errors import DataError
-from clare.files import atomic_write
+from clare.files import atomic_write_bytes, atomic_write_parquet
 
 _TABLE_COLUMNS = (
     ("listed", "listed"),
@@ -95,10 +95,6 @@ def _print_checks(console: Console, split: str, checks: list[SubsetCheck]) -> No
             console.print(f"  {check.subset}: {note}", markup=False, highlight=False)
 
 
-def _write_parquet(index: pd.DataFrame, path: Path) -> None:
-    atomic_write(path, lambda tmp: index.to_parquet(tmp, engine="pyarrow", index=False))
-
-
 def _update_checks_json(path: Path, results: dict[str, list[SubsetCheck]]) -> None:
     """Merge this run's splits into checks.json so preparing one split keeps the other's."""
     merged: dict[str, dict] = {}
@@ -110,8 +106,7 @@ def _update_checks_json(path: Path, results: dict[str, list[SubsetCheck]]) -> No
             merged = {}  # our own output: rebuilding it is always right
     for split, checks in results.items():
         merged[split] = {check.subset: check.counts() for check in checks}
-    text = json.dumps(merged, indent=2, sort_keys=True) + "\n"
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    atomic_write_bytes(path, (json.dumps(merged, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
 def run_prepare(cfg: Config, splits: Iterable[str] = ("train", "test")) -> dict[str, Path]:
@@ -150,7 +145,7 @@ def run_prepare(cfg: Config, splits: Iterable[str] = ("train", "test")) -> dict[
     written: dict[str, Path] = {}
     for split, index in indexes.items():
         path = index_dir / f"{split}.parquet"
-        _write_parquet(index, path)
+        atomic_write_parquet(path, index)
         written[split] = path
         console.print(f"{split}: {len(index)} images in {len(results[split])} subsets -> {path}")
     _update_checks_json(index_dir / "checks.json", results)

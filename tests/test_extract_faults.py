@@ -19,7 +19,7 @@ from helpers_extract import (
     store_arrays,
 )
 
-from clare.cache.inspect import verify_store
+from clare.cache.checks import verify_store
 from clare.cache.store import FeatureStore
 from clare.errors import StoreError
 from clare.stages.extract import run_extract
@@ -136,4 +136,47 @@ def test_changed_settings_are_refused_until_overwrite(reference: dict, tmp_path:
     new, old = store_arrays(store_path), store_arrays(reference["store"])
     assert new["lare"].tobytes() != old["lare"].tobytes()  # the LaRE maps depend on t
     assert new["cls"].tobytes() == old["cls"].tobytes()  # CLIP features do not
+    assert verify_store(store_path).ok
+
+
+def test_overwrite_keeps_the_writer_lock(reference: dict, tmp_path: Path, monkeypatch) -> None:
+    # Issue 12: --overwrite used to delete the folder holding .lock, so a second extract could
+    # lock a fresh file and write (or delete) the same store.
+    cfg = make_config(tmp_path, reference["models"], reference["root"] / "data", lare__timestep=500)
+    store_path = cfg.paths.stores / "train"
+    shutil.copytree(reference["store"], store_path)
+    lock_inode = (store_path / ".lock").stat().st_ino
+    original = FeatureStore.write_shard
+    refused: list[str] = []
+
+    def second_writer_meanwhile(self, index, arrays, manifest):
+        if not refused:  # a second `clare extract --overwrite` while the first one rebuilds
+            with pytest.raises(StoreError) as caught:
+                run_extract(cfg, split="train", overwrite=True, quiet=True)
+            refused.append(str(caught.value))
+        with pytest.raises(StoreError) as caught:  # any writer, e.g. clare verify's repair
+            with FeatureStore(store_path).lock():
+                pass
+        refused.append(str(caught.value))
+        assert (store_path / ".lock").stat().st_ino == lock_inode
+        return original(self, index, arrays, manifest)
+
+    monkeypatch.setattr(FeatureStore, "write_shard", second_writer_meanwhile)
+    summary = run_extract(cfg, split="train", overwrite=True, quiet=True)
+    assert summary.shards_run == N_SHARDS and len(refused) == N_SHARDS + 1
+    assert all(m.startswith(f"{store_path}: another extract is writing this store") for m in refused)
+    assert FeatureStore(store_path).meta["fingerprint"]["lare"]["timestep"] == 500
+    monkeypatch.setattr(FeatureStore, "write_shard", original)
+    assert verify_store(store_path).ok
+
+
+def test_leftovers_of_an_interrupted_overwrite_are_not_taken_for_shards(reference: dict, tmp_path: Path) -> None:
+    # store.json is deleted first; a kill right after leaves old markers and parts behind.
+    cfg = make_config(tmp_path, reference["models"], reference["root"] / "data", lare__timestep=500)
+    store_path = cfg.paths.stores / "train"
+    shutil.copytree(reference["store"], store_path)
+    (store_path / "store.json").unlink()
+    summary = run_extract(cfg, split="train", quiet=True)
+    assert summary.shards_run == N_SHARDS
+    assert FeatureStore(store_path).meta["fingerprint"]["lare"]["timestep"] == 500
     assert verify_store(store_path).ok

@@ -19,7 +19,7 @@ import pytest
 from helpers_extract import make_config, make_image_tree
 from PIL import Image, ImageFile, ImageOps
 
-from clare.cache.inspect import verify_store
+from clare.cache.checks import verify_store
 from clare.cache.store import FeatureStore
 from clare.data.images import ImageDecodeError, decode_image
 from clare.errors import StoreError
