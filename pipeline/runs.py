@@ -92,7 +92,7 @@ def load_detector(info: RunInfo, device: Any) -> Any:
     from clare.models.loading import load_clip
 
     cfg = info.config
-    clip = load_clip(cfg.models.clip)
+    clip = load_clip(cfg.models.clip, local_files_only=cfg.models.local_files_only)
     detector = build_detector(
         cfg.fit.module, cfg.fit.strategy, cfg.fit.attention, clip.model, clip.tokenizer,
         cfg.fit.prompt, dropout=cfg.fit.dropout,

@@ -246,7 +246,7 @@ def run_fit(cfg: Config, *, resume: bool = False, quiet: bool = False) -> FitRes
     device = resolve_device(fit.device)
     amp = fit.amp and device.type == "cuda"
     torch.manual_seed(cfg.seed)
-    clip = load_clip(cfg.models.clip)
+    clip = load_clip(cfg.models.clip, local_files_only=cfg.models.local_files_only)
     detector = build_detector(fit.module, fit.strategy, fit.attention, clip.model, clip.tokenizer,
                               fit.prompt, dropout=fit.dropout).to(device)
     del clip
