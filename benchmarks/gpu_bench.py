@@ -179,6 +179,33 @@ def downloaded_models_paths(folder: Path) -> ModelPaths:
                       Path(models["clip"]["pretrained"]), None)
 
 
+def model_set(args: argparse.Namespace, device: Any, log: Callable[[str], None]) -> ModelPaths:
+    """Real weights (--weights), the tiny models (--smoke) or real-size random ones."""
+    if args.weights is not None:
+        return downloaded_models_paths(args.weights)
+    if args.smoke:
+        return tiny_models(args.models_dir)
+    return real_size_models(args.models_dir, log=log, init_device=str(device))
+
+
+def run_precision_step(runner: Runner, config: Callable[[], Any], device: Any,
+                       paths: list[Path]) -> None:
+    """Step 4: the extractor of the last batch size (cached), both precisions, one record."""
+    args = runner.args
+
+    def step() -> dict[str, Any]:
+        from clare.stages.extract import get_extractor
+
+        extractor = get_extractor(config(), device)
+        batch = int_list(args.batch_sizes)[-1]
+        return measure_precision(extractor, paths, image_size=args.image_size, seed=args.seed,
+                                 batch_size=batch)
+
+    runner.results["precision"] = runner.step("precision", "precision", step)
+    if runner.results["precision"] is not None and not runner.results["precision"]["autocast_applied"]:
+        runner.notes.append("precision: no autocast on this device, both passes ran fp32")
+
+
 def compare_outputs(reference: Any, other: Any) -> dict[str, Any]:
     """Relative L2 difference ||o - r|| / ||r|| and Pearson correlation, overall and per image."""
     import torch
@@ -297,15 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - runner.started:6.0f} s] {message}", file=sys.stderr, flush=True)
 
-    def build_models() -> ModelPaths:
-        if args.weights is not None:
-            return downloaded_models_paths(args.weights)
-        if args.smoke:
-            return tiny_models(args.models_dir)
-        return real_size_models(args.models_dir, log=log, init_device=str(device))
-
     log("models")
-    models = runner.step("models", "models", build_models)
+    models = runner.step("models", "models", lambda: model_set(args, device, log))
     if models is None:
         runner.notes.append("no models: nothing else could run")
         runner.save()
@@ -358,18 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     results["per_image"] = runner.step("per_image", "per_image", run_per_image_step)
 
     log("bf16 vs fp32 on the same draws")
-
-    def run_precision_step() -> dict[str, Any]:
-        from clare.stages.extract import get_extractor
-
-        extractor = get_extractor(config(batch_sizes[-1]), device)
-        paths = [work / "images" / path for path in index["path"].iloc[: args.precision_n]]
-        return measure_precision(extractor, paths, image_size=args.image_size, seed=args.seed,
-                                 batch_size=batch_sizes[-1])
-
-    results["precision"] = runner.step("precision", "precision", run_precision_step)
-    if results["precision"] is not None and not results["precision"]["autocast_applied"]:
-        runner.notes.append("precision: no autocast on this device, both passes ran fp32")
+    paths = [work / "images" / path for path in index["path"].iloc[: args.precision_n]]
+    run_precision_step(runner, lambda: config(batch_sizes[-1]), device, paths)
 
     log("fit")
     if not any(str(bs) in results["extract"] for bs in batch_sizes):
