@@ -19,6 +19,7 @@ from helpers_hub import FakeHub, folder_files
 
 from clare.config import ClipConfig, ModelsConfig, load_config
 from clare.errors import ModelLoadError
+from clare.models.check import check_target
 from clare.models.download import SD15_OPTIONAL, SD15_REQUIRED, download_weights
 from clare.models.hub import CLIP_DIR, SD15_DIR, SD15_REPO, downloaded_models
 
@@ -127,6 +128,13 @@ def test_downloaded_folder_checks_and_loads_with_quickgelu(hub, tmp_path, monkey
     assert f"ok: {out / SD15_DIR / 'SOURCE.json'}: every file has its recorded sha256" in stdout
     sd = load_stable_diffusion(ModelsConfig.model_validate(downloaded_models(out)).sd)
     assert sd.tokenizer("a photo of a face").input_ids[:2] == [49406, 320]
+    # The whole folder is checked as the config lines use it: SD passes, and the tiny file
+    # standing in for OpenAI's is named as not fitting ViT-L-14-quickgelu.
+    report = check_target(out)
+    assert report.problems and report.fingerprint is None
+    assert all(p.startswith(f"{clip_file}: ") and "open_clip config 'ViT-L-14-quickgelu'" in p
+               for p in report.problems), report.problems
+    assert sum(line.endswith("tensors match unet/config.json") for line in report.ok) == 1
 
 
 def test_interrupted_file_resumes_and_finished_files_are_kept(hub, remote, tmp_path, monkeypatch, capsys):
