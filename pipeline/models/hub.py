@@ -34,8 +34,6 @@ SOURCE_FILE = "SOURCE.json"
 # Layout of a `clare models download --out DIR` folder (configs/df40.yaml names it).
 SD15_DIR = "sd15"
 CLIP_DIR = "clip/ViT-L-14-openai"
-# open_clip's default file names in a hub repo (safetensors first, as open_clip itself prefers).
-OPEN_CLIP_SAFETENSORS = "open_clip_model.safetensors"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 
@@ -54,6 +52,7 @@ class TagSource:
 def tag_source(model: str, tag: str) -> TagSource | None:
     """The hub repo, file and activation of an open_clip tag; None if `tag` is no tag of `model`."""
     import open_clip
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME
 
     entry = open_clip.get_pretrained_cfg(model, tag)
     if not entry:
@@ -64,7 +63,8 @@ def tag_source(model: str, tag: str) -> TagSource | None:
         filename = filename.rsplit(".", 1)[0] + ".safetensors"
     preprocess = {f"image_{key}": entry[key] for key in ("mean", "std", "interpolation", "resize_mode")
                   if key in entry}
-    return TagSource(model, tag, repo_id or None, filename or OPEN_CLIP_SAFETENSORS,
+    # No file named: open_clip's default file, whose safetensors twin it tries first.
+    return TagSource(model, tag, repo_id or None, filename or HF_SAFE_WEIGHTS_NAME,
                      bool(entry.get("quick_gelu", False)), preprocess)
 
 
@@ -159,7 +159,9 @@ def resolve_tag_checkpoint(source: TagSource, *, local_files_only: bool, fetch: 
 def downloaded_models(out: Path) -> dict[str, Any]:
     """The `models:` section that uses a `clare models download --out OUT` folder."""
     clip = tag_source(CLIP_MODEL, CLIP_TAG)
-    filename = clip.filename if clip is not None else OPEN_CLIP_SAFETENSORS
+    if clip is None:
+        raise ModelLoadError(f"open_clip has no {CLIP_MODEL}/{CLIP_TAG} tag; install open_clip_torch>=2.26")
+    filename = clip.filename
     return {
         "sd": {"pretrained": (Path(out) / SD15_DIR).as_posix()},
         "clip": {"model": CLIP_MODEL_QUICKGELU,
