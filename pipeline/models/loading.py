@@ -90,7 +90,8 @@ def load_stable_diffusion(
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(
             f"models.sd.pretrained: could not load '{cfg.pretrained}' ({first}); "
-            "on an offline machine point it at a local diffusers folder"
+            "on an offline machine point it at a local diffusers folder "
+            "(`clare models download --out weights` writes weights/sd15)"
         ) from None
     for module in (vae, unet, text_encoder):
         module.requires_grad_(False).eval()
@@ -184,6 +185,8 @@ def _tag_network(cfg: ClipConfig, local_files_only: bool, fetch: bool) -> ClipNe
     if source.repo_id is not None:
         path = resolve_tag_checkpoint(source, local_files_only=local_files_only, fetch=fetch)
         checkpoint = str(path) if path is not None else None
+    elif not fetch:
+        checkpoint = None  # a URL-only tag: open_clip keeps its own cache, not looked into
     elif local_files_only:
         raise ModelLoadError(
             f"models.clip.pretrained: tag '{cfg.pretrained}' downloads from a URL but "
