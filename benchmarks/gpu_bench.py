@@ -2,6 +2,10 @@
 
     python -m benchmarks.gpu_bench --out $OUT/gpu.json            # H200: under 8 minutes
     python -m benchmarks.gpu_bench --smoke --device cpu            # seconds, tiny models (CI)
+    python -m benchmarks.gpu_bench --weights weights --out $OUT/gpu-real.json  # real weights
+
+Without --weights the models are SD1.5-size and ViT-L-14-size with random weights; with
+--weights DIR (a `clare models download` folder) they are the real ones.
 
 Steps, in order of priority; before each the remaining time budget is checked and a step that
 no longer fits is skipped with a note (a SIGALRM also cuts a step that overruns the budget):
@@ -11,7 +15,12 @@ no longer fits is skipped with a note (a SIGALRM also cuts a step that overruns 
    worker, --precision bf16: images/s end to end and inside the shards) and of the bare
    LareExtractor + ClipImageEncoder forward on pre-decoded tensors (the same objects);
 3. the LaRE² reference: one image per call, ensemble copies as the batch, fp32;
-4. fit samples/s from `clare.stages.fit.run_fit` on the train store of step 2: after an untimed
+4. bf16 against fp32 on the same images and the same random draws: relative L2 difference and
+   Pearson correlation of the LaRE maps, the CLIP tokens (as stored, fp16) and the CLS
+   embeddings, overall and per image (the LaRE² reference runs fp32; configs/df40.yaml keeps
+   fp32 unless these figures say bf16 is close). On a CPU clare never autocasts, so both
+   passes are fp32 there and the smoke run only proves the comparison runs;
+5. fit samples/s from `clare.stages.fit.run_fit` on the train store of step 2: after an untimed
    run, two runs with different max_steps, so fixed costs (CLIP load, one validation) cancel
    ("n/a" if fit is absent).
 The JSON file is rewritten after every step, so a run cut short still leaves its figures.
@@ -34,6 +43,7 @@ from benchmarks.common import (
     DEFAULT_MODELS_DIR,
     add_common_args,
     fmt,
+    image_generators,
     int_list,
     print_table,
     real_size_models,
@@ -47,13 +57,15 @@ NAME = "gpu_bench"
 DEFAULTS = {
     "full": {"n": 512, "batch_sizes": "16,32,64", "per_image_n": 32, "image_size": 256,
              "ensemble": 4, "image_px": 256, "budget_s": 420.0, "fit_steps": "20,120",
-             "fit_batch": 32, "val_fraction": 0.05, "warmup": 1, "repeats": 2},
+             "fit_batch": 32, "val_fraction": 0.05, "warmup": 1, "repeats": 2,
+             "precision_n": 64},
     "smoke": {"n": 16, "batch_sizes": "4,8", "per_image_n": 2, "image_size": 64,
               "ensemble": 2, "image_px": 64, "budget_s": 240.0, "fit_steps": "2,4",
-              "fit_batch": 4, "val_fraction": 0.5, "warmup": 0, "repeats": 1},
+              "fit_batch": 4, "val_fraction": 0.5, "warmup": 0, "repeats": 1,
+             "precision_n": 4},
 }
 # Rough lower bounds (s) of what a step needs on the H200; a step starts only if they fit.
-MIN_SECONDS = {"models": 90, "extract": 30, "per_image": 15, "fit": 45}
+MIN_SECONDS = {"models": 90, "extract": 30, "per_image": 15, "precision": 20, "fit": 45}
 
 
 class BudgetExceeded(Exception):
@@ -79,6 +91,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--models-dir", type=Path,
                         help="benchmark model cache (default: a temp dir; smoke: the shared cache)")
     parser.add_argument("--work-dir", type=Path, help="images and stores (default: a temp dir)")
+    parser.add_argument("--precision-n", type=int, help="images in the bf16 vs fp32 comparison")
+    parser.add_argument("--weights", type=Path,
+                        help="a `clare models download` folder: real weights instead of random ones")
     args = parser.parse_args(argv)
     args.mode = "smoke" if args.smoke else "full"
     for key, value in DEFAULTS[args.mode].items():
@@ -96,7 +111,8 @@ class Runner:
         self.started = time.perf_counter()
         self.deadline = self.started + args.budget_s
         self.results: dict[str, Any] = {"extract": {}, "bare": {}, "per_image": None,
-                                        "fit": None, "skipped": [], "errors": {}, "steps_s": {}}
+                                        "precision": None, "fit": None, "skipped": [],
+                                        "errors": {}, "steps_s": {}}
         self.notes: list[str] = []
 
     def remaining(self) -> float:
@@ -148,6 +164,104 @@ def _reset_cuda_memory(device: Any) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
+def downloaded_models_paths(folder: Path) -> ModelPaths:
+    """The real weights of a `clare models download` folder, as a benchmark model set."""
+    from clare.models.hub import downloaded_models
+
+    models = downloaded_models(folder)
+    return ModelPaths("real", Path(models["sd"]["pretrained"]), models["clip"]["model"],
+                      Path(models["clip"]["pretrained"]), None)
+
+
+def model_set(args: argparse.Namespace, device: Any, log: Callable[[str], None]) -> ModelPaths:
+    """Real weights (--weights), the tiny models (--smoke) or real-size random ones."""
+    if args.weights is not None:
+        return downloaded_models_paths(args.weights)
+    if args.smoke:
+        return tiny_models(args.models_dir)
+    return real_size_models(args.models_dir, log=log, init_device=str(device))
+
+
+def run_precision_step(runner: Runner, config: Callable[[], Any], device: Any,
+                       paths: list[Path]) -> None:
+    """Step 4: the extractor of the last batch size (cached), both precisions, one record."""
+    args = runner.args
+
+    def step() -> dict[str, Any]:
+        from clare.stages.extract import get_extractor
+
+        extractor = get_extractor(config(), device)
+        batch = int_list(args.batch_sizes)[-1]
+        return measure_precision(extractor, paths, image_size=args.image_size, seed=args.seed,
+                                 batch_size=batch)
+
+    runner.results["precision"] = runner.step("precision", "precision", step)
+    if runner.results["precision"] is not None and not runner.results["precision"]["autocast_applied"]:
+        runner.notes.append("precision: no autocast on this device, both passes ran fp32")
+
+
+def compare_outputs(reference: Any, other: Any) -> dict[str, Any]:
+    """Relative L2 difference ||o - r|| / ||r|| and Pearson correlation, overall and per image."""
+    import torch
+
+    ref, oth = reference.double().flatten(1), other.double().flatten(1)
+
+    def rel_l2(a: Any, b: Any) -> Any:
+        return (b - a).norm(dim=-1) / a.norm(dim=-1).clamp_min(1e-30)
+
+    def corr(a: Any, b: Any) -> Any:
+        a, b = a - a.mean(dim=-1, keepdim=True), b - b.mean(dim=-1, keepdim=True)
+        return (a * b).sum(dim=-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-30)
+
+    per_rel, per_corr = rel_l2(ref, oth), corr(ref, oth)
+    whole_ref, whole_oth = ref.flatten()[None], oth.flatten()[None]
+    return {"rel_l2": float(rel_l2(whole_ref, whole_oth)[0]),
+            "corr": float(corr(whole_ref, whole_oth)[0]),
+            "per_image_rel_l2_median": float(per_rel.median()),
+            "per_image_rel_l2_max": float(per_rel.max()),
+            "per_image_corr_median": float(per_corr.median()),
+            "per_image_corr_min": float(per_corr.min()),
+            "max_abs_diff": float((oth - ref).abs().max()),
+            "n": int(ref.shape[0]), "identical": bool(torch.equal(reference, other))}
+
+
+def measure_precision(extractor: Any, paths: list[Path], *, image_size: int, seed: int,
+                      batch_size: int) -> dict[str, Any]:
+    """bf16 vs fp32 on the same decoded images and the same per-image random draws.
+
+    The extractor's `precision` attributes are switched between passes (they only choose the
+    autocast context), so both passes use the very same loaded networks.
+    """
+    import torch
+    from PIL import Image
+
+    from clare.models.lare import lare_pixels
+
+    images = [Image.open(path).convert("RGB") for path in paths]
+    lare_in = torch.stack([lare_pixels(image, image_size) for image in images])
+    clip_in = torch.stack([extractor.clip_preprocess(image) for image in images])
+    before = (extractor.lare.precision, extractor.clip.precision)
+    outputs: dict[str, dict[str, Any]] = {}
+    try:
+        for precision in ("fp32", "bf16"):
+            extractor.lare.precision = extractor.clip.precision = precision
+            generators = image_generators(seed, len(images))
+            parts: dict[str, list[Any]] = {"lare": [], "cls": [], "tokens": []}
+            for start in range(0, len(images), batch_size):
+                stop = start + batch_size
+                parts["lare"].append(extractor.lare(lare_in[start:stop], generators[start:stop]))
+                cls, tokens = extractor.clip(clip_in[start:stop])
+                parts["cls"].append(cls)
+                parts["tokens"].append(tokens)
+            outputs[precision] = {name: torch.cat(chunks) for name, chunks in parts.items()}
+    finally:
+        extractor.lare.precision, extractor.clip.precision = before
+    autocast = extractor.lare.device.type == "cuda"
+    return {"autocast_applied": autocast,
+            **{name: compare_outputs(outputs["fp32"][name], outputs["bf16"][name])
+               for name in ("lare", "tokens", "cls")}}
+
+
 def measure_fit(cfg_for: Callable[[int], Any], steps: list[int], batch: int) -> dict[str, Any]:
     """Marginal fit samples/s: (steps_b - steps_a) * batch / (seconds_b - seconds_a)."""
     try:
@@ -176,7 +290,9 @@ def _params(args: argparse.Namespace, device: Any) -> dict[str, Any]:
     params = {k: getattr(args, k) for k in ("mode", "device", "precision", "n", "batch_sizes",
                                             "per_image_n", "image_size", "ensemble", "image_px",
                                             "decode_threads", "budget_s", "fit_steps",
-                                            "fit_batch", "warmup", "repeats", "seed")}
+                                            "fit_batch", "warmup", "repeats", "seed",
+                                            "precision_n")}
+    params["weights"] = str(args.weights) if args.weights else None
     if device.type == "cuda":
         try:  # the fp32 reference's real precision: TF32 flags as this torch has them
             params["tf32_matmul"] = bool(torch.backends.cuda.matmul.allow_tf32)
@@ -185,12 +301,6 @@ def _params(args: argparse.Namespace, device: Any) -> dict[str, Any]:
             params["tf32_matmul"] = params["tf32_cudnn"] = "unknown"
         params["cudnn_benchmark"] = bool(torch.backends.cudnn.benchmark)
     return params
-
-
-def _build_models(args: argparse.Namespace, device: Any, log: Callable[[str], None]) -> ModelPaths:
-    if args.smoke:
-        return tiny_models(args.models_dir)
-    return real_size_models(args.models_dir, log=log, init_device=str(device))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.perf_counter() - runner.started:6.0f} s] {message}", file=sys.stderr, flush=True)
 
     log("models")
-    models = runner.step("models", "models", lambda: _build_models(args, device, log))
+    models = runner.step("models", "models", lambda: model_set(args, device, log))
     if models is None:
         runner.notes.append("no models: nothing else could run")
         runner.save()
@@ -267,6 +377,10 @@ def main(argv: list[str] | None = None) -> int:
 
     results["per_image"] = runner.step("per_image", "per_image", run_per_image_step)
 
+    log("bf16 vs fp32 on the same draws")
+    paths = [work / "images" / path for path in index["path"].iloc[: args.precision_n]]
+    run_precision_step(runner, lambda: config(batch_sizes[-1]), device, paths)
+
     log("fit")
     if not any(str(bs) in results["extract"] for bs in batch_sizes):
         results["fit"] = {"samples_per_s": "n/a", "reason": "no train store was extracted"}
@@ -313,6 +427,14 @@ def _print(results: dict[str, Any], batch_sizes: list[int], args: argparse.Names
     fit = results.get("fit") or {}
     print(f"per-image fp32 reference: {fmt(reference.get('images_per_s'))} img/s; "
           f"fit: {fmt(fit.get('samples_per_s'))} samples/s")
+    precision = results.get("precision")
+    if precision:
+        rows = [[name, precision[name]["rel_l2"], precision[name]["corr"],
+                 precision[name]["per_image_rel_l2_max"], precision[name]["per_image_corr_min"]]
+                for name in ("lare", "tokens", "cls")]
+        applied = "" if precision["autocast_applied"] else " (no autocast on this device)"
+        print_table(f"bf16 vs fp32, same draws, N={precision['lare']['n']}{applied}",
+                    ["output", "rel. L2", "corr.", "worst image rel. L2", "worst image corr."], rows)
     for name, error in results["errors"].items():
         print(f"error in {name}: {error}")
     for name in results["skipped"]:

@@ -241,6 +241,53 @@ def models_tiny(
         _echo(f"{what}: {path}")
 
 
+@models_app.command("download")
+def models_download(
+    out: Annotated[Path, typer.Option(help="Output folder (sd15/, clip/, README).")] = Path("weights"),
+    sd_revision: Annotated[str | None, typer.Option(
+        help="Branch, tag or commit of stable-diffusion-v1-5/stable-diffusion-v1-5 "
+             "(default: main; the commit it resolves to is recorded in OUT/README).")] = None,
+    clip_revision: Annotated[str | None, typer.Option(
+        help="Branch, tag or commit of the hub repo of open_clip's ViT-L-14 'openai' tag "
+             "(default: main).")] = None,
+) -> None:
+    """Fetch the SD1.5 parts and the CLIP ViT-L-14 'openai' file (safetensors, resumable)."""
+    from clare.models.download import config_lines, download_weights
+    from clare.models.hub import CLIP_REVISION, SD15_REVISION
+
+    download_weights(out, sd_revision=sd_revision or SD15_REVISION,
+                     clip_revision=clip_revision or CLIP_REVISION, log=typer.echo)
+    typer.echo(f"wrote {out / 'README'} (sources, commits, sha256); next: clare models check {out}")
+    typer.echo("config lines (under `models:`, with local_files_only: true):")
+    for line in config_lines(out):
+        typer.echo(line)
+
+
+@models_app.command("check")
+def models_check(
+    target: Annotated[Path, typer.Argument(
+        help="A config file, a `clare models download` folder or a diffusers SD folder.")],
+    set_: SetOpt = None,
+) -> None:
+    """Check weights without loading them: files, configs, tensor names and shapes, fingerprint."""
+    import json
+
+    from clare.errors import ModelLoadError
+    from clare.models.check import check_target
+
+    report = check_target(target, set_ or [])
+    for line in report.ok:
+        typer.echo(f"ok: {line}")
+    for line in report.problems:
+        typer.echo(f"problem: {line}", err=True)
+    if report.problems:
+        more = f" ({len(report.problems) - 1} more above)" if len(report.problems) > 1 else ""
+        raise ModelLoadError(f"{report.problems[0]}{more}")
+    if report.fingerprint is not None:
+        typer.echo("fingerprint stores will record:")
+        typer.echo(json.dumps(report.fingerprint, indent=2))
+
+
 @app.command("config")
 def show_config(
     config: ConfigOpt, set_: SetOpt = None, quiet: QuietOpt = False, verbose: VerboseOpt = False

@@ -92,16 +92,26 @@ class DataConfig(_Strict):
 
 
 class StableDiffusionConfig(_Strict):
+    # The maintained copy of SD1.5 (runwayml/stable-diffusion-v1-5 was removed in 2024).
     pretrained: str = Field(
-        default="runwayml/stable-diffusion-v1-5",
-        description="hub id or local folder with vae/unet/scheduler/text_encoder/tokenizer",
+        default="stable-diffusion-v1-5/stable-diffusion-v1-5",
+        description="hub id or local folder with vae/unet/scheduler/text_encoder/tokenizer "
+        "(`clare models download` writes one)",
     )
-    revision: str | None = None
+    revision: str | None = Field(
+        default=None, description="hub branch, tag or commit when pretrained is a hub id"
+    )
 
 
 class ClipConfig(_Strict):
-    model: str = Field(default="ViT-L-14", description="open_clip model name")
-    pretrained: str = Field(default="openai", description="open_clip tag or local checkpoint")
+    model: str = Field(
+        default="ViT-L-14",
+        description="open_clip model name; a local copy of OpenAI's weights needs ViT-L-14-quickgelu",
+    )
+    pretrained: str = Field(
+        default="openai",
+        description="open_clip tag (builds the tag's activation) or local checkpoint file",
+    )
     model_config_file: Path | None = Field(
         default=None, description="open_clip model config JSON to register (custom/tiny models)"
     )

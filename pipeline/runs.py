@@ -296,4 +296,5 @@ def load_detector(info: RunInfo, device: Any) -> Any:
     """The run's trained detector, rebuilt from its model file (eval mode, on `device`)."""
     from clare.models.detector import Detector
 
-    return Detector.load(info.path, device=device)
+    return Detector.load(info.path, device=device,
+                         local_files_only=info.config.models.local_files_only)

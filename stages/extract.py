@@ -101,7 +101,7 @@ class FeatureExtractor:
         from clare.models.loading import load_clip, load_stable_diffusion
 
         sd = load_stable_diffusion(cfg.models.sd, local_files_only=cfg.models.local_files_only)
-        clip = load_clip(cfg.models.clip)
+        clip = load_clip(cfg.models.clip, local_files_only=cfg.models.local_files_only)
         ext = cfg.extract
         self.lare = LareExtractor(sd, cfg.lare, device, ext.precision, ext.channels_last, ext.compile)
         self.clip = ClipImageEncoder(clip.model, device, ext.precision, ext.channels_last)
@@ -339,7 +339,7 @@ def build_fingerprint(
 def _feature_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
     from clare.models.loading import clip_dims, load_clip
 
-    dims = clip_dims(load_clip(cfg.models.clip).model)
+    dims = clip_dims(load_clip(cfg.models.clip, local_files_only=cfg.models.local_files_only).model)
     side = cfg.lare.image_size // 8
     return {"lare": (4, side, side), "cls": (dims["embed"],), "tokens": (dims["tokens"], dims["width"])}
 

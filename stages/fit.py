@@ -298,7 +298,7 @@ class FitSession:
         self.device = resolve_device(fit.device)
         self.amp = fit.amp and self.device.type == "cuda"
         torch.manual_seed(cfg.seed)  # before the detector: its initial weights come from it
-        clip = load_clip(cfg.models.clip)
+        clip = load_clip(cfg.models.clip, local_files_only=cfg.models.local_files_only)
         self.detector = Detector.from_config(fit.detector(), clip.model, clip.tokenizer,
                                              clip=cfg.models.clip).to(self.device)
         del clip

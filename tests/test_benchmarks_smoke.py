@@ -119,6 +119,34 @@ def test_gpu_bench_smoke_on_cpu(tmp_path: Path, models_dir: Path) -> None:
     fit = results["fit"]
     assert fit["samples_per_s"] == "n/a" or positive(fit["end_to_end_samples_per_s"])
     assert payload["machine"]["gpu"] is None or isinstance(payload["machine"]["gpu"], dict)
+    # bf16 vs fp32 ran on the same draws; on a CPU clare never autocasts, so both are fp32.
+    precision = results["precision"]
+    assert precision["autocast_applied"] is False
+    for name in ("lare", "tokens", "cls"):
+        assert precision[name]["n"] == payload["params"]["precision_n"]
+        assert precision[name]["identical"] and precision[name]["rel_l2"] == 0.0, name
+
+
+def test_gpu_bench_precision_figures_are_what_they_claim():
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("gpu_bench", REPO / "benchmarks" / "gpu_bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    reference = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    scaled = module.compare_outputs(reference, reference * 1.01)
+    assert scaled["rel_l2"] == pytest.approx(0.01, rel=1e-4) and scaled["corr"] == pytest.approx(1.0)
+    assert scaled["per_image_rel_l2_max"] == pytest.approx(0.01, rel=1e-4) and not scaled["identical"]
+    flipped = module.compare_outputs(reference, -reference)
+    assert flipped["rel_l2"] == pytest.approx(2.0) and flipped["per_image_corr_min"] == pytest.approx(-1.0)
+    # One image far off shows in the worst-image figures, not only in the overall ones.
+    damaged = reference.clone()
+    damaged[1] = torch.randn(4, 8, 8, generator=torch.Generator().manual_seed(1))
+    worst = module.compare_outputs(reference, damaged)
+    assert worst["per_image_rel_l2_max"] > 1.0 and worst["per_image_rel_l2_median"] == 0.0
+    assert abs(worst["per_image_corr_min"]) < 0.5 < worst["corr"]
 
 
 def test_bench_fit_smoke(tmp_path: Path) -> None:

@@ -58,8 +58,12 @@ def test_overrides_are_validated_like_the_file(tmp_path):
 
 def test_shipped_configs_hold_the_design_settings():
     real = load_config(REPO / "configs" / "df40.yaml")
-    assert real.models.sd.pretrained == "runwayml/stable-diffusion-v1-5"
-    assert (real.models.clip.model, real.models.clip.pretrained) == ("ViT-L-14", "openai")
+    # Local weights as `clare models download --out weights` lays them out; OpenAI's CLIP
+    # weights as a file need the QuickGELU config.
+    assert real.models.sd.pretrained == "weights/sd15" and real.models.local_files_only
+    assert (real.models.clip.model, real.models.clip.pretrained) == (
+        "ViT-L-14-quickgelu", "weights/clip/ViT-L-14-openai/open_clip_model.safetensors")
+    assert real.extract.precision == "fp32"  # the LaRE² reference precision
     assert (real.lare.timestep, real.lare.ensemble, real.lare.image_size) == (200, 4, 256)
     assert real.lare.prompt == "a photo of a face"
     assert len(real.data.train) == 10 and all(s.name.endswith("_ff") for s in real.data.train)

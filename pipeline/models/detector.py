@@ -189,11 +189,12 @@ class Detector(nn.Module):
         device: torch.device | str = "cpu",
         clip_model: nn.Module | None = None,
         tokenizer: Tokenizer | None = None,
+        local_files_only: bool = False,
     ) -> Detector:
         """Rebuild a saved detector (eval mode, on `device`) from `<directory>/model.safetensors`.
 
         The frozen CLIP parts come from the CLIP the file names, unless a model and tokenizer
-        are given (they must be that CLIP).
+        are given (they must be that CLIP); `local_files_only` keeps that load off the network.
         """
         from safetensors.torch import load_file
 
@@ -208,7 +209,7 @@ class Detector(nn.Module):
                 )
             from clare.models.loading import load_clip
 
-            parts = load_clip(clip)
+            parts = load_clip(clip, local_files_only=local_files_only)
             clip_model, tokenizer = parts.model, parts.tokenizer
         detector = cls.from_config(config, clip_model, tokenizer, clip=clip)
         try:

@@ -2,8 +2,9 @@
 
 Stable Diffusion parts come through diffusers/transformers `from_pretrained` (a hub id or a
 local folder with `vae`, `unet`, `scheduler`, `text_encoder`, `tokenizer` subfolders); CLIP comes
-through open_clip (`pretrained` is a tag or a local checkpoint file). Tests and the demo load the
-tiny models of `clare.models.tiny` through exactly these functions.
+through open_clip (`pretrained` is a tag, fetched through the Hugging Face cache, or a local
+checkpoint file), with the activation the weights were trained with (`resolve_clip`). Tests and
+the demo load the tiny models of `clare.models.tiny` through exactly these functions.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def _looks_local(name: str) -> bool:
 def _sd_missing_message(where: str, key: str) -> str:
     return (
         f"{key}: Stable Diffusion weights not found at '{where}'; download them with "
-        f"`huggingface-cli download runwayml/stable-diffusion-v1-5 --local-dir {where}` "
+        "`clare models download --out weights` (then `clare models check weights`) "
         "or build test models with `clare models tiny --out models/tiny`"
     )
 
@@ -90,7 +91,8 @@ def load_stable_diffusion(
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(
             f"models.sd.pretrained: could not load '{cfg.pretrained}' ({first}); "
-            "on an offline machine point it at a local diffusers folder"
+            "on an offline machine point it at a local diffusers folder "
+            "(`clare models download --out weights` writes weights/sd15)"
         ) from None
     for module in (vae, unet, text_encoder):
         module.requires_grad_(False).eval()
@@ -112,8 +114,97 @@ def register_clip_config(cfg: ClipConfig) -> None:
     open_clip.add_model_config(path)
 
 
-def load_clip(cfg: ClipConfig) -> ClipParts:
-    """Load an open_clip model (frozen, eval mode), its own eval preprocessing and tokenizer."""
+@dataclass(frozen=True)
+class ClipNetwork:
+    """What `load_clip` builds: open_clip config, weights, activation, preprocessing overrides."""
+
+    model: str
+    checkpoint: str | None  # a local file; a URL-only tag; None: a tag not in the cache yet
+    quick_gelu: bool
+    origin: str  # where the weights come from, in words
+    preprocess: dict[str, Any]
+
+
+def _config_quick_gelu(model: str) -> bool:
+    import open_clip
+
+    return bool((open_clip.get_model_config(model) or {}).get("quick_gelu", False))
+
+
+def _activation_fix(model: str, want_quick_gelu: bool) -> str:
+    import open_clip
+
+    if not want_quick_gelu and model.endswith("-quickgelu"):
+        return f"set models.clip.model: {model.removesuffix('-quickgelu')}"
+    twin = f"{model}-quickgelu"
+    if want_quick_gelu and twin in open_clip.list_models():
+        return f"set models.clip.model: {twin}"
+    value = "true" if want_quick_gelu else "false"
+    return f'set "quick_gelu": {value} in the open_clip config of \'{model}\''
+
+
+def _file_network(cfg: ClipConfig) -> ClipNetwork:
+    from clare.models.hub import checkpoint_origin
+
+    path = Path(cfg.pretrained).expanduser()
+    if not path.is_file():
+        raise ModelLoadError(
+            f"models.clip.pretrained: checkpoint '{cfg.pretrained}' not found; get it with "
+            "`clare models download --out weights` or build test models with "
+            "`clare models tiny --out models/tiny`"
+        )
+    quick_gelu = _config_quick_gelu(cfg.model)
+    origin = checkpoint_origin(path)
+    if origin is not None and origin.source is not None and origin.source.quick_gelu != quick_gelu:
+        # The weights were trained with one activation; the config would build the other and
+        # every feature would silently differ from the tag's.
+        trained = "QuickGELU" if origin.source.quick_gelu else "plain GELU"
+        built = "QuickGELU" if quick_gelu else "plain GELU"
+        raise ModelLoadError(
+            f"models.clip.model: '{cfg.pretrained}' holds the open_clip "
+            f"{origin.source.model}/{origin.source.tag} weights ({origin.repo_id}, known from "
+            f"{origin.how}), trained with {trained}, but '{cfg.model}' builds {built}; "
+            f"{_activation_fix(cfg.model, origin.source.quick_gelu)}"
+        )
+    where = f"{origin.repo_id} (from {origin.how})" if origin else "a local file"
+    return ClipNetwork(cfg.model, str(path), quick_gelu, where, {})
+
+
+def _tag_network(cfg: ClipConfig, local_files_only: bool, fetch: bool) -> ClipNetwork:
+    import open_clip
+
+    from clare.models.hub import resolve_tag_checkpoint, tag_source
+
+    source = tag_source(cfg.model, cfg.pretrained)
+    if source is None:
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(cfg.model)) or "none"
+        raise ModelLoadError(
+            f"models.clip.pretrained: '{cfg.pretrained}' is neither a checkpoint file nor an "
+            f"open_clip tag of '{cfg.model}' (its tags: {tags}); give a file or one of the tags"
+        )
+    checkpoint: str | None = cfg.pretrained
+    if source.repo_id is not None:
+        path = resolve_tag_checkpoint(source, local_files_only=local_files_only, fetch=fetch)
+        checkpoint = str(path) if path is not None else None
+    elif not fetch:
+        checkpoint = None  # a URL-only tag: open_clip keeps its own cache, not looked into
+    elif local_files_only:
+        raise ModelLoadError(
+            f"models.clip.pretrained: tag '{cfg.pretrained}' downloads from a URL but "
+            "models.local_files_only is set; give a local checkpoint file"
+        )
+    # The tag's own activation, whatever the base config says (open_clip only warns).
+    return ClipNetwork(cfg.model, checkpoint, source.quick_gelu,
+                       f"open_clip tag {cfg.model}/{cfg.pretrained}", source.preprocess)
+
+
+def resolve_clip(cfg: ClipConfig, *, local_files_only: bool = False, fetch: bool = True) -> ClipNetwork:
+    """Decide the network `load_clip` builds, without building it.
+
+    A tag builds what open_clip's table says for it (OpenAI's weights: QuickGELU). A local file
+    builds what the model config says; a file known to hold a tag's weights (from SOURCE.json
+    or its hub-cache path) under a config with the other activation is refused.
+    """
     import open_clip
 
     register_clip_config(cfg)
@@ -123,21 +214,29 @@ def load_clip(cfg: ClipConfig) -> ClipParts:
             "open_clip.list_models() or set models.clip.model_config_file"
         )
     pretrained = cfg.pretrained
-    is_file = Path(pretrained).suffix in _WEIGHT_SUFFIXES or "/" in pretrained
-    if is_file and not Path(pretrained).is_file():
-        raise ModelLoadError(
-            f"models.clip.pretrained: checkpoint '{pretrained}' not found; download the open_clip "
-            "weights or build test models with `clare models tiny --out models/tiny`"
-        )
+    if Path(pretrained).suffix in _WEIGHT_SUFFIXES or "/" in pretrained:
+        return _file_network(cfg)
+    return _tag_network(cfg, local_files_only, fetch)
+
+
+def load_clip(cfg: ClipConfig, *, local_files_only: bool = False) -> ClipParts:
+    """Load an open_clip model (frozen, eval mode), its own eval preprocessing and tokenizer."""
+    import open_clip
+
+    network = resolve_clip(cfg, local_files_only=local_files_only)
+    pretrained = cfg.pretrained
     # open_clip logs a warning for random init only; silence its chatter about configs.
     logging.getLogger("root").setLevel(logging.ERROR)
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(cfg.model, pretrained=pretrained)
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            cfg.model, pretrained=network.checkpoint, force_quick_gelu=network.quick_gelu,
+            quick_gelu=network.quick_gelu, **network.preprocess,
+        )
     except (OSError, RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(
-            f"models.clip.pretrained: could not load '{pretrained}' for '{cfg.model}' ({first}); "
-            "on an offline machine give a local checkpoint file"
+            f"models.clip.pretrained: could not load '{pretrained}' for '{cfg.model}' ({first[:200]}); "
+            "`clare models check` on the config names what is wrong"
         ) from None
     model.requires_grad_(False).eval()
     tokenizer = open_clip.get_tokenizer(cfg.model)
@@ -169,7 +268,9 @@ def weights_fingerprint(models: ModelsConfig) -> dict[str, Any]:
     """Identify the exact weights: model ids plus sha256 of every local weight file.
 
     For hub ids the resolved snapshot folder is hashed (its files are what from_pretrained
-    loaded); the config alone would not notice a re-downloaded, changed revision.
+    loaded); the config alone would not notice a re-downloaded, changed revision. The CLIP
+    activation (QuickGELU or GELU) is recorded: the same weights give other features under the
+    other one.
     """
     sd_root: Path | None
     if _looks_local(models.sd.pretrained):
@@ -182,8 +283,10 @@ def weights_fingerprint(models: ModelsConfig) -> dict[str, Any]:
             for path in sorted((sd_root / sub).glob("*")):
                 if path.is_file() and (path.suffix in _WEIGHT_SUFFIXES or path.suffix in {".json", ".txt"}):
                     sd_files[f"{sub}/{path.name}"] = file_hash(path)
-    clip_file = Path(models.clip.pretrained)
-    clip_hash = file_hash(clip_file) if clip_file.is_file() else None
+    # A tag is hashed through its cached file; nothing downloads for a fingerprint.
+    network = resolve_clip(models.clip, local_files_only=True, fetch=False)
+    clip_file = Path(network.checkpoint) if network.checkpoint else None
+    clip_hash = file_hash(clip_file) if clip_file is not None and clip_file.is_file() else None
     clip_cfg_hash = (
         file_hash(Path(models.clip.model_config_file))
         if models.clip.model_config_file and Path(models.clip.model_config_file).is_file()
@@ -194,6 +297,7 @@ def weights_fingerprint(models: ModelsConfig) -> dict[str, Any]:
         "clip": {
             "model": models.clip.model,
             "pretrained": models.clip.pretrained,
+            "quick_gelu": network.quick_gelu,
             "sha256": clip_hash,
             "model_config_sha256": clip_cfg_hash,
         },
