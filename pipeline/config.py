@@ -147,7 +147,16 @@ class ExtractConfig(_Strict):
         default=None, ge=1, description="rows per shard (None: about 64 MB of tokens per shard)"
     )
     min_image_size: int = Field(default=8, ge=1, description="smaller images become failed rows")
-    max_image_pixels: int = Field(default=89_478_485, ge=1, description="PIL bomb limit")
+    max_image_pixels: int = Field(
+        default=89_478_485, ge=1,
+        description="most pixels an image may hold, as decoded and after every resize; "
+        "larger images become failed rows",
+    )
+    max_aspect_ratio: float = Field(
+        default=20.0, ge=1,
+        description="longer side / shorter side above this: a failed row (CLIP's shorter-side "
+        "resize would otherwise blow a thin strip up to millions of pixels)",
+    )
     max_failures: float = Field(default=1.0, ge=0, le=1)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 

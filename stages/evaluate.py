@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from clare.cache.loader import StoreLoader
 from clare.cache.store import FeatureStore, open_store
 from clare.config import Config
 from clare.console import make_console
-from clare.errors import ConfigError, StoreError
+from clare.errors import ConfigError, StoreError, short_repr
 from clare.files import atomic_write_bytes, atomic_write_parquet
 from clare.runs import RunInfo, check_compatible, load_detector, read_run
 
@@ -70,13 +69,12 @@ class ScoredStore:
 # --------------------------------------------------------------------------- store selection
 
 
-_PERTURBED_NAME = re.compile(r"^(?P<split>.+)-(?P<kind>jpeg|blur)(?P<value>\d+(?:\.\d+)?)$")
-
-
 def _perturb_from_name(name: str) -> str | None:
     """`test-jpeg50` -> `jpeg=50`: lets an explicit --stores name get a useful extract hint."""
-    match = _PERTURBED_NAME.match(Path(name).name)
-    return f"{match['kind']}={match['value']}" if match else None
+    from clare.data.views import perturbation_of_store
+
+    perturbation = perturbation_of_store(Path(name).name)
+    return perturbation.spec if perturbation else None
 
 
 def stores_to_score(cfg: Config, names: list[str] | None = None) -> list[StoreToScore]:
@@ -90,7 +88,7 @@ def stores_to_score(cfg: Config, names: list[str] | None = None) -> list[StoreTo
     else:
         chosen = [StoreToScore(n, cfg.paths.stores / n, None) for n in cfg.eval.stores]
         for spec in cfg.eval.perturbations:
-            perturbation = parse_perturbation(spec)
+            perturbation = parse_perturbation(spec, where="eval.perturbations")
             if perturbation is None:
                 raise ConfigError("eval.perturbations holds an empty entry; write e.g. jpeg=50 or remove it")
             name = f"test-{perturbation.tag}"
@@ -248,43 +246,39 @@ def _cell(metrics: dict[str, Any], key: str, n_subsets: int | None = None) -> st
     value = metrics.get(key)
     if value is None:
         return "—"
-    text = f"{value:.3f}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        text = f"{value:.3f}"
+    elif isinstance(value, int):
+        text = str(value)
+    else:  # only a hand-edited metrics.json gets here; show it, bounded
+        text = short_repr(value, 20)
     contributed = metrics.get(f"{key}_n_subsets")
-    if n_subsets is not None and contributed is not None and contributed < n_subsets:
+    if isinstance(n_subsets, int) and isinstance(contributed, int) and contributed < n_subsets:
         text += f" ({contributed}/{n_subsets})"  # a mean over fewer subsets than the table has
     return text
-
-
-_TABLE_COLUMNS = (("auc", "AUC"), ("ap", "AP"), ("eer", "EER"), ("acc", "Acc@0.5"),
-                  ("video_auc", "video AUC"), ("n_real", "real"), ("n_fake", "fake"),
-                  ("n_failed", "failed"))
 
 
 def _print_table(console: Any, run_name: str, subsets: dict[str, dict[str, Any]],
                  mean: dict[str, Any], robustness: dict[str, dict[str, Any]]) -> None:
     from rich.table import Table
 
+    from clare.metrics import CONSOLE_TABLE, describe_undefined, metric_title
+
     table = Table(title=f"{run_name}: per-subset metrics", title_justify="left")
     table.add_column("subset")
-    for _key, title in _TABLE_COLUMNS:
-        table.add_column(title, justify="right")
+    for key in CONSOLE_TABLE:
+        table.add_column(metric_title(key), justify="right")
     for name, metrics in subsets.items():
-        table.add_row(name, *(_cell(metrics, key) for key, _ in _TABLE_COLUMNS))
-    table.add_row("[bold]mean[/]", *(_cell(mean, key, len(subsets)) for key, _ in _TABLE_COLUMNS))
+        table.add_row(name, *(_cell(metrics, key) for key in CONSOLE_TABLE))
+    table.add_row("[bold]mean[/]", *(_cell(mean, key, len(subsets)) for key in CONSOLE_TABLE))
     console.print(table)
-    shown = {key for key, _ in _TABLE_COLUMNS}
-    for name, metrics in subsets.items():
-        # The reasons go below the table: inside a cell they would wrap it out of shape.
-        by_reason: dict[str, list[str]] = {}
-        for key, reason in (metrics.get("notes") or {}).items():
-            if key in shown:
-                by_reason.setdefault(reason, []).append(dict(_TABLE_COLUMNS)[key])
-        for reason, titles in by_reason.items():
-            console.print(f"  {name}: {', '.join(titles)} undefined ({reason})", highlight=False)
+    # The reasons go below the table: inside a cell they would wrap it out of shape.
+    for line in describe_undefined(subsets, CONSOLE_TABLE):
+        console.print(f"  {line}", highlight=False, markup=False)
     for name, entry in robustness.items():
         auc = entry["mean"].get("auc")
         shown_auc = f"{auc:.3f}" if isinstance(auc, float) else "—"
-        console.print(f"robustness {name} ({entry['perturb']}): mean AUC {shown_auc}")
+        console.print(f"robustness {name} ({entry['perturb']}): mean AUC {shown_auc}", markup=False)
 
 
 # --------------------------------------------------------------------------- main
