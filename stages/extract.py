@@ -37,7 +37,7 @@ from clare.config import Config
 from clare.console import make_console
 from clare.data.images import ImageDecodeError, check_resize, decode_image
 from clare.data.views import Perturbation, derive_seed, make_view, parse_perturbation
-from clare.errors import ConfigError, StoreError, one_line, reason_label
+from clare.errors import ConfigError, StoreError, one_line, reason_label, short_repr
 
 # --------------------------------------------------------------------------- job description
 
@@ -338,11 +338,27 @@ def store_dir(cfg: Config, split: str, perturbation: Perturbation | None) -> Pat
     return cfg.paths.stores / name
 
 
+_INDEX_COLUMNS = ("path", "subset", "label", "video", "frame")
+
+
+def _read_index(path: Path) -> pd.DataFrame:
+    """The index `clare prepare` wrote, checked: readable Parquet with the index columns."""
+    rerun = "rerun `clare prepare --config CONFIG` to rewrite it"
+    try:
+        index = pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises its own types for damaged files
+        raise StoreError(f"{path}: not a readable index ({one_line(exc, 120)}); {rerun}") from None
+    missing = [c for c in _INDEX_COLUMNS if c not in index.columns]
+    if missing:
+        raise StoreError(f"{path}: index lacks column(s) {', '.join(missing)}; {rerun}")
+    return index
+
+
 def load_index(cfg: Config, split: str, subsets: list[str] | None) -> pd.DataFrame:
     path = cfg.data.index_dir / f"{split}.parquet"
     if not path.is_file():
         raise StoreError(f"{path}: index not found; run `clare prepare --config CONFIG` first")
-    index = pd.read_parquet(path)
+    index = _read_index(path)
     if subsets:
         unknown = sorted(set(subsets) - set(index["subset"]))
         if unknown:
@@ -407,6 +423,19 @@ def _describe_mismatch(old: dict[str, Any], new: dict[str, Any]) -> str:
     return ", ".join(keys) or "unknown"
 
 
+def _connect(scheduler: str) -> Any:
+    """A client of a running Dask scheduler; an address that does not answer is the user's."""
+    from dask.distributed import Client
+
+    try:
+        return Client(scheduler)
+    except (OSError, ValueError, TimeoutError) as exc:
+        raise ConfigError(
+            f"--scheduler {short_repr(scheduler)}: cannot connect ({one_line(exc, 120)}); start the "
+            "scheduler or fix the address, e.g. tcp://host:8786"
+        ) from None
+
+
 def _run_shards(job: ExtractJob, pending: list[int], store: FeatureStore, workers: int,
                 scheduler: str | None, on_done) -> None:
     if workers == 1 and scheduler is None:
@@ -416,7 +445,7 @@ def _run_shards(job: ExtractJob, pending: list[int], store: FeatureStore, worker
     from dask.distributed import Client, LocalCluster, as_completed
 
     if scheduler is not None:
-        client = Client(scheduler)
+        client = _connect(scheduler)
         cluster = None
     else:
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
@@ -479,6 +508,9 @@ def run_extract(
     workers = workers if workers is not None else cfg.extract.workers
     max_failures = max_failures if max_failures is not None else cfg.extract.max_failures
     console = make_console(quiet=quiet)
+    if scheduler is not None:
+        # Before anything is written: an address that does not answer leaves no store behind.
+        _connect(scheduler).close()
 
     index = load_index(cfg, split, subsets)
     rows = _row_skeleton(index, views, perturbation)

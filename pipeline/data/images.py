@@ -77,12 +77,12 @@ def check_resize(width: int, height: int, shorter_side: int, *, max_pixels: int)
     """Refuse an image whose resize to `shorter_side` (CLIP's preprocessing keeps the aspect
     ratio) would hold more than `max_pixels`: the bound holds after every resize too."""
     scale = shorter_side / min(width, height)
-    pixels = round(width * scale) * round(height * scale)
-    if pixels > max_pixels:
+    new_width, new_height = round(width * scale), round(height * scale)
+    if new_width * new_height > max_pixels:
         raise ImageDecodeError(
             "too large after resize",
-            f"{width}x{height} px resized to a shorter side of {shorter_side} px needs {pixels} px, "
-            f"above extract.max_image_pixels={max_pixels}",
+            f"{width}x{height} px resized to a shorter side of {shorter_side} px would be "
+            f"{new_width}x{new_height} px, above extract.max_image_pixels={max_pixels}",
         )
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageFilter
 
-from clare.config import AugmentConfig
+from clare.config import BLUR_SIGMA_MAX, JPEG_QUALITY_RANGE, AugmentConfig
 from clare.errors import ConfigError, short_repr
 
 
@@ -59,9 +59,6 @@ PERTURBATION_KINDS: dict[str, str] = {
     "jpeg": "JPEG quality (lower = harsher)",
     "blur": "Gaussian blur σ",
 }
-JPEG_QUALITY_RANGE = (1, 100)
-# A sigma far beyond any image side blurs to a flat colour and only costs time; refuse it.
-BLUR_SIGMA_MAX = 100.0
 _STORE_NAME = re.compile(r"^.+-(?P<tag>(?:jpeg|blur)[0-9.eE+-]+)$")
 
 
