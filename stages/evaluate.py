@@ -29,12 +29,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from clare.cache.loader import StoreLoader
 from clare.cache.store import FeatureStore, open_store
 from clare.config import Config
 from clare.console import make_console
-from clare.errors import ConfigError, StoreError, short_repr
+from clare.errors import ConfigError, StoreError, one_line, short_repr
 from clare.files import atomic_write_bytes, atomic_write_parquet
 from clare.runs import RunInfo, check_compatible, load_detector, read_run
 
@@ -260,16 +261,18 @@ def _cell(metrics: dict[str, Any], key: str, n_subsets: int | None = None) -> st
 
 def _print_table(console: Any, run_name: str, subsets: dict[str, dict[str, Any]],
                  mean: dict[str, Any], robustness: dict[str, dict[str, Any]]) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     from clare.metrics import CONSOLE_TABLE, describe_undefined, metric_title
 
-    table = Table(title=f"{run_name}: per-subset metrics", title_justify="left")
+    # Names come from configs and files: escaped, a "[" in them is text, not rich markup.
+    table = Table(title=f"{escape(run_name)}: per-subset metrics", title_justify="left")
     table.add_column("subset")
     for key in CONSOLE_TABLE:
         table.add_column(metric_title(key), justify="right")
     for name, metrics in subsets.items():
-        table.add_row(name, *(_cell(metrics, key) for key in CONSOLE_TABLE))
+        table.add_row(escape(name), *(escape(_cell(metrics, key)) for key in CONSOLE_TABLE))
     table.add_row("[bold]mean[/]", *(_cell(mean, key, len(subsets)) for key in CONSOLE_TABLE))
     console.print(table)
     # The reasons go below the table: inside a cell they would wrap it out of shape.
@@ -394,15 +397,70 @@ def _remove_stale_report(out_dir: Path) -> None:
             path.unlink(missing_ok=True)
 
 
+class _ShownRobustness(BaseModel):
+    """The part of a robustness entry of metrics.json that `clare show` prints."""
+
+    model_config = ConfigDict(extra="allow")
+    perturb: str | None = None
+    mean: dict[str, Any]
+
+
+class _ShownMetrics(BaseModel):
+    """The part of metrics.json that `clare show` prints (written by run_eval)."""
+
+    model_config = ConfigDict(extra="allow")
+    run: str | None = None
+    subsets: dict[str, dict[str, Any]]
+    mean: dict[str, Any]
+    robustness: dict[str, _ShownRobustness] = Field(default_factory=dict)
+
+
+def _read_metrics(metrics_file: Path) -> _ShownMetrics:
+    """metrics.json, checked; any way it can be unreadable or malformed is one StoreError."""
+    rerun = "rerun `clare eval --config CONFIG --report` to rewrite it"
+    try:
+        tree = json.loads(metrics_file.read_bytes().decode("utf-8"))
+        return _ShownMetrics.model_validate(tree)
+    except OSError as exc:
+        problem = f"cannot read it ({exc.strerror or one_line(exc)})"
+    except UnicodeDecodeError:
+        problem = "not UTF-8 text"
+    except json.JSONDecodeError as exc:
+        problem = f"not valid JSON (line {exc.lineno}, column {exc.colno})"
+    except RecursionError:
+        problem = "JSON nested too deeply"
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        key = one_line(".".join(str(part) for part in err["loc"]), 80) or "the top level"
+        problem = f"'{key}': {one_line(err['msg'], 120)}"
+    raise StoreError(f"{metrics_file}: {problem}; {rerun}")
+
+
+def report_dir_from_params(params: Path) -> Path:
+    """`<reports>/<run>` as named by a DVC params file (keys `reports` and `run`)."""
+    from clare.config import read_yaml_mapping
+
+    values = read_yaml_mapping(
+        params, "DVC params file", "pass the report folder, e.g. `clare show reports/demo`"
+    )
+    parts = []
+    for key, default in (("reports", "reports"), ("run", "demo")):
+        value = values.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+            raise ConfigError(f"{params}: key '{key}' must be a folder name, got {short_repr(value)}")
+        parts.append(str(value))
+    return Path(parts[0]) / parts[1]
+
+
 def show_report(report_dir: Path) -> None:
     """Print the per-subset table of a finished evaluation and where its report is."""
-
     metrics_file = Path(report_dir) / "metrics.json"
     if not metrics_file.is_file():
         raise StoreError(f"{metrics_file}: not found; run `clare eval --config CONFIG --report` first")
-    metrics = json.loads(metrics_file.read_text())
+    metrics = _read_metrics(metrics_file)
     console = make_console(stderr=False)
-    _print_table(console, metrics.get("run", Path(report_dir).name), metrics["subsets"],
-                 metrics["mean"], metrics.get("robustness") or {})
+    robustness = {name: entry.model_dump() for name, entry in metrics.robustness.items()}
+    _print_table(console, metrics.run or Path(report_dir).name, metrics.subsets, metrics.mean,
+                 robustness)
     html = Path(report_dir) / "report.html"
-    console.print(f"report: {html if html.is_file() else metrics_file}")
+    console.print(f"report: {html if html.is_file() else metrics_file}", markup=False)
