@@ -35,7 +35,7 @@ from clare.cache.loader import StoreLoader
 from clare.cache.store import FeatureStore, open_store
 from clare.config import Config
 from clare.console import make_console
-from clare.errors import ConfigError, StoreError, one_line, short_repr
+from clare.errors import ConfigError, ModelLoadError, StoreError, one_line, short_repr
 from clare.files import atomic_write_bytes, atomic_write_parquet
 from clare.runs import RunInfo, check_compatible, load_detector, read_run
 
@@ -136,6 +136,14 @@ def score_store(detector: torch.nn.Module, store: FeatureStore, *, batch_size: i
         shuffle=False, read_tokens=detector.needs_tokens, read_lare=detector.needs_lare,
     )
     probs, _labels, rows, _loss = score_loader(detector, loader, device, amp=False)
+    broken = int((~np.isfinite(probs)).sum())
+    if broken:
+        # The features are finite (extraction checked them), so the weights are the problem.
+        raise ModelLoadError(
+            f"{store.path}: the run's detector gave {broken} of {len(probs)} rows a NaN or "
+            "infinite score from finite features; its weights (model.safetensors) hold NaN or "
+            "inf: retrain the run or restore the file"
+        )
     by_row = manifest.set_index("row", drop=False)
     scored = by_row.loc[rows, ["row", "path", "subset", "label", "video"]].reset_index(drop=True)
     scored["p_fake"] = probs.astype(np.float64)

@@ -509,3 +509,35 @@ def test_non_finite_and_out_of_range_perturbations_are_refused(text: str) -> Non
 
     with pytest.raises(ConfigError, match=r"--perturb .*expected jpeg=Q"):
         parse_perturbation(text)
+
+
+# --------------------------------------------------------------------------- hostile weights
+
+
+def test_nan_weights_are_named_not_a_metrics_traceback(tmp_path: Path, tiny_models_dir: Path) -> None:
+    import torch
+
+    from clare.errors import ModelLoadError
+    from clare.stages.evaluate import score_store
+
+    class NanHead(torch.nn.Module):
+        """A detector whose trained weights hold NaN: every score comes out NaN."""
+
+        needs_tokens, needs_lare = False, False
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = torch.nn.Linear(32, 2)
+            with torch.no_grad():
+                self.linear.weight.fill_(float("nan"))
+
+        def forward(self, cls, tokens, lare):
+            return self.linear(cls)
+
+    data = tmp_path / "data"
+    make_image_tree(data, 4, seed=23)
+    summary = run_extract(make_config(tmp_path, tiny_models_dir, data), split="test", quiet=True)
+    store = FeatureStore(summary.store)
+    with pytest.raises(ModelLoadError, match=r"4 of 4 rows a NaN .*model\.safetensors") as caught:
+        score_store(NanHead(), store, batch_size=2, device=torch.device("cpu"))
+    assert str(summary.store) in str(caught.value)
