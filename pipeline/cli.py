@@ -6,6 +6,7 @@ answers at once.
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -13,7 +14,10 @@ from typing import Annotated
 import typer
 
 from clare.console import Verbosity, get_verbosity, verbosity
-from clare.errors import ClareError, ConfigError
+from clare.errors import ClareError, ConfigError, one_line
+
+# Exit code of a bug (bad inputs exit 2, `clare verify` exits 1 on a damaged store).
+INTERNAL_ERROR_EXIT = 3
 
 app = typer.Typer(
     name="clare",
@@ -173,18 +177,9 @@ def show(
     verbose: VerboseOpt = False,
 ) -> None:
     """Print the per-subset AUC table of an evaluation and the path of its report."""
-    from clare.stages.evaluate import show_report
+    from clare.stages.evaluate import report_dir_from_params, show_report
 
-    if report_dir is None:
-        import yaml
-
-        from clare.errors import ConfigError
-
-        if not params.is_file():
-            raise ConfigError(f"{params}: not found; pass the report folder, e.g. `clare show reports/demo`")
-        values = yaml.safe_load(params.read_text()) or {}
-        report_dir = Path(str(values.get("reports", "reports"))) / str(values.get("run", "demo"))
-    show_report(report_dir)
+    show_report(report_dir if report_dir is not None else report_dir_from_params(params))
 
 
 @app.command()
@@ -300,14 +295,66 @@ def show_config(
     _echo(yaml.safe_dump(config_to_dict(_load(config, set_)), sort_keys=False))
 
 
+# Whole messages are one line of at most this many characters, whatever they quote.
+_MESSAGE_LIMIT = 1000
+
+
+def _one_line(text: str) -> str:
+    return one_line(" ".join(text.split("\n")), _MESSAGE_LIMIT)
+
+
+# What to do about the OSErrors that name a file the user gave or let clare write.
+_OS_ERROR_HINTS = {
+    errno.ENAMETOOLONG: "shorten the path (a name in it is longer than the file system allows)",
+    errno.ELOOP: "a symbolic link loops; fix or remove it",
+    errno.EACCES: "fix the permissions or choose another path",
+    errno.EPERM: "fix the permissions or choose another path",
+    errno.EROFS: "choose a writable location",
+    errno.ENOSPC: "free some space and rerun",
+    errno.EDQUOT: "free some space (disk quota) and rerun",
+    errno.ENOENT: "check the path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; check the path",
+    errno.EISDIR: "expected a file, found a folder; check the path",
+}
+
+
+def _os_error_line(exc: OSError) -> str | None:
+    """`<file>: <what the system said>; <what to do>` for an OSError about a named file (a
+    name too long, a symlink loop, no permission, a full disk, ...); None when it names no
+    file and is not a full disk."""
+    names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+    if not names and exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    where = " -> ".join(names) if names else "disk"
+    what = exc.strerror or type(exc).__name__
+    return f"{where}: {what}; {_OS_ERROR_HINTS.get(exc.errno or 0, 'check the path and rerun')}"
+
+
 def main() -> None:
     try:
         app()
     except ClareError as exc:
         if _state["debug"]:
             raise
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {_one_line(str(exc))}", err=True)
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        line = _os_error_line(exc)
+        if _state["debug"] or line is None:
+            _internal_error(exc)
+        typer.echo(f"error: {_one_line(line)}", err=True)
+        sys.exit(ClareError.exit_code)
+    except Exception as exc:  # noqa: BLE001 - the last resort: a bug, said as one
+        _internal_error(exc)
+
+
+def _internal_error(exc: Exception) -> None:
+    """A bug, not a bad input: never hidden, but one line unless --debug asks for the traceback."""
+    if _state["debug"]:
+        raise exc
+    typer.echo(f"internal error: {type(exc).__name__}: {one_line(exc, _MESSAGE_LIMIT)} "
+               "(rerun with --debug for the traceback and report it)", err=True)
+    sys.exit(INTERNAL_ERROR_EXIT)
 
 
 if __name__ == "__main__":

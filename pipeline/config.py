@@ -8,7 +8,7 @@ so that an override is checked exactly like a value in the file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -21,11 +21,12 @@ from pydantic import (
     model_validator,
 )
 
-from clare.errors import ConfigError
+from clare.errors import ConfigError, one_line, short_repr
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN and infinities are never a meaningful setting (fit.lr=nan, blur_sigma=[1, inf]).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- data
@@ -135,15 +136,34 @@ class LareConfig(_Strict):
     prompt: str = "a photo of a face"
 
 
+# Ranges of the pixel degradations, shared by the augmentations here and by the fixed
+# perturbations of robustness stores (clare.data.views). A sigma far beyond any image side
+# blurs to a flat colour and only costs time.
+JPEG_QUALITY_RANGE = (1, 100)
+BLUR_SIGMA_MAX = 100.0
+
+
 class AugmentConfig(_Strict):
     """Seeded augmentations of views >= 1 (view 0 is always the clean image)."""
 
-    crop_scale: tuple[float, float] = (0.8, 1.0)
+    crop_scale: tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]] = (
+        0.8, 1.0)
     flip_p: float = Field(default=0.5, ge=0, le=1)
     jpeg_p: float = Field(default=0.5, ge=0, le=1)
-    jpeg_quality: tuple[int, int] = (40, 100)
+    jpeg_quality: tuple[
+        Annotated[int, Field(ge=JPEG_QUALITY_RANGE[0], le=JPEG_QUALITY_RANGE[1])],
+        Annotated[int, Field(ge=JPEG_QUALITY_RANGE[0], le=JPEG_QUALITY_RANGE[1])],
+    ] = (40, 100)
     blur_p: float = Field(default=0.3, ge=0, le=1)
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_sigma: tuple[Annotated[float, Field(gt=0, le=BLUR_SIGMA_MAX)],
+                      Annotated[float, Field(gt=0, le=BLUR_SIGMA_MAX)]] = (0.1, 2.0)
+
+    @field_validator("crop_scale", "jpeg_quality", "blur_sigma")
+    @classmethod
+    def _low_then_high(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if value[0] > value[1]:
+            raise ValueError(f"expected [low, high] with low <= high, got {list(value)}")
+        return value
 
 
 class ExtractConfig(_Strict):
@@ -165,7 +185,16 @@ class ExtractConfig(_Strict):
         default=None, ge=1, description="rows per shard (None: about 64 MB of tokens per shard)"
     )
     min_image_size: int = Field(default=8, ge=1, description="smaller images become failed rows")
-    max_image_pixels: int = Field(default=89_478_485, ge=1, description="PIL bomb limit")
+    max_image_pixels: int = Field(
+        default=89_478_485, ge=1,
+        description="most pixels an image may hold, as decoded and after every resize; "
+        "larger images become failed rows",
+    )
+    max_aspect_ratio: float = Field(
+        default=20.0, ge=1,
+        description="longer side / shorter side above this: a failed row (CLIP's shorter-side "
+        "resize would otherwise blow a thin strip up to millions of pixels)",
+    )
     max_failures: float = Field(default=1.0, ge=0, le=1)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
@@ -263,7 +292,8 @@ class DemoConfig(_Strict):
 
 
 class Config(_Strict):
-    seed: int = 0
+    # numpy and torch take seeds in [0, 2^63); a negative one fails deep inside them.
+    seed: int = Field(default=0, ge=0, le=2**63 - 1)
     paths: PathsConfig = Field(default_factory=PathsConfig)
     data: DataConfig
     models: ModelsConfig = Field(default_factory=ModelsConfig)
@@ -279,6 +309,9 @@ class Config(_Strict):
 
 # --------------------------------------------------------------------------- loading
 
+# A key path or a quoted value in a message is cut to this many characters.
+_SHOWN = 80
+
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:
     keys = dotted.split(".")
@@ -288,45 +321,88 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, source: str) -> N
         if child is None:
             child = node[key] = {}
         if not isinstance(child, dict):
-            raise ConfigError(f"--set {dotted}: '{key}' is not a section in {source}")
+            raise ConfigError(f"--set {one_line(dotted, _SHOWN)}: '{one_line(key, _SHOWN)}' is not a "
+                              f"section in {source}")
         node = child
     node[keys[-1]] = value
 
 
+def _yaml_value(raw: str) -> tuple[bool, Any]:
+    """(True, value) when `raw` is one whole YAML node that keeps every character's meaning:
+    a plain scalar that is not a string (a number, a boolean, null), a quoted string, a flow
+    [list] or {mapping}. (False, None) for anything else, which is then taken as text: a plain
+    string (YAML would drop a `#` comment and fold a newline into a space), block syntax
+    (`a: b`, `- a`), trailing text, a syntax error."""
+    if not raw or raw != raw.strip():
+        return False, None
+    loader = yaml.SafeLoader(raw)
+    try:
+        node = loader.get_single_node()
+        if node is None or node.start_mark.index != 0 or node.end_mark.index != len(raw):
+            return False, None
+        value = loader.construct_document(node)
+    except yaml.YAMLError:
+        return False, None
+    finally:
+        loader.dispose()
+    if isinstance(node, yaml.ScalarNode):
+        plain_string = node.style is None and isinstance(value, str)
+        return (False, None) if plain_string else (True, value)
+    # Only [flow] and {flow} collections: `a photo: close-up` or `- x` read as text.
+    return (True, value) if node.flow_style else (False, None)
+
+
 def parse_override(text: str) -> tuple[str, Any]:
-    """Split `a.b=value`; the value is read as YAML so numbers, booleans and lists work."""
+    """Split `a.b=value`. The value arrives verbatim: numbers, booleans, null, quoted strings
+    and [lists] / {mappings} are read as YAML when that keeps every character; any other text
+    (`a photo #1`, a value with a newline) is the string exactly as typed."""
     if "=" not in text:
-        raise ConfigError(f"--set '{text}': expected dotted.key=value, e.g. --set fit.lr=0.01")
+        raise ConfigError(f"--set {short_repr(text, _SHOWN)}: expected dotted.key=value, e.g. --set fit.lr=0.01")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"--set '{text}': empty key; expected dotted.key=value")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: value '{raw}' is not valid YAML ({exc.__class__.__name__})") from None
-    return key, value
+        raise ConfigError(f"--set {short_repr(text, _SHOWN)}: empty key; expected dotted.key=value")
+    is_yaml, value = _yaml_value(raw)
+    if is_yaml:
+        return key, value
+    if raw.lstrip()[:1] in ("[", "{", '"', "'"):
+        # Meant as YAML (a list, a mapping, a quoted string) but not one whole valid node.
+        raise ConfigError(f"--set {one_line(key, _SHOWN)}: value {short_repr(raw, _SHOWN)} is not one "
+                          "valid YAML value; fix the brackets or quotes, or quote the whole value")
+    return key, raw
 
 
-def _format_validation_error(exc: ValidationError, source: str) -> str:
-    err = exc.errors()[0]
-    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """One bounded line for a failed validation: `<source>: key 'a.b': <why> (got <value>)`.
+    Any file read into a pydantic model (config, run record) reports its errors with it."""
+    errors = exc.errors(include_url=False)
+    err = errors[0]
+    key = one_line(".".join(str(p) for p in err["loc"]), _SHOWN) or "(top level)"
     kind = err["type"]
     if kind == "extra_forbidden":
         return f"{source}: unknown key '{key}'; remove it or fix its spelling"
     if kind == "missing":
         return f"{source}: required key '{key}' is missing; add it"
     got = err.get("input")
-    shown = repr(got) if not isinstance(got, dict) else "a mapping"
-    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    return f"{source}: key '{key}': {err['msg']} (got {shown}){more}"
+    shown = "a mapping" if isinstance(got, dict) else short_repr(got, _SHOWN)
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{source}: key '{key}': {one_line(err['msg'], _SHOWN * 2)} (got {shown}){more}"
 
 
-def load_config_dict(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found; pass an existing --config FILE")
+def read_yaml_mapping(path: Path, what: str, hint: str) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping; every way it can be unreadable or malformed
+    is a ConfigError naming the file (`what` it is; `hint`: how to pass another one)."""
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if not path.is_file():
+            raise ConfigError(f"{path}: {what} not found; {hint}")
+        text = path.read_text(encoding="utf-8")
+        tree = yaml.safe_load(text)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror or one_line(exc)})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a {what}") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
@@ -336,6 +412,10 @@ def load_config_dict(path: Path) -> dict[str, Any]:
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections, not {type(tree).__name__}")
     return tree
+
+
+def load_config_dict(path: Path) -> dict[str, Any]:
+    return read_yaml_mapping(path, "config file", "pass an existing --config FILE")
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -349,7 +429,9 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     try:
         return Config.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, source)) from None
+        raise ConfigError(format_validation_error(exc, source)) from None
+    except RecursionError:
+        raise ConfigError(f"{source}: a value is nested too deeply to be a setting") from None
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

@@ -50,3 +50,46 @@ class TrainingError(ClareError):
 
 class ShapeMismatchError(ClareError):
     """Features have other shapes than the model they are fed to was built for."""
+
+
+# --------------------------------------------------------------------------- message helpers
+# Every message that quotes a value or an exception goes through these, so that no input
+# (a 10^9-element YAML alias bomb, a multi-line decoder complaint) can make an error message
+# unbounded or break the one-line rule.
+
+MESSAGE_LIMIT = 200  # characters of one quoted exception or value inside a message
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
+
+
+def one_line(problem: BaseException | str, limit: int = MESSAGE_LIMIT) -> str:
+    """An exception (or a text) as one bounded line: its message's first non-empty line, or
+    the exception's type name when the message is empty."""
+    text = str(problem)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if lines:
+        first = lines[0]
+    else:
+        first = type(problem).__name__ if isinstance(problem, BaseException) else ""
+    return _clip(first, limit)
+
+
+def reason_label(failure: object) -> str:
+    """The groupable label of a "reason: detail" failure text ("truncated: x.png ..." ->
+    "truncated"); failed rows and undefined metrics both record their reason this way."""
+    return str(failure).split(":", 1)[0].strip() or "unknown"
+
+
+def short_repr(value: object, limit: int = 60) -> str:
+    """repr() of any value, bounded in both time and length (reprlib stops at a few items per
+    level and a few levels, so a huge or self-similar structure is never expanded)."""
+    import reprlib
+
+    shortener = reprlib.Repr()
+    shortener.maxlevel = 3
+    shortener.maxstring = shortener.maxother = limit
+    for name in ("maxlist", "maxtuple", "maxdict", "maxset", "maxfrozenset", "maxdeque", "maxarray"):
+        setattr(shortener, name, 4)
+    return _clip(shortener.repr(value), limit)

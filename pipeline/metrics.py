@@ -12,7 +12,8 @@ Conventions used throughout:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,9 +38,77 @@ MEAN_METRICS: tuple[str, ...] = (
 COUNT_METRICS: tuple[str, ...] = ("n_real", "n_fake")
 
 
+# The one table of metric titles (key -> column title). The console table of `clare eval`,
+# the report's tables and every "undefined" note take their names from here.
+METRIC_TITLES: dict[str, str] = {
+    "auc": "AUC",
+    "ap": "AP",
+    "eer": "EER",
+    "acc": "Acc@0.5",
+    "acc_at_val_threshold": "Acc@val thr",
+    "real_acc": "real acc",
+    "fake_acc": "fake acc",
+    "video_auc": "video AUC",
+    "tpr_at_1fpr": "TPR@1%FPR",
+    "oracle_best_threshold_acc": "oracle acc",
+    "oracle_best_threshold": "oracle threshold",
+    "n_real": "n real",
+    "n_fake": "n fake",
+    "n_failed": "failed",
+}
+# Which metrics each table shows, in display order (titles from METRIC_TITLES).
+SUBSET_TABLE: tuple[str, ...] = (
+    "auc", "ap", "eer", "acc", "real_acc", "fake_acc", "video_auc", "tpr_at_1fpr", "n_real", "n_fake",
+)
+ROBUSTNESS_TABLE: tuple[str, ...] = ("auc", "ap", "eer", "acc", "video_auc", "tpr_at_1fpr")
+CONSOLE_TABLE: tuple[str, ...] = (
+    "auc", "ap", "eer", "acc", "acc_at_val_threshold", "video_auc", "n_real", "n_fake", "n_failed",
+)
+_TPR_KEY = re.compile(r"tpr_at_(.+)fpr")
+
+
 def tpr_key(fpr_target: float) -> str:
     """Result key for TPR at a given FPR, in percent: 0.01 -> ``tpr_at_1fpr``."""
     return f"tpr_at_{fpr_target * 100:g}fpr"
+
+
+def metric_title(key: str) -> str:
+    """The column title of a metric key; TPR keys of any FPR target read ``TPR@<x>%FPR``."""
+    if key in METRIC_TITLES:
+        return METRIC_TITLES[key]
+    match = _TPR_KEY.fullmatch(key)
+    return f"TPR@{match.group(1)}%FPR" if match else key
+
+
+def present_tpr_key(metrics: Mapping[str, Any]) -> str:
+    """The TPR@FPR key a result actually holds (compute_metrics names it from its target)."""
+    for key in metrics:
+        if key.startswith("tpr_at_") and not key.endswith("_n_subsets"):
+            return key
+    return "tpr_at_1fpr"
+
+
+def describe_undefined(per_subset: Mapping[str, Mapping[str, Any]], keys: Sequence[str]) -> list[str]:
+    """One line per subset naming its undefined metrics (among `keys`), grouped by reason:
+    ``"beta: AUC, AP undefined (single class: only fake images (12))"``."""
+    lines = []
+    for name, metrics in per_subset.items():
+        notes = metrics.get("notes")
+        by_reason: dict[str, list[str]] = {}
+        for key, reason in (notes.items() if isinstance(notes, Mapping) else ()):
+            if key in keys:
+                by_reason.setdefault(str(reason), []).append(metric_title(key))
+        if by_reason:
+            lines.append(f"{name}: " + "; ".join(
+                f"{', '.join(titles)} undefined ({reason})" for reason, titles in by_reason.items()
+            ))
+    return lines
+
+
+def table_keys(table: tuple[str, ...], metrics: Mapping[str, Any]) -> list[str]:
+    """A table's metric keys with the TPR column renamed to the key `metrics` holds."""
+    tpr = present_tpr_key(metrics)
+    return [tpr if key == "tpr_at_1fpr" else key for key in table]
 
 
 # --------------------------------------------------------------------------- input checks
@@ -291,12 +360,33 @@ def compute_metrics(
 # --------------------------------------------------------------------------- over subsets
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     return (
         isinstance(value, (int, float, np.integer, np.floating))
         and not isinstance(value, bool)
         and math.isfinite(float(value))
     )
+
+
+def _metric_keys(per_subset: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """MEAN_METRICS plus every TPR@FPR key that some subset holds."""
+    keys = list(MEAN_METRICS)
+    for subset_metrics in per_subset.values():
+        keys += [k for k in subset_metrics if k.startswith("tpr_at_") and k not in keys]
+    return keys
+
+
+def _left_out_note(per_subset: Mapping[str, Mapping[str, Any]], key: str,
+                   present: list[str]) -> str | None:
+    """Which subsets a mean leaves out, each with the reason its value is undefined."""
+    left_out = [n for n in per_subset if n not in present]
+    if not left_out:
+        return None
+    reasons = []
+    for name in left_out:
+        why = (per_subset[name].get("notes") or {}).get(key)
+        reasons.append(f"{name} ({why})" if why else name)
+    return f"mean over {len(present)} of {len(per_subset)} subsets; left out: " + ", ".join(reasons)
 
 
 def summarize(per_subset: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -307,31 +397,19 @@ def summarize(per_subset: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     oracle thresholds are not averaged (a mean of thresholds chosen per subset means nothing).
     ``notes[m]`` names the subsets left out of a mean, with their reasons.
     """
-    names = list(per_subset)
-    metric_keys = list(MEAN_METRICS)
-    for subset_metrics in per_subset.values():
-        for key in subset_metrics:
-            if key.startswith("tpr_at_") and key not in metric_keys:
-                metric_keys.append(key)
-    out: dict[str, Any] = {"n_subsets": len(names)}
+    out: dict[str, Any] = {"n_subsets": len(per_subset)}
     notes: dict[str, str] = {}
-    for key in metric_keys:
-        present = [n for n in names if _is_number(per_subset[n].get(key))]
+    for key in _metric_keys(per_subset):
+        present = [n for n in per_subset if is_number(per_subset[n].get(key))]
         if key.startswith("tpr_at_") and key != "tpr_at_1fpr" and not present:
             continue
         values = [float(per_subset[n][key]) for n in present]
         out[key] = float(np.mean(values)) if values else None
         out[f"{key}_n_subsets"] = len(values)
-        left_out = [n for n in names if n not in present]
-        if left_out:
-            reasons = []
-            for name in left_out:
-                why = (per_subset[name].get("notes") or {}).get(key)
-                reasons.append(f"{name} ({why})" if why else name)
-            notes[key] = f"mean over {len(values)} of {len(names)} subsets; left out: " + ", ".join(
-                reasons
-            )
+        note = _left_out_note(per_subset, key, present)
+        if note:
+            notes[key] = note
     for key in COUNT_METRICS:
-        out[key] = int(sum(int(per_subset[n].get(key) or 0) for n in names))
+        out[key] = int(sum(int(per_subset[n].get(key) or 0) for n in per_subset))
     out["notes"] = notes
     return out

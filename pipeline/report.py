@@ -25,35 +25,22 @@ import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from clare.metrics import roc_points, summarize
+from clare.data.views import PERTURBATION_KINDS, parse_perturbation
+from clare.errors import ConfigError, reason_label
+from clare.metrics import (
+    ROBUSTNESS_TABLE,
+    SUBSET_TABLE,
+    describe_undefined,
+    is_number,
+    metric_title,
+    roc_points,
+    summarize,
+    table_keys,
+)
 
 FIGURE_NAMES = ("roc.png", "scores.png", "robustness.png", "lare.png")
 _PNG_METADATA = {"Software": None}  # keeps figure bytes identical across matplotlib builds
 _REAL_COLOUR, _FAKE_COLOUR = "#3b75af", "#d9622b"
-
-# (metric key, column title) of the per-subset table, in display order.
-_SUBSET_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("auc", "AUC"),
-    ("ap", "AP"),
-    ("eer", "EER"),
-    ("acc", "Acc@0.5"),
-    ("real_acc", "Real acc"),
-    ("fake_acc", "Fake acc"),
-    ("video_auc", "Video AUC"),
-    ("tpr_at_1fpr", "TPR@1%FPR"),
-    ("n_real", "n real"),
-    ("n_fake", "n fake"),
-)
-_ROBUST_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("auc", "AUC"),
-    ("ap", "AP"),
-    ("eer", "EER"),
-    ("acc", "Acc@0.5"),
-    ("video_auc", "Video AUC"),
-    ("tpr_at_1fpr", "TPR@1%FPR"),
-)
-_METRIC_NAMES = dict(_SUBSET_COLUMNS) | {"oracle_best_threshold_acc": "oracle acc"}
-
 
 # --------------------------------------------------------------------------- document model
 
@@ -111,57 +98,31 @@ def _video_and_frame(path: object) -> str:
     return "/".join(parts[-2:])
 
 
-def _is_number(value: Any) -> bool:
-    return (
-        isinstance(value, (int, float, np.integer, np.floating))
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    )
-
-
 def _fmt(value: Any) -> str:
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         return str(int(value))
-    if _is_number(value):
+    if is_number(value):
         return f"{float(value):.3f}"
     return "—"
 
 
-def _short_reason(reason: str) -> str:
-    # "single class: only fake images (12)" -> "single class"
-    return reason.split(":", 1)[0].strip()
-
-
 def _metric_cell(metrics: Mapping[str, Any], key: str) -> Cell:
     value = metrics.get(key)
-    if _is_number(value):
+    if is_number(value):
         return Cell(_fmt(value), numeric=True)
     reason = (metrics.get("notes") or {}).get(key)
     if reason:
-        return Cell(f"— ({_short_reason(reason)})", numeric=True, hint=reason)
+        return Cell(f"— ({reason_label(reason)})", numeric=True, hint=str(reason))
     return Cell("—", numeric=True)
 
 
 def _mean_cell(mean: Mapping[str, Any], key: str, n_subsets: int) -> Cell:
     cell = _metric_cell(mean, key)
     contributed = mean.get(f"{key}_n_subsets")
-    if _is_number(mean.get(key)) and contributed is not None and contributed < n_subsets:
+    if is_number(mean.get(key)) and isinstance(contributed, int) and contributed < n_subsets:
         cell.text += f" ({contributed}/{n_subsets})"
         cell.hint = (mean.get("notes") or {}).get(key)
     return cell
-
-
-def _tpr_key(metrics: Mapping[str, Any]) -> str:
-    """The TPR@FPR key actually present (compute_metrics names it from its FPR target)."""
-    for key in metrics:
-        if key.startswith("tpr_at_") and not key.endswith("_n_subsets"):
-            return key
-    return "tpr_at_1fpr"
-
-
-def _tpr_title(key: str) -> str:
-    match = re.fullmatch(r"tpr_at_(.+)fpr", key)
-    return f"TPR@{match.group(1)}%FPR" if match else key
 
 
 # --------------------------------------------------------------------------- figures
@@ -193,7 +154,7 @@ def _roc_figure(
         if not points:
             continue
         auc = auc_of.get(name)
-        label = f"{name} (AUC {_fmt(auc)})" if _is_number(auc) else name
+        label = f"{name} (AUC {_fmt(auc)})" if is_number(auc) else name
         ax.plot(
             [p["fpr"] for p in points],
             [p["tpr"] for p in points],
@@ -263,48 +224,56 @@ def _score_histograms(clean: pd.DataFrame, subsets: list[str], path: Path) -> Pa
     return _save(fig, path)
 
 
-def _parse_perturbation(text: str) -> tuple[str, float | None]:
-    kind, _, level = text.partition("=")
+def _kind_and_level(spec: str) -> tuple[str, float | None]:
+    """("jpeg", 50.0) for a known perturbation spec; (the text, None) for anything else."""
     try:
-        return kind.strip(), float(level)
-    except ValueError:
-        return text.strip(), None
+        perturbation = parse_perturbation(spec)
+    except ConfigError:
+        return spec.strip(), None
+    if perturbation is None:
+        return spec.strip(), None
+    return perturbation.kind, perturbation.value
 
 
-_PERTURBATION_AXES = {"jpeg": "JPEG quality (lower = harsher)", "blur": "Gaussian blur σ"}
+_Point = tuple[float | None, str, Any]  # (level, store, mean AUC)
+
+
+def _robustness_points(robustness: Mapping[str, Mapping[str, Any]]) -> dict[str, list[_Point]]:
+    by_kind: dict[str, list[_Point]] = {}
+    for store, entry in robustness.items():
+        kind, level = _kind_and_level(str(entry.get("perturb", store)))
+        by_kind.setdefault(kind, []).append((level, store, (entry.get("mean") or {}).get("auc")))
+    return by_kind
+
+
+def _robustness_panel(ax: Any, kind: str, points: list[_Point], clean_auc: Any) -> None:
+    numeric = all(level is not None for level, _, _ in points)
+    if numeric:
+        points.sort(key=lambda p: p[0])
+        xs = [p[0] for p in points]
+        ax.set_xticks(xs, [f"{x:g}" for x in xs], fontsize=8)
+    else:
+        xs = list(range(len(points)))
+        ax.set_xticks(xs, [p[1] for p in points], rotation=20, fontsize=7)
+    ys = [float(p[2]) if is_number(p[2]) else np.nan for p in points]
+    ax.plot(xs, ys, marker="o", color=_FAKE_COLOUR, label="perturbed")
+    if is_number(clean_auc):
+        ax.axhline(float(clean_auc), color=_REAL_COLOUR, ls="--", lw=1, label="clean")
+    if kind == "jpeg" and numeric:
+        ax.invert_xaxis()  # harsher compression to the right, like blur
+    ax.set(xlabel=PERTURBATION_KINDS.get(kind, kind), ylabel="mean AUC over subsets", title=kind)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, frameon=False)
 
 
 def _robustness_figure(
     clean_auc: Any, robustness: Mapping[str, Mapping[str, Any]], path: Path
 ) -> Path:
-    by_kind: dict[str, list[tuple[float | None, str, Any]]] = {}
-    for store, entry in robustness.items():
-        kind, level = _parse_perturbation(str(entry.get("perturb", store)))
-        by_kind.setdefault(kind, []).append((level, store, (entry.get("mean") or {}).get("auc")))
-    kinds = list(by_kind)
-    fig = Figure(figsize=(max(4.4, 3.6 * len(kinds)), 3.4), layout="constrained")
-    axes = fig.subplots(1, len(kinds), squeeze=False)[0]
-    for ax, kind in zip(axes, kinds, strict=True):
-        points = by_kind[kind]
-        numeric = all(level is not None for level, _, _ in points)
-        if numeric:
-            points.sort(key=lambda p: p[0])
-            xs = [p[0] for p in points]
-            ax.set_xticks(xs, [f"{x:g}" for x in xs], fontsize=8)
-        else:
-            xs = list(range(len(points)))
-            ax.set_xticks(xs, [p[1] for p in points], rotation=20, fontsize=7)
-        ys = [float(p[2]) if _is_number(p[2]) else np.nan for p in points]
-        ax.plot(xs, ys, marker="o", color=_FAKE_COLOUR, label="perturbed")
-        if _is_number(clean_auc):
-            ax.axhline(float(clean_auc), color=_REAL_COLOUR, ls="--", lw=1, label="clean")
-        if kind == "jpeg" and numeric:
-            ax.invert_xaxis()  # harsher compression to the right, like blur
-        ax.set(
-            xlabel=_PERTURBATION_AXES.get(kind, kind), ylabel="mean AUC over subsets", title=kind
-        )
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, frameon=False)
+    by_kind = _robustness_points(robustness)
+    fig = Figure(figsize=(max(4.4, 3.6 * len(by_kind)), 3.4), layout="constrained")
+    axes = fig.subplots(1, len(by_kind), squeeze=False)[0]
+    for ax, (kind, points) in zip(axes, by_kind.items(), strict=True):
+        _robustness_panel(ax, kind, points, clean_auc)
     return _save(fig, path)
 
 
@@ -319,36 +288,51 @@ def _lare_map(example: Mapping[str, Any]) -> np.ndarray:
     )
 
 
+def _lare_panel(ax: Any, example: Mapping[str, Any] | None, lare: np.ndarray | None,
+                vmax: float) -> Any:
+    """One map with its subset and video/frame as the title; an empty slot when None."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if example is None or lare is None:
+        ax.set_axis_off()
+        return None
+    image = ax.imshow(lare, cmap="magma", vmin=0.0, vmax=vmax)
+    ax.set_title(
+        # The video folder tells frames apart: every video has a 000.png.
+        f"{example.get('subset', '')}\n{_video_and_frame(example.get('path', ''))}",
+        fontsize=7,
+    )
+    return image
+
+
+def _lare_rows(examples: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[Mapping[str, Any]]]]:
+    """("real", examples), ("fake", examples), leaving out a class without examples."""
+    rows = []
+    for label, name in ((0, "real"), (1, "fake")):
+        items = [e for e in examples if int(e["label"]) == label]
+        if items:
+            rows.append((name, items))
+    return rows
+
+
 def _lare_figure(examples: Sequence[Mapping[str, Any]], path: Path) -> Path:
-    rows = [
-        ("real", [e for e in examples if int(e["label"]) == 0]),
-        ("fake", [e for e in examples if int(e["label"]) == 1]),
-    ]
-    rows = [(name, items) for name, items in rows if items]
+    rows = _lare_rows(examples)
     n_cols = max(len(items) for _, items in rows)
-    maps = {id(e): _lare_map(e) for _, items in rows for e in items}
+    maps = {id(e): _lare_map(e) for e in examples}
     # One colour scale for every panel, so real and fake maps compare by brightness.
     vmax = max(float(m.max()) for m in maps.values()) or 1.0
     fig = Figure(figsize=(2.1 * n_cols + 1.0, 2.3 * len(rows)), layout="constrained")
     axes = fig.subplots(len(rows), n_cols, squeeze=False)
-    image = None
+    drawn = []
     for row_axes, (name, items) in zip(axes, rows, strict=True):
         for col, ax in enumerate(row_axes):
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if col >= len(items):
-                ax.set_axis_off()
-                continue
-            example = items[col]
-            image = ax.imshow(maps[id(example)], cmap="magma", vmin=0.0, vmax=vmax)
-            ax.set_title(
-                # The video folder tells frames apart: every video has a 000.png.
-                f"{example.get('subset', '')}\n{_video_and_frame(example.get('path', ''))}",
-                fontsize=7,
-            )
+            example = items[col] if col < len(items) else None
+            lare = maps[id(example)] if example is not None else None
+            drawn.append(_lare_panel(ax, example, lare, vmax))
         row_axes[0].set_ylabel(name, fontsize=10)
-    if image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.85, label="LaRE, mean over channels")
+    images = [image for image in drawn if image is not None]
+    if images:
+        fig.colorbar(images[-1], ax=axes, shrink=0.85, label="LaRE, mean over channels")
     return _save(fig, path)
 
 
@@ -366,80 +350,59 @@ def _clean_rows(scores: pd.DataFrame, robustness: Mapping[str, Any] | None) -> p
     return rows.dropna(subset=["p_fake"])
 
 
+# Metrics named in the summary paragraph (the TPR key follows what the results hold).
+_SUMMARY_METRICS = ("auc", "ap", "eer", "acc", "video_auc", "tpr_at_1fpr")
+
+
+def _means_sentence(mean: Mapping[str, Any], n: int) -> str:
+    parts = []
+    for key in table_keys(_SUMMARY_METRICS, mean):
+        count = mean.get(f"{key}_n_subsets")
+        scope = f" ({count} of {n} subsets)" if isinstance(count, int) and count < n else ""
+        parts.append(f"{metric_title(key)} {_fmt(mean.get(key))}{scope}")
+    return (
+        f"{n} test subset(s) with {_fmt(mean.get('n_real', 0))} real and "
+        f"{_fmt(mean.get('n_fake', 0))} fake images. Mean over subsets: " + ", ".join(parts) + "."
+    )
+
+
+def _extremes_sentence(subsets: Mapping[str, Mapping[str, Any]]) -> str:
+    ranked = sorted(
+        (float(m["auc"]), name) for name, m in subsets.items() if is_number(m.get("auc"))
+    )
+    if len(ranked) < 2:
+        return ""
+    return (
+        f" Lowest AUC: {ranked[0][1]} ({ranked[0][0]:.3f}); "
+        f"highest: {ranked[-1][1]} ({ranked[-1][0]:.3f})."
+    )
+
+
+def _robustness_sentences(mean: Mapping[str, Any],
+                          robustness: Mapping[str, Mapping[str, Any]] | None) -> str:
+    text = ""
+    clean_auc = mean.get("auc")
+    for store, entry in (robustness or {}).items():
+        auc = (entry.get("mean") or {}).get("auc")
+        if not is_number(auc):
+            continue
+        delta = f" ({float(auc) - float(clean_auc):+.3f} vs clean)" if is_number(clean_auc) else ""
+        text += f" Under {entry.get('perturb', store)}: mean AUC {float(auc):.3f}{delta}."
+    return text
+
+
 def _summary_text(
     subsets: Mapping[str, Mapping[str, Any]],
     mean: Mapping[str, Any],
     robustness: Mapping[str, Mapping[str, Any]] | None,
 ) -> str:
-    n = len(subsets)
-    tpr_key = _tpr_key(mean)
-    parts = []
-    for key, name in (
-        ("auc", "AUC"),
-        ("ap", "AP"),
-        ("eer", "EER"),
-        ("acc", "accuracy at 0.5"),
-        ("video_auc", "video AUC"),
-        (tpr_key, _tpr_title(tpr_key)),
-    ):
-        count = mean.get(f"{key}_n_subsets")
-        scope = f" ({count} of {n} subsets)" if count is not None and count < n else ""
-        parts.append(f"{name} {_fmt(mean.get(key))}{scope}")
-    text = (
-        f"{n} test subset(s) with {_fmt(mean.get('n_real', 0))} real and "
-        f"{_fmt(mean.get('n_fake', 0))} fake images. Mean over subsets: " + ", ".join(parts) + "."
-    )
-    ranked = sorted(
-        (float(m["auc"]), name) for name, m in subsets.items() if _is_number(m.get("auc"))
-    )
-    if len(ranked) >= 2:
-        text += (
-            f" Lowest AUC: {ranked[0][1]} ({ranked[0][0]:.3f}); "
-            f"highest: {ranked[-1][1]} ({ranked[-1][0]:.3f})."
-        )
-    for store, entry in (robustness or {}).items():
-        auc = (entry.get("mean") or {}).get("auc")
-        if _is_number(auc):
-            delta = (
-                f" ({float(auc) - float(mean['auc']):+.3f} vs clean)"
-                if _is_number(mean.get("auc"))
-                else ""
-            )
-            text += f" Under {entry.get('perturb', store)}: mean AUC {float(auc):.3f}{delta}."
-    return text
-
-
-def _subset_notes(subsets: Mapping[str, Mapping[str, Any]], keys: Sequence[str]) -> list[str]:
-    """One line per subset grouping its missing metrics by reason."""
-    lines = []
-    for name, metrics in subsets.items():
-        by_reason: dict[str, list[str]] = {}
-        for key, reason in (metrics.get("notes") or {}).items():
-            if key in keys:
-                by_reason.setdefault(reason, []).append(_METRIC_NAMES.get(key, _tpr_title(key)))
-        if by_reason:
-            lines.append(
-                f"{name}: "
-                + "; ".join(
-                    f"{', '.join(names)} undefined ({reason})"
-                    for reason, names in by_reason.items()
-                )
-            )
-    return lines
+    return (_means_sentence(mean, len(subsets)) + _extremes_sentence(subsets)
+            + _robustness_sentences(mean, robustness))
 
 
 def _subset_table(subsets: Mapping[str, Mapping[str, Any]], mean: Mapping[str, Any]) -> Table:
-    tpr_key = _tpr_key(mean)
-    columns = [
-        (
-            tpr_key if key == "tpr_at_1fpr" else key,
-            title if key != "tpr_at_1fpr" else _tpr_title(tpr_key),
-        )
-        for key, title in _SUBSET_COLUMNS
-    ]
-    rows = [
-        [Cell(name)] + [_metric_cell(m, key) for key, _ in columns] for name, m in subsets.items()
-    ]
+    keys = table_keys(SUBSET_TABLE, mean)
+    rows = [[Cell(name)] + [_metric_cell(m, key) for key in keys] for name, m in subsets.items()]
     n = len(subsets)
     rows.append(
         [Cell(f"mean over {n} subsets")]
@@ -447,11 +410,11 @@ def _subset_table(subsets: Mapping[str, Mapping[str, Any]], mean: Mapping[str, A
             Cell(_fmt(mean.get(key)), numeric=True)
             if key in ("n_real", "n_fake")
             else _mean_cell(mean, key, n)
-            for key, _ in columns
+            for key in keys
         ]
     )
     return Table(
-        header=["Subset"] + [title for _, title in columns],
+        header=["Subset"] + [metric_title(key) for key in keys],
         rows=rows,
         caption=(
             "Frame-level metrics, fake = positive class. Accuracies at the fixed threshold "
@@ -460,7 +423,7 @@ def _subset_table(subsets: Mapping[str, Mapping[str, Any]], mean: Mapping[str, A
             "unweighted mean over subsets (k/n: only k subsets define the metric), counts "
             "are totals."
         ),
-        notes=_subset_notes(subsets, [key for key, _ in columns]),
+        notes=describe_undefined(subsets, keys),
         emphasise_last_row=True,
     )
 
@@ -500,35 +463,26 @@ def _oracle_table(subsets: Mapping[str, Mapping[str, Any]], mean: Mapping[str, A
     )
 
 
-def _robustness_tables(
-    clean_mean: Mapping[str, Any],
-    clean_subsets: Mapping[str, Mapping[str, Any]],
-    robustness: Mapping[str, Mapping[str, Any]],
-) -> list[Table]:
-    tpr_key = _tpr_key(clean_mean)
-    columns = [
-        (
-            tpr_key if key == "tpr_at_1fpr" else key,
-            title if key != "tpr_at_1fpr" else _tpr_title(tpr_key),
-        )
-        for key, title in _ROBUST_COLUMNS
-    ]
+def _robustness_summary(clean_mean: Mapping[str, Any],
+                        robustness: Mapping[str, Mapping[str, Any]]) -> Table:
+    keys = table_keys(ROBUSTNESS_TABLE, clean_mean)
     clean_auc = clean_mean.get("auc")
 
     def summary_row(store: str, perturb: str, mean: Mapping[str, Any]) -> list[Cell]:
         auc = mean.get("auc")
         delta = (
             Cell(f"{float(auc) - float(clean_auc):+.3f}", numeric=True)
-            if _is_number(auc) and _is_number(clean_auc)
+            if is_number(auc) and is_number(clean_auc)
             else Cell("—", numeric=True)
         )
-        cells = [_metric_cell(mean, key) for key, _ in columns]
+        cells = [_metric_cell(mean, key) for key in keys]
         return [Cell(store), Cell(perturb)] + cells[:1] + [delta] + cells[1:]
 
-    summary = Table(
+    titles = [metric_title(key) for key in keys]
+    return Table(
         header=["Store", "Perturbation"]
-        + [f"mean {columns[0][1]}", "ΔAUC vs clean"]
-        + [f"mean {title}" for _, title in columns[1:]],
+        + [f"mean {titles[0]}", "ΔAUC vs clean"]
+        + [f"mean {title}" for title in titles[1:]],
         rows=[summary_row("clean", "none", clean_mean)]
         + [
             summary_row(store, str(entry.get("perturb", "?")), entry.get("mean") or {})
@@ -536,30 +490,89 @@ def _robustness_tables(
         ],
         caption="Means over subsets for the clean test stores and each degraded copy.",
     )
+
+
+def _robustness_per_subset(clean_subsets: Mapping[str, Mapping[str, Any]],
+                           robustness: Mapping[str, Mapping[str, Any]]) -> Table:
     stores = list(robustness)
-    per_subset_rows = []
     names = list(clean_subsets) + [
         n
         for entry in robustness.values()
         for n in (entry.get("subsets") or {})
         if n not in clean_subsets
     ]
+    rows = []
     for name in dict.fromkeys(names):
         row = [Cell(name), _metric_cell(clean_subsets.get(name, {}), "auc")]
         for store in stores:
             row.append(_metric_cell((robustness[store].get("subsets") or {}).get(name, {}), "auc"))
-        per_subset_rows.append(row)
-    per_subset = Table(
+        rows.append(row)
+    return Table(
         header=["Subset", "clean"] + [str(robustness[s].get("perturb", s)) for s in stores],
-        rows=per_subset_rows,
+        rows=rows,
         caption="Frame-level AUC per subset under each perturbation.",
     )
-    return [summary, per_subset]
+
+
+def _robustness_tables(
+    clean_mean: Mapping[str, Any],
+    clean_subsets: Mapping[str, Mapping[str, Any]],
+    robustness: Mapping[str, Mapping[str, Any]],
+) -> list[Table]:
+    return [_robustness_summary(clean_mean, robustness),
+            _robustness_per_subset(clean_subsets, robustness)]
 
 
 def _config_yaml(config: Mapping[str, Any]) -> str:
     plain = json.loads(json.dumps(config, default=str))
     return yaml.safe_dump(plain, sort_keys=False, allow_unicode=True)
+
+
+def _score_blocks(clean: pd.DataFrame, plotted: list[str],
+                  subsets: Mapping[str, Mapping[str, Any]], fig_dir: Path) -> list[Block]:
+    if not plotted:
+        return []
+    auc_of = {name: m.get("auc") for name, m in subsets.items()}
+    return [
+        Heading("ROC curves"),
+        Picture(
+            _roc_figure(clean, plotted, auc_of, fig_dir / "roc.png"),
+            "ROC curves",
+            "Frame-level ROC curve of every subset that holds both classes.",
+        ),
+        Heading("Score distributions"),
+        Picture(
+            _score_histograms(clean, plotted, fig_dir / "scores.png"),
+            "Histograms of p(fake)",
+            "p(fake) of real (blue) and fake (orange) images per subset, each class "
+            "normalised to sum 1; dotted: the 0.5 threshold.",
+        ),
+    ]
+
+
+def _robustness_blocks(mean: Mapping[str, Any], subsets: Mapping[str, Mapping[str, Any]],
+                       robustness: Mapping[str, Mapping[str, Any]], fig_dir: Path) -> list[Block]:
+    return [
+        Heading("Robustness"),
+        *_robustness_tables(mean, subsets, robustness),
+        Picture(
+            _robustness_figure(mean.get("auc"), robustness, fig_dir / "robustness.png"),
+            "Mean AUC per perturbation",
+            "Mean AUC over subsets per perturbation strength; dashed: clean test stores.",
+        ),
+    ]
+
+
+def _lare_blocks(lare_examples: Sequence[Mapping[str, Any]], fig_dir: Path) -> list[Block]:
+    return [
+        Heading("LaRE maps"),
+        Picture(
+            _lare_figure(lare_examples, fig_dir / "lare.png"),
+            "LaRE maps",
+            "Latent reconstruction error of real (top) and fake (bottom) examples, mean "
+            "over the 4 latent channels, on one shared colour scale.",
+        ),
+    ]
 
 
 def _build(
@@ -591,43 +604,11 @@ def _build(
         Heading("Oracle: best-threshold accuracy (threshold chosen on test labels)"),
         _oracle_table(subsets, mean),
     ]
-    if plotted:
-        auc_of = {name: m.get("auc") for name, m in subsets.items()}
-        blocks += [
-            Heading("ROC curves"),
-            Picture(
-                _roc_figure(clean, plotted, auc_of, fig_dir / "roc.png"),
-                "ROC curves",
-                "Frame-level ROC curve of every subset that holds both classes.",
-            ),
-            Heading("Score distributions"),
-            Picture(
-                _score_histograms(clean, plotted, fig_dir / "scores.png"),
-                "Histograms of p(fake)",
-                "p(fake) of real (blue) and fake (orange) images per subset, each class "
-                "normalised to sum 1; dotted: the 0.5 threshold.",
-            ),
-        ]
+    blocks += _score_blocks(clean, plotted, subsets, fig_dir)
     if robustness:
-        blocks.append(Heading("Robustness"))
-        blocks += _robustness_tables(mean, subsets, robustness)
-        blocks.append(
-            Picture(
-                _robustness_figure(mean.get("auc"), robustness, fig_dir / "robustness.png"),
-                "Mean AUC per perturbation",
-                "Mean AUC over subsets per perturbation strength; dashed: clean test stores.",
-            )
-        )
+        blocks += _robustness_blocks(mean, subsets, robustness, fig_dir)
     if lare_examples:
-        blocks += [
-            Heading("LaRE maps"),
-            Picture(
-                _lare_figure(lare_examples, fig_dir / "lare.png"),
-                "LaRE maps",
-                "Latent reconstruction error of real (top) and fake (bottom) examples, mean "
-                "over the 4 latent channels, on one shared colour scale.",
-            ),
-        ]
+        blocks += _lare_blocks(lare_examples, fig_dir)
     blocks += [
         Heading("Run configuration"),
         CodeDetails("Configuration (YAML)", _config_yaml(config), "yaml"),
@@ -652,43 +633,58 @@ def _fence(code: str) -> str:
     return "`" * max(3, longest + 1)
 
 
+def _md_row(cells: Sequence[str], bold: bool = False) -> str:
+    return "| " + " | ".join(f"**{c}**" if bold else c for c in cells) + " |"
+
+
+def _numeric_columns(table: Table) -> list[bool]:
+    return [any(r[i].numeric for r in table.rows) for i in range(len(table.header))]
+
+
+def _md_table(block: Table) -> list[str]:
+    last = len(block.rows) - 1
+    lines = [_md_row([_md_cell(h) for h in block.header]),
+             _md_row(["---:" if n else "---" for n in _numeric_columns(block)])]
+    for i, row in enumerate(block.rows):
+        lines.append(_md_row([_md_cell(c.text) for c in row], block.emphasise_last_row and i == last))
+    lines.append("")
+    if block.caption:
+        lines += [f"*{block.caption}*", ""]
+    lines += [f"- {note}" for note in block.notes]
+    if block.notes:
+        lines.append("")
+    return lines
+
+
+def _md_code(block: CodeDetails) -> list[str]:
+    fence = _fence(block.code)
+    return [
+        f"<details><summary>{html.escape(block.summary)}</summary>",
+        "",
+        f"{fence}{block.language}",
+        block.code.rstrip("\n"),
+        fence,
+        "",
+        "</details>",
+        "",
+    ]
+
+
+def _md_block(block: Block, out_dir: Path) -> list[str]:
+    if isinstance(block, Heading):
+        return ["#" * block.level + " " + block.text, ""]
+    if isinstance(block, Paragraph):
+        return [block.text, ""]
+    if isinstance(block, Table):
+        return _md_table(block)
+    if isinstance(block, Picture):
+        rel = block.path.relative_to(out_dir).as_posix()
+        return [f"![{block.alt}]({rel})", "", f"*{block.caption}*", ""]
+    return _md_code(block)
+
+
 def _to_markdown(blocks: Sequence[Block], out_dir: Path) -> str:
-    lines: list[str] = []
-    for block in blocks:
-        if isinstance(block, Heading):
-            lines += ["#" * block.level + " " + block.text, ""]
-        elif isinstance(block, Paragraph):
-            lines += [block.text, ""]
-        elif isinstance(block, Table):
-            numeric = [any(r[i].numeric for r in block.rows) for i in range(len(block.header))]
-            lines.append("| " + " | ".join(_md_cell(h) for h in block.header) + " |")
-            lines.append("| " + " | ".join("---:" if n else "---" for n in numeric) + " |")
-            for i, row in enumerate(block.rows):
-                cells = [_md_cell(c.text) for c in row]
-                if block.emphasise_last_row and i == len(block.rows) - 1:
-                    cells = [f"**{c}**" for c in cells]
-                lines.append("| " + " | ".join(cells) + " |")
-            lines.append("")
-            if block.caption:
-                lines += [f"*{block.caption}*", ""]
-            lines += [f"- {note}" for note in block.notes]
-            if block.notes:
-                lines.append("")
-        elif isinstance(block, Picture):
-            rel = block.path.relative_to(out_dir).as_posix()
-            lines += [f"![{block.alt}]({rel})", "", f"*{block.caption}*", ""]
-        elif isinstance(block, CodeDetails):
-            fence = _fence(block.code)
-            lines += [
-                f"<details><summary>{html.escape(block.summary)}</summary>",
-                "",
-                f"{fence}{block.language}",
-                block.code.rstrip("\n"),
-                fence,
-                "",
-                "</details>",
-                "",
-            ]
+    lines = [line for block in blocks for line in _md_block(block, out_dir)]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
@@ -728,28 +724,27 @@ def _esc(text: str) -> str:
     return html.escape(text, quote=True)
 
 
+def _html_cell(cell: Cell) -> str:
+    classes = " ".join(
+        name for name, on in (("num", cell.numeric), ("missing", cell.text.startswith("—"))) if on
+    )
+    attrs = f' class="{classes}"' if classes else ""
+    if cell.hint:
+        attrs += f' title="{_esc(cell.hint)}"'
+    return f"<td{attrs}>{_esc(cell.text)}</td>"
+
+
 def _html_table(table: Table) -> str:
-    numeric = [any(r[i].numeric for r in table.rows) for i in range(len(table.header))]
+    numeric = _numeric_columns(table)
     head = "".join(
         f'<th class="num">{_esc(h)}</th>' if n else f"<th>{_esc(h)}</th>"
         for h, n in zip(table.header, numeric, strict=True)
     )
     body = []
     for i, row in enumerate(table.rows):
-        cells = []
-        for cell in row:
-            classes = " ".join(
-                name
-                for name, on in (("num", cell.numeric), ("missing", cell.text.startswith("—")))
-                if on
-            )
-            attrs = f' class="{classes}"' if classes else ""
-            if cell.hint:
-                attrs += f' title="{_esc(cell.hint)}"'
-            cells.append(f"<td{attrs}>{_esc(cell.text)}</td>")
         total = table.emphasise_last_row and i == len(table.rows) - 1
         row_attrs = ' class="total"' if total else ""
-        body.append(f"<tr{row_attrs}>{''.join(cells)}</tr>")
+        body.append(f"<tr{row_attrs}>{''.join(_html_cell(cell) for cell in row)}</tr>")
     parts = [
         f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(body)}</tbody></table></div>"

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,12 +30,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from clare.cache.loader import StoreLoader
 from clare.cache.store import FeatureStore, open_store
 from clare.config import Config
 from clare.console import make_console
-from clare.errors import ConfigError, ReportError, StoreError
+from clare.errors import ConfigError, ModelLoadError, ReportError, StoreError, one_line, short_repr
 from clare.files import atomic_write_bytes, atomic_write_parquet
 from clare.runs import (
     EVAL_LOG,
@@ -82,13 +82,12 @@ class ScoredStore:
 # --------------------------------------------------------------------------- store selection
 
 
-_PERTURBED_NAME = re.compile(r"^(?P<split>.+)-(?P<kind>jpeg|blur)(?P<value>\d+(?:\.\d+)?)$")
-
-
 def _perturb_from_name(name: str) -> str | None:
     """`test-jpeg50` -> `jpeg=50`: lets an explicit --stores name get a useful extract hint."""
-    match = _PERTURBED_NAME.match(Path(name).name)
-    return f"{match['kind']}={match['value']}" if match else None
+    from clare.data.views import perturbation_of_store
+
+    perturbation = perturbation_of_store(Path(name).name)
+    return perturbation.spec if perturbation else None
 
 
 def stores_to_score(cfg: Config, names: list[str] | None = None) -> list[StoreToScore]:
@@ -102,7 +101,7 @@ def stores_to_score(cfg: Config, names: list[str] | None = None) -> list[StoreTo
     else:
         chosen = [StoreToScore(n, cfg.paths.stores / n, None) for n in cfg.eval.stores]
         for spec in cfg.eval.perturbations:
-            perturbation = parse_perturbation(spec)
+            perturbation = parse_perturbation(spec, where="eval.perturbations")
             if perturbation is None:
                 raise ConfigError("eval.perturbations holds an empty entry; write e.g. jpeg=50 or remove it")
             name = f"test-{perturbation.tag}"
@@ -148,6 +147,14 @@ def score_store(detector: torch.nn.Module, store: FeatureStore, *, batch_size: i
         shuffle=False, read_tokens=detector.needs_tokens, read_lare=detector.needs_lare,
     )
     probs, _labels, rows, _loss = score_loader(detector, loader, device, amp=False, on_batch=on_batch)
+    broken = int((~np.isfinite(probs)).sum())
+    if broken:
+        # The features are finite (extraction checked them), so the weights are the problem.
+        raise ModelLoadError(
+            f"{store.path}: the run's detector gave {broken} of {len(probs)} rows a NaN or "
+            "infinite score from finite features; its weights (model.safetensors) hold NaN or "
+            "inf: retrain the run or restore the file"
+        )
     by_row = manifest.set_index("row", drop=False)
     scored = by_row.loc[rows, ["row", "path", "subset", "label", "video"]].reset_index(drop=True)
     scored["p_fake"] = probs.astype(np.float64)
@@ -270,48 +277,41 @@ def _cell(metrics: dict[str, Any], key: str, n_subsets: int | None = None) -> st
     value = metrics.get(key)
     if value is None:
         return "—"
-    text = f"{value:.3f}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        text = f"{value:.3f}"
+    elif isinstance(value, int):
+        text = str(value)
+    else:  # only a hand-edited metrics.json gets here; show it, bounded
+        text = short_repr(value, 20)
     contributed = metrics.get(f"{key}_n_subsets")
-    if n_subsets is not None and contributed is not None and contributed < n_subsets:
+    if isinstance(n_subsets, int) and isinstance(contributed, int) and contributed < n_subsets:
         text += f" ({contributed}/{n_subsets})"  # a mean over fewer subsets than the table has
     return text
 
 
-_TABLE_COLUMNS = (("auc", "AUC"), ("ap", "AP"), ("eer", "EER"), ("acc", "Acc@0.5"),
-                  (THRESHOLD_ACC, "Acc@val thr"), ("video_auc", "video AUC"), ("n_real", "real"), ("n_fake", "fake"),
-                  ("n_failed", "failed"))
-
-
 def _print_table(console: Any, run_name: str, subsets: dict[str, dict[str, Any]],
                  mean: dict[str, Any], robustness: dict[str, dict[str, Any]]) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"{run_name}: per-subset metrics", title_justify="left")
+    from clare.metrics import CONSOLE_TABLE, describe_undefined, metric_title
+
+    # Names come from configs and files: escaped, a "[" in them is text, not rich markup.
+    table = Table(title=f"{escape(run_name)}: per-subset metrics", title_justify="left")
     table.add_column("subset")
-    for _key, title in _TABLE_COLUMNS:
-        table.add_column(title, justify="right")
+    for key in CONSOLE_TABLE:
+        table.add_column(metric_title(key), justify="right")
     for name, metrics in subsets.items():
-        table.add_row(name, *(_cell(metrics, key) for key, _ in _TABLE_COLUMNS))
-    table.add_row("[bold]mean[/]", *(_cell(mean, key, len(subsets)) for key, _ in _TABLE_COLUMNS))
+        table.add_row(escape(name), *(escape(_cell(metrics, key)) for key in CONSOLE_TABLE))
+    table.add_row("[bold]mean[/]", *(_cell(mean, key, len(subsets)) for key in CONSOLE_TABLE))
     console.print(table)
-    for name, metrics in subsets.items():
-        _print_undefined(console, name, metrics)
+    # The reasons go below the table: inside a cell they would wrap it out of shape.
+    for line in describe_undefined(subsets, CONSOLE_TABLE):
+        console.print(f"  {line}", highlight=False, markup=False)
     for name, entry in robustness.items():
         auc = entry["mean"].get("auc")
         shown_auc = f"{auc:.3f}" if isinstance(auc, float) else "—"
-        console.print(f"robustness {name} ({entry['perturb']}): mean AUC {shown_auc}")
-
-
-def _print_undefined(console: Any, subset: str, metrics: dict[str, Any]) -> None:
-    """Why a shown metric is undefined, one line per reason, below the table (inside a cell
-    the reason would wrap the table out of shape)."""
-    titles = dict(_TABLE_COLUMNS)
-    by_reason: dict[str, list[str]] = {}
-    for key, reason in (metrics.get("notes") or {}).items():
-        if key in titles:
-            by_reason.setdefault(reason, []).append(titles[key])
-    for reason, shown in by_reason.items():
-        console.print(f"  {subset}: {', '.join(shown)} undefined ({reason})", highlight=False)
+        console.print(f"robustness {name} ({entry['perturb']}): mean AUC {shown_auc}", markup=False)
 
 
 # --------------------------------------------------------------------------- main
@@ -477,15 +477,70 @@ def _check_clean_subsets(opened: list[tuple[StoreToScore, FeatureStore]]) -> Non
             seen[subset] = item.name
 
 
+class _ShownRobustness(BaseModel):
+    """The part of a robustness entry of metrics.json that `clare show` prints."""
+
+    model_config = ConfigDict(extra="allow")
+    perturb: str | None = None
+    mean: dict[str, Any]
+
+
+class _ShownMetrics(BaseModel):
+    """The part of metrics.json that `clare show` prints (written by run_eval)."""
+
+    model_config = ConfigDict(extra="allow")
+    run: str | None = None
+    subsets: dict[str, dict[str, Any]]
+    mean: dict[str, Any]
+    robustness: dict[str, _ShownRobustness] = Field(default_factory=dict)
+
+
+def _read_metrics(metrics_file: Path) -> _ShownMetrics:
+    """metrics.json, checked; any way it can be unreadable or malformed is one StoreError."""
+    rerun = "rerun `clare eval --config CONFIG --report` to rewrite it"
+    try:
+        tree = json.loads(metrics_file.read_bytes().decode("utf-8"))
+        return _ShownMetrics.model_validate(tree)
+    except OSError as exc:
+        problem = f"cannot read it ({exc.strerror or one_line(exc)})"
+    except UnicodeDecodeError:
+        problem = "not UTF-8 text"
+    except json.JSONDecodeError as exc:
+        problem = f"not valid JSON (line {exc.lineno}, column {exc.colno})"
+    except RecursionError:
+        problem = "JSON nested too deeply"
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        key = one_line(".".join(str(part) for part in err["loc"]), 80) or "the top level"
+        problem = f"'{key}': {one_line(err['msg'], 120)}"
+    raise StoreError(f"{metrics_file}: {problem}; {rerun}")
+
+
+def report_dir_from_params(params: Path) -> Path:
+    """`<reports>/<run>` as named by a DVC params file (keys `reports` and `run`)."""
+    from clare.config import read_yaml_mapping
+
+    values = read_yaml_mapping(
+        params, "DVC params file", "pass the report folder, e.g. `clare show reports/demo`"
+    )
+    parts = []
+    for key, default in (("reports", "reports"), ("run", "demo")):
+        value = values.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+            raise ConfigError(f"{params}: key '{key}' must be a folder name, got {short_repr(value)}")
+        parts.append(str(value))
+    return Path(parts[0]) / parts[1]
+
+
 def show_report(report_dir: Path) -> None:
     """Print the per-subset table of a finished evaluation and where its report is."""
-
     metrics_file = Path(report_dir) / "metrics.json"
     if not metrics_file.is_file():
         raise StoreError(f"{metrics_file}: not found; run `clare eval --config CONFIG --report` first")
-    metrics = json.loads(metrics_file.read_text())
+    metrics = _read_metrics(metrics_file)
     console = make_console(stderr=False)
-    _print_table(console, metrics.get("run", Path(report_dir).name), metrics["subsets"],
-                 metrics["mean"], metrics.get("robustness") or {})
+    robustness = {name: entry.model_dump() for name, entry in metrics.robustness.items()}
+    _print_table(console, metrics.run or Path(report_dir).name, metrics.subsets, metrics.mean,
+                 robustness)
     html = Path(report_dir) / "report.html"
-    console.print(f"report: {html if html.is_file() else metrics_file}")
+    console.print(f"report: {html if html.is_file() else metrics_file}", markup=False)

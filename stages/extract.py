@@ -40,9 +40,9 @@ from clare.cache.store import (
 )
 from clare.config import Config
 from clare.console import library_log_level, library_logging, make_console
-from clare.data.images import ImageDecodeError, decode_image
+from clare.data.images import ImageDecodeError, check_resize, decode_image
 from clare.data.views import Perturbation, derive_seed, make_view, parse_perturbation
-from clare.errors import ConfigError, StoreError
+from clare.errors import ConfigError, StoreError, one_line, reason_label, short_repr
 
 # --------------------------------------------------------------------------- job description
 
@@ -134,35 +134,69 @@ class _Prepared:
     height: int | None
     error: str | None
 
+    @classmethod
+    def failed(cls, error: str) -> _Prepared:
+        return cls(None, None, None, None, None, error)
 
-def _prepare_row(
-    path: Path, view: int, cfg: Config, extractor: FeatureExtractor, perturbation: Perturbation | None
-) -> _Prepared:
-    from clare.models.lare import lare_pixels
 
-    try:
-        decoded = decode_image(
-            path, max_pixels=cfg.extract.max_image_pixels, min_size=cfg.extract.min_image_size
+def clip_resize_side(preprocess: Any) -> int | None:
+    """The shorter side CLIP's preprocessing resizes to (torchvision `Resize(int)`), or None
+    when it resizes to a fixed size (whose output is bounded anyway)."""
+    from torchvision.transforms import Resize
+
+    for step in getattr(preprocess, "transforms", ()):
+        if isinstance(step, Resize):
+            size = step.size
+            if isinstance(size, int):
+                return size
+            if isinstance(size, (list, tuple)) and len(size) == 1:
+                return int(size[0])
+    return None
+
+
+@dataclass
+class _RowPreparer:
+    """Decode -> view -> the two branches' input tensors, for one row; never raises.
+
+    Whatever goes wrong with one image (a decoder's exception of any type, a size the memory
+    bounds refuse, an error in a view or a resize) is that row's failure, with its reason."""
+
+    cfg: Config
+    root: Path
+    clip_preprocess: Any
+    clip_side: int | None
+    perturbation: Perturbation | None
+
+    def __call__(self, rel_path: str, view: int) -> _Prepared:
+        path = self.root / rel_path
+        try:
+            return self._prepare(path, view)
+        except ImageDecodeError as exc:
+            return _Prepared.failed(str(exc))
+        except Exception as exc:  # noqa: BLE001 - one image's problem is one failed row
+            return _Prepared.failed(
+                f"preparation failed: {path}: {type(exc).__name__}: {one_line(exc)}"
+            )
+
+    def _prepare(self, path: Path, view: int) -> _Prepared:
+        from clare.models.lare import lare_pixels
+
+        ext = self.cfg.extract
+        decoded = decode_image(path, max_pixels=ext.max_image_pixels, min_size=ext.min_image_size,
+                               max_aspect_ratio=ext.max_aspect_ratio)
+        image = make_view(decoded.image, seed=self.cfg.seed, image_sha256=decoded.sha256,
+                          view=view, aug=ext.augment, perturbation=self.perturbation)
+        if self.clip_side is not None:
+            check_resize(*image.size, self.clip_side, max_pixels=ext.max_image_pixels)
+        # The same (augmented) pixels feed both branches.
+        return _Prepared(
+            lare_pixels(image, self.cfg.lare.image_size),
+            self.clip_preprocess(image),
+            decoded.sha256,
+            decoded.width,
+            decoded.height,
+            None,
         )
-    except ImageDecodeError as exc:
-        return _Prepared(None, None, None, None, None, str(exc))
-    image = make_view(
-        decoded.image,
-        seed=cfg.seed,
-        image_sha256=decoded.sha256,
-        view=view,
-        aug=cfg.extract.augment,
-        perturbation=perturbation,
-    )
-    # The same (augmented) pixels feed both branches.
-    return _Prepared(
-        lare_pixels(image, cfg.lare.image_size),
-        extractor.clip_preprocess(image),
-        decoded.sha256,
-        decoded.width,
-        decoded.height,
-        None,
-    )
 
 
 def _batched(items: list[int], size: int) -> Iterator[list[int]]:
@@ -200,81 +234,104 @@ def compute_shard(job: ExtractJob, index: int) -> ShardResult:
         torch.set_num_threads(threads)
 
 
+@dataclass
+class _ShardOutput:
+    """The arrays and manifest columns of one shard, filled row by row (NaN / failed until a
+    row's features are in and finite)."""
+
+    out: dict[str, np.ndarray]
+    status: list[str]
+    errors: list[str]
+    sha: list[str]
+    width: np.ndarray
+    height: np.ndarray
+
+    @classmethod
+    def empty(cls, n: int, shapes: dict[str, Any]) -> _ShardOutput:
+        out = {
+            "lare": np.full((n, *shapes["lare"]), np.nan, dtype=np.float32),
+            "cls": np.full((n, *shapes["cls"]), np.nan, dtype=np.float32),
+            "tokens": np.full((n, *shapes["tokens"]), np.nan, dtype=np.float16),
+        }
+        return cls(out, ["failed"] * n, [""] * n, [""] * n,
+                   np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.int32))
+
+    def record_prepared(self, i: int, item: _Prepared) -> None:
+        if item.error is not None:
+            self.errors[i] = item.error
+        else:
+            self.sha[i], self.width[i], self.height[i] = item.sha256, item.width, item.height
+
+    def record_features(self, i: int, lare: np.ndarray, cls: np.ndarray, tokens: np.ndarray) -> None:
+        self.out["lare"][i], self.out["cls"][i], self.out["tokens"][i] = lare, cls, tokens
+        if all(np.isfinite(self.out[name][i]).all() for name in self.out):
+            self.status[i] = "ok"
+            return
+        self.errors[i] = "non-finite features: the model produced NaN or inf"
+        for name in self.out:
+            self.out[name][i] = np.nan
+
+    def manifest(self, rows: pd.DataFrame) -> pd.DataFrame:
+        return rows.assign(status=self.status, error=self.errors, sha256=self.sha,
+                           width=self.width, height=self.height)
+
+
+def _prepared_batches(batches: list[list[int]], prepare: Any,
+                      threads: int) -> Iterator[tuple[list[int], list[_Prepared]]]:
+    """(batch, its prepared rows) in order, decoding up to two batches ahead in a thread pool."""
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        pending: list[list[Future[_Prepared]]] = [
+            [pool.submit(prepare, i) for i in batch] for batch in batches[:2]
+        ]
+        for number, batch in enumerate(batches):
+            prepared = [future.result() for future in pending.pop(0)]
+            if number + 2 < len(batches):
+                pending.append([pool.submit(prepare, i) for i in batches[number + 2]])
+            yield batch, prepared
+
+
+def _run_models(extractor: FeatureExtractor, seed: int, views: list[int], batch: list[int],
+                prepared: list[_Prepared], output: _ShardOutput) -> None:
+    """Both frozen branches on the batch's good rows; failures of the models stop the run."""
+    good = [k for k, item in enumerate(prepared) if item.error is None]
+    if not good:
+        return
+    lare_in = torch.stack([prepared[k].lare_pixels for k in good])
+    clip_in = torch.stack([prepared[k].clip_pixels for k in good])
+    generators = [
+        torch.Generator().manual_seed(derive_seed(seed, prepared[k].sha256, views[k], "lare"))
+        for k in good
+    ]
+    lare = extractor.lare(lare_in, generators).numpy()
+    cls, tokens = extractor.clip(clip_in)
+    for j, k in enumerate(good):
+        output.record_features(batch[k], lare[j], cls[j].numpy(), tokens[j].numpy())
+
+
 def _compute_shard(job: ExtractJob, index: int, cfg: Config, device: torch.device) -> ShardResult:
     started = time.perf_counter()
     extractor = get_extractor(cfg, device)
-    perturbation = parse_perturbation(job.perturb)
     store = FeatureStore(job.store_path)
     start, stop = store.shard_bounds(index)
     rows = job.rows.iloc[start:stop].reset_index(drop=True)
     n = len(rows)
-    shapes = store.meta["shapes"]
-    out = {
-        "lare": np.full((n, *shapes["lare"]), np.nan, dtype=np.float32),
-        "cls": np.full((n, *shapes["cls"]), np.nan, dtype=np.float32),
-        "tokens": np.full((n, *shapes["tokens"]), np.nan, dtype=np.float16),
-    }
-    status = ["failed"] * n
-    errors: list[str] = [""] * n
-    sha = [""] * n
-    width = np.zeros(n, dtype=np.int32)
-    height = np.zeros(n, dtype=np.int32)
-    root = Path(job.data_root)
+    output = _ShardOutput.empty(n, store.meta["shapes"])
+    prepare_row = _RowPreparer(cfg, Path(job.data_root), extractor.clip_preprocess,
+                               clip_resize_side(extractor.clip_preprocess),
+                               parse_perturbation(job.perturb))
+    paths, views = rows["path"].tolist(), [int(v) for v in rows["view"]]
 
     def prepare(i: int) -> _Prepared:
-        return _prepare_row(root / rows.at[i, "path"], int(rows.at[i, "view"]), cfg, extractor, perturbation)
+        return prepare_row(paths[i], views[i])
 
-    batch_size = cfg.extract.batch_size
-    batches = list(_batched(list(range(n)), batch_size))
-    with ThreadPoolExecutor(max_workers=cfg.extract.decode_threads) as pool:
-        # Keep up to two batches of decoding in flight ahead of the model work.
-        pending: list[list[Future[_Prepared]]] = []
-        for batch in batches[:2]:
-            pending.append([pool.submit(prepare, i) for i in batch])
-        for number, batch in enumerate(batches):
-            prepared = [future.result() for future in pending.pop(0)]
-            following = number + 2
-            if following < len(batches):
-                pending.append([pool.submit(prepare, i) for i in batches[following]])
-            good = [k for k, item in enumerate(prepared) if item.error is None]
-            for k, item in enumerate(prepared):
-                i = batch[k]
-                if item.error is not None:
-                    errors[i] = item.error
-                else:
-                    sha[i], width[i], height[i] = item.sha256, item.width, item.height
-            if not good:
-                continue
-            lare_in = torch.stack([prepared[k].lare_pixels for k in good])
-            clip_in = torch.stack([prepared[k].clip_pixels for k in good])
-            generators = [
-                torch.Generator().manual_seed(
-                    derive_seed(cfg.seed, prepared[k].sha256, int(rows.at[batch[k], "view"]), "lare")
-                )
-                for k in good
-            ]
-            lare = extractor.lare(lare_in, generators).numpy()
-            cls, tokens = extractor.clip(clip_in)
-            for j, k in enumerate(good):
-                i = batch[k]
-                out["lare"][i], out["cls"][i], out["tokens"][i] = lare[j], cls[j].numpy(), tokens[j].numpy()
-                finite = np.isfinite(lare[j]).all() and np.isfinite(out["cls"][i]).all()
-                if finite and np.isfinite(out["tokens"][i]).all():
-                    status[i] = "ok"
-                else:
-                    errors[i] = "non-finite features: the model produced NaN or inf"
-                    for name in out:
-                        out[name][i] = np.nan
-    manifest = rows.assign(
-        status=status,
-        error=errors,
-        sha256=sha,
-        width=width,
-        height=height,
-    )
-    store.write_shard(index, out, manifest)
-    reasons = Counter(err.split(":", 1)[0] for err in errors if err)
-    failed = int(sum(1 for s in status if s != "ok"))
+    batches = list(_batched(list(range(n)), cfg.extract.batch_size))
+    for batch, prepared in _prepared_batches(batches, prepare, cfg.extract.decode_threads):
+        for k, item in enumerate(prepared):
+            output.record_prepared(batch[k], item)
+        _run_models(extractor, cfg.seed, [views[i] for i in batch], batch, prepared, output)
+    store.write_shard(index, output.out, output.manifest(rows))
+    reasons = Counter(reason_label(err) for err in output.errors if err)
+    failed = int(sum(1 for s in output.status if s != "ok"))
     return ShardResult(index, n - failed, failed, dict(reasons), time.perf_counter() - started)
 
 
@@ -286,11 +343,27 @@ def store_dir(cfg: Config, split: str, perturbation: Perturbation | None) -> Pat
     return cfg.paths.stores / name
 
 
+_INDEX_COLUMNS = ("path", "subset", "label", "video", "frame")
+
+
+def _read_index(path: Path) -> pd.DataFrame:
+    """The index `clare prepare` wrote, checked: readable Parquet with the index columns."""
+    rerun = "rerun `clare prepare --config CONFIG` to rewrite it"
+    try:
+        index = pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises its own types for damaged files
+        raise StoreError(f"{path}: not a readable index ({one_line(exc, 120)}); {rerun}") from None
+    missing = [c for c in _INDEX_COLUMNS if c not in index.columns]
+    if missing:
+        raise StoreError(f"{path}: index lacks column(s) {', '.join(missing)}; {rerun}")
+    return index
+
+
 def load_index(cfg: Config, split: str, subsets: list[str] | None) -> pd.DataFrame:
     path = cfg.data.index_dir / f"{split}.parquet"
     if not path.is_file():
         raise StoreError(f"{path}: index not found; run `clare prepare --config CONFIG` first")
-    index = pd.read_parquet(path)
+    index = _read_index(path)
     if subsets:
         unknown = sorted(set(subsets) - set(index["subset"]))
         if unknown:
@@ -329,7 +402,8 @@ def build_fingerprint(
         "augment": cfg.extract.augment.model_dump(mode="json") if views > 1 else None,
         "perturb": perturbation.spec if perturbation else None,
         "decode": {"min_image_size": cfg.extract.min_image_size,
-                   "max_image_pixels": cfg.extract.max_image_pixels},
+                   "max_image_pixels": cfg.extract.max_image_pixels,
+                   "max_aspect_ratio": cfg.extract.max_aspect_ratio},
         "seed": cfg.seed,
         "index_sha256": index_digest(rows),
         "clare_version": clare.__version__,
@@ -347,6 +421,19 @@ def _feature_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
 def _describe_mismatch(old: dict[str, Any], new: dict[str, Any]) -> str:
     keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     return ", ".join(keys) or "unknown"
+
+
+def _connect(scheduler: str) -> Any:
+    """A client of a running Dask scheduler; an address that does not answer is the user's."""
+    from dask.distributed import Client
+
+    try:
+        return Client(scheduler)
+    except (OSError, ValueError, TimeoutError) as exc:
+        raise ConfigError(
+            f"--scheduler {short_repr(scheduler)}: cannot connect ({one_line(exc, 120)}); start the "
+            "scheduler or fix the address, e.g. tcp://host:8786"
+        ) from None
 
 
 def _run_shards(job: ExtractJob, pending: list[int], store: FeatureStore, workers: int,
@@ -369,7 +456,7 @@ def _run_on_dask(job: ExtractJob, pending: list[int], workers: int, scheduler: s
     from dask.distributed import Client, LocalCluster, as_completed
 
     if scheduler is not None:
-        client = Client(scheduler)
+        client = _connect(scheduler)
         cluster = None
     else:
         # silence_logs sets the level of the worker processes' own log handlers.
@@ -466,6 +553,9 @@ def run_extract(
     workers = workers if workers is not None else cfg.extract.workers
     max_failures = max_failures if max_failures is not None else cfg.extract.max_failures
     console = make_console(quiet=quiet)
+    if scheduler is not None:
+        # Before anything is written: an address that does not answer leaves no store behind.
+        _connect(scheduler).close()
 
     index = load_index(cfg, split, subsets)
     rows = _row_skeleton(index, views, perturbation)
@@ -522,7 +612,7 @@ def run_extract(
         manifest = store.finalize()
     seconds = time.perf_counter() - started
     failed_rows = manifest[manifest["status"] != "ok"]
-    all_reasons = Counter(str(e).split(":", 1)[0] for e in failed_rows["error"])
+    all_reasons = Counter(reason_label(e) for e in failed_rows["error"])
     size = sum(p.stat().st_size for p in store.zarr_path.rglob("*") if p.is_file())
     summary = ExtractSummary(
         store=path, rows=len(manifest), images=len(index), views=views,

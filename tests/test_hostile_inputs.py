@@ -162,6 +162,22 @@ def png_named_jpg(path: Path) -> None:
     Image.fromarray(_noise(30, 30, seed=8)).save(path, format="PNG")
 
 
+def _grey_strip(width: int, height: int) -> bytes:
+    """A mid-grey PNG of any shape; a few tens of KB even for millions of pixels."""
+    row = b"\x00" + b"\x80" * width
+    return raw_png(width, height, 8, 0, row * height)
+
+
+def tall_strip(path: Path) -> None:
+    # 8 x 2,000,000 = 16 Mpx, under the pixel limit; CLIP's shorter-side resize would ask for
+    # 112 x 28,000,000 px (tiny model) or 224 x 56,000,000 px (ViT-L/14).
+    path.write_bytes(_grey_strip(8, 2_000_000))
+
+
+def wide_strip(path: Path) -> None:
+    path.write_bytes(_grey_strip(2_000_000, 8))
+
+
 # name, builder, reason of the failure (None: must decode)
 CORPUS: list[tuple[str, Callable[[Path], None], str | None]] = [
     ("truncated.png", truncated_png, "truncated"),
@@ -174,6 +190,8 @@ CORPUS: list[tuple[str, Callable[[Path], None], str | None]] = [
     ("animated.gif", animated_gif, "animated"),
     ("folder.png", directory_named_png, "unreadable"),
     ("missing.png", missing_file, "missing"),
+    ("tall_strip.png", tall_strip, "extreme aspect ratio"),
+    ("wide_strip.png", wide_strip, "extreme aspect ratio"),
     ("cmyk.jpg", cmyk_jpeg, None),
     ("grey16.png", grey16_png, None),
     ("rgb48.png", rgb48_png, None),
@@ -199,7 +217,8 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _decode(path: Path, **limits) -> np.ndarray:
     decoded = decode_image(path, max_pixels=limits.get("max_pixels", MAX_PIXELS),
-                           min_size=limits.get("min_size", MIN_SIZE))
+                           min_size=limits.get("min_size", MIN_SIZE),
+                           max_aspect_ratio=limits.get("max_aspect_ratio", 20.0))
     assert decoded.image.mode == "RGB"
     return np.asarray(decoded.image)
 
@@ -344,3 +363,181 @@ def test_raising_the_pixel_limit_admits_larger_images(tmp_path: Path) -> None:
         decode_image(path, max_pixels=89_478_485, min_size=8)
     decoded = decode_image(path, max_pixels=200_000_000, min_size=8)
     assert decoded.image.size == (10000, 10000)
+
+
+# --------------------------------------------------------------------------- memory bounds
+
+
+@pytest.mark.parametrize(("width", "height"), [(8, 2_000_000), (2_000_000, 8), (30, 700), (700, 30)])
+def test_elongated_images_are_refused_from_the_header(tmp_path: Path, monkeypatch,
+                                                      width: int, height: int) -> None:
+    def never(self, *args, **kwargs):
+        raise AssertionError("pixels of an over-elongated image were decoded")
+
+    path = tmp_path / "strip.png"
+    path.write_bytes(_grey_strip(width, height))
+    monkeypatch.setattr(ImageFile.ImageFile, "load", never)
+    with pytest.raises(ImageDecodeError, match=r"extract\.max_aspect_ratio=20") as caught:
+        decode_image(path, max_pixels=MAX_PIXELS, min_size=MIN_SIZE)
+    assert caught.value.reason == "extreme aspect ratio"
+    assert f"{width}x{height} px" in str(caught.value)
+
+
+def test_aspect_ratio_limit_is_the_config_value(tmp_path: Path) -> None:
+    path = tmp_path / "strip.png"
+    path.write_bytes(_grey_strip(300, 30))  # 10:1
+    with pytest.raises(ImageDecodeError, match="extreme aspect ratio"):
+        decode_image(path, max_pixels=MAX_PIXELS, min_size=MIN_SIZE, max_aspect_ratio=9.5)
+    assert _decode(path, max_aspect_ratio=10).shape == (30, 300, 3)
+
+
+def test_resize_bound_holds_when_the_aspect_limit_is_raised() -> None:
+    from clare.data.images import check_resize
+
+    # 8 x 2,000,000 to a shorter side of 112: 112 x 28,000,000 px, refused before resizing.
+    with pytest.raises(ImageDecodeError, match=r"would be 112x28000000 px") as caught:
+        check_resize(8, 2_000_000, 112, max_pixels=MAX_PIXELS)
+    assert caught.value.reason == "too large after resize"
+    with pytest.raises(ImageDecodeError, match="too large after resize"):
+        check_resize(2_000_000, 8, 224, max_pixels=MAX_PIXELS)
+    check_resize(300, 200, 224, max_pixels=MAX_PIXELS)  # an ordinary image passes
+
+
+def test_an_unexpected_decoder_exception_is_that_files_failure(corpus: Path, monkeypatch) -> None:
+    import clare.data.images as images
+
+    def broken(image):
+        raise KeyError("a plugin bug")
+
+    monkeypatch.setattr(images, "_to_rgb", broken)
+    with pytest.raises(ImageDecodeError) as caught:
+        decode_image(corpus / "hostile" / "grey.png", max_pixels=MAX_PIXELS, min_size=MIN_SIZE)
+    assert caught.value.reason == "decoder error"
+    assert "KeyError" in str(caught.value) and "grey.png" in str(caught.value)
+
+    def exhausted(image):
+        raise MemoryError()
+
+    monkeypatch.setattr(images, "_to_rgb", exhausted)
+    with pytest.raises(ImageDecodeError, match="out of memory") as caught:
+        decode_image(corpus / "hostile" / "grey.png", max_pixels=MAX_PIXELS, min_size=MIN_SIZE)
+    assert caught.value.reason == "too large"
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_any_exception_preparing_a_row_is_one_failed_row(tmp_path: Path, tiny_models_dir: Path,
+                                                         monkeypatch) -> None:
+    import clare.models.lare as lare_module
+    import clare.stages.extract as extract_module
+
+    data = tmp_path / "data"
+    index = make_image_tree(data, 8, seed=21)
+    strips = pd.DataFrame({"path": ["strips/tall.png", "strips/wide.png"], "subset": "strips",
+                           "label": np.int8(1), "video": ["s0", "s1"], "frame": np.int32(0),
+                           "split": "train"})
+    (data / "strips").mkdir()
+    (data / "strips" / "tall.png").write_bytes(_grey_strip(8, 2_000_000))
+    (data / "strips" / "wide.png").write_bytes(_grey_strip(2_000_000, 8))
+    index = pd.concat([index, strips], ignore_index=True).astype({"label": "int8", "frame": "int32"})
+    # The aspect limit raised out of the way: the bound after CLIP's resize must still hold.
+    cfg = make_config(tmp_path, tiny_models_dir, data, index=index,
+                      extract__max_aspect_ratio=10_000_000)
+
+    view_victim = data / index.at[1, "path"]
+    sizes = []
+    for rel in index["path"]:
+        with Image.open(data / rel) as image:
+            sizes.append(image.size)
+    victim_size = sizes[4]
+    assert sizes.count(victim_size) == 1  # the size singles out one image
+    real_make_view, real_lare_pixels = extract_module.make_view, lare_module.lare_pixels
+
+    def make_view(image, *, image_sha256, **kwargs):
+        if image_sha256 == _sha256(view_victim):
+            raise ZeroDivisionError("a bug in one view")
+        return real_make_view(image, image_sha256=image_sha256, **kwargs)
+
+    def lare_pixels(image, size):
+        if image.size == victim_size:
+            raise MemoryError()
+        return real_lare_pixels(image, size)
+
+    monkeypatch.setattr(extract_module, "make_view", make_view)
+    monkeypatch.setattr(lare_module, "lare_pixels", lare_pixels)
+
+    summary = run_extract(cfg, split="train", quiet=True)
+
+    manifest = FeatureStore(summary.store).manifest().set_index("path")
+    assert summary.reasons == {"preparation failed": 2, "too large after resize": 2}
+    assert manifest.at[index.at[1, "path"], "error"].startswith("preparation failed: ")
+    assert "ZeroDivisionError: a bug in one view" in manifest.at[index.at[1, "path"], "error"]
+    assert "MemoryError" in manifest.at[index.at[4, "path"], "error"]
+    for strip in ("strips/tall.png", "strips/wide.png"):
+        assert manifest.at[strip, "status"] == "failed"
+        assert "extract.max_image_pixels" in manifest.at[strip, "error"]
+    ok = manifest[manifest["status"] == "ok"]
+    assert len(ok) == 6 and (ok["error"] == "").all()
+
+
+def test_errors_of_the_models_still_stop_the_run(tmp_path: Path, tiny_models_dir: Path,
+                                                 monkeypatch) -> None:
+    from clare.models.lare import LareExtractor
+
+    data = tmp_path / "data"
+    make_image_tree(data, 4, seed=22)
+    cfg = make_config(tmp_path, tiny_models_dir, data)
+
+    def lost(self, *args, **kwargs):
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(LareExtractor, "__call__", lost)
+    with pytest.raises(RuntimeError, match="device lost"):
+        run_extract(cfg, split="train", quiet=True)
+
+
+@pytest.mark.parametrize("text", ["blur=inf", "blur=nan", "blur=-1", "blur=0", "blur=1e9",
+                                  "jpeg=inf", "jpeg=50.5", "jpeg=0", "jpeg=101", "noise=3",
+                                  "blur=", "jpegabc"])
+def test_non_finite_and_out_of_range_perturbations_are_refused(text: str) -> None:
+    from clare.data.views import parse_perturbation
+    from clare.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--perturb .*expected jpeg=Q"):
+        parse_perturbation(text)
+
+
+# --------------------------------------------------------------------------- hostile weights
+
+
+def test_nan_weights_are_named_not_a_metrics_traceback(tmp_path: Path, tiny_models_dir: Path) -> None:
+    import torch
+
+    from clare.errors import ModelLoadError
+    from clare.stages.evaluate import score_store
+
+    class NanHead(torch.nn.Module):
+        """A detector whose trained weights hold NaN: every score comes out NaN."""
+
+        needs_tokens, needs_lare = False, False
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = torch.nn.Linear(32, 2)
+            with torch.no_grad():
+                self.linear.weight.fill_(float("nan"))
+
+        def forward(self, cls, tokens, lare):
+            return self.linear(cls)
+
+    data = tmp_path / "data"
+    make_image_tree(data, 4, seed=23)
+    summary = run_extract(make_config(tmp_path, tiny_models_dir, data), split="test", quiet=True)
+    store = FeatureStore(summary.store)
+    with pytest.raises(ModelLoadError, match=r"4 of 4 rows a NaN .*model\.safetensors") as caught:
+        score_store(NanHead(), store, batch_size=2, device=torch.device("cpu"))
+    assert str(summary.store) in str(caught.value)

@@ -23,7 +23,7 @@ import pandas as pd
 from PIL import Image
 
 from clare.config import Config, DataConfig, SubsetSpec
-from clare.errors import DataError
+from clare.errors import DataError, one_line, short_repr
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
 INDEX_COLUMNS = ("path", "subset", "label", "video", "frame", "split")
@@ -119,6 +119,14 @@ class _InsideRoot:
         return target == self.root or self.root in target.parents
 
     def __call__(self, rel: str) -> bool:
+        try:
+            return self._resolves_inside(rel)
+        except (RuntimeError, OSError):
+            # A symlink loop (RuntimeError) or a name the file system refuses (too long):
+            # nothing can be read through it, so nothing leaks; the probe counts it missing.
+            return True
+
+    def _resolves_inside(self, rel: str) -> bool:
         parent, _, name = rel.rpartition("/")
         folder = self._folders.get(parent)
         if folder is None:
@@ -131,7 +139,10 @@ class _InsideRoot:
 
 def _probe_file(path: Path) -> tuple[bool, bool]:
     """(exists, header readable) without decoding pixels."""
-    if not path.is_file():
+    try:
+        if not path.is_file():
+            return False, False
+    except OSError:  # a name the file system refuses (too long, ...) cannot be on disk
         return False, False
     try:
         with Image.open(path) as image:
@@ -161,6 +172,10 @@ def _load_json(path: Path, subset: str) -> Any:
         raise DataError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}); fix or re-download it") from None
     except UnicodeDecodeError:
         raise DataError(f"{path}: not UTF-8 text; is it really a JSON list?") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply to be a DeepfakeBench list") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the list ({exc.strerror or one_line(exc)})") from None
 
 
 def _expect_dict(value: Any, path: Path, where: str, expected: str) -> dict:
@@ -172,6 +187,65 @@ def _expect_dict(value: Any, path: Path, where: str, expected: str) -> dict:
     return value
 
 
+def _top_key(tree: dict, path: Path, check: SubsetCheck) -> str:
+    """The dataset key: the file's stem, or the only key there is (noted)."""
+    stem = path.stem
+    if stem in tree:
+        return stem
+    if len(tree) == 1:
+        top = next(iter(tree))
+        check.notes.append(f"top key '{top}' of {path.name} differs from the file name; used it")
+        return str(top)
+    keys = ", ".join(short_repr(k, 40) for k in list(tree)[:5])
+    raise DataError(
+        f"{path}: top-level key '{stem}' (the file name) is missing and there are several "
+        f"others ({keys}); rename the file after its dataset key"
+    )
+
+
+def _video_entry(entry: Any, path: Path, where: str, label_name: str) -> tuple[list[str], str]:
+    """(frame paths, label name) of one video entry, checked."""
+    entry = _expect_dict(entry, path, where, 'a mapping {"label": ..., "frames": [...]}')
+    frames = entry.get("frames")
+    if not isinstance(frames, list) or not all(isinstance(f, str) for f in frames):
+        raise DataError(f"{path}: at {where}/frames expected a list of path strings")
+    name = entry.get("label", label_name)
+    if not isinstance(name, str):
+        raise DataError(f"{path}: at {where}/label expected a label name string")
+    return frames, name
+
+
+def _split_videos(splits: Any, path: Path, where: str, split_key: str, subset: str) -> dict:
+    """The {video: entry} mapping of one label name's split, checked."""
+    splits = _expect_dict(splits, path, where, "a mapping {train|val|test: {video: ...}}")
+    if split_key not in splits:
+        names = sorted(map(str, splits))
+        have = ", ".join(short_repr(k, 40)[1:-1] for k in names[:5]) or "none"
+        have += f" and {len(names) - 5} more" if len(names) > 5 else ""
+        raise DataError(
+            f"{path}: {where} has no '{split_key}' split (has: {have}); "
+            f"set json_split for subset '{subset}' or list it under another split"
+        )
+    return _expect_dict(splits[split_key], path, f"{where[:-1]}/{split_key}'",
+                        "a mapping {video_id: {label, frames}}")
+
+
+def _video_frames(frames: list[str], name: str, where: str, path: Path, data: DataConfig,
+                  check: SubsetCheck) -> tuple[int | None, list[str]]:
+    """The label of a video and its rewritten frame paths; unknown labels and paths that
+    would leave the root are counted (refused later with all the counts)."""
+    label = resolve_label(name, data)
+    if label is None:
+        _note_once(check, f"unknown label name '{name}' in {path.name} at {where}",
+                   f"unknown label name '{name}'")
+    rewritten = [rewrite_path(f, data.prefix_map) for f in frames]
+    for rel in rewritten:
+        if _lexically_escapes(rel):
+            check.rejected += 1
+            _note_once(check, f"rejected entry '{rel}' in {path.name} at {where}", "rejected entry")
+    return label, rewritten
+
+
 def _iter_json_frames(
     path: Path, spec: SubsetSpec, split_key: str, data: DataConfig, n_keep: int,
     check: SubsetCheck,
@@ -179,52 +253,16 @@ def _iter_json_frames(
     """Walk a DeepfakeBench list: dataset -> label name -> split -> video -> frames."""
     tree = _expect_dict(_load_json(path, spec.name), path, "the top level",
                         "a mapping {dataset: {...}}")
-    stem = path.stem
-    if stem in tree:
-        top = stem
-    elif len(tree) == 1:
-        top = next(iter(tree))
-        check.notes.append(f"top key '{top}' of {path.name} differs from the file name; used it")
-    else:
-        keys = ", ".join(repr(k) for k in list(tree)[:5])
-        raise DataError(
-            f"{path}: top-level key '{stem}' (the file name) is missing and there are several "
-            f"others ({keys}); rename the file after its dataset key"
-        )
+    top = _top_key(tree, path, check)
     labels = _expect_dict(tree[top], path, f"'{top}'", "a mapping {label_name: {split: ...}}")
     if not labels:
         raise DataError(f"{path}: '{top}' lists no label names; the list is empty")
-
     for label_name, splits in labels.items():
-        splits = _expect_dict(splits, path, f"'{top}/{label_name}'",
-                              "a mapping {train|val|test: {video: ...}}")
-        if split_key not in splits:
-            have = ", ".join(sorted(map(str, splits))) or "none"
-            raise DataError(
-                f"{path}: '{top}/{label_name}' has no '{split_key}' split (has: {have}); "
-                f"set json_split for subset '{spec.name}' or list it under another split"
-            )
-        videos = _expect_dict(splits[split_key], path, f"'{top}/{label_name}/{split_key}'",
-                              "a mapping {video_id: {label, frames}}")
+        videos = _split_videos(splits, path, f"'{top}/{label_name}'", split_key, spec.name)
         for video_id, entry in videos.items():
             where = f"'{top}/{label_name}/{split_key}/{video_id}'"
-            entry = _expect_dict(entry, path, where, 'a mapping {"label": ..., "frames": [...]}')
-            frames = entry.get("frames")
-            if not isinstance(frames, list) or not all(isinstance(f, str) for f in frames):
-                raise DataError(f"{path}: at {where}/frames expected a list of path strings")
-            name = entry.get("label", label_name)
-            if not isinstance(name, str):
-                raise DataError(f"{path}: at {where}/label expected a label name string")
-            label = resolve_label(name, data)
-            if label is None:
-                _note_once(check, f"unknown label name '{name}' in {path.name} at {where}",
-                           f"unknown label name '{name}'")
-            rewritten = [rewrite_path(f, data.prefix_map) for f in frames]
-            for rel in rewritten:
-                if _lexically_escapes(rel):
-                    check.rejected += 1
-                    _note_once(check, f"rejected entry '{rel}' in {path.name} at {where}",
-                               "rejected entry")
+            frames, name = _video_entry(entry, path, where, label_name)
+            label, rewritten = _video_frames(frames, name, where, path, data, check)
             for index in sample_frame_indices(len(rewritten), n_keep):
                 yield _Frame(rewritten[index], label, f"{label_name}/{video_id}", index)
 
@@ -232,31 +270,52 @@ def _iter_json_frames(
 # --------------------------------------------------------------------------- folder layout
 
 
+def _listing(folder: Path) -> list[Path]:
+    """A folder's entries by name; a folder that cannot be listed is a DataError naming it."""
+    try:
+        return sorted(folder.iterdir(), key=lambda p: p.name)
+    except OSError as exc:
+        raise DataError(f"{folder}: cannot list this data folder ({exc.strerror or one_line(exc)}); "
+                        "fix its permissions or links, or remove it from the subset") from None
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # a name the file system refuses (too long, ...) is no folder
+        return False
+
+
+def _video_of(entry: Path, check: SubsetCheck) -> tuple[str, list[Path]] | None:
+    """(video id, its frames) for a video folder or a loose image; None for anything else."""
+    if _is_dir(entry):
+        listing = _listing(entry)
+        files = [p for p in listing if p.suffix.lower() in IMAGE_SUFFIXES]
+        if not listing:
+            check.empty_folders += 1
+            return None
+        return (entry.name, files) if files else None
+    if entry.suffix.lower() in IMAGE_SUFFIXES:
+        return entry.stem, [entry]
+    return None
+
+
 def _iter_folder_frames(root: Path, spec: SubsetSpec, n_keep: int,
                         check: SubsetCheck) -> Iterator[_Frame]:
     """`<root>/<folder>/{real,fake}/<video>/<frames>`; loose files are one-frame videos."""
     base = root / str(spec.folder)
-    label_dirs = [(name, base / name) for name in FOLDER_LABELS if (base / name).is_dir()]
+    label_dirs = [(name, base / name) for name in FOLDER_LABELS if _is_dir(base / name)]
     if not label_dirs:
         raise DataError(
             f"{base}: subset '{spec.name}' expects folders real/ and/or fake/ inside; "
             "check the subset's 'folder' and data.root"
         )
     for label_name, label_dir in label_dirs:
-        for entry in sorted(label_dir.iterdir(), key=lambda p: p.name):
-            if entry.is_dir():
-                files = sorted(
-                    (p for p in entry.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
-                    key=lambda p: p.name,
-                )
-                if not files and not any(entry.iterdir()):
-                    check.empty_folders += 1
-                    continue
-                video, frames = entry.name, files
-            elif entry.suffix.lower() in IMAGE_SUFFIXES:
-                video, frames = entry.stem, [entry]
-            else:
+        for entry in _listing(label_dir):
+            found = _video_of(entry, check)
+            if found is None:
                 continue
+            video, frames = found
             rels = [p.relative_to(root).as_posix() for p in frames]
             for index in sample_frame_indices(len(rels), n_keep):
                 yield _Frame(rels[index], FOLDER_LABELS[label_name], f"{label_name}/{video}", index)
@@ -276,27 +335,30 @@ def _list_path(data: DataConfig, spec: SubsetSpec) -> Path:
 
 def _folder_is_empty(folder: Path, cache: dict[Path, bool]) -> bool:
     if folder not in cache:
-        cache[folder] = folder.is_dir() and next(folder.iterdir(), None) is None
+        try:
+            cache[folder] = folder.is_dir() and next(folder.iterdir(), None) is None
+        except OSError:  # unlistable (a loop, no permission, a name too long): not "empty"
+            cache[folder] = False
     return cache[folder]
 
 
-def _index_subset(cfg: Config, spec: SubsetSpec, split: str) -> tuple[list[_Frame], SubsetCheck]:
+def _subset_frames(cfg: Config, spec: SubsetSpec, split: str,
+                   check: SubsetCheck) -> tuple[Path, list[_Frame]]:
+    """(the list file or folder read, the sampled frames it lists)."""
     data = cfg.data
     root = Path(data.root)
-    inside_root = _InsideRoot(root)
     n_keep = data.frames_per_video.train if split == "train" else data.frames_per_video.test
-    check = SubsetCheck(subset=spec.name)
-    source: Path
     if spec.folder is not None:
-        source = root / spec.folder
-        frames = list(_iter_folder_frames(root, spec, n_keep, check))
-    else:
-        source = _list_path(data, spec)
-        # A train index reads only `train`: validation is held out from it later.
-        split_key = spec.json_split or split
-        frames = list(_iter_json_frames(source, spec, split_key, data, n_keep, check))
+        return root / spec.folder, list(_iter_folder_frames(root, spec, n_keep, check))
+    source = _list_path(data, spec)
+    # A train index reads only `train`: validation is held out from it later.
+    split_key = spec.json_split or split
+    return source, list(_iter_json_frames(source, spec, split_key, data, n_keep, check))
 
-    check.listed = len(frames)
+
+def _candidates(frames: list[_Frame], root: Path, source: Path, check: SubsetCheck) -> list[_Frame]:
+    """Frames inside the root, with a known label, each path once (the rest is counted)."""
+    inside_root = _InsideRoot(root)
     seen: set[str] = set()
     candidates: list[_Frame] = []
     for item in frames:
@@ -316,7 +378,13 @@ def _index_subset(cfg: Config, spec: SubsetSpec, split: str) -> tuple[list[_Fram
             continue
         seen.add(normal)
         candidates.append(_Frame(normal, item.label, item.video, item.frame))
+    return candidates
 
+
+def _probe_candidates(candidates: list[_Frame], root: Path,
+                      check: SubsetCheck) -> tuple[list[_Frame], str | None]:
+    """The candidates on disk (header checked, unreadable ones counted but kept) and the
+    first one missing; missing frames in empty video folders count as empty folders."""
     with ThreadPoolExecutor(_PROBE_THREADS) as pool:
         probes = list(pool.map(_probe_file, (root / item.path for item in candidates)))
     empty_cache: dict[Path, bool] = {}
@@ -335,6 +403,17 @@ def _index_subset(cfg: Config, spec: SubsetSpec, split: str) -> tuple[list[_Fram
         else:
             check.missing += 1
     check.empty_folders += len(empty_folders)
+    return kept, first_missing
+
+
+def _index_subset(cfg: Config, spec: SubsetSpec, split: str) -> tuple[list[_Frame], SubsetCheck]:
+    data = cfg.data
+    root = Path(data.root)
+    check = SubsetCheck(subset=spec.name)
+    source, frames = _subset_frames(cfg, spec, split, check)
+    check.listed = len(frames)
+    candidates = _candidates(frames, root, source, check)
+    kept, first_missing = _probe_candidates(candidates, root, check)
 
     absent = len(candidates) - len(kept)
     if absent and data.on_missing == "error":

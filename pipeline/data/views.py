@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import random
+import re
 from dataclasses import dataclass
 
 from PIL import Image, ImageFilter
 
-from clare.config import AugmentConfig
-from clare.errors import ConfigError
+from clare.config import BLUR_SIGMA_MAX, JPEG_QUALITY_RANGE, AugmentConfig
+from clare.errors import ConfigError, short_repr
 
 
 def derive_seed(seed: int, image_sha256: str, view: int, purpose: str) -> int:
@@ -52,6 +54,14 @@ def augment_view(image: Image.Image, rng: random.Random, aug: AugmentConfig) -> 
     return image
 
 
+# The fixed degradations a robustness store can be built under: kind -> what the value means.
+PERTURBATION_KINDS: dict[str, str] = {
+    "jpeg": "JPEG quality (lower = harsher)",
+    "blur": "Gaussian blur σ",
+}
+_STORE_NAME = re.compile(r"^.+-(?P<tag>(?:jpeg|blur)[0-9.eE+-]+)$")
+
+
 @dataclass(frozen=True)
 class Perturbation:
     """One fixed degradation applied to every image of a robustness store."""
@@ -60,14 +70,18 @@ class Perturbation:
     value: float
 
     @property
+    def _value_text(self) -> str:
+        return str(int(self.value)) if self.kind == "jpeg" else f"{self.value:g}"
+
+    @property
     def tag(self) -> str:
-        value = int(self.value) if self.kind == "jpeg" else f"{self.value:g}"
-        return f"{self.kind}{value}"
+        """The form used in store names: jpeg50, blur1.5."""
+        return f"{self.kind}{self._value_text}"
 
     @property
     def spec(self) -> str:
-        value = int(self.value) if self.kind == "jpeg" else f"{self.value:g}"
-        return f"{self.kind}={value}"
+        """The form used on the command line and in the config: jpeg=50, blur=1.5."""
+        return f"{self.kind}={self._value_text}"
 
     def apply(self, image: Image.Image) -> Image.Image:
         if self.kind == "jpeg":
@@ -75,26 +89,60 @@ class Perturbation:
         return image.filter(ImageFilter.GaussianBlur(self.value))
 
 
-def parse_perturbation(text: str | None) -> Perturbation | None:
-    if text is None or text == "":
-        return None
+def _split_spec(text: str) -> tuple[str, str]:
+    """`jpeg=50` or the tag form `jpeg50` -> ("jpeg", "50")."""
     kind, sep, raw = text.partition("=")
-    if not sep:  # the tag form of store names: jpeg50, blur1.5
-        for prefix in ("jpeg", "blur"):
-            if text.startswith(prefix):
-                kind, raw = prefix, text[len(prefix):]
+    if sep:
+        return kind.strip(), raw.strip()
+    for prefix in PERTURBATION_KINDS:
+        if text.startswith(prefix):
+            return prefix, text[len(prefix):]
+    return text, ""
+
+
+def _valid_value(kind: str, raw: str) -> float | None:
+    """The parameter when it is finite and in range for its kind, else None."""
     try:
         value = float(raw)
     except ValueError:
-        value = -1.0
-    if kind == "jpeg" and 1 <= value <= 100 and value == int(value):
-        return Perturbation("jpeg", value)
-    if kind == "blur" and value > 0:
-        return Perturbation("blur", value)
-    raise ConfigError(
-        f"--perturb '{text}': expected jpeg=Q with Q in 1..100 or blur=SIGMA with SIGMA > 0 "
-        "(or the tags jpegQ, blurSIGMA)"
-    )
+        return None
+    if not math.isfinite(value):
+        return None
+    if kind == "jpeg":
+        low, high = JPEG_QUALITY_RANGE
+        return value if low <= value <= high and value == int(value) else None
+    if kind == "blur":
+        return value if 0 < value <= BLUR_SIGMA_MAX else None
+    return None
+
+
+def parse_perturbation(text: str | None, where: str = "--perturb") -> Perturbation | None:
+    """The one parser of perturbation specs (`jpeg=50`, `blur=1.5`) and tags (`jpeg50`).
+
+    Unknown kinds, non-numbers, non-finite values and values out of range raise ConfigError
+    naming `where` (the option or config key the text came from)."""
+    if text is None or text == "":
+        return None
+    kind, raw = _split_spec(text)
+    value = _valid_value(kind, raw)
+    if value is None:
+        low, high = JPEG_QUALITY_RANGE
+        raise ConfigError(
+            f"{where} {short_repr(text)}: expected jpeg=Q with an integer Q in {low}..{high} or "
+            f"blur=SIGMA with 0 < SIGMA <= {BLUR_SIGMA_MAX:g} (or the tags jpegQ, blurSIGMA)"
+        )
+    return Perturbation(kind, value)
+
+
+def perturbation_of_store(name: str) -> Perturbation | None:
+    """The perturbation a store name carries (`test-jpeg50` -> jpeg=50), or None."""
+    match = _STORE_NAME.match(name)
+    if match is None:
+        return None
+    try:
+        return parse_perturbation(match["tag"])
+    except ConfigError:
+        return None
 
 
 def make_view(

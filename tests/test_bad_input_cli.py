@@ -1,0 +1,351 @@
+"""Every bad input is one line on stderr and exit code 2, never a traceback (issue 12, class 5).
+
+Each test runs the real entry point, `clare.cli.main()`, in this process with its own argv, so
+the last-resort guard of `main()` is part of what is tested. A test asserts the exit code, that
+stderr is exactly one line starting with "error:", and that the line names the file or key.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clare import cli
+
+LONG_NAME = "n" * 300  # one path component above the usual 255-byte limit
+
+
+def run_clare(args: list[str], capsys: pytest.CaptureFixture[str],
+              monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `clare ARGS` through the real entry point."""
+    monkeypatch.setattr(sys, "argv", ["clare", *map(str, args)])
+    with pytest.raises(SystemExit) as done:
+        cli.main()
+    captured = capsys.readouterr()
+    code = done.value.code
+    return (0 if code is None else int(code)), captured.out, captured.err
+
+
+def assert_one_line_error(result: tuple[int, str, str], *names: str) -> str:
+    code, _out, err = result
+    lines = err.strip("\n").splitlines()
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for name in names:
+        assert name in lines[0], (name, lines[0])
+    return lines[0]
+
+
+def write_config(tmp_path: Path, tree: dict | None = None, name: str = "c.yaml") -> Path:
+    tree = tree if tree is not None else {"data": {"root": str(tmp_path / "data")}}
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(tree), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def clare(capsys, monkeypatch):
+    return lambda *args: run_clare(list(args), capsys, monkeypatch)
+
+
+# --------------------------------------------------------------------------- config files
+
+
+def test_non_utf8_config(tmp_path: Path, clare) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("data: {root: /données}\n".encode("latin-1"))
+    line = assert_one_line_error(clare("config", "--config", path), str(path), "UTF-8")
+    assert "byte" in line
+
+
+def test_config_nested_too_deeply(tmp_path: Path, clare) -> None:
+    path = tmp_path / "deep.yaml"
+    path.write_text("data: {root: x}\nfit: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    assert_one_line_error(clare("config", "--config", path), str(path))
+
+
+def test_yaml_alias_bomb_gives_a_bounded_message(tmp_path: Path, clare) -> None:
+    # 9 levels of 9 aliases: 387 million strings once expanded; the repr must never be built.
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\ndata: {root: *l8}\n")
+    line = assert_one_line_error(clare("config", "--config", path), str(path), "data.root")
+    assert len(line) < 400
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("seed=-1", "seed"),
+        ("seed=9223372036854775808", "seed"),  # 2^63: numpy and torch refuse it
+        ("fit.lr=.nan", "fit.lr"),
+        ("fit.lr=.inf", "fit.lr"),
+        ("extract.augment.blur_sigma=[1, .inf]", "extract.augment.blur_sigma"),
+        ("extract.augment.crop_scale=[0.9, 0.5]", "extract.augment.crop_scale"),
+        ("extract.augment.jpeg_quality=[0, 100]", "extract.augment.jpeg_quality"),
+        ("extract.max_aspect_ratio=0.5", "extract.max_aspect_ratio"),
+        ("data.train=[a, b", "data.train"),
+    ],
+)
+def test_out_of_range_settings_name_their_key(tmp_path: Path, clare, override: str, key: str) -> None:
+    path = write_config(tmp_path)
+    assert_one_line_error(clare("config", "--config", path, "--set", override), key)
+
+
+def test_negative_seed_in_the_file(tmp_path: Path, clare) -> None:
+    path = write_config(tmp_path, {"seed": -1, "data": {"root": "x"}})
+    assert_one_line_error(clare("config", "--config", path), str(path), "'seed'")
+
+
+@pytest.mark.parametrize("value", ["a photo #1", "a photo\nof a face", "photo: close-up", "- a",
+                                   "  padded  ", "#1"])
+def test_set_values_arrive_verbatim(tmp_path: Path, clare, value: str) -> None:
+    path = write_config(tmp_path)
+    code, out, err = clare("config", "--config", path, "--set", f"lare.prompt={value}")
+    assert code == 0, err
+    assert yaml.safe_load(out)["lare"]["prompt"] == value
+
+
+def test_set_still_reads_yaml_values(tmp_path: Path, clare) -> None:
+    path = write_config(tmp_path)
+    code, out, err = clare("config", "--config", path, "--set", "fit.lr=0.01", "--set",
+                           "data.train=[a, b]", "--set", "fit.name=null", "--set",
+                           "lare.prompt='1'", "--set", "fit.amp=false")
+    assert code == 0, err
+    values = yaml.safe_load(out)
+    assert values["fit"]["lr"] == 0.01 and values["fit"]["name"] is None
+    assert [s["name"] for s in values["data"]["train"]] == ["a", "b"]
+    assert values["lare"]["prompt"] == "1" and values["fit"]["amp"] is False
+
+
+def test_a_comment_after_a_number_is_not_dropped(tmp_path: Path, clare) -> None:
+    path = write_config(tmp_path)
+    line = assert_one_line_error(clare("config", "--config", path, "--set", "fit.lr=0.01 # x"),
+                                 "fit.lr")
+    assert "0.01 # x" in line
+
+
+def test_config_path_with_an_over_long_name(tmp_path: Path, clare) -> None:
+    path = tmp_path / f"{LONG_NAME}.yaml"
+    assert_one_line_error(clare("config", "--config", path), LONG_NAME)
+
+
+# --------------------------------------------------------------------------- data lists and trees
+
+
+def _data_config(tmp_path: Path, **data) -> Path:
+    root = tmp_path / "data"
+    (root / "frames" / "v0").mkdir(parents=True, exist_ok=True)
+    from PIL import Image
+
+    Image.new("RGB", (16, 16), (9, 9, 9)).save(root / "frames" / "v0" / "000.png")
+    lists = tmp_path / "lists"
+    lists.mkdir(exist_ok=True)
+    tree = {"data": {"root": str(root), "lists_dir": str(lists), "index_dir": str(tmp_path / "index"),
+                     "train": ["mini"], "test": ["mini"], **data}}
+    return write_config(tmp_path, tree)
+
+
+def _write_list(tmp_path: Path, frames: list[str]) -> None:
+    body = {"mini": {"mini_Real": {split: {"v0": {"label": "mini_Real", "frames": frames}}
+                                   for split in ("train", "test")}}}
+    (tmp_path / "lists" / "mini.json").write_text(json.dumps(body), encoding="utf-8")
+
+
+def test_json_list_nested_100k_deep(tmp_path: Path, clare) -> None:
+    config = _data_config(tmp_path)
+    deep = tmp_path / "lists" / "mini.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
+    assert_one_line_error(clare("prepare", "--config", config), str(deep), "nested too deeply")
+
+
+def test_listed_frame_with_an_over_long_name_is_missing_not_a_crash(tmp_path: Path, clare) -> None:
+    config = _data_config(tmp_path)
+    _write_list(tmp_path, ["frames/v0/000.png", f"frames/{LONG_NAME}/000.png"])
+    code, _out, err = clare("prepare", "--config", config)
+    assert code == 0, err
+    checks = json.loads((tmp_path / "index" / "checks.json").read_text())
+    assert checks["train"]["mini"]["found"] == 1 and checks["train"]["mini"]["missing"] == 1
+
+
+def test_symlink_loop_in_the_data_tree(tmp_path: Path, clare) -> None:
+    config = _data_config(tmp_path)
+    loop = tmp_path / "data" / "frames" / "loop"
+    loop.symlink_to(loop)  # a link to itself: every lookup through it fails with ELOOP
+    _write_list(tmp_path, ["frames/v0/000.png", "frames/loop/000.png"])
+    code, _out, err = clare("prepare", "--config", config)
+    assert code == 0, err
+    checks = json.loads((tmp_path / "index" / "checks.json").read_text())
+    assert checks["train"]["mini"]["found"] == 1 and checks["train"]["mini"]["missing"] == 1
+    # With on_missing=error the same tree is refused in one line naming the subset.
+    strict = _data_config(tmp_path, on_missing="error")
+    code, _out, err = clare("prepare", "--config", strict)
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("error: subset 'mini'")
+
+
+def test_symlink_loop_in_a_folder_subset(tmp_path: Path, clare) -> None:
+    from PIL import Image
+
+    root = tmp_path / "data"
+    video = root / "faces" / "real" / "v0"
+    video.mkdir(parents=True)
+    Image.new("RGB", (16, 16)).save(video / "000.png")
+    (root / "faces" / "fake").symlink_to(root / "faces" / "fake")  # the label folder loops
+    (root / "faces" / "real" / "v1.png").symlink_to(root / "faces" / "real" / "v1.png")
+    tree = {"data": {"root": str(root), "index_dir": str(tmp_path / "index"),
+                     "train": [{"name": "faces", "folder": "faces"}],
+                     "test": [{"name": "faces", "folder": "faces"}]}}
+    code, _out, err = clare("prepare", "--config", write_config(tmp_path, tree))
+    assert code == 0, err
+    checks = json.loads((tmp_path / "index" / "checks.json").read_text())
+    assert checks["train"]["faces"]["found"] == 1 and checks["train"]["faces"]["missing"] == 1
+
+
+def test_unreadable_index_is_one_line(tmp_path: Path, clare) -> None:
+    config = _data_config(tmp_path)
+    (tmp_path / "index").mkdir()
+    (tmp_path / "index" / "train.parquet").write_bytes(b"PAR1 not really parquet")
+    assert_one_line_error(clare("extract", "--config", config),
+                          str(tmp_path / "index" / "train.parquet"), "clare prepare")
+
+
+# --------------------------------------------------------------------------- command options
+
+
+@pytest.mark.parametrize("spec", ["blur=inf", "blur=nan", "jpeg=1e999", "blur=-2"])
+def test_perturbation_with_a_bad_value(tmp_path: Path, clare, spec: str) -> None:
+    config = write_config(tmp_path)
+    assert_one_line_error(clare("extract", "--config", config, "--split", "test", "--perturb", spec),
+                          "--perturb", spec)
+
+
+def test_unreachable_scheduler(tmp_path: Path, clare) -> None:
+    import dask
+    import dask.distributed  # noqa: F401 - its defaults must be loaded before config.set
+
+    config = write_config(tmp_path)
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        assert_one_line_error(clare("extract", "--config", config, "--scheduler",
+                                    "tcp://127.0.0.1:1"), "--scheduler", "tcp://127.0.0.1:1")
+    assert_one_line_error(clare("extract", "--config", config, "--scheduler", "nonsense"),
+                          "--scheduler")
+    assert not (tmp_path / "stores").exists()  # nothing was written before the check
+
+
+# --------------------------------------------------------------------------- clare show
+
+
+def _report(tmp_path: Path, content: bytes) -> Path:
+    folder = tmp_path / "reports" / "demo"
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_bytes(content)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (b"{not json", "not valid JSON"),
+        ("{\"run\": \"d\u00e9mo\"}".encode("latin-1"), "UTF-8"),
+        (b"[1, 2, 3]", "valid dictionary"),
+        (b'{"subsets": [1], "mean": {}}', "'subsets'"),
+        (b'{"subsets": {"a": 1}, "mean": {}}', "'subsets.a'"),
+        (b'{"subsets": {}}', "'mean'"),
+        (b'{"subsets": {}, "mean": {}, "robustness": {"x": 3}}', "'robustness.x'"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    ],
+    ids=["bad-json", "latin1", "list", "subsets-list", "subset-number", "no-mean",
+         "robustness-number", "deep"],
+)
+def test_show_on_malformed_metrics(tmp_path: Path, clare, content: bytes, says: str) -> None:
+    folder = _report(tmp_path, content)
+    assert_one_line_error(clare("show", folder), str(folder / "metrics.json"), says)
+
+
+def test_show_prints_odd_but_valid_metrics(tmp_path: Path, clare) -> None:
+    metrics = {"run": "[/]odd", "subsets": {"[bold]x": {"auc": 0.5, "notes": {"ap": "why [/]"}}},
+               "mean": {"auc": "not a number", "auc_n_subsets": "one"}}
+    folder = _report(tmp_path, json.dumps(metrics).encode())
+    code, out, err = clare("show", folder)
+    assert code == 0, err
+    assert "[bold]x" in out and "0.500" in out
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (b"reports: [unclosed\n", "malformed YAML"),
+        (b"- a\n- b\n", "top level must be a mapping"),
+        (b"run: [a, b]\n", "key 'run'"),
+        (b"reports: {x: 1}\n", "key 'reports'"),
+        ("run: d\u00e9mo\n".encode("latin-1"), "UTF-8"),
+    ],
+    ids=["bad-yaml", "list", "run-list", "reports-mapping", "latin1"],
+)
+def test_show_on_malformed_params(tmp_path: Path, clare, content: bytes, says: str) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_bytes(content)
+    assert_one_line_error(clare("show", "--params", params), str(params), says)
+
+
+# --------------------------------------------------------------------------- the last-resort guard
+
+
+def test_a_full_disk_while_saving_is_one_line(tmp_path: Path, clare, monkeypatch) -> None:
+    import clare.stages.fit as fit_stage
+
+    target = tmp_path / "runs" / "base" / "last.ckpt"
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+    monkeypatch.setattr(fit_stage, "run_fit", full_disk)
+    line = assert_one_line_error(clare("fit", "--config", write_config(tmp_path)), str(target))
+    assert "No space left on device" in line and "free some space" in line
+
+
+@pytest.mark.parametrize("number", [errno.ENAMETOOLONG, errno.ELOOP, errno.EACCES, errno.EROFS])
+def test_os_errors_about_a_file_are_one_line(tmp_path: Path, clare, monkeypatch, number: int) -> None:
+    import clare.stages.prepare as prepare_stage
+
+    def fails(*args, **kwargs):
+        raise OSError(number, "system says no", str(tmp_path / "some" / "file"))
+
+    monkeypatch.setattr(prepare_stage, "run_prepare", fails)
+    assert_one_line_error(clare("prepare", "--config", write_config(tmp_path)),
+                          str(tmp_path / "some" / "file"), "system says no")
+
+
+def test_an_over_long_store_path_is_one_line(tmp_path: Path, clare) -> None:
+    assert_one_line_error(clare("info", tmp_path / LONG_NAME), LONG_NAME)
+
+
+def test_a_bug_says_internal_error_and_how_to_see_it(tmp_path: Path, clare, monkeypatch) -> None:
+    import clare.stages.prepare as prepare_stage
+
+    def bug(*args, **kwargs):
+        raise ZeroDivisionError("division by zero\nsecond line")
+
+    monkeypatch.setattr(prepare_stage, "run_prepare", bug)
+    config = write_config(tmp_path)
+    code, _out, err = clare("prepare", "--config", config)
+    lines = err.strip().splitlines()
+    assert code == cli.INTERNAL_ERROR_EXIT and code not in (0, 2)
+    assert len(lines) == 1 and lines[0].startswith("internal error: ZeroDivisionError")
+    assert "--debug" in lines[0] and "Traceback" not in err
+    # --debug shows the real exception instead of hiding it.
+    with pytest.raises(ZeroDivisionError):
+        clare("--debug", "prepare", "--config", config)
+    # An OSError that names no file is not a user's bad input either.
+    monkeypatch.setattr(prepare_stage, "run_prepare",
+                        lambda *a, **k: (_ for _ in ()).throw(OSError("socket closed")))
+    code, _out, err = clare("prepare", "--config", config)
+    assert code == cli.INTERNAL_ERROR_EXIT and err.startswith("internal error: OSError")
