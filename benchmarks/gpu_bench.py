@@ -332,8 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     results["models"] = models.kind
     # make_config writes this tree's index for both splits.
-    make_image_tree(work / "images", args.n, args.seed, side=args.image_px, jpeg=False,
-                    frames_per_video=4)
+    index = make_image_tree(work / "images", args.n, args.seed, side=args.image_px, jpeg=False,
+                            frames_per_video=4)
 
     def config(batch_size: int, fit: dict[str, Any] | None = None) -> Any:
         extract = {"device": str(device), "batch_size": batch_size, "precision": args.precision,
