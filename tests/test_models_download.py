@@ -169,6 +169,11 @@ def test_damaged_file_is_fetched_again(hub, remote, tmp_path):
     data = bytearray(vae.read_bytes())
     data[-1] ^= 0xFF
     vae.write_bytes(bytes(data))
+    # `clare models check` sees it: the header is intact, the recorded sha256 is not.
+    report = check_target(out / SD15_DIR)
+    assert report.problems == [
+        f"{vae}: differs from the download recorded in {out / SD15_DIR / 'SOURCE.json'}; "
+        f"run `clare models download --out {out}` (it resumes and repairs)"]
     hub.calls.clear()
     download_weights(out, log=lambda _: None)
     assert [name for _, name, _ in hub.calls] == ["vae/diffusion_pytorch_model.safetensors"]

@@ -19,7 +19,14 @@ from typing import Any
 
 from clare.config import ClipConfig, ModelsConfig
 from clare.errors import ClareError, ModelLoadError
-from clare.models.hub import SOURCE_FILE, downloaded_models, is_download_folder, read_source_record
+from clare.models.hub import (
+    CLIP_DIR,
+    SD15_DIR,
+    SOURCE_FILE,
+    downloaded_models,
+    is_download_folder,
+    read_source_record,
+)
 
 Shapes = dict[str, tuple[int, ...]]
 
@@ -236,8 +243,14 @@ def check_sd_folder(root: Path) -> CheckReport:
     return report
 
 
-def _redownload_hint(root: Path) -> str:
-    return f"run `clare models download --out {root.parent}` (it resumes and repairs)"
+def _redownload_hint(folder: Path) -> str:
+    """The fix for a damaged folder: the download command when the folder is one of its parts."""
+    for part in (SD15_DIR, CLIP_DIR):
+        depth = len(Path(part).parts)
+        if Path(folder).parts[-depth:] == Path(part).parts:
+            out = Path(folder).parents[depth - 1]
+            return f"run `clare models download --out {out}` (it resumes and repairs)"
+    return "replace the folder with a complete copy"
 
 
 def check_source_record(folder: Path) -> CheckReport:
