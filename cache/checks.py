@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from clare import fingerprint as fp
 from clare.cache.store import (
     ARRAYS,
     BUILD_HINT,
@@ -33,7 +34,6 @@ from clare.cache.store import (
     FeatureStore,
     StoreReadOnlyError,
     decode_failure,
-    fingerprint_digest,
     has_checksum,
 )
 from clare.files import file_sha256
@@ -101,33 +101,6 @@ def _array_info(store: FeatureStore) -> dict[str, dict[str, Any]]:
     return info
 
 
-def fingerprint_summary(fingerprint: dict[str, Any]) -> dict[str, Any]:
-    """The parts of a fingerprint a person compares by eye (file hashes shortened)."""
-    weights = fingerprint.get("weights", {})
-    sd = weights.get("sd", {})
-    clip = weights.get("clip", {})
-
-    def short(value: Any) -> Any:
-        return value[:12] if isinstance(value, str) else value
-
-    return {
-        "sd": sd.get("pretrained"),
-        "sd_revision": sd.get("revision"),
-        "sd_files_hashed": len(sd.get("files", {}) or {}),
-        "clip": f"{clip.get('model')} / {clip.get('pretrained')}",
-        "clip_sha256": short(clip.get("sha256")),
-        "lare": fingerprint.get("lare"),
-        "precision": fingerprint.get("precision"),
-        "views": fingerprint.get("views"),
-        "augment": fingerprint.get("augment"),
-        "perturb": fingerprint.get("perturb"),
-        "decode": fingerprint.get("decode"),
-        "seed": fingerprint.get("seed"),
-        "index_sha256": short(fingerprint.get("index_sha256")),
-        "clare_version": fingerprint.get("clare_version"),
-    }
-
-
 def store_info(path: Path | str) -> dict[str, Any]:
     """Counts, failures by reason, arrays, size on disk, fingerprint and shard completion."""
     store = open_existing(path)
@@ -163,7 +136,7 @@ def store_info(path: Path | str) -> dict[str, Any]:
         "shards": {"total": store.n_shards, "complete": len(done),
                    "missing": sorted(set(range(store.n_shards)) - set(done))},
         "fingerprint_sha256": meta.get("fingerprint_sha256"),
-        "fingerprint": fingerprint_summary(meta.get("fingerprint") or {}),
+        "fingerprint": fp.summary(meta.get("fingerprint") or {}),
     }
 
 
@@ -223,7 +196,7 @@ def _check_fingerprint(store: FeatureStore, report: VerifyReport) -> None:
         report.add("fingerprint", False, "store.json has no fingerprint")
         return
     recorded = store.meta.get("fingerprint_sha256")
-    actual = fingerprint_digest(fingerprint)
+    actual = fp.digest(fingerprint)
     report.add("fingerprint", recorded == actual,
                "digest matches" if recorded == actual else
                f"store.json was edited: fingerprint_sha256 {str(recorded)[:12]} != {actual[:12]}")

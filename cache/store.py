@@ -70,10 +70,6 @@ def atomic_write_json(path: Path, payload: dict[str, Any]) -> None:
     atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
 
 
-def fingerprint_digest(fingerprint: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
-
-
 def index_digest(rows: pd.DataFrame) -> str:
     """sha256 of the rows' identity and label, in order (the fingerprint's index_sha256).
 

@@ -14,6 +14,8 @@ what they are about to do:
   precision, decode), not the rows, views or perturbation.
 - ``CLIP``: what a trained head still runs at scoring time from a store (the frozen CLIP text
   tower): the CLIP weights and model.
+- ``TRAINING``: what `clare fit` checks between its config and the train store: the CLIP it
+  builds the head on, and the LaRE settings its run record will claim.
 
 Weights are compared by content. Where a file hash is recorded, the path or hub id it was
 loaded from is not compared, so a store built from a hub id and a run pointed at a downloaded
@@ -26,17 +28,66 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clare.errors import FingerprintError
+
+if TYPE_CHECKING:
+    from clare.config import Config
 
 # Dotted paths into a fingerprint; a path covers everything below it.
 STORE: tuple[str, ...] = ("*",)
 FEATURES: tuple[str, ...] = ("weights.sd", "weights.clip", "clip", "lare", "precision", "decode")
 CLIP: tuple[str, ...] = ("weights.clip", "clip.model", "clip.preprocess")
+TRAINING: tuple[str, ...] = (*CLIP, "lare")
 
 _MISSING = "<absent>"
 _SHOWN = 40  # characters of one value in a message: a mismatch stays one readable line
+
+
+# --------------------------------------------------------------------------- what is in it
+
+
+def feature_settings(cfg: Config, *, sd: bool = True) -> dict[str, Any]:
+    """The FEATURES part of the fingerprint a store built now with `cfg` would record.
+
+    `sd=False` leaves out the Stable Diffusion weights (hashing them reads gigabytes): for a
+    consumer that compares only CLIP, such as scoring a store with a trained head.
+    """
+    from clare.models.loading import clip_weights_fingerprint, sd_weights_fingerprint
+
+    weights = {"clip": clip_weights_fingerprint(cfg.models)}
+    if sd:
+        weights["sd"] = sd_weights_fingerprint(cfg.models)
+    return {
+        "weights": weights,
+        "lare": cfg.lare.model_dump(mode="json"),
+        "clip": {"model": cfg.models.clip.model, "pretrained": cfg.models.clip.pretrained,
+                 "preprocess": "open_clip model default (eval)"},
+        "precision": cfg.extract.precision,
+        "decode": {"min_image_size": cfg.extract.min_image_size,
+                   "max_image_pixels": cfg.extract.max_image_pixels,
+                   "max_aspect_ratio": cfg.extract.max_aspect_ratio},
+    }
+
+
+def store_fingerprint(cfg: Config, *, index_sha256: str, views: int,
+                      perturb: str | None) -> dict[str, Any]:
+    """Everything that changes the numbers in a store; batch size, workers and device do not."""
+    import clare
+
+    return {
+        **feature_settings(cfg),
+        "views": views,
+        "augment": cfg.extract.augment.model_dump(mode="json") if views > 1 else None,
+        "perturb": perturb,
+        "seed": cfg.seed,
+        "index_sha256": index_sha256,
+        "clare_version": clare.__version__,
+    }
+
+
+# --------------------------------------------------------------------------- comparing
 
 
 def digest(fingerprint: Mapping[str, Any]) -> str:
@@ -126,6 +177,7 @@ def summary(fingerprint: Mapping[str, Any]) -> dict[str, Any]:
     files = sd.get("files") or {}
     return {
         "sd": sd.get("pretrained"),
+        "sd_revision": sd.get("revision"),
         "sd_files": f"{len(files)} files, digest {short(digest(files))}" if files else None,
         "clip": f"{clip_weights.get('model')} / {clip_weights.get('pretrained')}",
         "clip_sha256": short(clip_weights.get("sha256")),

@@ -39,9 +39,10 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from clare import fingerprint as fp
 from clare.config import Config
 from clare.console import make_console
-from clare.errors import CheckpointError, ClareError, RunError, StoreError
+from clare.errors import CheckpointError, ClareError, RunError
 from clare.files import file_sha256
 from clare.models.detector import MODEL_FILE  # noqa: F401 - its home is the detector
 
@@ -253,48 +254,17 @@ def _first_error(exc: ValidationError) -> str:
     return f"{key}: {err['msg']}"[:160]
 
 
-def model_settings(fingerprint: dict[str, Any]) -> dict[str, Any]:
-    """The part of a store fingerprint that must agree between training and test stores."""
-    return {
-        "clip": fingerprint.get("clip"),
-        "clip_weights": fingerprint.get("weights", {}).get("clip"),
-        "sd_weights": fingerprint.get("weights", {}).get("sd"),
-        "lare": fingerprint.get("lare"),
-        "precision": fingerprint.get("precision"),
-        "decode": fingerprint.get("decode"),
-    }
-
-
-def check_compatible(train_fp: dict[str, Any], other_fp: dict[str, Any], train_name: str,
-                     other_name: str) -> None:
-    """Raise when two stores were built with different frozen models or LaRE settings."""
-    a, b = model_settings(train_fp), model_settings(other_fp)
-    differing = sorted(key for key in a if a[key] != b[key])
-    if differing:
-        key = differing[0]
-        theirs, ours = _differing_parts(b[key], a[key])
-        raise StoreError(
-            f"{other_name} was built with other {', '.join(differing)} than {train_name} "
-            f"({key}: {_short(theirs)} vs {_short(ours)}); rebuild one of them with the same config"
-        )
-
-
-def _differing_parts(left: Any, right: Any) -> tuple[Any, Any]:
-    """For two mappings, only the entries that differ, so a long setting stays readable."""
-    if isinstance(left, dict) and isinstance(right, dict):
-        keys = sorted(k for k in set(left) | set(right) if left.get(k) != right.get(k))
-        return {k: left.get(k) for k in keys}, {k: right.get(k) for k in keys}
-    return left, right
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def load_detector(info: RunInfo, device: Any) -> Any:
-    """The run's trained detector, rebuilt from its model file (eval mode, on `device`)."""
+    """The run's trained detector, rebuilt from its model file (eval mode, on `device`).
+
+    The frozen CLIP it loads must still be the one it was trained on: a checkpoint file
+    replaced after fit would give other text features and silently other scores.
+    """
     from clare.models.detector import Detector
 
+    fp.require_match(info.store_fingerprint, fp.feature_settings(info.config, sd=False), fp.CLIP,
+                     expected_name=f"the CLIP run {info.path} was trained with",
+                     actual_name="the CLIP its config names now",
+                     fix="restore the original checkpoint file or retrain the run")
     return Detector.load(info.path, device=device,
                          local_files_only=info.config.models.local_files_only)

@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from clare import fingerprint as fp
 from clare.cache.loader import StoreLoader
 from clare.cache.store import FeatureStore, open_store
 from clare.config import Config
@@ -42,7 +43,6 @@ from clare.runs import (
     EVAL_LOG,
     RunInfo,
     StagedFolder,
-    check_compatible,
     command_console,
     load_detector,
     read_run,
@@ -121,12 +121,10 @@ def stores_to_score(cfg: Config, names: list[str] | None = None) -> list[StoreTo
 def open_checked(item: StoreToScore, run: RunInfo) -> FeatureStore:
     """Open a store; refuse one built with other frozen models or LaRE settings than the run's."""
     store = open_store(item.path, hint=item.extract_hint)
-    check_compatible(
-        run.store_fingerprint,
-        store.meta.get("fingerprint", {}),
-        f"the run's train store {run.record.get('store', '')}".rstrip(),
-        str(store.path),
-    )
+    fp.require_match(run.store_fingerprint, store.meta.get("fingerprint") or {}, fp.FEATURES,
+                     expected_name=f"the run's train store {run.record.get('store', '')}".rstrip(),
+                     actual_name=f"store {store.path}",
+                     fix="rebuild one of them with the same models and LaRE settings")
     return store
 
 

@@ -30,11 +30,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-import clare
+from clare import fingerprint as fp
 from clare.cache.store import (
     FeatureStore,
     default_shard_rows,
-    fingerprint_digest,
     index_digest,
     shard_index_digests,
 )
@@ -386,41 +385,12 @@ def _row_skeleton(index: pd.DataFrame, views: int, perturbation: Perturbation | 
     return repeated[keep]
 
 
-def build_fingerprint(
-    cfg: Config, rows: pd.DataFrame, views: int, perturbation: Perturbation | None
-) -> dict[str, Any]:
-    """Everything that changes the numbers in the store; batch size and workers do not."""
-    from clare.models.loading import weights_fingerprint
-
-    return {
-        "weights": weights_fingerprint(cfg.models),
-        "lare": cfg.lare.model_dump(mode="json"),
-        "clip": {"model": cfg.models.clip.model, "pretrained": cfg.models.clip.pretrained,
-                 "preprocess": "open_clip model default (eval)"},
-        "precision": cfg.extract.precision,
-        "views": views,
-        "augment": cfg.extract.augment.model_dump(mode="json") if views > 1 else None,
-        "perturb": perturbation.spec if perturbation else None,
-        "decode": {"min_image_size": cfg.extract.min_image_size,
-                   "max_image_pixels": cfg.extract.max_image_pixels,
-                   "max_aspect_ratio": cfg.extract.max_aspect_ratio},
-        "seed": cfg.seed,
-        "index_sha256": index_digest(rows),
-        "clare_version": clare.__version__,
-    }
-
-
 def _feature_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
     from clare.models.loading import clip_dims, load_clip
 
     dims = clip_dims(load_clip(cfg.models.clip, local_files_only=cfg.models.local_files_only).model)
     side = cfg.lare.image_size // 8
     return {"lare": (4, side, side), "cls": (dims["embed"],), "tokens": (dims["tokens"], dims["width"])}
-
-
-def _describe_mismatch(old: dict[str, Any], new: dict[str, Any]) -> str:
-    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    return ", ".join(keys) or "unknown"
 
 
 def _connect(scheduler: str) -> Any:
@@ -485,14 +455,11 @@ def _open_or_create(path: Path, cfg: Config, rows: pd.DataFrame, fingerprint: di
         shard_rows = cfg.extract.shard_rows or default_shard_rows(*shapes["tokens"])
         return FeatureStore.create(
             path, n_rows=len(rows), shapes=shapes, shard_rows=shard_rows, index=rows,
-            meta={"fingerprint": fingerprint, "fingerprint_sha256": fingerprint_digest(fingerprint), **meta},
+            meta={"fingerprint": fingerprint, "fingerprint_sha256": fp.digest(fingerprint), **meta},
         )
-    old = store.meta.get("fingerprint") or {}
-    if old != fingerprint:
-        raise StoreError(
-            f"{path}: built with other settings ({_describe_mismatch(old, fingerprint)} differ); "
-            "use --overwrite to rebuild it or another paths.stores"
-        )
+    fp.require_match(store.meta.get("fingerprint") or {}, fingerprint, fp.STORE,
+                     expected_name=f"store {path}", actual_name="this extraction's settings",
+                     fix="use --overwrite to rebuild it or another paths.stores")
     removed = store.remove_partials()
     if removed:
         console.print(f"removed {removed} orphaned *.partial file(s) of an interrupted write")
@@ -559,7 +526,8 @@ def run_extract(
 
     index = load_index(cfg, split, subsets)
     rows = _row_skeleton(index, views, perturbation)
-    fingerprint = build_fingerprint(cfg, rows, views, perturbation)
+    fingerprint = fp.store_fingerprint(cfg, index_sha256=index_digest(rows), views=views,
+                                       perturb=perturbation.spec if perturbation else None)
     path = store_dir(cfg, split, perturbation)
     started = time.perf_counter()
     with FeatureStore(path).lock(), _disk_full_as_store_error(path):

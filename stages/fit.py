@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from clare import fingerprint as fp
 from clare.cache.loader import StoreLoader
 from clare.cache.store import FeatureStore, open_store
 from clare.config import Config, FitConfig
@@ -116,28 +117,11 @@ def _training_rows(manifest: pd.DataFrame, views: int, epoch: int, seed: int) ->
 
 
 def check_store_matches_config(store: FeatureStore, cfg: Config) -> None:
-    """The frozen CLIP the head is built on must be the one that made the store's features."""
-    from clare.models.loading import weights_fingerprint
-
-    stored = store.meta.get("fingerprint", {})
-    clip = stored.get("clip", {})
-    wanted = (cfg.models.clip.model, cfg.models.clip.pretrained)
-    if (clip.get("model"), clip.get("pretrained")) != wanted:
-        raise StoreError(
-            f"{store.path}: built with CLIP {clip.get('model')}/{clip.get('pretrained')} but the "
-            f"config names {wanted[0]}/{wanted[1]}; use the config that built the store or re-extract"
-        )
-    current = weights_fingerprint(cfg.models)["clip"]
-    if stored.get("weights", {}).get("clip", {}).get("sha256") != current.get("sha256"):
-        raise StoreError(
-            f"{store.path}: the CLIP checkpoint file changed since the store was built "
-            "(sha256 differs); re-extract with --overwrite"
-        )
-    if stored.get("lare") != cfg.lare.model_dump(mode="json"):
-        raise StoreError(
-            f"{store.path}: built with LaRE settings {stored.get('lare')} but the config has "
-            f"{cfg.lare.model_dump(mode='json')}; use the matching config or re-extract"
-        )
+    """The frozen CLIP the head is built on must be the one that made the store's features, and
+    the LaRE settings the run record will claim must be the store's (fingerprint scope TRAINING)."""
+    fp.require_match(store.meta.get("fingerprint") or {}, fp.feature_settings(cfg, sd=False),
+                     fp.TRAINING, expected_name=f"store {store.path}", actual_name="the config",
+                     fix="use the config that built the store, or re-extract with --overwrite")
 
 
 # --------------------------------------------------------------------------- schedule

@@ -388,3 +388,59 @@ def test_accuracy_at_the_runs_validation_threshold(world: World) -> None:
     assert jpeg["acc_at_val_threshold"] is not None
     table = (world.out_dir / "eval.log").read_text()
     assert "Acc@val thr" in table and "Acc@0.5" in table
+
+
+# --------------------------------------------------------------------------- one fingerprint rule
+
+
+def _clip_copy_config(world: World, tmp_path: Path) -> tuple[Config, Path]:
+    """The world's config with its CLIP checkpoint copied to another path (same bytes)."""
+    import shutil
+
+    copy = tmp_path / "clip" / "copied_clip.safetensors"
+    copy.parent.mkdir(parents=True)
+    shutil.copy2(world.cfg.models.clip.pretrained, copy)
+    models = world.cfg.models.model_copy(
+        update={"clip": world.cfg.models.clip.model_copy(update={"pretrained": str(copy)})})
+    paths = world.cfg.paths.model_copy(update={"runs": tmp_path / "runs",
+                                               "reports": tmp_path / "reports"})
+    fit = world.cfg.fit.model_copy(update={"max_steps": 2})
+    return world.cfg.model_copy(update={"models": models, "paths": paths, "fit": fit}), copy
+
+
+def test_same_clip_bytes_elsewhere_agree_and_a_replaced_file_is_refused_by_eval(
+    world: World, tmp_path: Path
+) -> None:
+    """Weights are compared by content: a copy of the checkpoint at another path trains and
+    scores against the store; replacing that file after fit makes eval refuse, naming it."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    from clare.errors import FingerprintError
+
+    cfg, copy = _clip_copy_config(world, tmp_path)
+    fit = run_fit(cfg, quiet=True)  # the store was built from the original path: same bytes
+    run_eval(cfg, run_dir=fit.run_dir, stores=["test"], quiet=True)
+
+    torch.manual_seed(123)  # other weights, same architecture and file name
+    other = open_clip.create_model(cfg.models.clip.model, pretrained=None)
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(copy))
+    with pytest.raises(FingerprintError) as caught:
+        run_eval(cfg, run_dir=fit.run_dir, stores=["test"], quiet=True)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "weights.clip.sha256" in message and str(fit.run_dir) in message
+    assert "restore the original checkpoint file or retrain" in message
+    with pytest.raises(FingerprintError, match=r"weights\.clip\.sha256"):
+        run_fit(cfg.model_copy(update={"fit": cfg.fit.model_copy(update={"name": "again"})}),
+                quiet=True)  # fit refuses the same change, by the same rule
+
+
+def test_clare_info_shows_the_fingerprint_summary(world: World) -> None:
+    from clare import fingerprint as fp
+    from clare.cache.checks import store_info
+
+    info = store_info(world.cfg.paths.stores / "test")
+    recorded = FeatureStore(world.cfg.paths.stores / "test").meta["fingerprint"]
+    assert info["fingerprint"] == fp.summary(recorded)
+    assert info["fingerprint"]["clip_sha256"] == recorded["weights"]["clip"]["sha256"][:12]

@@ -126,7 +126,7 @@ def test_changed_settings_are_refused_until_overwrite(reference: dict, tmp_path:
     with pytest.raises(StoreError) as caught:
         run_extract(changed, split="train", quiet=True)
     message = str(caught.value)
-    assert "(lare differ)" in message and "--overwrite" in message
+    assert "lare.timestep 200 vs 500" in message and "--overwrite" in message
     assert FeatureStore(store_path).meta["fingerprint"]["lare"]["timestep"] == 200  # untouched
 
     summary = run_extract(changed, split="train", overwrite=True, quiet=True)

@@ -153,7 +153,7 @@ def test_held_out_videos_never_reach_training_batches(demo_train, monkeypatch):
 
 def test_store_with_other_lare_settings_is_refused(demo_train):
     tmp, _ = demo_train
-    with pytest.raises(StoreError, match="LaRE settings"):
+    with pytest.raises(StoreError, match="lare.timestep 200 vs 300"):
         run_fit(load_config(tmp / "config.yaml", ["lare.timestep=300"]), quiet=True)
 
 

@@ -264,13 +264,11 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> Path | None:
         return None
 
 
-def weights_fingerprint(models: ModelsConfig) -> dict[str, Any]:
-    """Identify the exact weights: model ids plus sha256 of every local weight file.
+def sd_weights_fingerprint(models: ModelsConfig) -> dict[str, Any]:
+    """The Stable Diffusion weights: id, revision and sha256 of every local weight/config file.
 
     For hub ids the resolved snapshot folder is hashed (its files are what from_pretrained
-    loaded); the config alone would not notice a re-downloaded, changed revision. The CLIP
-    activation (QuickGELU or GELU) is recorded: the same weights give other features under the
-    other one.
+    loaded); the config alone would not notice a re-downloaded, changed revision.
     """
     sd_root: Path | None
     if _looks_local(models.sd.pretrained):
@@ -283,7 +281,15 @@ def weights_fingerprint(models: ModelsConfig) -> dict[str, Any]:
             for path in sorted((sd_root / sub).glob("*")):
                 if path.is_file() and (path.suffix in _WEIGHT_SUFFIXES or path.suffix in {".json", ".txt"}):
                     sd_files[f"{sub}/{path.name}"] = file_hash(path)
-    # A tag is hashed through its cached file; nothing downloads for a fingerprint.
+    return {"pretrained": models.sd.pretrained, "revision": models.sd.revision, "files": sd_files}
+
+
+def clip_weights_fingerprint(models: ModelsConfig) -> dict[str, Any]:
+    """The CLIP weights: model, source, sha256 of the checkpoint and the activation it runs.
+
+    The activation (QuickGELU or GELU) is recorded: the same weights give other features under
+    the other one. A tag is hashed through its cached file; nothing downloads for a fingerprint.
+    """
     network = resolve_clip(models.clip, local_files_only=True, fetch=False)
     clip_file = Path(network.checkpoint) if network.checkpoint else None
     clip_hash = file_hash(clip_file) if clip_file is not None and clip_file.is_file() else None
@@ -293,15 +299,17 @@ def weights_fingerprint(models: ModelsConfig) -> dict[str, Any]:
         else None
     )
     return {
-        "sd": {"pretrained": models.sd.pretrained, "revision": models.sd.revision, "files": sd_files},
-        "clip": {
-            "model": models.clip.model,
-            "pretrained": models.clip.pretrained,
-            "quick_gelu": network.quick_gelu,
-            "sha256": clip_hash,
-            "model_config_sha256": clip_cfg_hash,
-        },
+        "model": models.clip.model,
+        "pretrained": models.clip.pretrained,
+        "quick_gelu": network.quick_gelu,
+        "sha256": clip_hash,
+        "model_config_sha256": clip_cfg_hash,
     }
+
+
+def weights_fingerprint(models: ModelsConfig) -> dict[str, Any]:
+    """Identify the exact frozen weights, SD and CLIP (the `weights` part of a store fingerprint)."""
+    return {"sd": sd_weights_fingerprint(models), "clip": clip_weights_fingerprint(models)}
 
 
 def resolve_device(name: str) -> torch.device:
