@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -348,7 +348,7 @@ def main() -> None:
         _internal_error(exc)
 
 
-def _internal_error(exc: Exception) -> None:
+def _internal_error(exc: Exception) -> NoReturn:
     """A bug, not a bad input: never hidden, but one line unless --debug asks for the traceback."""
     if _state["debug"]:
         raise exc

@@ -349,7 +349,8 @@ def _yaml_value(raw: str) -> tuple[bool, Any]:
         plain_string = node.style is None and isinstance(value, str)
         return (False, None) if plain_string else (True, value)
     # Only [flow] and {flow} collections: `a photo: close-up` or `- x` read as text.
-    return (True, value) if node.flow_style else (False, None)
+    flow = isinstance(node, yaml.nodes.CollectionNode) and node.flow_style
+    return (True, value) if flow else (False, None)
 
 
 def parse_override(text: str) -> tuple[str, Any]:

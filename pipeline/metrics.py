@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, SupportsFloat, TypeGuard
 
 import numpy as np
 import pandas as pd
@@ -360,7 +360,8 @@ def compute_metrics(
 # --------------------------------------------------------------------------- over subsets
 
 
-def is_number(value: Any) -> bool:
+def is_number(value: Any) -> TypeGuard[SupportsFloat]:
+    """A finite int or float (numpy's too), not a bool."""
     return (
         isinstance(value, (int, float, np.integer, np.floating))
         and not isinstance(value, bool)

@@ -249,7 +249,7 @@ def _robustness_points(robustness: Mapping[str, Mapping[str, Any]]) -> dict[str,
 def _robustness_panel(ax: Any, kind: str, points: list[_Point], clean_auc: Any) -> None:
     numeric = all(level is not None for level, _, _ in points)
     if numeric:
-        points.sort(key=lambda p: p[0])
+        points.sort(key=lambda p: p[0] if p[0] is not None else math.inf)
         xs = [p[0] for p in points]
         ax.set_xticks(xs, [f"{x:g}" for x in xs], fontsize=8)
     else:
@@ -378,16 +378,22 @@ def _extremes_sentence(subsets: Mapping[str, Mapping[str, Any]]) -> str:
     )
 
 
+def _auc_change(auc: Any, clean_auc: Any) -> str | None:
+    """`+0.012`: a perturbed AUC minus the clean one; None when either is missing."""
+    if is_number(auc) and is_number(clean_auc):
+        return f"{float(auc) - float(clean_auc):+.3f}"
+    return None
+
+
 def _robustness_sentences(mean: Mapping[str, Any],
                           robustness: Mapping[str, Mapping[str, Any]] | None) -> str:
     text = ""
-    clean_auc = mean.get("auc")
     for store, entry in (robustness or {}).items():
         auc = (entry.get("mean") or {}).get("auc")
-        if not is_number(auc):
-            continue
-        delta = f" ({float(auc) - float(clean_auc):+.3f} vs clean)" if is_number(clean_auc) else ""
-        text += f" Under {entry.get('perturb', store)}: mean AUC {float(auc):.3f}{delta}."
+        if is_number(auc):
+            change = _auc_change(auc, mean.get("auc"))
+            delta = f" ({change} vs clean)" if change else ""
+            text += f" Under {entry.get('perturb', store)}: mean AUC {_fmt(auc)}{delta}."
     return text
 
 
@@ -469,12 +475,7 @@ def _robustness_summary(clean_mean: Mapping[str, Any],
     clean_auc = clean_mean.get("auc")
 
     def summary_row(store: str, perturb: str, mean: Mapping[str, Any]) -> list[Cell]:
-        auc = mean.get("auc")
-        delta = (
-            Cell(f"{float(auc) - float(clean_auc):+.3f}", numeric=True)
-            if is_number(auc) and is_number(clean_auc)
-            else Cell("—", numeric=True)
-        )
+        delta = Cell(_auc_change(mean.get("auc"), clean_auc) or "—", numeric=True)
         cells = [_metric_cell(mean, key) for key in keys]
         return [Cell(store), Cell(perturb)] + cells[:1] + [delta] + cells[1:]
 

@@ -24,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -259,7 +259,7 @@ class _ShardOutput:
         if item.error is not None:
             self.errors[i] = item.error
         else:
-            self.sha[i], self.width[i], self.height[i] = item.sha256, item.width, item.height
+            self.sha[i], self.width[i], self.height[i] = item.sha256 or "", item.width or 0, item.height or 0
 
     def record_features(self, i: int, lare: np.ndarray, cls: np.ndarray, tokens: np.ndarray) -> None:
         self.out["lare"][i], self.out["cls"][i], self.out["tokens"][i] = lare, cls, tokens
@@ -295,8 +295,8 @@ def _run_models(extractor: FeatureExtractor, seed: int, views: list[int], batch:
     good = [k for k, item in enumerate(prepared) if item.error is None]
     if not good:
         return
-    lare_in = torch.stack([prepared[k].lare_pixels for k in good])
-    clip_in = torch.stack([prepared[k].clip_pixels for k in good])
+    lare_in = torch.stack([cast(torch.Tensor, prepared[k].lare_pixels) for k in good])
+    clip_in = torch.stack([cast(torch.Tensor, prepared[k].clip_pixels) for k in good])
     generators = [
         torch.Generator().manual_seed(derive_seed(seed, prepared[k].sha256, views[k], "lare"))
         for k in good
