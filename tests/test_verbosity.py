@@ -52,6 +52,7 @@ def tiny_config(tmp_path_factory, tiny_models_dir) -> Path:
 
 def test_quiet_silences_output_and_is_restored_after_the_command(tiny_config):
     runner = CliRunner()
+    root_level = logging.getLogger().level
     shown = runner.invoke(app, ["config", "--config", str(tiny_config)])
     assert shown.exit_code == 0 and "shard_rows: 2" in shown.output
     quiet = runner.invoke(app, ["config", "--config", str(tiny_config), "--quiet"])
@@ -59,7 +60,7 @@ def test_quiet_silences_output_and_is_restored_after_the_command(tiny_config):
     assert quiet.output == ""
     # The level belongs to one command: the next one (and Python callers) print again.
     assert get_verbosity() is Verbosity.NORMAL
-    assert logging.getLogger().level == logging.WARNING
+    assert logging.getLogger().level == root_level
     assert not make_console().quiet
 
 
