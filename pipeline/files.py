@@ -26,7 +26,11 @@ def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Bytes, flushed to disk before the rename (store markers and metadata)."""
+    """Bytes, flushed to disk before the rename (store markers, metadata, model files).
+
+    An OSError that names no file (a full disk reports none from write()) is raised again
+    naming `path`, so the one-line error says which file could not be written.
+    """
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as handle:
@@ -34,7 +38,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
 
-    atomic_write(path, write)
+    try:
+        atomic_write(path, write)
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
 
 
 def atomic_write_parquet(path: Path, frame: Any) -> None:

@@ -23,6 +23,7 @@ The steps: `select_rows` (store checks, validation split), `FitSession` (build; 
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 import shutil
 import time
@@ -42,7 +43,7 @@ from clare.cache.loader import StoreLoader
 from clare.cache.store import FeatureStore, open_store
 from clare.config import Config, FitConfig
 from clare.errors import CheckpointError, ConfigError, RunError, StoreError, TrainingError
-from clare.files import atomic_write, atomic_write_bytes, file_sha256
+from clare.files import atomic_write_bytes, file_sha256
 from clare.runs import (
     CHECKPOINT_FILE,
     FIT_LOG,
@@ -155,7 +156,11 @@ def make_optimizer(fit: FitConfig, groups: dict[str, list[torch.nn.Parameter]]) 
 
 
 def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    # torch.save into a file reports a full disk as a RuntimeError from its zip writer;
+    # serialised in memory, the write is an OSError that names the checkpoint.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 # fit settings that do not change the numbers a fit produces; every other one does

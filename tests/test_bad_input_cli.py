@@ -349,3 +349,31 @@ def test_a_bug_says_internal_error_and_how_to_see_it(tmp_path: Path, clare, monk
                         lambda *a, **k: (_ for _ in ()).throw(OSError("socket closed")))
     code, _out, err = clare("prepare", "--config", config)
     assert code == cli.INTERNAL_ERROR_EXIT and err.startswith("internal error: OSError")
+
+
+# --------------------------------------------------------------------------- damaged weight files
+
+
+@pytest.mark.parametrize("damaged", ["clip", "unet"])
+def test_a_truncated_weight_file_is_one_line_naming_the_model(
+    tmp_path: Path, clare, tiny_models_dir: Path, damaged: str
+) -> None:
+    """A cut-off CLIP checkpoint or UNet file stops `clare extract` with one line (exit 2)
+    that names the setting pointing at it, not a safetensors traceback."""
+    import shutil
+
+    from clare.testing import make_config, make_image_tree
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models_dir, models)
+    target = {"clip": models / "clip" / "open_clip_model.safetensors",
+              "unet": models / "sd" / "unet" / "diffusion_pytorch_model.safetensors"}[damaged]
+    assert target.is_file(), sorted(p.name for p in target.parent.iterdir())
+    target.write_bytes(target.read_bytes()[:200])
+    make_image_tree(tmp_path / "data", 4, seed=0)
+    make_config(tmp_path / "work", models, tmp_path / "data")
+    setting = {"clip": "models.clip.pretrained", "unet": "models.sd.pretrained"}[damaged]
+    assert_one_line_error(
+        clare("extract", "--config", tmp_path / "work" / "config.yaml", "--split", "train",
+              "--quiet"),  # progress off: what stderr holds is the error alone
+        setting, "could not load")

@@ -398,3 +398,32 @@ def test_resume_refuses_checkpoints_of_other_formats_or_incomplete(finished, tmp
         torch.save(broken, copy / CHECKPOINT_FILE)
         with pytest.raises(CheckpointError, match=message):
             run_fit(cfg, resume=True, quiet=True)
+
+
+def test_a_full_disk_while_saving_names_the_file_and_leaves_no_run(demo_train, monkeypatch):
+    """A full disk reports no file name from write(); the error names the file clare was
+    writing (the main() guard turns it into one line, exit 2), and no run is published."""
+    import errno
+    import os
+
+    import clare.files
+
+    tmp, cfg = demo_train
+    cfg = load_config(tmp / "config.yaml", ["fit.max_steps=2", "fit.name=full-disk"])
+
+    class FullDisk:
+        """`os` as clare.files sees it, on a disk that fills at the first flush."""
+
+        def __getattr__(self, name: str):
+            return getattr(os, name)
+
+        @staticmethod
+        def fsync(fd: int) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(clare.files, "os", FullDisk())
+    with pytest.raises(OSError) as caught:
+        run_fit(cfg, quiet=True)
+    assert caught.value.errno == errno.ENOSPC
+    assert Path(caught.value.filename).name in {MODEL_FILE, "last.ckpt"}
+    assert not (cfg.paths.runs / "full-disk" / RUN_FILE).exists()

@@ -138,9 +138,9 @@ class Detector(nn.Module):
     # ------------------------------------------------------------------ saving and loading
     def save(self, directory: Path) -> Path:
         """Write `<directory>/model.safetensors`: trainable weights + config + CLIP identity."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        from clare.files import atomic_write
+        from clare.files import atomic_write_bytes
 
         path = Path(directory) / MODEL_FILE
         metadata = {
@@ -150,7 +150,9 @@ class Detector(nn.Module):
                                else self.clip_config.model_dump(mode="json")),
         }
         state = self.trainable_state_dict()
-        atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
+        # Serialised in memory first: a full disk is then an OSError naming the file, not an
+        # error from inside the serialiser.
+        atomic_write_bytes(path, save(state, metadata=metadata))
         return path
 
     @staticmethod

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from clare.config import ClipConfig, ModelsConfig, StableDiffusionConfig
-from clare.errors import ModelLoadError
+from clare.errors import ModelLoadError, one_line
 from clare.files import file_sha256
 from clare.models.clip_image import clip_dims  # noqa: F401 - its one home; kept importable here
 
@@ -64,6 +64,7 @@ def load_stable_diffusion(
 ) -> StableDiffusionParts:
     """Load VAE, UNet, DDPM scheduler, text encoder and tokenizer; all frozen, eval mode, fp32."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from safetensors import SafetensorError
     from transformers import CLIPTextModel, CLIPTokenizer
 
     source = cfg.pretrained
@@ -87,10 +88,10 @@ def load_stable_diffusion(
         scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", **kwargs)
         text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kwargs)
         tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kwargs)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except (OSError, ValueError, SafetensorError) as exc:
+        # A truncated weight file (a safetensors header error) ends here too.
         raise ModelLoadError(
-            f"models.sd.pretrained: could not load '{cfg.pretrained}' ({first}); "
+            f"models.sd.pretrained: could not load '{cfg.pretrained}' ({one_line(exc)}); "
             "on an offline machine point it at a local diffusers folder "
             "(`clare models download --out weights` writes weights/sd15)"
         ) from None
@@ -222,22 +223,31 @@ def resolve_clip(cfg: ClipConfig, *, local_files_only: bool = False, fetch: bool
 def load_clip(cfg: ClipConfig, *, local_files_only: bool = False) -> ClipParts:
     """Load an open_clip model (frozen, eval mode), its own eval preprocessing and tokenizer."""
     import open_clip
+    from safetensors import SafetensorError
+
+    from clare.console import Verbosity, get_verbosity
 
     network = resolve_clip(cfg, local_files_only=local_files_only)
     pretrained = cfg.pretrained
-    # open_clip logs a warning for random init only; silence its chatter about configs.
-    logging.getLogger("root").setLevel(logging.ERROR)
+    # open_clip logs on the root logger (random init, config chatter): quiet it for this load
+    # only, unless the user asked for --verbose; other libraries' warnings stay visible.
+    root = logging.getLogger()
+    before = root.level
+    if get_verbosity() is not Verbosity.VERBOSE:
+        root.setLevel(logging.ERROR)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             cfg.model, pretrained=network.checkpoint, force_quick_gelu=network.quick_gelu,
             quick_gelu=network.quick_gelu, **network.preprocess,
         )
-    except (OSError, RuntimeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except (OSError, RuntimeError, ValueError, SafetensorError) as exc:
+        # A truncated or foreign checkpoint (safetensors header errors included) ends here.
         raise ModelLoadError(
-            f"models.clip.pretrained: could not load '{pretrained}' for '{cfg.model}' ({first[:200]}); "
-            "`clare models check` on the config names what is wrong"
+            f"models.clip.pretrained: could not load '{pretrained}' for '{cfg.model}' "
+            f"({one_line(exc)}); `clare models check` on the config names what is wrong"
         ) from None
+    finally:
+        root.setLevel(before)
     model.requires_grad_(False).eval()
     tokenizer = open_clip.get_tokenizer(cfg.model)
     return ClipParts(model, preprocess, tokenizer, cfg.model, pretrained)
