@@ -190,6 +190,21 @@ def _describe_settings(settings: dict[str, Any], keys: list[str]) -> str:
 
 
 def _load_checkpoint(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint to resume from, refused when it was made with other `settings`."""
+    payload = _read_checkpoint(path)
+    stored = payload["settings"] if isinstance(payload["settings"], dict) else {}
+    differing = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
+    if differing:
+        raise CheckpointError(
+            f"{path}: checkpoint is for {_describe_settings(stored, differing)} but the config "
+            f"asks for {_describe_settings(settings, differing)}; resume with the settings it "
+            "was started with, or start afresh with --overwrite"
+        )
+    return payload
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """Plain tensors and containers only (weights_only), of this format, with every part."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no checkpoint to resume from; run without --resume")
     try:
@@ -198,7 +213,7 @@ def _load_checkpoint(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
             f"{path}: refused to load checkpoint ({first}); only plain tensors are accepted, "
-            "start afresh without --resume"
+            "start afresh with --overwrite"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint; start afresh with "
@@ -207,15 +222,6 @@ def _load_checkpoint(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}; start afresh with "
                               "--overwrite")
-    stored = payload.get("settings")
-    stored = stored if isinstance(stored, dict) else {}
-    differing = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
-    if differing:
-        raise CheckpointError(
-            f"{path}: checkpoint is for {_describe_settings(stored, differing)} but the config "
-            f"asks for {_describe_settings(settings, differing)}; resume with the settings it "
-            "was started with, or start afresh with --overwrite"
-        )
     return payload
 
 
