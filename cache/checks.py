@@ -36,6 +36,7 @@ from clare.cache.store import (
     decode_failure,
     has_checksum,
 )
+from clare.errors import reason_label
 from clare.files import file_sha256
 
 
@@ -44,11 +45,6 @@ def open_existing(path: Path | str) -> FeatureStore:
     store = FeatureStore(path)
     store.meta  # noqa: B018 - parse and check store.json now, so a broken one is reported here
     return store
-
-
-def failure_reason(error: Any) -> str:
-    """The kind of a failed row's error: the text before its first colon."""
-    return str(error).split(":", 1)[0].strip() or "unknown"
 
 
 def shard_ranges(indices: list[int], limit: int = 12) -> str:
@@ -126,7 +122,7 @@ def store_info(path: Path | str) -> dict[str, Any]:
         "rows_done": rows_done,
         "ok": int((status == "ok").sum()),
         "failed": int(len(failed)),
-        "failures_by_reason": dict(sorted(Counter(failure_reason(e) for e in failed["error"]).items())),
+        "failures_by_reason": dict(sorted(Counter(reason_label(e) for e in failed["error"]).items())),
         "arrays": _array_info(store),
         "bytes_on_disk": disk,
         # Per written row and per image (all its views): what a store of N images will cost.

@@ -45,7 +45,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from clare.errors import StoreError
-from clare.files import atomic_write_bytes, atomic_write_parquet, file_sha256
+from clare.files import atomic_write_json, atomic_write_parquet, file_sha256
 
 FORMAT = "clare-store/2"
 ARRAYS = ("lare", "cls", "tokens")
@@ -64,10 +64,6 @@ _SHARD_FILE = re.compile(r"^(\d{5,})\.(json|parquet)$")
 def default_shard_rows(tokens: int, width: int) -> int:
     """About 64 MB of float16 tokens per shard (128 rows for ViT-L/14's 256 x 1024)."""
     return max(1, TOKENS_SHARD_BYTES // (tokens * width * 2))
-
-
-def atomic_write_json(path: Path, payload: dict[str, Any]) -> None:
-    atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
 
 
 def index_digest(rows: pd.DataFrame) -> str:

@@ -8,6 +8,7 @@ left by a killed process is what `FeatureStore.remove_partials` cleans up.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +45,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if exc.filename is not None or exc.errno is None:
             raise
         raise OSError(exc.errno, exc.strerror, str(path)) from None
+
+
+def atomic_write_json(path: Path, payload: Any) -> None:
+    """Indented, key-sorted JSON (store.json, shard markers): diffs and reviews stay readable."""
+    atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
 
 
 def atomic_write_parquet(path: Path, frame: Any) -> None:
