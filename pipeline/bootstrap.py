@@ -111,7 +111,7 @@ def weighted_auc(data: SortedScores, video_weights: np.ndarray) -> np.ndarray:
         return twice_wins / (2.0 * cumulative[:, -1] * fake.sum(axis=1))
 
 
-def _video_counts(data: SortedScores, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
+def draw_video_counts(data: SortedScores, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
     """(R, V) how often each video is drawn: real and fake videos resampled separately."""
     counts = np.zeros(n_resamples * data.n_videos, dtype=np.int64)
     offsets = np.arange(n_resamples)[:, None] * data.n_videos
@@ -131,7 +131,7 @@ def bootstrap_auc(labels: np.ndarray, scores: np.ndarray, videos: object = None,
     if n_resamples <= 0 or not len(data.real_videos) or not len(data.fake_videos):
         return np.empty(0)
     rng = np.random.default_rng(seed)
-    counts = _video_counts(data, n_resamples, rng)
+    counts = draw_video_counts(data, n_resamples, rng)
     chunk = max(1, _CHUNK_ELEMENTS // max(1, len(data.real_video) + len(data.fake_video)))
     out = np.empty(n_resamples)
     for start in range(0, n_resamples, chunk):

@@ -187,10 +187,14 @@ def load_runs(paths: Sequence[Path]) -> list[RunResult]:
             raise CompareError(f"{path}: same report as {seen[where]}; pass each run once")
         seen[where] = Path(path)
         runs.append(run)
+    # Runs of one name (DVC experiments all write reports/<run>, copied elsewhere to compare):
+    # the report folder's name tells them apart, or its whole path.
     names = [r.name for r in runs]
+    folders = [r.report_dir.name for r in runs]
     for run in runs:
         if names.count(run.name) > 1:
-            run.name = str(run.report_dir)  # two runs of one name: the folder tells them apart
+            folder = run.report_dir.name
+            run.name = folder if folders.count(folder) == 1 else str(run.report_dir)
     return runs
 
 

@@ -354,6 +354,8 @@ def run_eval(cfg: Config, *, run_dir: Path | None = None, stores: list[str] | No
     _write_json(out_dir / "metrics.json", metrics)
     atomic_write_parquet(out_dir / "scores.parquet", all_scores)
     _write_json(out_dir / "roc.json", roc_rows(clean_scores, clean_order))
+    from clare.dvc_summary import write_dvc_files  # compact metrics and plots for DVC
+    write_dvc_files(out_dir, metrics, all_scores, run)
 
     if report:
         from clare.report import render_report

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from dvc_project import dvc_project  # noqa: F401 - shared session fixture
 from fixtures_data import demo_data_dir  # noqa: F401 - shared session fixture
 from helpers_extract import tiny_models_dir  # noqa: F401 - shared session fixture
 
