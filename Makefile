@@ -45,7 +45,7 @@ ablation: $(STAMP)
 	  rm -rf reports/ablation/$$name; cp -r reports/demo reports/ablation/$$name; done
 	cp $(SAVED)/params.yaml $(SAVED)/dvc.lock . && $(BIN)/dvc checkout -q
 	$(BIN)/dvc exp show --no-pager --only-changed --precision 3 \
-	  --drop 'Created|.*/|subset_auc|robust_auc|ap$$|eer$$|val_loss'
+	  --drop 'Created|.*/|subset_auc|robust_auc|ap$$|eer$$|val_loss|fit\.'
 	$(BIN)/clare compare $(addprefix reports/ablation/,$(ABLATION_NAMES)) --out reports/ablation
 
 test: $(STAMP)

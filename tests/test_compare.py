@@ -309,3 +309,24 @@ def test_bad_inputs_exit_2_with_one_line_naming_the_path(tmp_path, monkeypatch, 
         assert err.startswith("error: ") and err.count("\n") == 1, (name, err)
         assert expected in err, (name, err)
     assert not (tmp_path / "o").exists()  # nothing written on bad input
+
+
+def test_bench_compare_smoke(tmp_path):
+    """benchmarks/bench_compare.py at --smoke size: its ratio is the quotient it reports, and
+    both ways of computing the resampled AUCs agree."""
+    import subprocess
+
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, "benchmarks/bench_compare.py", "--smoke", "--out", str(out)],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    payload = json.loads(out.read_text())
+    results = payload["results"]
+    assert payload["benchmark"] == "bench_compare" and payload["params"]["seed"] == 0
+    assert results["max_abs_diff_vs_sklearn"] < 1e-12
+    assert results["speedup_vs_sklearn"] == pytest.approx(
+        results["sklearn_per_resample_s"] / results["clare_per_resample_s"])
+    assert results["clare_per_resample_s"] == pytest.approx(
+        results["clare_bootstrap_s"] / payload["params"]["resamples"])
+    assert str(out) in done.stdout

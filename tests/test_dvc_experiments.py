@@ -138,7 +138,11 @@ README_EXP_SHOW = ["exp", "show", "--no-pager", "--only-changed", "--precision",
 @pytest.fixture(scope="module")
 def experiments(dvc_project: DvcProject, tmp_path_factory) -> DvcProject:
     project = copy_project(dvc_project, tmp_path_factory.mktemp("experiments") / "clare")
+    baseline = (project.root / "params.yaml").read_text()
     for name, params in EXPERIMENTS.items():
+        # A workspace experiment starts from the workspace's params.yaml, which the previous
+        # one changed: start each from the baseline.
+        (project.root / "params.yaml").write_text(baseline)
         output = run([*DVC, "exp", "run", "-n", name, *params], project.root, project.env)
         assert "Running stage 'fit'" in output and "Running stage 'extract" not in output, output[-2000:]
     return project
@@ -174,8 +178,11 @@ def test_exp_show_keeps_each_experiments_test_and_validation_auc(experiments):
     assert first[0] != second[0] and first[1] != second[1], values
 
 
-def test_readme_exp_show_command_fits_a_100_column_terminal(experiments):
+def test_readme_exp_show_and_diff_commands_fit_a_100_column_terminal(experiments):
     env = {**experiments.env, "COLUMNS": "100"}
+    diff = run([*DVC, "exp", "diff", *EXPERIMENTS, "--precision", "3"], experiments.root, env)
+    assert max(len(line) for line in diff.splitlines()) <= 100, diff
+    assert "subset_auc.StyleGAN2_cdf" in diff and "fit.module" in diff, diff
     table = run([*DVC, *README_EXP_SHOW], experiments.root, env)
     lines = [line for line in table.splitlines() if line.strip()]
     assert max(len(line) for line in lines) <= 100, table
