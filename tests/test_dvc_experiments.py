@@ -131,8 +131,8 @@ EXPERIMENTS = {
 }
 METRICS_FILE = "reports/demo/dvc_metrics.json"
 # The README's command for a 100-column terminal.
-README_EXP_SHOW = ["exp", "show", "--no-pager", "--only-changed", "--precision", "3",
-                   "--drop", "Created|.*/|subset_auc|robust_auc|ap$|eer$|val_loss"]
+README_EXP_SHOW = ["exp", "show", "--no-pager", "--only-changed", "--drop",
+                   "Created|State|Executor|.*/|subset_auc|robust_auc|ap$|eer$|val_loss|video_auc"]
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +187,7 @@ def test_readme_exp_show_and_diff_commands_fit_a_100_column_terminal(experiments
     lines = [line for line in table.splitlines() if line.strip()]
     assert max(len(line) for line in lines) <= 100, table
     header = next(line for line in lines if "Experiment" in line)
-    for column in ("auc", "video_auc", "val_auc", "fit.module", "fit.strategy"):
+    for column in ("auc", "val_auc", "fit.module", "fit.strategy", "fit.lr"):
         assert f" {column} " in f" {header} ", (column, table)  # whole, not cut to "…"
     for name in EXPERIMENTS:
         assert f"[{name}]" in table, table
