@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck clean
+.PHONY: setup demo test lint typecheck clean ablation
 
 setup: $(STAMP)
 
@@ -19,6 +19,34 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 	$(BIN)/clare show
+
+# The demo's ablation grid as queued DVC experiments, then one `clare compare` table of them
+# (reports/ablation/compare.{md,csv,tex,html}). Half an hour on a busy 2-core CPU; not part
+# of `make test`. Queued experiments run in temporary copies, which get the demo data and models
+# with -C (they are not DVC outputs). Each experiment's report is restored with
+# `dvc exp apply` and copied to reports/ablation/<experiment>; the workspace is put back as
+# it was at the end.
+ABLATION := fusion-v1-coop:fusion:coop:v1 fusion-v2-coop:fusion:coop:v2 \
+	lare-coop:lare:coop:v2 clipping-coop:clipping:coop:v2 \
+	fusion-v1-cocoop:fusion:cocoop:v1 fusion-v2-cocoop:fusion:cocoop:v2 \
+	lare-cocoop:lare:cocoop:v2 clipping-cocoop:clipping:cocoop:v2
+ABLATION_NAMES := $(foreach spec,$(ABLATION),$(firstword $(subst :, ,$(spec))))
+SAVED := .dvc/tmp/ablation-saved
+
+ablation: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	-$(BIN)/dvc exp remove $(ABLATION_NAMES) 2>/dev/null
+	set -e; for spec in $(ABLATION); do set -- $$(echo $$spec | tr ':' ' '); \
+	  $(BIN)/dvc exp run --queue -n $$1 -C data/demo -C models/tiny \
+	    -S fit.module=$$2 -S fit.strategy=$$3 -S fit.attention=$$4; done
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc exp run --run-all --jobs 1
+	mkdir -p $(SAVED) reports/ablation && cp params.yaml dvc.lock $(SAVED)/
+	set -e; for name in $(ABLATION_NAMES); do $(BIN)/dvc exp apply $$name; \
+	  rm -rf reports/ablation/$$name; cp -r reports/demo reports/ablation/$$name; done
+	cp $(SAVED)/params.yaml $(SAVED)/dvc.lock . && $(BIN)/dvc checkout -q
+	$(BIN)/dvc exp show --no-pager --only-changed \
+	  --drop 'Created|State|Executor|.*/|subset_auc|robust_auc|ap$$|eer$$|val_loss|video_auc'
+	$(BIN)/clare compare $(addprefix reports/ablation/,$(ABLATION_NAMES)) --out reports/ablation
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

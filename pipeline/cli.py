@@ -183,6 +183,23 @@ def show(
 
 
 @app.command()
+def compare(
+    runs: Annotated[
+        list[Path], typer.Argument(help="Report folders (reports/<run>) or run folders (runs/<run>).")
+    ],
+    metric: Annotated[str, typer.Option(help="Any per-subset metric of metrics.json.")] = "auc",
+    bootstrap: Annotated[int, typer.Option(help="Video resamples for the AUC intervals (0: none).")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("reports/compare"),
+) -> None:
+    """Table of runs x test subsets (DF40 groups, mean, best marked, AUC 95% intervals) as
+    Markdown, CSV, LaTeX and HTML with ROC overlays and the robustness table."""
+    from clare.compare import run_compare
+
+    run_compare(runs, metric=metric, n_resamples=bootstrap, out_dir=out, seed=seed)
+
+
+@app.command()
 def info(
     store: Annotated[Path, typer.Argument(help="Store directory.")],
     quiet: QuietOpt = False,

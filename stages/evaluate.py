@@ -37,6 +37,7 @@ from clare.cache.loader import StoreLoader
 from clare.cache.store import FeatureStore, open_store
 from clare.config import Config
 from clare.console import make_console
+from clare.dvc_summary import write_dvc_files
 from clare.errors import ConfigError, ModelLoadError, ReportError, StoreError, one_line, short_repr
 from clare.files import atomic_write_bytes, atomic_write_parquet
 from clare.runs import (
@@ -406,12 +407,13 @@ def summarize_stores(run_name: str, scored: list[ScoredStore],
                       robustness, threshold)
 
 
-def write_outputs(out_dir: Path, evaluation: Evaluation) -> dict[str, Any]:
-    """metrics.json, scores.parquet and roc.json; returns the metrics written."""
+def write_outputs(out_dir: Path, evaluation: Evaluation, run: RunInfo) -> dict[str, Any]:
+    """metrics.json, scores.parquet, roc.json and the DVC files; returns the metrics written."""
     metrics = evaluation.metrics()
     _write_json(out_dir / "metrics.json", metrics)
     atomic_write_parquet(out_dir / "scores.parquet", evaluation.all_scores)
     _write_json(out_dir / "roc.json", roc_rows(evaluation.clean_scores, evaluation.clean_order))
+    write_dvc_files(out_dir, metrics, evaluation.all_scores, run)  # compact metrics, plots for DVC
     return metrics
 
 
@@ -449,7 +451,7 @@ def run_eval(cfg: Config, *, run_dir: Path | None = None, stores: list[str] | No
         console = command_console(staging / EVAL_LOG, quiet=quiet)
         evaluation = summarize_stores(run_dir.name, score_stores(cfg, run, opened, console),
                                       run.threshold)
-        metrics = write_outputs(staging, evaluation)
+        metrics = write_outputs(staging, evaluation, run)
         if report:
             write_report(staging, cfg, run, evaluation, metrics)
         _print_table(console, evaluation.run_name, evaluation.subsets, evaluation.mean,

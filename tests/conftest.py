@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from dvc_project import dvc_project  # noqa: F401 - shared session fixture
 
 from clare.testing import tiny_models
 

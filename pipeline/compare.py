@@ -1,0 +1,574 @@
+"""`clare compare`: several evaluated runs in one table, the shape of DF40's results.
+
+Rows are runs (module, strategy, attention, name); columns are the test subsets, grouped as
+DF40 groups them (the known methods in the other domain, `*_cdf`; the unseen methods), plus the
+mean over subsets. AUC cells carry a 95 % bootstrap interval that resamples videos
+(`clare.bootstrap`). Outputs, in `--out`: compare.md, compare.csv (one row per run and subset,
+numbers only), compare.tex (booktabs), compare.html (self-contained: the table, ROC overlays of
+the runs per subset, the robustness table) and roc.png.
+
+Inputs are report folders (`reports/<run>/` from `clare eval`) or run folders (`runs/<run>/`,
+whose report is `<paths.reports>/<run>` of the run's config).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from clare.bootstrap import bootstrap_auc, percentile_interval, subset_seed
+from clare.errors import ClareError
+
+RUN_SPEC_FILE = "run_spec.json"  # written beside metrics.json by `clare.dvc_summary`
+SCORE_COLUMNS = ("subset", "label", "video", "p_fake", "store")
+PNG_METADATA = {"Software": None}  # figure bytes do not depend on the matplotlib build
+
+# DF40's grouping of the test subsets (design.md §4). Matching ignores case.
+KNOWN_CDF = "known methods, Celeb-DF domain"
+KNOWN_FF = "known methods, FF++ domain"
+UNSEEN = "unseen methods"
+OTHER = "other"
+GROUP_ORDER = (KNOWN_CDF, KNOWN_FF, UNSEEN, OTHER)
+UNSEEN_METHODS = frozenset(
+    {"heygen", "midjourney", "whichisreal", "whichfaceisreal", "stargan", "starganv2",
+     "styleclip", "collabdiff"}
+)
+MEAN_COLUMN = ("", "mean")
+RUN_LEVELS = ("module", "strategy", "attention", "run")
+LOWER_IS_BETTER = frozenset({"eer"})
+COUNTS = frozenset({"n_real", "n_fake", "n_failed"})  # no "best" among counts
+
+
+class CompareError(ClareError):
+    """A folder given to `clare compare` is not a finished evaluation or run."""
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class RunResult:
+    """One evaluated run: its identity, metrics.json and the scores of its clean stores."""
+
+    name: str
+    module: str
+    strategy: str
+    attention: str
+    report_dir: Path
+    metrics: dict[str, Any]
+    scores: pd.DataFrame  # clean stores only: SCORE_COLUMNS
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.module, self.strategy, self.attention, self.name)
+
+
+def subset_group(subset: str) -> str:
+    name = subset.lower()
+    if name.endswith("_cdf"):
+        return KNOWN_CDF
+    if name.endswith("_ff"):
+        return KNOWN_FF
+    if name in UNSEEN_METHODS:
+        return UNSEEN
+    return OTHER
+
+
+def clean_scores(metrics: Mapping[str, Any], scores: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the clean stores: every store that is not a robustness (perturbed) store."""
+    perturbed = set(metrics.get("robustness") or {})
+    return scores[~scores["store"].astype(str).isin(perturbed)].reset_index(drop=True)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        record = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise CompareError(f"{path}: unreadable ({exc.__class__.__name__}); rerun `clare fit`") from None
+    if not isinstance(record, dict):
+        raise CompareError(f"{path}: not a run record (a mapping); rerun `clare fit`")
+    return record
+
+
+def _read_json(path: Path, fix: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CompareError(f"{path}: unreadable ({exc.__class__.__name__}); {fix}") from None
+
+
+def _report_of_run(run_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """The report folder of a run folder: `<config paths.reports>/<run folder name>`."""
+    record = _read_yaml(run_dir / "run.yaml")
+    config = record.get("config") if isinstance(record.get("config"), dict) else {}
+    reports = (config.get("paths") or {}).get("reports", "reports")
+    report_dir = Path(str(reports)) / run_dir.name
+    if not (report_dir / "metrics.json").is_file():
+        raise CompareError(
+            f"{run_dir}: its report {report_dir}/metrics.json is missing; run "
+            f"`clare eval --config CONFIG --run {run_dir}` first, or pass the report folder"
+        )
+    return report_dir, record
+
+
+def resolve_input(path: Path) -> tuple[Path, dict[str, Any] | None]:
+    """A report folder, and the run record when a run folder was given."""
+    path = Path(path)
+    if not path.exists():
+        raise CompareError(f"{path}: no such folder; pass reports/<run> or runs/<run>")
+    if (path / "metrics.json").is_file():
+        return path, None
+    if (path / "run.yaml").is_file():
+        return _report_of_run(path)
+    raise CompareError(
+        f"{path}: neither a report folder (metrics.json) nor a run folder (run.yaml); "
+        "pass reports/<run> from `clare eval` or runs/<run> from `clare fit`"
+    )
+
+
+def _spec(report_dir: Path, record: Mapping[str, Any] | None) -> dict[str, str]:
+    """module, strategy and attention: from the run record, else the report's run_spec.json."""
+    if record is None and (report_dir / RUN_SPEC_FILE).is_file():
+        record = _read_json(report_dir / RUN_SPEC_FILE, "rerun `clare eval`")
+    fit = ((record or {}).get("config") or {}).get("fit") or {}
+    return {key: str((record or {}).get(key) or fit.get(key) or "—")
+            for key in ("module", "strategy", "attention")}
+
+
+def _read_scores(report_dir: Path) -> pd.DataFrame:
+    path = report_dir / "scores.parquet"
+    fix = "rerun `clare eval` for this run"
+    if not path.is_file():
+        raise CompareError(f"{path}: missing (needed for intervals and ROC curves); {fix}")
+    try:
+        scores = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise CompareError(f"{path}: unreadable parquet ({exc.__class__.__name__}); {fix}") from None
+    missing = [c for c in SCORE_COLUMNS if c not in scores.columns]
+    if missing:
+        raise CompareError(f"{path}: lacks column(s) {', '.join(missing)}; {fix}")
+    return scores[list(SCORE_COLUMNS)]
+
+
+def load_run(path: Path) -> RunResult:
+    """Read one input folder; any problem is a CompareError naming the file and the fix."""
+    report_dir, record = resolve_input(path)
+    metrics_file = report_dir / "metrics.json"
+    metrics = _read_json(metrics_file, "rerun `clare eval` for this run")
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("subsets"), dict):
+        raise CompareError(f"{metrics_file}: no 'subsets' table; rerun `clare eval` for this run")
+    spec = _spec(report_dir, record)
+    name = str(metrics.get("run") or report_dir.name)
+    return RunResult(name, spec["module"], spec["strategy"], spec["attention"], report_dir,
+                     metrics, clean_scores(metrics, _read_scores(report_dir)))
+
+
+def load_runs(paths: Sequence[Path]) -> list[RunResult]:
+    if not paths:
+        raise CompareError("no runs given; pass report or run folders, e.g. reports/a reports/b")
+    runs: list[RunResult] = []
+    seen: dict[Path, Path] = {}
+    for path in paths:
+        run = load_run(path)
+        where = run.report_dir.resolve()
+        if where in seen:
+            raise CompareError(f"{path}: same report as {seen[where]}; pass each run once")
+        seen[where] = Path(path)
+        runs.append(run)
+    # Runs of one name (DVC experiments all write reports/<run>, copied elsewhere to compare):
+    # the report folder's name tells them apart, or its whole path.
+    names = [r.name for r in runs]
+    folders = [r.report_dir.name for r in runs]
+    for run in runs:
+        if names.count(run.name) > 1:
+            folder = run.report_dir.name
+            run.name = folder if folders.count(folder) == 1 else str(run.report_dir)
+    return runs
+
+
+# --------------------------------------------------------------------------- the table
+
+
+@dataclass
+class CompareTable:
+    """Values per run and subset (plus the mean), and AUC intervals where computed."""
+
+    metric: str
+    values: pd.DataFrame  # index RUN_LEVELS, columns (group, subset) then MEAN_COLUMN
+    low: pd.DataFrame | None = None
+    high: pd.DataFrame | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def best(self) -> pd.DataFrame:
+        """True where a cell holds the best value of its column (ties: all of them)."""
+        flags = pd.DataFrame(False, index=self.values.index, columns=self.values.columns)
+        if len(self.values) < 2 or self.metric in COUNTS:
+            return flags
+        values = self.values.astype(float)
+        target = values.min() if self.metric in LOWER_IS_BETTER else values.max()
+        return values.eq(target, axis="columns") & values.notna()
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return math.nan
+
+
+def table_columns(runs: Sequence[RunResult]) -> list[tuple[str, str]]:
+    """(group, subset) of every subset of any run, in group order, first-seen order inside."""
+    subsets: list[str] = []
+    for run in runs:
+        subsets += [s for s in run.metrics["subsets"] if s not in subsets]
+    return sorted(((subset_group(s), s) for s in subsets),
+                  key=lambda col: (GROUP_ORDER.index(col[0]), subsets.index(col[1])))
+
+
+def check_metric(runs: Sequence[RunResult], metric: str) -> None:
+    available = sorted({key for run in runs for m in run.metrics["subsets"].values()
+                        for key, value in m.items() if isinstance(value, (int, float))})
+    if metric not in available:
+        raise CompareError(f"--metric {metric}: not in these metrics.json files; use one of "
+                           + ", ".join(available))
+
+
+def _auc_resamples(run: RunResult, subset: str, n_resamples: int, seed: int) -> np.ndarray:
+    rows = run.scores[run.scores["subset"] == subset]
+    return bootstrap_auc(rows["label"].to_numpy(), rows["p_fake"].to_numpy(),
+                         rows["video"].to_numpy(), n_resamples=n_resamples,
+                         seed=subset_seed(seed, subset))
+
+
+def _intervals(runs: Sequence[RunResult], columns: list[tuple[str, str]], values: np.ndarray,
+               n_resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile intervals per cell (arrays shaped like `values`, the mean last); the mean's
+    interval comes from the mean of the subsets' resamples, which are drawn independently."""
+    low = np.full(values.shape, np.nan)
+    high = np.full(values.shape, np.nan)
+    for i, run in enumerate(runs):
+        resamples: list[np.ndarray] = []
+        for j, (_group, subset) in enumerate(columns):
+            if math.isnan(values[i, j]):
+                continue
+            drawn = _auc_resamples(run, subset, n_resamples, seed)
+            interval = percentile_interval(drawn)
+            if interval is not None:
+                low[i, j], high[i, j] = interval.low, interval.high
+                resamples.append(drawn)
+        if resamples and len(resamples) == int(np.isfinite(values[i, :-1]).sum()):
+            interval = percentile_interval(np.mean(resamples, axis=0))
+            low[i, -1], high[i, -1] = interval.low, interval.high
+    return low, high
+
+
+def build_table(runs: Sequence[RunResult], metric: str = "auc", *, n_resamples: int = 1000,
+                seed: int = 0) -> CompareTable:
+    """The comparison table; AUC intervals when metric is auc and n_resamples > 0."""
+    check_metric(runs, metric)
+    columns = table_columns(runs)
+    values = np.array([[_number(run.metrics["subsets"].get(subset, {}).get(metric))
+                        for _group, subset in columns] for run in runs]).reshape(len(runs), len(columns))
+    present = np.isfinite(values)
+    counts = present.sum(axis=1)
+    totals = np.where(present, values, 0.0).sum(axis=1)
+    values = np.column_stack([values, np.where(counts > 0, totals / np.maximum(counts, 1), np.nan)])
+    notes = [f"{run.name}: mean over {n} of {len(columns)} subsets ({metric} missing or "
+             "undefined elsewhere)" for run, n in zip(runs, counts, strict=True)
+             if n < len(columns)]
+    index = pd.MultiIndex.from_tuples([r.key for r in runs], names=list(RUN_LEVELS))
+    all_columns = pd.MultiIndex.from_tuples([*columns, MEAN_COLUMN], names=["group", "subset"])
+
+    def frame(array: np.ndarray) -> pd.DataFrame:
+        return pd.DataFrame(array, index=index, columns=all_columns)
+
+    table = CompareTable(metric, frame(values), notes=notes)
+    if metric == "auc" and n_resamples > 0:
+        low, high = _intervals(runs, columns, values, n_resamples, seed)
+        table.low, table.high = frame(low), frame(high)
+    return table
+
+
+def long_table(table: CompareTable) -> pd.DataFrame:
+    """One row per run and column (CSV): numbers only, the interval beside the value."""
+    best = table.best()
+    rows = []
+    for key in table.values.index:
+        for group, subset in table.values.columns:
+            column = (group, subset)
+            rows.append({
+                **dict(zip(RUN_LEVELS, key, strict=True)),
+                "group": group or "all", "subset": subset, "metric": table.metric,
+                "value": table.values.loc[key, column],
+                "ci_low": table.low.loc[key, column] if table.low is not None else np.nan,
+                "ci_high": table.high.loc[key, column] if table.high is not None else np.nan,
+                "best": bool(best.loc[key, column]),
+            })
+    return pd.DataFrame(rows)
+
+
+def robustness_table(runs: Sequence[RunResult], metric: str = "auc") -> CompareTable | None:
+    """Mean `metric` per run on the clean stores and on each perturbed store (None when no run
+    was evaluated on a perturbed store)."""
+    titles: dict[str, str] = {}
+    for run in runs:
+        for name, entry in (run.metrics.get("robustness") or {}).items():
+            titles.setdefault(name, f"{name} ({entry.get('perturb') or '?'})")
+    if not titles:
+        return None
+    rows = []
+    for run in runs:
+        robustness = run.metrics.get("robustness") or {}
+        rows.append([_number((run.metrics.get("mean") or {}).get(metric))] + [
+            _number(((robustness.get(name) or {}).get("mean") or {}).get(metric)) for name in titles
+        ])
+    return CompareTable(metric, pd.DataFrame(
+        rows,
+        index=pd.MultiIndex.from_tuples([r.key for r in runs], names=list(RUN_LEVELS)),
+        columns=pd.MultiIndex.from_tuples(
+            [("", "clean"), *(("perturbed", title) for title in titles.values())],
+            names=["group", "subset"]),
+    ))
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def colours(n: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def draw_roc(ax: Axes, curves: Sequence[tuple[str, pd.DataFrame]], title: str) -> None:
+    """One ROC line per (label, rows with label and p_fake) on `ax`, and the chance line."""
+    from clare.metrics import roc_points
+
+    ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="#999999")
+    for (label, rows), colour in zip(curves, colours(len(curves)), strict=True):
+        points = roc_points(rows["label"].to_numpy(), rows["p_fake"].to_numpy())
+        if points:
+            ax.plot([p["fpr"] for p in points], [p["tpr"] for p in points], lw=1.3,
+                    color=colour, label=label.replace("$", r"\$"))  # no mathtext from names
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), title=title)
+    ax.grid(alpha=0.3)
+
+
+def save_png(fig: Figure, path: Path) -> Path:
+    FigureCanvasAgg(fig)
+    fig.savefig(path, format="png", dpi=100, metadata=PNG_METADATA)
+    return path
+
+
+def roc_overlay(runs: Sequence[RunResult], subsets: Sequence[str], path: Path) -> Path:
+    """A grid with one panel per subset and one ROC line per run in each."""
+    n_cols = max(1, min(4, len(subsets)))
+    n_rows = max(1, math.ceil(len(subsets) / n_cols))
+    fig = Figure(figsize=(3.0 * n_cols, 2.8 * n_rows + 0.6), layout="constrained")
+    axes = fig.subplots(n_rows, n_cols, squeeze=False).ravel()
+    for ax, subset in zip(axes, subsets, strict=False):
+        draw_roc(ax, [(run.name, run.scores[run.scores["subset"] == subset]) for run in runs],
+                 subset)
+        ax.tick_params(labelsize=7)
+    for ax in axes[len(subsets):]:
+        ax.set_axis_off()
+    axes[0].set(xlabel="false positive rate", ylabel="true positive rate")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(runs)), fontsize=8,
+               frameon=False)
+    return save_png(fig, path)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _fmt(value: float, metric: str) -> str:
+    if math.isnan(value):
+        return "—"
+    return f"{value:.0f}" if metric in COUNTS else f"{value:.3f}"
+
+
+_CELL_LAYOUT = {  # how a value and its interval share one cell, per output
+    "text": "{value} [{low}, {high}]",
+    "html": "{value}<br><small>[{low}, {high}]</small>",
+    "latex": "{value} {{\\scriptsize [{low}, {high}]}}",
+}
+
+
+def cell_text(table: CompareTable, key: tuple[str, ...], column: tuple[str, str],
+              layout: str = "text") -> str:
+    """A cell's value, with its interval when there is one. Numbers only, so no escaping."""
+    value = _fmt(table.values.loc[key, column], table.metric)
+    if table.low is None or math.isnan(table.low.loc[key, column]):
+        return value
+    return _CELL_LAYOUT[layout].format(value=value, low=f"{table.low.loc[key, column]:.3f}",
+                                       high=f"{table.high.loc[key, column]:.3f}")
+
+
+def display_frame(table: CompareTable, layout: str = "text") -> pd.DataFrame:
+    """Strings: the run levels as leading columns, then one formatted cell per subset."""
+    frame = pd.DataFrame(
+        {("", level): table.values.index.get_level_values(level) for level in RUN_LEVELS}
+    )
+    for column in table.values.columns:
+        frame[column] = [cell_text(table, key, column, layout) for key in table.values.index]
+    frame.columns = pd.MultiIndex.from_tuples(frame.columns, names=["group", "subset"])
+    return frame
+
+
+def styled(table: CompareTable, layout: str) -> Any:
+    """A pandas Styler of the table for `layout` (html or latex), best cells in bold."""
+    frame = display_frame(table, layout)
+    runs = [("", level) for level in RUN_LEVELS]
+    best = table.best().to_numpy()
+    bold = np.full(frame.shape, "", dtype=object)
+    bold[:, len(runs):] = np.where(best, "font-weight: bold;", "")
+    return (
+        frame.style.hide(axis="index")
+        .format(escape=layout, subset=runs)  # names are user text; cells hold numbers only
+        .format_index(escape=layout, axis=1)
+        .apply(lambda _frame: bold, axis=None)
+    )
+
+
+def markdown_table(table: CompareTable) -> dict[str, Any]:
+    """Header, group row and body rows of a Markdown table; best cells in bold."""
+    frame = display_frame(table)
+    best = table.best().to_numpy()
+    n_run = len(RUN_LEVELS)
+    rows = []
+    for i, values in enumerate(frame.itertuples(index=False)):
+        cells = [str(v).replace("|", "\\|") for v in values]
+        cells[n_run:] = [f"**{c}**" if flag else c for c, flag in zip(cells[n_run:], best[i], strict=True)]
+        rows.append(cells)
+    groups = [group for group, _subset in frame.columns]
+    shown_groups = [g if i == 0 or g != groups[i - 1] else "" for i, g in enumerate(groups)]
+    return {"header": [s for _g, s in frame.columns], "groups": shown_groups, "rows": rows,
+            "align": ["---"] * n_run + ["---:"] * (len(frame.columns) - n_run)}
+
+
+def _templates() -> Any:
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+    return Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
+                       autoescape=True, undefined=StrictUndefined, keep_trailing_newline=True,
+                       trim_blocks=True, lstrip_blocks=True)
+
+
+def to_latex(table: CompareTable, caption: str) -> str:
+    n_metric = len(table.values.columns)
+    body = styled(table, "latex").to_latex(
+        hrules=True, convert_css=True, multicol_align="c",
+        column_format="l" * len(RUN_LEVELS) + "r" * n_metric,
+    )
+    return f"% {caption}\n% needs \\usepackage{{booktabs}}\n{body}"
+
+
+@dataclass
+class CompareOutputs:
+    markdown: Path
+    csv: Path
+    latex: Path
+    html: Path
+    roc: Path
+    robustness_latex: Path | None
+
+
+def _caption(table: CompareTable, n_resamples: int, seed: int) -> str:
+    what = f"{table.metric.upper() if table.metric in ('auc', 'ap', 'eer') else table.metric} per test subset"
+    if table.low is None:
+        return what + "; best per column in bold"
+    return (what + f"; [95 % bootstrap interval over videos, {n_resamples} resamples, seed {seed}]"
+            "; best per column in bold")
+
+
+def write_outputs(runs: Sequence[RunResult], table: CompareTable, out_dir: Path, *,
+                  n_resamples: int, seed: int) -> CompareOutputs:
+    """compare.md, .csv, .tex, .html and roc.png (+ robustness.tex) in `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    subsets = [subset for _group, subset in table.values.columns if (_group, subset) != MEAN_COLUMN]
+    roc = roc_overlay(runs, subsets, out_dir / "roc.png")
+    robust = robustness_table(runs, table.metric)
+    caption = _caption(table, n_resamples, seed)
+    context = {
+        "caption": caption, "metric": table.metric, "notes": table.notes,
+        "runs": [{"name": r.name, "report": str(r.report_dir)} for r in runs],
+        "robustness_title": f"Robustness: mean {table.metric} on clean and perturbed test stores",
+    }
+    env = _templates()
+    outputs = CompareOutputs(out_dir / "compare.md", out_dir / "compare.csv",
+                             out_dir / "compare.tex", out_dir / "compare.html", roc, None)
+    long_table(table).to_csv(outputs.csv, index=False)
+    outputs.latex.write_text(to_latex(table, caption), encoding="utf-8")
+    if robust is not None:
+        outputs.robustness_latex = out_dir / "robustness.tex"
+        outputs.robustness_latex.write_text(to_latex(robust, context["robustness_title"]),
+                                            encoding="utf-8")
+    markdown = env.get_template("compare.md.j2").render(
+        **context, table=markdown_table(table), roc=roc.name,
+        robustness=markdown_table(robust) if robust is not None else None,
+    )
+    outputs.markdown.write_text(markdown, encoding="utf-8")
+    html = env.get_template("compare.html.j2").render(
+        **context, table_html=styled(table, "html").to_html(table_attributes='class="compare"'),
+        roc_data_uri="data:image/png;base64," + base64.b64encode(roc.read_bytes()).decode("ascii"),
+        robustness_html=(styled(robust, "html").to_html(table_attributes='class="compare"')
+                         if robust is not None else None),
+    )
+    outputs.html.write_text(html, encoding="utf-8")
+    return outputs
+
+
+def print_table(table: CompareTable, console: Any) -> None:
+    from rich.table import Table
+
+    # Values only: intervals would wrap every cell in a terminal; the files hold them.
+    frame = display_frame(CompareTable(table.metric, table.values))
+    best = table.best().to_numpy()
+    shown = Table(title=f"{table.metric} per test subset", title_justify="left")
+    previous = None
+    for group, subset in frame.columns:
+        title = f"{group}\n{subset}" if group and group != previous else f"\n{subset}"
+        shown.add_column(title, justify="left" if subset in RUN_LEVELS else "right")
+        previous = group
+    for i, values in enumerate(frame.itertuples(index=False)):
+        cells = [str(v) for v in values]
+        n_run = len(RUN_LEVELS)
+        cells[n_run:] = [f"[bold]{c}[/]" if flag else c for c, flag in zip(cells[n_run:], best[i], strict=True)]
+        shown.add_row(*cells)
+    console.print(shown)
+    for note in table.notes:
+        console.print(f"  {note}", highlight=False)
+
+
+def run_compare(paths: Sequence[Path], *, metric: str = "auc", n_resamples: int = 1000,
+                out_dir: Path = Path("reports/compare"), seed: int = 0,
+                quiet: bool = False) -> CompareOutputs:
+    """Load the runs, build the table, print it and write every output; return their paths."""
+    from clare.console import make_console
+
+    if n_resamples < 0:
+        raise CompareError(f"--bootstrap {n_resamples}: must be 0 (no intervals) or more")
+    runs = load_runs(paths)
+    table = build_table(runs, metric, n_resamples=n_resamples, seed=seed)
+    outputs = write_outputs(runs, table, out_dir, n_resamples=n_resamples, seed=seed)
+    console = make_console(stderr=False, quiet=quiet)
+    print_table(table, console)
+    if table.low is not None:
+        console.print(f"95 % intervals ({n_resamples} video resamples): {outputs.markdown}")
+    console.print(f"[bold]{outputs.html}[/] (also {outputs.markdown.name}, {outputs.csv.name}, "
+                  f"{outputs.latex.name}, {outputs.roc.name})")
+    return outputs

@@ -1,0 +1,103 @@
+"""What an evaluation leaves for DVC experiments, beside the full metrics.json.
+
+- `dvc_metrics.json`: the DVC metrics file, tens of numbers rather than metrics.json's hundreds,
+  so that `dvc exp show` stays readable: mean test AUC, AP, EER and video AUC, the AUC per test
+  subset, the mean AUC per robustness store, and the validation AUC and loss of the kept
+  checkpoint (from run.yaml).
+- `plots/roc.png` (one ROC line per clean test subset) and `plots/validation.png` (validation
+  AUC and loss per validation step): images, because DVC's HTML draws data-series plots with
+  Vega scripts from a CDN, and images show offline.
+- `run_spec.json`: the run's name, folder, module, strategy and attention, so that
+  `clare compare reports/<run>` can label its row without the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from clare.compare import RUN_SPEC_FILE, clean_scores, draw_roc, save_png
+from clare.files import atomic_write_bytes
+
+DVC_METRICS_FILE = "dvc_metrics.json"
+PLOTS_DIR = "plots"
+MEAN_KEYS = ("auc", "ap", "eer", "video_auc")
+
+
+def dvc_metrics(metrics: Mapping[str, Any], run_record: Mapping[str, Any]) -> dict[str, Any]:
+    """The compact metrics: test means, AUC per subset and robustness store, best validation."""
+    mean = metrics.get("mean") or {}
+    best = run_record.get("metrics") or {}
+    return {
+        **{key: mean.get(key) for key in MEAN_KEYS},
+        "val_auc": best.get("val_auc", best.get("auc")),
+        "val_loss": best.get("val_loss"),
+        "subset_auc": {name: m.get("auc") for name, m in (metrics.get("subsets") or {}).items()},
+        "robust_auc": {name: (entry.get("mean") or {}).get("auc")
+                       for name, entry in (metrics.get("robustness") or {}).items()},
+    }
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities become None (JSON has neither)."""
+    if isinstance(value, dict):
+        return {key: _finite(v) for key, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    text = json.dumps(_finite(payload), indent=2, allow_nan=False)
+    atomic_write_bytes(path, (text + "\n").encode())
+
+
+def roc_figure(scores: pd.DataFrame, subsets: list[str], path: Path, title: str) -> Path:
+    fig = Figure(figsize=(6.4, 4.8), layout="constrained")
+    ax = fig.add_subplot()
+    draw_roc(ax, [(s, scores[scores["subset"] == s]) for s in subsets], title)
+    ax.set(xlabel="false positive rate (real called fake)", ylabel="true positive rate")
+    ax.legend(fontsize=7, loc="lower right", frameon=False)
+    return save_png(fig, path)
+
+
+def validation_figure(history: list[Mapping[str, Any]], path: Path, title: str) -> Path:
+    """Validation AUC and loss against the training step (run.yaml's history)."""
+    fig = Figure(figsize=(6.4, 3.2), layout="constrained")
+    auc_ax, loss_ax = fig.subplots(1, 2)
+    steps = [h.get("step") for h in history]
+    for ax, key, label in ((auc_ax, "val_auc", "validation AUC"), (loss_ax, "val_loss", "validation loss")):
+        values = [h.get(key) for h in history]
+        shown = [(s, v) for s, v in zip(steps, values, strict=True) if s is not None and v is not None]
+        ax.plot([s for s, _ in shown], [v for _, v in shown], marker="o", ms=3, lw=1.2)
+        ax.set(xlabel="step", title=label)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    return save_png(fig, path)
+
+
+def write_dvc_files(out_dir: Path, metrics: Mapping[str, Any], scores: pd.DataFrame,
+                    run: Any) -> None:
+    """Write dvc_metrics.json, run_spec.json and plots/ into an evaluation's report folder.
+
+    `scores` are all scored rows (scores.parquet); `run` is the evaluated `clare.runs.RunInfo`.
+    """
+    out_dir = Path(out_dir)
+    record = run.record
+    name = str(metrics.get("run") or out_dir.name)
+    _write_json(out_dir / DVC_METRICS_FILE, dvc_metrics(metrics, record))
+    fit = (record.get("config") or {}).get("fit") or {}
+    spec = {"run": name, "run_dir": str(run.path),
+            **{key: record.get(key, fit.get(key)) for key in ("module", "strategy", "attention")}}
+    _write_json(out_dir / RUN_SPEC_FILE, spec)
+    plots = out_dir / PLOTS_DIR
+    plots.mkdir(exist_ok=True)
+    clean = clean_scores(metrics, scores)
+    roc_figure(clean, list(metrics.get("subsets") or {}), plots / "roc.png", f"{name}: ROC per test subset")
+    validation_figure(list(record.get("history") or []), plots / "validation.png", name)
