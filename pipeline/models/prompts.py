@@ -110,7 +110,12 @@ class FrozenTextEncoder(nn.Module):
         if self.pool_type == "argmax":
             return token_ids.argmax(dim=-1)
         if self.pool_type == "eos":
-            return (token_ids == self.eos_id).int().argmax(dim=-1)
+            if self.eos_id is None:
+                raise ModelLoadError(
+                    "text tower pools at its end token but names no end-token id (eos_id); "
+                    "use a CLIP model whose text config sets eos_id"
+                )
+            return token_ids.eq(self.eos_id).int().argmax(dim=-1)
         if self.pool_type == "first":
             return torch.zeros(n, dtype=torch.long, device=token_ids.device)
         return torch.full((n,), length - 1, dtype=torch.long, device=token_ids.device)
