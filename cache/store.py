@@ -539,7 +539,7 @@ class FeatureStore:
         except StoreError:
             return ShardPart(index, None, None, "unreadable marker")
         problem = self._marker_problem(index, marker)
-        if problem:
+        if problem or marker is None:  # a missing marker has a problem; `is None` narrows the type
             return ShardPart(index, None, None, problem)
         part_path = self.part_path(index)
         if not part_path.is_file():

@@ -58,6 +58,10 @@ class FramesPerVideo(_Strict):
     test: int = Field(default=8, ge=1)
 
 
+def _default_label_suffixes() -> dict[str, Literal[0, 1]]:
+    return {"_real": 0, "_fake": 1}
+
+
 class DataConfig(_Strict):
     root: Path = Field(description="dataset root that listed frame paths are relative to")
     lists_dir: Path | None = Field(
@@ -71,7 +75,7 @@ class DataConfig(_Strict):
         default_factory=dict, description="explicit label name -> 0 (real) / 1 (fake)"
     )
     label_suffixes: dict[str, Literal[0, 1]] = Field(
-        default_factory=lambda: {"_real": 0, "_fake": 1},
+        default_factory=_default_label_suffixes,
         description="case-insensitive suffix rule used when a name is not in label_map",
     )
     frames_per_video: FramesPerVideo = Field(default_factory=FramesPerVideo)

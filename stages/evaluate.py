@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -50,6 +50,9 @@ from clare.runs import (
     step_progress,
 )
 from clare.scoring import THRESHOLD_RULE, accuracy_at, score_loader
+
+if TYPE_CHECKING:
+    from clare.models.detector import Detector
 
 SCORE_COLUMNS = ("row", "path", "subset", "label", "video", "p_fake", "store")
 # Accuracy at the operating threshold `clare fit` chose on the run's validation videos.
@@ -132,7 +135,7 @@ def open_checked(item: StoreToScore, run: RunInfo) -> FeatureStore:
 # --------------------------------------------------------------------------- scoring
 
 
-def score_store(detector: torch.nn.Module, store: FeatureStore, *, batch_size: int,
+def score_store(detector: Detector, store: FeatureStore, *, batch_size: int,
                 device: torch.device, name: str | None = None,
                 on_batch: Callable[[int], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """p(fake) for every usable row of a store, in row order, and the rows left out.

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from clare.config import PromptConfig
-from clare.errors import ConfigError
+from clare.errors import ConfigError, ModelLoadError
 from clare.models.detector import Detector
 from clare.models.prompts import FrozenTextEncoder, PromptLearner
 from clare.models.tiny import TINY_CLIP_NAME
@@ -114,6 +114,20 @@ def test_frozen_text_encoder_custom_text_clip(tiny_clip):
         ours = encoder(custom.text.token_embedding(ids), encoder.pool_positions(ids))
         expected = custom.encode_text(ids)
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+
+
+def test_eos_pooling_reads_the_towers_end_token_id_and_needs_one(tiny_clip):
+    _, tokenizer = tiny_clip
+    torch.manual_seed(3)
+    model = open_clip.create_model(TINY_CLIP_NAME, pretrained=None).eval()
+    model.text_pool_type = "eos"
+    model.text_eos_id = tokenizer.eot_token_id
+    ids = tokenizer(["a face", "a generated face with odd teeth"])
+    # The end token is the highest id, so "eos" pooling lands where "argmax" pooling does.
+    assert FrozenTextEncoder(model).pool_positions(ids).tolist() == ids.argmax(dim=-1).tolist()
+    model.text_eos_id = None
+    with pytest.raises(ModelLoadError, match="eos_id"):
+        FrozenTextEncoder(model).pool_positions(ids)
 
 
 def test_cocoop_prompts_differ_per_image_in_one_encoder_call(tiny_clip):

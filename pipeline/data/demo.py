@@ -122,7 +122,7 @@ def _paint_ellipse(canvas: np.ndarray, axis: np.ndarray, centre: tuple[float, fl
     du = (axis[box[1]][None, :] - cx) / rx
     dv = (axis[box[0]][:, None] - cy) / ry
     cover = np.clip((1.0 - np.sqrt(du * du + dv * dv)) * min(rx, ry) / edge + 0.5, 0.0, 1.0)
-    target = np.asarray(colour, np.float32)
+    target: np.ndarray = np.asarray(colour, np.float32)
     if shade_sides:
         # Darker towards the sides so a face looks round rather than flat.
         target = target * (1.0 - shade_sides * np.minimum(du * du, 1.0))[..., None]

@@ -29,7 +29,9 @@ def clip_dims(model: Any) -> ClipDims:
     visual = getattr(model, "visual", None)
     grid_size = getattr(visual, "grid_size", None)
     transformer = getattr(visual, "transformer", None)
-    if grid_size is None or transformer is None or not hasattr(visual, "output_dim"):
+    if visual is None or grid_size is None or transformer is None or not hasattr(
+        visual, "output_dim"
+    ):
         raise ModelLoadError(
             f"models.clip.model: image tower {type(visual).__name__} is not a ViT with a patch "
             "grid; use a ViT open_clip model such as ViT-L-14"
@@ -82,6 +84,11 @@ class ClipImageEncoder:
             pooled = self.visual(pixels.to(self.device))
         block_out = self._captured
         self._captured = None
+        if block_out is None:  # the hook on the last block did not fire
+            raise ModelLoadError(
+                "models.clip.model: the image tower skipped its last transformer block; use a "
+                "standard open_clip ViT"
+            )
         if not getattr(self.visual.transformer, "batch_first", True):  # older (L, B, W) layout
             block_out = block_out.transpose(0, 1)
         # The patch tokens are the last P positions (after CLS and any register tokens).

@@ -17,7 +17,7 @@ import json
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,17 @@ from clare.models.prompts import PromptLearner, Tokenizer
 
 MODEL_FILE = "model.safetensors"
 MODEL_FORMAT = "clare-detector/1"
+
+_Part = TypeVar("_Part")
+
+
+def _built(part: _Part | None, name: str, module: str) -> _Part:
+    """A part `from_config` always builds for this module; None only in a hand-wired detector."""
+    if part is None:
+        raise ModelLoadError(
+            f"detector module '{module}' has no {name}; build it with Detector.from_config"
+        )
+    return part
 
 
 def _cosine_logits(image: Tensor, text: Tensor, scale: Tensor) -> Tensor:
@@ -69,6 +80,8 @@ def _effective_spec(config: DetectorConfig) -> dict[str, str]:
 
 class Detector(nn.Module):
     """forward(cls, tokens, lare) -> logits (B, 2); p(fake) = softmax(logits)[:, 1]."""
+
+    logit_scale: Tensor  # buffer, registered in __init__
 
     def __init__(
         self,
@@ -262,13 +275,14 @@ class Detector(nn.Module):
     ) -> Tensor:
         self._check_inputs(tokens, lare)
         if self.module_name == "lare":
-            return self.head(cls, tokens, lare)
+            return _built(self.head, "head", self.module_name)(cls, tokens, lare)
+        prompt = _built(self.prompt, "prompt", self.module_name)
         if self.module_name == "fusion":
-            image = self.features(cls, tokens, lare)
-            text = self.text_proj(self.prompt(image))
+            image = _built(self.features, "features", self.module_name)(cls, tokens, lare)
+            text = _built(self.text_proj, "text_proj", self.module_name)(prompt(image))
         else:
             image = cls.float()
-            text = self.prompt(image)
+            text = prompt(image)
         return _cosine_logits(image, text, self.logit_scale)
 
     @staticmethod

@@ -8,7 +8,7 @@ full stop, end token and padding (suffix) are frozen embeddings kept as buffers.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -23,8 +23,11 @@ Tokenizer = Callable[[Sequence[str]], Tensor]
 PLACEHOLDER = "X"
 
 
-def _text_tower(clip_model: nn.Module) -> tuple[nn.Module, str]:
-    """The module holding the text parts (CLIP keeps them flat, CustomTextCLIP under `.text`)."""
+def _text_tower(clip_model: nn.Module) -> tuple[Any, str]:
+    """The module holding the text parts (CLIP keeps them flat, CustomTextCLIP under `.text`).
+
+    Typed Any: open_clip ships no type information, and the parts read from the tower are
+    typed where FrozenTextEncoder declares them."""
     text = getattr(clip_model, "text", None)
     if text is not None:
         if not hasattr(text, "transformer") or not hasattr(text, "positional_embedding"):
@@ -59,6 +62,13 @@ class FrozenTextEncoder(nn.Module):
 
     # Detector uses this marker to leave the module out of trainable state dicts.
     frozen_backbone = True
+    # open_clip's text parts; the types say what mypy cannot read from the untyped library.
+    transformer: nn.Module
+    ln_final: nn.Module
+    positional_embedding: Tensor
+    text_projection: nn.Linear | Tensor | None
+    attn_mask: Tensor | None
+    eos_id: int | None
 
     def __init__(self, clip_model: nn.Module) -> None:
         super().__init__()
@@ -78,8 +88,8 @@ class FrozenTextEncoder(nn.Module):
         self.register_buffer("attn_mask", None if mask is None else mask.clone(), persistent=False)
         # open_clip >= 2.24 transposes inside Transformer.forward; older releases wanted (L, N, D).
         self.expects_batch_first = hasattr(self.transformer, "batch_first")
-        self.width = tower.token_embedding.embedding_dim
-        self.context_length = self.positional_embedding.shape[0]
+        self.width: int = tower.token_embedding.embedding_dim
+        self.context_length = int(self.positional_embedding.shape[0])
         self.requires_grad_(False)
         self.eval()
 
@@ -88,7 +98,7 @@ class FrozenTextEncoder(nn.Module):
         proj = self.text_projection
         if proj is None:
             return self.width
-        return proj.out_features if isinstance(proj, nn.Linear) else proj.shape[1]
+        return proj.out_features if isinstance(proj, nn.Linear) else int(proj.shape[1])
 
     def train(self, mode: bool = True) -> FrozenTextEncoder:
         # Frozen: stays in eval mode whatever the detector around it does.
@@ -100,7 +110,12 @@ class FrozenTextEncoder(nn.Module):
         if self.pool_type == "argmax":
             return token_ids.argmax(dim=-1)
         if self.pool_type == "eos":
-            return (token_ids == self.eos_id).int().argmax(dim=-1)
+            if self.eos_id is None:
+                raise ModelLoadError(
+                    "text tower pools at its end token but names no end-token id (eos_id); "
+                    "use a CLIP model whose text config sets eos_id"
+                )
+            return token_ids.eq(self.eos_id).int().argmax(dim=-1)
         if self.pool_type == "first":
             return torch.zeros(n, dtype=torch.long, device=token_ids.device)
         return torch.full((n,), length - 1, dtype=torch.long, device=token_ids.device)
@@ -108,13 +123,10 @@ class FrozenTextEncoder(nn.Module):
     def forward(self, prompt_embeddings: Tensor, eot_index: Tensor) -> Tensor:
         """(N, L, T) prompt embeddings and (N,) output positions -> (N, E) text features."""
         length = prompt_embeddings.shape[1]
-        cast = (
-            self.transformer.get_cast_dtype()
-            if hasattr(self.transformer, "get_cast_dtype")
-            else None
-        )
-        cast = cast or self.positional_embedding.dtype
-        x = prompt_embeddings.to(cast) + self.positional_embedding[:length].to(cast)
+        get_cast_dtype = getattr(self.transformer, "get_cast_dtype", None)
+        tower_dtype = get_cast_dtype() if get_cast_dtype is not None else None
+        dtype: torch.dtype = tower_dtype or self.positional_embedding.dtype
+        x = prompt_embeddings.to(dtype) + self.positional_embedding[:length].to(dtype)
         mask = None if self.attn_mask is None else self.attn_mask[:length, :length]
         if self.expects_batch_first:
             x = self.transformer(x, attn_mask=mask)
@@ -140,6 +152,12 @@ class PromptLearner(nn.Module):
 
     forward(image_feature) -> text features: CoOp (n_cls, E); CoCoOp (B, n_cls, E).
     """
+
+    # Buffers, registered in __init__.
+    token_ids: Tensor
+    eot_index: Tensor
+    token_prefix: Tensor
+    token_suffix: Tensor
 
     def __init__(
         self,
@@ -180,8 +198,8 @@ class PromptLearner(nn.Module):
             len(_content_ids(tokenizer, name, text_encoder)) for name in self.classnames
         ]
 
-        self.meta_net: nn.Module | None = None
-        if strategy == "cocoop":
+        self.meta_net: nn.Sequential | None = None
+        if strategy == "cocoop" and feature_dim is not None:  # None refused above
             hidden = max(1, feature_dim // cfg.meta_net_reduction)
             self.meta_net = nn.Sequential(
                 nn.Linear(feature_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, width)
@@ -243,7 +261,10 @@ class PromptLearner(nn.Module):
 
     @property
     def feature_dim(self) -> int | None:
-        return None if self.meta_net is None else self.meta_net[0].in_features
+        if self.meta_net is None:
+            return None
+        # Sequential indexes as a plain Module; the first layer is the Linear built in __init__.
+        return cast(nn.Linear, self.meta_net[0]).in_features
 
     def _class_context(self) -> Tensor:
         """(n_cls, n_ctx, T) whether the context is shared or class-specific."""

@@ -68,7 +68,10 @@ def _write_tokenizer(out: Path) -> None:
 
 
 def _build_sd(out: Path) -> None:
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    # From the modules that define them: diffusers' top-level names are lazy, and a type checker
+    # reads them as the placeholder classes diffusers exports when torch is missing.
+    from diffusers.models import AutoencoderKL, UNet2DConditionModel
+    from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
     from transformers import CLIPTextConfig, CLIPTextModel
 
     # Four blocks give the VAE SD's downsampling factor of 8: 256 px -> 4x32x32 latents.
