@@ -540,7 +540,8 @@ def print_table(table: CompareTable, console: Any) -> None:
     best = table.best().to_numpy()
     shown = Table(title=f"{table.metric} per test subset", title_justify="left")
     previous = None
-    for group, subset in frame.columns:
+    for column in frame.columns:
+        group, subset = str(column[0]), str(column[1])  # (group, subset) MultiIndex columns
         title = f"{group}\n{subset}" if group and group != previous else f"\n{subset}"
         shown.add_column(title, justify="left" if subset in RUN_LEVELS else "right")
         previous = group
