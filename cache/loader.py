@@ -4,6 +4,10 @@ Order of an epoch, fully determined by (seed, epoch): the shards holding the sel
 shuffled; each window of `shuffle_window` shards is read as contiguous slices, its rows are
 shuffled together, and batches are cut from a running buffer so that every batch but the last
 is full. A background thread reads ahead (`prefetch` batches); it changes timing, not order.
+`epoch_rows` gives that order without reading a byte (for checks such as `batch_mixing`).
+
+Batches mix well only when every shard is a random sample of the split: extraction writes
+the images in a seeded permutation for that reason (`clare.cache.store.image_write_order`).
 
 The rows a loader is given are rows the manifest calls ok, and extraction marks any row with
 NaN or inf features failed, so a non-finite value in a row read here means a missing or
@@ -65,8 +69,10 @@ class StoreLoader:
         # Tokens are 97% of the bytes: heads that only use the CLS embedding skip them.
         self.read_tokens = read_tokens
         self.read_lare = read_lare
-        shard_of = self.rows // store.shard_rows
-        self._by_shard = {int(s): np.flatnonzero(shard_of == s) for s in np.unique(shard_of)}
+        # Rows are sorted, so each shard's rows are one run of positions.
+        shards, starts = np.unique(self.rows // store.shard_rows, return_index=True)
+        stops = np.append(starts[1:], len(self.rows))
+        self._by_shard = {int(s): np.arange(a, b) for s, a, b in zip(shards, starts, stops, strict=True)}
 
     def __len__(self) -> int:
         return -(-len(self.rows) // self.batch_size)
@@ -100,21 +106,38 @@ class StoreLoader:
         rows, labels, cls, tokens, lare = (np.concatenate(bucket) for bucket in parts)
         return rows, labels, cls, tokens, lare
 
-    def _windows(self, rng: np.random.Generator) -> Iterator[_Parts]:
-        """The shard windows of one epoch, each with its rows shuffled (when shuffling)."""
+    def _plan(self, epoch: int) -> Iterator[tuple[list[int], np.ndarray | None]]:
+        """The shard windows of one epoch and the order of each window's rows, read nothing.
+
+        A window's rows are its shards' selected rows in shard order; the permutation (None
+        when not shuffling) reorders them."""
+        rng = np.random.default_rng([self.seed, epoch])
         shards = sorted(self._by_shard)
         if self.shuffle:
             shards = [shards[i] for i in rng.permutation(len(shards))]
         for start in range(0, len(shards), self.shuffle_window):
-            window = self._read_window(shards[start : start + self.shuffle_window])
-            if self.shuffle:
-                perm = rng.permutation(len(window[0]))
-                window = _take(window, perm)
-            yield window
+            window = shards[start : start + self.shuffle_window]
+            size = sum(len(self._by_shard[shard]) for shard in window)
+            yield window, rng.permutation(size) if self.shuffle else None
+
+    def epoch_rows(self, epoch: int) -> np.ndarray:
+        """Every store row of one epoch in the order its batches hold them (no array is read):
+        batch k is `epoch_rows(epoch)[k * batch_size : (k + 1) * batch_size]`."""
+        parts = []
+        for window, perm in self._plan(epoch):
+            rows = np.concatenate([self.rows[self._by_shard[shard]] for shard in window])
+            parts.append(rows if perm is None else rows[perm])
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def _windows(self, epoch: int) -> Iterator[_Parts]:
+        """The shard windows of one epoch, read, each with its rows in the plan's order."""
+        for shards, perm in self._plan(epoch):
+            window = self._read_window(shards)
+            yield window if perm is None else _take(window, perm)
 
     def _batches(self, epoch: int) -> Iterator[Batch]:
         buffer: _Parts | None = None
-        for window in self._windows(np.random.default_rng([self.seed, epoch])):
+        for window in self._windows(epoch):
             buffer = window if buffer is None else _join(buffer, window)
             while len(buffer[0]) >= self.batch_size:
                 yield self._make_batch(_take(buffer, slice(0, self.batch_size)))
@@ -145,6 +168,34 @@ class StoreLoader:
                     yield batch
             return
         yield from _prefetched(source, self.prefetch, skip)
+
+
+@dataclass
+class BatchMixing:
+    """How well one epoch's batches mix classes and videos."""
+
+    batches: int
+    single_class_fraction: float  # batches holding one class only
+    median_videos: float  # distinct videos in a batch, median over batches
+    min_videos: int
+
+
+def batch_mixing(loader: StoreLoader, epoch: int, label_of_row: np.ndarray,
+                 video_of_row: np.ndarray) -> BatchMixing:
+    """Mixing of the batches `loader` yields in `epoch`, from its order alone (nothing is read).
+
+    `label_of_row` and `video_of_row` (integer codes) are indexed by store row."""
+    rows = loader.epoch_rows(epoch)
+    single = 0
+    videos: list[int] = []
+    for start in range(0, len(rows), loader.batch_size):
+        batch = rows[start : start + loader.batch_size]
+        single += int(len(np.unique(label_of_row[batch])) == 1)
+        videos.append(len(np.unique(video_of_row[batch])))
+    count = len(videos)
+    return BatchMixing(batches=count, single_class_fraction=single / count if count else 0.0,
+                       median_videos=float(np.median(videos)) if count else 0.0,
+                       min_videos=min(videos, default=0))
 
 
 def _take(parts: _Parts, pick: np.ndarray | slice) -> _Parts:

@@ -6,6 +6,8 @@ Layout of a store directory (format clare-store/2):
                           every inner chunk and every shard index carries a crc32c checksum, so a
                           damaged byte fails the read that meets it instead of reading back wrong
     manifest.parquet      one row per array row, same order (written when every shard is done)
+                          rows: the index's images in a seeded permutation, views of an
+                          image adjacent, so every shard is a random sample of the split
     store.json            fingerprint, counts, creation time, completion state of every shard,
                           the digest of each shard's index rows, the manifest's sha256
     shards/NNNNN.parquet  the manifest rows of one shard
@@ -80,6 +82,35 @@ def index_digest(rows: pd.DataFrame) -> str:
     columns = [pa.array(fields[name], type=pa.string()) for name in INDEX_COLUMNS]
     lines = pc.binary_join_element_wise(*columns, "\t").to_numpy(zero_copy_only=False)
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+# Seeds the write order's own random stream, apart from every other draw made from cfg.seed.
+_WRITE_ORDER_STREAM = 0x0D3E
+
+
+def image_write_order(n_images: int, seed: int) -> np.ndarray:
+    """The order in which a store holds the index's images: a seeded permutation of 0..n-1.
+
+    Index order (subset, label, video) would make every 128-row shard a few videos of one
+    class, and the loader's window of two shards a batch of one or two classes; in a random
+    order every shard is a random sample of the split. It depends only on (seed, number of
+    images), never on the worker count or batch size, so it is part of the index digest.
+    """
+    return np.random.default_rng([seed, _WRITE_ORDER_STREAM]).permutation(n_images)
+
+
+def row_skeleton(index: pd.DataFrame, views: int, perturb: str | None, seed: int) -> pd.DataFrame:
+    """The rows a store holds, in store order, before any feature is computed.
+
+    Images come in `image_write_order`; the `views` views of an image stay adjacent, so
+    row = position * views + view and `row // views` still names the image.
+    """
+    images = index.iloc[image_write_order(len(index), seed)]
+    repeated = images.loc[images.index.repeat(views)].reset_index(drop=True)
+    repeated["view"] = np.tile(np.arange(views, dtype=np.int16), len(images))
+    repeated["perturb"] = perturb or ""
+    repeated.insert(0, "row", np.arange(len(repeated), dtype=np.int64))
+    return repeated[["row", "path", "subset", "label", "video", "frame", "view", "perturb"]]
 
 
 def shard_index_digests(rows: pd.DataFrame, shard_rows: int) -> list[str]:

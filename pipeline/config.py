@@ -53,6 +53,10 @@ class SubsetSpec(_Strict):
         return self
 
 
+# Which frames of a video the index keeps (see clare.data.df40.sample_frame_indices).
+FrameSampling = Literal["first", "even"]
+
+
 class FramesPerVideo(_Strict):
     train: int = Field(default=32, ge=1)
     test: int = Field(default=8, ge=1)
@@ -79,6 +83,11 @@ class DataConfig(_Strict):
         description="case-insensitive suffix rule used when a name is not in label_map",
     )
     frames_per_video: FramesPerVideo = Field(default_factory=FramesPerVideo)
+    frame_sampling: FrameSampling = Field(
+        default="even",
+        description="which frames of a video to keep: the first N in list order (DeepfakeBench, "
+        "the published DF40 protocol) or N evenly spaced positions",
+    )
     on_missing: Literal["error", "skip"] = "skip"
     index_dir: Path = Path("stores/index")
     train: list[SubsetSpec] = Field(default_factory=list)

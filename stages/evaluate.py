@@ -190,10 +190,15 @@ def subset_metrics(scores: pd.DataFrame, failed: pd.DataFrame, subsets: list[str
     return out
 
 
-def _subset_order(scores: pd.DataFrame, failed: pd.DataFrame) -> list[str]:
-    """Subsets in the order their first row appears in the store."""
+def _subset_order(store: FeatureStore, scores: pd.DataFrame, failed: pd.DataFrame) -> list[str]:
+    """The store's subsets in index (config) order, as store.json lists them.
+
+    Rows are stored in a seeded permutation, so row order says nothing about subsets; a store
+    whose store.json lacks the list falls back to the order of first appearance."""
     rows = pd.concat([scores[["row", "subset"]], failed[["row", "subset"]]]).sort_values("row")
-    return [str(s) for s in pd.unique(rows["subset"].astype(str))]
+    present = [str(s) for s in pd.unique(rows["subset"].astype(str))]
+    listed = [str(s) for s in store.meta.get("subsets") or [] if str(s) in present]
+    return listed + [s for s in present if s not in listed]
 
 
 def _mean(per_subset: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -386,7 +391,7 @@ def score_stores(cfg: Config, run: RunInfo, opened: list[tuple[StoreToScore, Fea
             perturb = store.meta.get("perturb") or item.perturb
             # The first store is the table even when perturbed: there is nothing to compare it with.
             scored.append(ScoredStore(item.name, store, None if index == 0 else perturb,
-                                      _subset_order(scores, failed), scores, failed))
+                                      _subset_order(store, scores, failed), scores, failed))
     return scored
 
 

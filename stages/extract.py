@@ -35,6 +35,7 @@ from clare.cache.store import (
     FeatureStore,
     default_shard_rows,
     index_digest,
+    row_skeleton,
     shard_index_digests,
 )
 from clare.config import Config
@@ -375,16 +376,6 @@ def load_index(cfg: Config, split: str, subsets: list[str] | None) -> pd.DataFra
     return index
 
 
-def _row_skeleton(index: pd.DataFrame, views: int, perturbation: Perturbation | None) -> pd.DataFrame:
-    """Image-major rows: the K views of an image are adjacent (row = image * K + view)."""
-    repeated = index.loc[index.index.repeat(views)].reset_index(drop=True)
-    repeated["view"] = np.tile(np.arange(views, dtype=np.int16), len(index))
-    repeated["perturb"] = perturbation.spec if perturbation else ""
-    repeated.insert(0, "row", np.arange(len(repeated), dtype=np.int64))
-    keep = ["row", "path", "subset", "label", "video", "frame", "view", "perturb"]
-    return repeated[keep]
-
-
 def _feature_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
     from clare.models.loading import clip_dims, load_clip
 
@@ -525,7 +516,7 @@ def run_extract(
         _connect(scheduler).close()
 
     index = load_index(cfg, split, subsets)
-    rows = _row_skeleton(index, views, perturbation)
+    rows = row_skeleton(index, views, perturbation.spec if perturbation else None, cfg.seed)
     fingerprint = fp.store_fingerprint(cfg, index_sha256=index_digest(rows), views=views,
                                        perturb=perturbation.spec if perturbation else None)
     path = store_dir(cfg, split, perturbation)
@@ -535,7 +526,8 @@ def run_extract(
             path, cfg, rows, fingerprint, overwrite=overwrite, console=console,
             meta={"split": split, "views": views, "n_images": len(index),
                   "perturb": perturbation.spec if perturbation else None,
-                  "subsets": sorted(set(rows["subset"])),
+                  # In index (config) order: reports list subsets in this order.
+                  "subsets": [str(s) for s in pd.unique(index["subset"])],
                   "libraries": {"torch": torch.__version__},
                   "cpu_threads": cfg.extract.cpu_threads},
         )

@@ -173,3 +173,31 @@ def test_bench_fit_smoke(tmp_path: Path) -> None:
     assert results["loader_vs_step"] == pytest.approx(
         results["loader"]["samples_per_s"] / results["train_step"]["samples_per_s"])
     assert math.isfinite(results["final_loss"]) and results["trainable_parameters"] > 0
+
+
+def test_bench_scale_smoke(tmp_path: Path) -> None:
+    payload = run_script("bench_scale.py", tmp_path / "scale.json")
+    results, params = payload["results"], payload["params"]
+    videos, known, unseen = params["videos"], params["known_methods"], params["unseen_methods"]
+    assert params["scale"] == 0.01 and min(videos.values()) >= 2
+    # DF40's structure: the same real videos listed under every known method.
+    train_entries = known * (videos["ff_real"] + videos["ff_fake"]) * params["train_frames"]
+    train_distinct = (videos["ff_real"] + known * videos["ff_fake"]) * params["train_frames"]
+    index = results["index"]
+    assert index["train_entries"] == results["tree"]["listed_train"] == train_entries
+    assert index["train_distinct_images"] == train_distinct
+    assert index["extractions_saved"] == train_entries - train_distinct
+    assert index["extractions_saved_fraction"] == pytest.approx(
+        (train_entries - train_distinct) / train_entries)
+    # Test lists keep the first 8 of 32 listed frames per video.
+    test_videos = known * (videos["cdf_real"] + videos["cdf_fake"]) + unseen * 2 * videos["unseen"]
+    assert index["test_entries"] == test_videos * params["test_frames"]
+    for part in ("prepare", "startup"):
+        assert positive(results[part]["seconds"]) and positive(results[part]["peak_rss_mib"]), part
+    assert results["prepare_vs_startup_s"] == pytest.approx(
+        results["prepare"]["seconds"] / results["startup"]["seconds"])
+    # The store's seeded order mixes batches better than index order, over the same batches.
+    before, after = results["mixing"]["before"], results["mixing"]["after"]
+    assert before["batches"] == after["batches"] == math.ceil(train_entries / params["batch_size"])
+    assert after["single_class_fraction"] <= before["single_class_fraction"]
+    assert after["median_videos"] > before["median_videos"]

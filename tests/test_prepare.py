@@ -256,6 +256,35 @@ def test_frames_per_video_sampling_keeps_listed_order(tmp_path: Path) -> None:
     assert checks[0].listed == 4 and checks[0].found == 4
 
 
+def test_sample_frame_indices_first_takes_the_list_head() -> None:
+    assert sample_frame_indices(10, 4, "first") == [0, 1, 2, 3]
+    assert sample_frame_indices(3, 8, "first") == [0, 1, 2]
+    assert sample_frame_indices(10, 4, "even") == sample_frame_indices(10, 4) == [0, 3, 6, 9]
+
+
+def test_frame_sampling_first_keeps_the_first_listed_frames(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    names = [f"{n:03d}.png" for n in (9, 8, 7, 6, 5, 4, 3, 2, 1, 0)]
+    for name in names:
+        _png(root / "fake" / "v" / name)
+        _png(root / "folder" / "real" / "v" / name)
+    lists = tmp_path / "lists"
+    _write_list(lists, "s", {"s_Fake": {"v": [f"{PREFIX}fake/v/{n}" for n in names]}}, splits=("test",))
+    cfg = _config(root, lists, test=["s", {"name": "f", "folder": "folder"}],
+                  frames_per_video={"train": 2, "test": 4}, frame_sampling="first")
+    index, _checks = build_index(cfg, "test")
+    listed = index[index["subset"] == "s"]
+    # The first four in list order (not in name order), as DeepfakeBench takes them.
+    assert listed["path"].tolist() == [f"fake/v/{n}" for n in names[:4]]
+    assert listed["frame"].tolist() == [0, 1, 2, 3]
+    # A folder's frames are listed by name: the first four names.
+    assert index[index["subset"] == "f"]["path"].tolist() == [
+        f"folder/real/v/{n:03d}.png" for n in range(4)]
+    assert Config.model_validate({"data": {"root": "x"}}).data.frame_sampling == "even"
+    with pytest.raises(ValueError, match="frame_sampling"):
+        _config(root, lists, test=["s"], frame_sampling="random")
+
+
 def test_duplicates_within_a_subset_are_counted_and_kept_once(tiny_tree: Path) -> None:
     lists = tiny_tree.parent / "lists"
     frames = [f"{PREFIX}real/v0/{n:03d}.png" for n in range(3)]

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from clare.config import Config, DataConfig, SubsetSpec
+from clare.config import Config, DataConfig, FrameSampling, SubsetSpec
 from clare.errors import DataError, one_line, short_repr
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
@@ -71,10 +71,15 @@ class _Frame:
 # --------------------------------------------------------------------------- helpers
 
 
-def sample_frame_indices(n_listed: int, n_keep: int) -> list[int]:
-    """Evenly spaced, deterministic, ordered indices; all of them when there are few."""
+def sample_frame_indices(n_listed: int, n_keep: int, how: FrameSampling = "even") -> list[int]:
+    """Ordered indices of the frames to keep; all of them when there are few.
+
+    `first`: the first `n_keep` in list order, as DeepfakeBench (which produced the published
+    DF40 numbers) takes them. `even`: evenly spaced positions over the whole video."""
     if n_listed <= n_keep:
         return list(range(n_listed))
+    if how == "first":
+        return list(range(n_keep))
     picks = np.rint(np.linspace(0, n_listed - 1, n_keep)).astype(int)
     return sorted(set(picks.tolist()))
 
@@ -263,7 +268,7 @@ def _iter_json_frames(
             where = f"'{top}/{label_name}/{split_key}/{video_id}'"
             frames, name = _video_entry(entry, path, where, label_name)
             label, rewritten = _video_frames(frames, name, where, path, data, check)
-            for index in sample_frame_indices(len(rewritten), n_keep):
+            for index in sample_frame_indices(len(rewritten), n_keep, data.frame_sampling):
                 yield _Frame(rewritten[index], label, f"{label_name}/{video_id}", index)
 
 
@@ -300,7 +305,7 @@ def _video_of(entry: Path, check: SubsetCheck) -> tuple[str, list[Path]] | None:
     return None
 
 
-def _iter_folder_frames(root: Path, spec: SubsetSpec, n_keep: int,
+def _iter_folder_frames(root: Path, spec: SubsetSpec, n_keep: int, how: FrameSampling,
                         check: SubsetCheck) -> Iterator[_Frame]:
     """`<root>/<folder>/{real,fake}/<video>/<frames>`; loose files are one-frame videos."""
     base = root / str(spec.folder)
@@ -317,7 +322,7 @@ def _iter_folder_frames(root: Path, spec: SubsetSpec, n_keep: int,
                 continue
             video, frames = found
             rels = [p.relative_to(root).as_posix() for p in frames]
-            for index in sample_frame_indices(len(rels), n_keep):
+            for index in sample_frame_indices(len(rels), n_keep, how):
                 yield _Frame(rels[index], FOLDER_LABELS[label_name], f"{label_name}/{video}", index)
 
 
@@ -349,7 +354,8 @@ def _subset_frames(cfg: Config, spec: SubsetSpec, split: str,
     root = Path(data.root)
     n_keep = data.frames_per_video.train if split == "train" else data.frames_per_video.test
     if spec.folder is not None:
-        return root / spec.folder, list(_iter_folder_frames(root, spec, n_keep, check))
+        return root / spec.folder, list(_iter_folder_frames(root, spec, n_keep, data.frame_sampling,
+                                                            check))
     source = _list_path(data, spec)
     # A train index reads only `train`: validation is held out from it later.
     split_key = spec.json_split or split

@@ -1,0 +1,119 @@
+"""Stores hold images in a seeded permutation, so the loader's batches mix classes and videos.
+
+The mixing test runs clare's own StoreLoader on a store of DF40's training shape (10 methods,
+719 real + 719 fake videos each, 32 frames, reals shared by every method, 128-row shards,
+batch 128). The store has tiny arrays and no shard is written: the loader's order is computed
+without reading, so the test takes seconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clare.cache.loader import BatchMixing, StoreLoader, batch_mixing
+from clare.cache.store import FeatureStore, image_write_order, index_digest, row_skeleton
+from clare.stages.fit import video_keys
+
+METHODS, VIDEOS, FRAMES, SHARD_ROWS, BATCH = 10, 719, 32, 128, 128
+TINY_SHAPES = {"lare": (1, 1, 1), "cls": (1,), "tokens": (1, 1)}
+
+
+def df40_shaped_index(methods: int = METHODS, videos: int = VIDEOS, frames: int = FRAMES) -> pd.DataFrame:
+    """The index `clare prepare` writes for DF40's train lists: (subset, label, video) order,
+    the same real frames listed under every method."""
+    parts = []
+    frame = np.tile(np.arange(frames), videos)
+    video = np.repeat(np.arange(videos), frames)
+    for m in range(methods):
+        for label, folder in ((0, "ff/real"), (1, f"method{m}/ff/fake")):
+            paths = [f"{folder}/{v:03d}/{f:03d}.png" for v, f in zip(video, frame, strict=True)]
+            parts.append(pd.DataFrame({"path": paths, "subset": f"method{m}_ff", "label": label,
+                                       "video": [f"{v:03d}" for v in video], "frame": frame}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def in_index_order(index: pd.DataFrame) -> pd.DataFrame:
+    """The rows as stores held them before the permutation: index order."""
+    rows = index.assign(view=np.int16(0), perturb="")
+    rows.insert(0, "row", np.arange(len(rows), dtype=np.int64))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def df40_index() -> pd.DataFrame:
+    return df40_shaped_index()
+
+
+def mixing_of(rows: pd.DataFrame, store: FeatureStore) -> BatchMixing:
+    """Batch mixing of an epoch over every row, a video being a frame folder (as fit keys it)."""
+    loader = StoreLoader(store, rows["row"].to_numpy(), rows["label"].to_numpy(),
+                         batch_size=BATCH, seed=0, shuffle_window=2, prefetch=0)
+    videos = pd.factorize(video_keys(rows))[0]
+    return batch_mixing(loader, 0, rows["label"].to_numpy(), videos)
+
+
+def test_df40_shaped_batches_mix_classes_and_videos(df40_index: pd.DataFrame, tmp_path: Path) -> None:
+    n = len(df40_index)
+    assert n == METHODS * 2 * VIDEOS * FRAMES
+    store = FeatureStore.create(tmp_path / "store", n_rows=n, shapes=TINY_SHAPES,
+                                shard_rows=SHARD_ROWS, meta={})
+    before = mixing_of(in_index_order(df40_index), store)
+    after = mixing_of(row_skeleton(df40_index, 1, None, seed=0), store)
+    # Index order: a window of two 128-row shards is a handful of videos of one or two classes
+    # (47% single-class batches, a median of 8 videos).
+    assert before.single_class_fraction > 0.3
+    assert before.median_videos <= 16
+    # Permuted order: every shard is a random sample of the split.
+    assert after.batches == before.batches
+    assert after.single_class_fraction <= 0.01
+    assert after.median_videos >= 100
+
+
+def test_row_skeleton_is_a_seeded_image_permutation_with_views_adjacent() -> None:
+    index = df40_shaped_index(methods=2, videos=5, frames=4)
+    rows = row_skeleton(index, 3, "jpeg=50", seed=7)
+    assert list(rows["row"]) == list(range(len(index) * 3))
+    assert (rows["view"].to_numpy() == rows["row"].to_numpy() % 3).all()
+    assert (rows["perturb"] == "jpeg=50").all()
+    # The three views of an image are adjacent: row // views names the image.
+    image = rows["row"] // 3
+    assert (rows.groupby(image)["path"].nunique() == 1).all()
+    assert (rows.groupby(image)["subset"].nunique() == 1).all()
+    # Every listed entry is held exactly once per view, in the seeded order.
+    keys = ["path", "subset", "label", "video", "frame"]
+    first_views = rows[rows["view"] == 0][keys].reset_index(drop=True)
+    expected = index.iloc[image_write_order(len(index), 7)][keys].reset_index(drop=True)
+    pd.testing.assert_frame_equal(first_views, expected)
+    assert sorted(map(tuple, first_views.to_numpy().tolist())) == sorted(
+        map(tuple, index[keys].to_numpy().tolist()))
+    # Not index order, and deterministic: the same (seed, index) gives the same rows.
+    assert not first_views.equals(index[keys].reset_index(drop=True))
+    pd.testing.assert_frame_equal(rows, row_skeleton(index, 3, "jpeg=50", seed=7))
+    assert index_digest(rows) != index_digest(row_skeleton(index, 3, "jpeg=50", seed=8))
+
+
+def test_epoch_rows_is_the_order_the_batches_read(tmp_path: Path) -> None:
+    n, shard_rows = 50, 8
+    store = FeatureStore.create(tmp_path / "store", n_rows=n, shapes=TINY_SHAPES,
+                                shard_rows=shard_rows, meta={})
+    for shard in range(store.n_shards):
+        start, stop = store.shard_bounds(shard)
+        ids = np.arange(start, stop, dtype=np.float32)
+        arrays = {"cls": ids[:, None], "tokens": ids[:, None, None].astype(np.float16),
+                  "lare": ids[:, None, None, None]}
+        for name, values in arrays.items():
+            store.array(name, write=True)[start:stop] = values
+    picked = np.arange(0, n, 3)
+    loader = StoreLoader(store, picked, picked % 2, batch_size=5, seed=4, shuffle_window=2,
+                         prefetch=0)
+    batches = list(loader.epoch(1))
+    order = loader.epoch_rows(1)
+    assert sorted(order) == list(picked)
+    assert np.array_equal(np.concatenate([b.rows for b in batches]), order)
+    # The features read belong to the rows the order names.
+    assert np.array_equal(np.concatenate([b.cls[:, 0].numpy() for b in batches]), order)
+    assert not np.array_equal(loader.epoch_rows(2), order)
