@@ -128,6 +128,7 @@ def run_prepare(cfg: Config, splits: Iterable[str] = ("train", "test")) -> dict[
         if not getattr(cfg.data, split):
             raise DataError(f"split '{split}' has no subsets; list subset names under {key}")
         try:
+            # build_index takes Literal["train", "test"]; the loop above refused any other split.
             index, checks = build_index(cfg, split)  # type: ignore[arg-type]
         except DataIndexError as exc:
             _print_checks(console, split, exc.checks)
