@@ -207,3 +207,40 @@ def test_cli_counts_failures_and_fail_on_error_exits_one(world: World, tmp_path:
     missing = _clare("predict", "--run", str(tmp_path / "none"), good)
     assert missing.returncode == 2
     assert missing.stderr.strip().count("\n") == 0 and "not a finished run" in missing.stderr
+
+
+# --------------------------------------------------------------------------- videos
+
+
+def _write_mp4(path: Path, frames: int, side: int = 64) -> None:
+    import av
+
+    rng = np.random.default_rng(0)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width = stream.height = side
+        stream.pix_fmt = "yuv420p"
+        for _ in range(frames):
+            pixels = rng.integers(0, 256, size=(side, side, 3), dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_video_gives_frame_rows_and_a_mean_video_row(world: World, tmp_path: Path) -> None:
+    video = tmp_path / "clip.mp4"
+    _write_mp4(video, frames=20)
+    corrupt = tmp_path / "broken.mp4"
+    corrupt.write_bytes(video.read_bytes()[:200] + b"\x00" * 300)
+    predictions = _predict(world, [str(video), str(corrupt)], tmp_path,
+                           overrides=["predict.video_frames=4"])
+    frames = predictions[(predictions["input"] == str(video)) & (predictions["kind"] == "frame")]
+    assert list(frames["frame"]) == [0, 6, 13, 19]  # evenly spaced over 20 frames
+    assert (frames["status"] == "ok").all() and (frames["width"] == 64).all()
+    row = predictions[(predictions["input"] == str(video)) & (predictions["kind"] == "video")]
+    assert len(row) == 1 and row["status"].item() == "ok"
+    assert row["p_fake"].item() == pytest.approx(frames["p_fake"].mean(), abs=1e-12)
+    broken = predictions[predictions["input"] == str(corrupt)]
+    assert list(broken["kind"]) == ["video"] and broken["status"].item() == "failed"
+    assert re.match(r"(corrupt video|no frames)", broken["error"].item())
