@@ -546,7 +546,7 @@ def _finish(results: list[InputResult], out_dir: Path, threshold: float, seconds
     if options.explain:
         from clare.explain import write_explanations
 
-        write_explanations(results, frame, out_dir)
+        write_explanations(results, threshold, out_dir)
     if len(results) <= TABLE_LIMIT:
         print_table(console, frame)
     _print_summary(console, summary, final)

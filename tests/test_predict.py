@@ -244,3 +244,41 @@ def test_video_gives_frame_rows_and_a_mean_video_row(world: World, tmp_path: Pat
     broken = predictions[predictions["input"] == str(corrupt)]
     assert list(broken["kind"]) == ["video"] and broken["status"].item() == "failed"
     assert re.match(r"(corrupt video|no frames)", broken["error"].item())
+
+
+# --------------------------------------------------------------------------- explain
+
+
+def test_explain_writes_a_png_per_image_and_a_self_contained_gallery(world: World, tmp_path: Path) -> None:
+    from PIL import Image
+
+    bad = tmp_path / "bad.png"
+    bad.write_text("nope")
+    predictions = _predict(world, [str(world.data / "alpha"), str(bad)], tmp_path, explain=True)
+    out = tmp_path / "out"
+    pngs = sorted((out / "explain").glob("*.png"))
+    assert len(pngs) == int((predictions["status"] == "ok").sum()) == 8
+    with Image.open(pngs[0]) as image:
+        assert image.format == "PNG" and image.width > image.height  # three panels side by side
+    page = (out / "gallery.html").read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["'](?!data:)""", page)  # nothing to fetch
+    assert page.count("data:image/png;base64,") == 8
+    shown = [float(v) for v in re.findall(r"p_fake ([0-9.]+),", page)]
+    assert shown == sorted(shown, reverse=True) and len(shown) == 8
+    assert "bad.png" in page and "not an image" in page
+
+
+def test_attention_map_leaves_the_outputs_alone(world: World) -> None:
+    from clare.runs import load_detector
+
+    detector = load_detector(read_run(world.run_dir), torch.device("cpu"))
+    generator = torch.Generator().manual_seed(0)
+    grid, dims = detector.grid, detector.dims
+    cls = torch.randn(3, dims["embed"], generator=generator)
+    tokens = torch.randn(3, grid * grid, dims["width"], generator=generator)
+    lare = torch.rand(3, 4, 32, 32, generator=generator)
+    before = detector(cls, tokens, lare)
+    weights = detector.attention_map(cls, tokens, lare)
+    assert torch.equal(detector(cls, tokens, lare), before)
+    assert weights.shape == (3, grid, grid)
+    assert (weights >= 0).all() and (weights.sum(dim=(1, 2)) <= 1 + 1e-6).all()
