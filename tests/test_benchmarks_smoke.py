@@ -173,3 +173,11 @@ def test_bench_fit_smoke(tmp_path: Path) -> None:
     assert results["loader_vs_step"] == pytest.approx(
         results["loader"]["samples_per_s"] / results["train_step"]["samples_per_s"])
     assert math.isfinite(results["final_loss"]) and results["trainable_parameters"] > 0
+
+
+def test_bench_predict_smoke(tmp_path: Path) -> None:
+    payload = run_script("bench_predict.py", tmp_path / "predict.json")
+    results = payload["results"]
+    assert results["images"] == 8
+    ratio = results["predict_img_s"] / results["extract_img_s"]
+    assert math.isclose(results["ratio_predict_over_extract"], ratio, rel_tol=1e-12)
