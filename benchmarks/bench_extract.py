@@ -223,7 +223,7 @@ def measure_stage_one(cfg: Any, device: Any, *, n: int, batch_size: int, image_s
     Interleaving puts every measure under the same conditions (a shared machine's load
     drifts); medians over the repeats are reported.
     """
-    from clare.stages.extract import get_extractor
+    from clare.features import get_extractor
 
     samples: dict[str, list[float]] = {}
     with ExtractTimer(cfg, n, split) as timer:

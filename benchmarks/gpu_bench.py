@@ -188,7 +188,7 @@ def run_precision_step(runner: Runner, config: Callable[[], Any], device: Any,
     args = runner.args
 
     def step() -> dict[str, Any]:
-        from clare.stages.extract import get_extractor
+        from clare.features import get_extractor
 
         extractor = get_extractor(config(), device)
         batch = int_list(args.batch_sizes)[-1]
@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     log("per-image fp32 reference")
 
     def run_per_image_step() -> dict[str, Any]:
-        from clare.stages.extract import get_extractor
+        from clare.features import get_extractor
 
         # The extractor of the last batch size (cached; batch size does not change the models).
         extractor = get_extractor(config(batch_sizes[-1]), device)

@@ -167,6 +167,38 @@ def evaluate(
 
 
 @app.command()
+def predict(
+    run: Annotated[Path, typer.Option(help="A trained run folder, e.g. runs/demo.")],
+    inputs: Annotated[list[str] | None, typer.Argument(
+        help="Image or video files, folders (recursive) or glob patterns.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Output folder (default predictions/<run name>).")] = None,
+    list_file: Annotated[Path | None, typer.Option("--list", help="A file with one input path a line.")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="Change settings that do not shape features (device, batch size).")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per model batch.")] = None,
+    threshold: Annotated[float | None, typer.Option(
+        help="Fake when p_fake >= this (default: the run's validation EER threshold).")] = None,
+    explain: Annotated[bool, typer.Option(
+        help="Write a PNG per input (LaRE map, attention) and gallery.html.")] = False,
+    fail_on_error: Annotated[bool, typer.Option(help="Exit 1 when any input failed.")] = False,
+    set_: SetOpt = None,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Score new images and videos with a trained run; write predictions.csv and .parquet."""
+    from clare.stages.predict import PredictOptions, run_predict
+
+    options = PredictOptions(out_dir=out, device=device, batch_size=batch_size,
+                             threshold=threshold, explain=explain)
+    summary = run_predict(run, inputs or [], list_file=list_file, config_file=config,
+                          overrides=set_ or [], options=options)
+    if fail_on_error and summary.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
 def show(
     report_dir: Annotated[
         Path | None,

@@ -291,6 +291,14 @@ class EvalConfig(_Strict):
     lare_examples: int = Field(default=4, ge=0)
 
 
+class PredictConfig(_Strict):
+    """`clare predict`: scoring new images and videos with a trained run."""
+
+    video_frames: int = Field(
+        default=8, ge=1, description="evenly spaced frames scored per video (DF40's test protocol)"
+    )
+
+
 class PathsConfig(_Strict):
     stores: Path = Path("stores")
     runs: Path = Path("runs")
@@ -314,6 +322,7 @@ class Config(_Strict):
     extract: ExtractConfig = Field(default_factory=ExtractConfig)
     fit: FitConfig = Field(default_factory=FitConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    predict: PredictConfig = Field(default_factory=PredictConfig)
     demo: DemoConfig | None = None
 
     def run_name(self) -> str:

@@ -16,7 +16,6 @@ number of workers. On GPU, cuDNN runs its deterministic algorithms for the same 
 from __future__ import annotations
 
 import errno
-import json
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -40,9 +39,16 @@ from clare.cache.store import (
 )
 from clare.config import Config
 from clare.console import library_log_level, library_logging, make_console
-from clare.data.images import ImageDecodeError, check_resize, decode_image
-from clare.data.views import Perturbation, derive_seed, make_view, parse_perturbation
+from clare.data.views import Perturbation, parse_perturbation
 from clare.errors import ConfigError, StoreError, one_line, reason_label, short_repr
+from clare.features import (
+    FeatureExtractor,
+    Prepared,
+    RowPreparer,
+    clip_resize_side,
+    compute_features,
+    get_extractor,
+)
 
 # --------------------------------------------------------------------------- job description
 
@@ -87,116 +93,7 @@ class ExtractSummary:
         return self.rows / self.seconds if self.seconds > 0 else float("nan")
 
 
-# --------------------------------------------------------------------------- models per worker
-
-_MODEL_CACHE: dict[str, Any] = {}
-
-
-class FeatureExtractor:
-    """The frozen networks of stage one, loaded once per worker process."""
-
-    def __init__(self, cfg: Config, device: torch.device) -> None:
-        from clare.models.clip_image import ClipImageEncoder
-        from clare.models.lare import LareExtractor
-        from clare.models.loading import load_clip, load_stable_diffusion
-
-        sd = load_stable_diffusion(cfg.models.sd, local_files_only=cfg.models.local_files_only)
-        clip = load_clip(cfg.models.clip, local_files_only=cfg.models.local_files_only)
-        ext = cfg.extract
-        self.lare = LareExtractor(sd, cfg.lare, device, ext.precision, ext.channels_last, ext.compile)
-        self.clip = ClipImageEncoder(clip.model, device, ext.precision, ext.channels_last)
-        self.clip_preprocess = clip.preprocess
-        self.cfg = cfg
-
-
-def get_extractor(cfg: Config, device: torch.device) -> FeatureExtractor:
-    if device.type == "cuda":
-        # Autotuned or nondeterministic kernels would make a map depend on the worker.
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-    key = json.dumps([cfg.models.model_dump(mode="json"), cfg.lare.model_dump(), str(device),
-                      cfg.extract.precision, cfg.extract.channels_last, cfg.extract.compile])
-    if key not in _MODEL_CACHE:
-        _MODEL_CACHE.clear()  # one model set per worker: free the previous one first
-        _MODEL_CACHE[key] = FeatureExtractor(cfg, device)
-    return _MODEL_CACHE[key]
-
-
 # --------------------------------------------------------------------------- one shard
-
-
-@dataclass
-class _Prepared:
-    lare_pixels: torch.Tensor | None
-    clip_pixels: torch.Tensor | None
-    sha256: str | None
-    width: int | None
-    height: int | None
-    error: str | None
-
-    @classmethod
-    def failed(cls, error: str) -> _Prepared:
-        return cls(None, None, None, None, None, error)
-
-
-def clip_resize_side(preprocess: Any) -> int | None:
-    """The shorter side CLIP's preprocessing resizes to (torchvision `Resize(int)`), or None
-    when it resizes to a fixed size (whose output is bounded anyway)."""
-    from torchvision.transforms import Resize
-
-    for step in getattr(preprocess, "transforms", ()):
-        if isinstance(step, Resize):
-            size = step.size
-            if isinstance(size, int):
-                return size
-            if isinstance(size, (list, tuple)) and len(size) == 1:
-                return int(size[0])
-    return None
-
-
-@dataclass
-class _RowPreparer:
-    """Decode -> view -> the two branches' input tensors, for one row; never raises.
-
-    Whatever goes wrong with one image (a decoder's exception of any type, a size the memory
-    bounds refuse, an error in a view or a resize) is that row's failure, with its reason."""
-
-    cfg: Config
-    root: Path
-    clip_preprocess: Any
-    clip_side: int | None
-    perturbation: Perturbation | None
-
-    def __call__(self, rel_path: str, view: int) -> _Prepared:
-        path = self.root / rel_path
-        try:
-            return self._prepare(path, view)
-        except ImageDecodeError as exc:
-            return _Prepared.failed(str(exc))
-        except Exception as exc:  # noqa: BLE001 - one image's problem is one failed row
-            return _Prepared.failed(
-                f"preparation failed: {path}: {type(exc).__name__}: {one_line(exc)}"
-            )
-
-    def _prepare(self, path: Path, view: int) -> _Prepared:
-        from clare.models.lare import lare_pixels
-
-        ext = self.cfg.extract
-        decoded = decode_image(path, max_pixels=ext.max_image_pixels, min_size=ext.min_image_size,
-                               max_aspect_ratio=ext.max_aspect_ratio)
-        image = make_view(decoded.image, seed=self.cfg.seed, image_sha256=decoded.sha256,
-                          view=view, aug=ext.augment, perturbation=self.perturbation)
-        if self.clip_side is not None:
-            check_resize(*image.size, self.clip_side, max_pixels=ext.max_image_pixels)
-        # The same (augmented) pixels feed both branches.
-        return _Prepared(
-            lare_pixels(image, self.cfg.lare.image_size),
-            self.clip_preprocess(image),
-            decoded.sha256,
-            decoded.width,
-            decoded.height,
-            None,
-        )
 
 
 def _batched(items: list[int], size: int) -> Iterator[list[int]]:
@@ -256,7 +153,7 @@ class _ShardOutput:
         return cls(out, ["failed"] * n, [""] * n, [""] * n,
                    np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.int32))
 
-    def record_prepared(self, i: int, item: _Prepared) -> None:
+    def record_prepared(self, i: int, item: Prepared) -> None:
         if item.error is not None:
             self.errors[i] = item.error
         else:
@@ -277,10 +174,10 @@ class _ShardOutput:
 
 
 def _prepared_batches(batches: list[list[int]], prepare: Any,
-                      threads: int) -> Iterator[tuple[list[int], list[_Prepared]]]:
+                      threads: int) -> Iterator[tuple[list[int], list[Prepared]]]:
     """(batch, its prepared rows) in order, decoding up to two batches ahead in a thread pool."""
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        pending: list[list[Future[_Prepared]]] = [
+        pending: list[list[Future[Prepared]]] = [
             [pool.submit(prepare, i) for i in batch] for batch in batches[:2]
         ]
         for number, batch in enumerate(batches):
@@ -291,21 +188,13 @@ def _prepared_batches(batches: list[list[int]], prepare: Any,
 
 
 def _run_models(extractor: FeatureExtractor, seed: int, views: list[int], batch: list[int],
-                prepared: list[_Prepared], output: _ShardOutput) -> None:
+                prepared: list[Prepared], output: _ShardOutput) -> None:
     """Both frozen branches on the batch's good rows; failures of the models stop the run."""
-    good = [k for k, item in enumerate(prepared) if item.error is None]
-    if not good:
+    features = compute_features(extractor, seed, views, prepared)
+    if features is None:
         return
-    lare_in = torch.stack([cast(torch.Tensor, prepared[k].lare_pixels) for k in good])
-    clip_in = torch.stack([cast(torch.Tensor, prepared[k].clip_pixels) for k in good])
-    generators = [
-        torch.Generator().manual_seed(derive_seed(seed, cast(str, prepared[k].sha256), views[k], "lare"))
-        for k in good
-    ]
-    lare = extractor.lare(lare_in, generators).numpy()
-    cls, tokens = extractor.clip(clip_in)
-    for j, k in enumerate(good):
-        output.record_features(batch[k], lare[j], cls[j].numpy(), tokens[j].numpy())
+    for j, k in enumerate(features.index):
+        output.record_features(batch[k], features.lare[j], features.cls[j], features.tokens[j])
 
 
 def _compute_shard(job: ExtractJob, index: int, cfg: Config, device: torch.device) -> ShardResult:
@@ -316,12 +205,12 @@ def _compute_shard(job: ExtractJob, index: int, cfg: Config, device: torch.devic
     rows = job.rows.iloc[start:stop].reset_index(drop=True)
     n = len(rows)
     output = _ShardOutput.empty(n, store.meta["shapes"])
-    prepare_row = _RowPreparer(cfg, Path(job.data_root), extractor.clip_preprocess,
+    prepare_row = RowPreparer(cfg, Path(job.data_root), extractor.clip_preprocess,
                                clip_resize_side(extractor.clip_preprocess),
                                parse_perturbation(job.perturb))
     paths, views = rows["path"].tolist(), [int(v) for v in rows["view"]]
 
-    def prepare(i: int) -> _Prepared:
+    def prepare(i: int) -> Prepared:
         return prepare_row(paths[i], views[i])
 
     batches = list(_batched(list(range(n)), cfg.extract.batch_size))

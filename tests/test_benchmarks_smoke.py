@@ -201,3 +201,11 @@ def test_bench_scale_smoke(tmp_path: Path) -> None:
     assert before["batches"] == after["batches"] == math.ceil(train_entries / params["batch_size"])
     assert after["single_class_fraction"] <= before["single_class_fraction"]
     assert after["median_videos"] > before["median_videos"]
+
+
+def test_bench_predict_smoke(tmp_path: Path) -> None:
+    payload = run_script("bench_predict.py", tmp_path / "predict.json")
+    results = payload["results"]
+    assert results["images"] == 8
+    ratio = results["predict_img_s"] / results["extract_img_s"]
+    assert math.isclose(results["ratio_predict_over_extract"], ratio, rel_tol=1e-12)

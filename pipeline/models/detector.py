@@ -285,6 +285,20 @@ class Detector(nn.Module):
             text = prompt(image)
         return _cosine_logits(image, text, self.logit_scale)
 
+    @torch.no_grad()
+    def attention_map(self, cls: Tensor, tokens: Tensor, lare: Tensor) -> Tensor | None:
+        """The fusion head's LaRE-guided attention over the patch grid, (B, g, g), mean over
+        heads (the mean token's own weight left out); None for `clipping`, which has none.
+        A separate pass through the same attention module: forward's outputs are untouched."""
+        features = self.features if self.module_name == "fusion" else (
+            self.head.features if self.head is not None else None)
+        if features is None:
+            return None
+        dtype = next(features.parameters()).dtype
+        _pooled, weights = features.attention(tokens.to(dtype), lare, return_attention=True)
+        patches = weights.mean(dim=1)[:, 1:]  # (B, P)
+        return patches.reshape(-1, self.grid, self.grid)
+
     @staticmethod
     def fake_probability(logits: Tensor) -> Tensor:
         return logits.float().softmax(dim=-1)[:, 1]

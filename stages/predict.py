@@ -1,0 +1,582 @@
+"""`clare predict`: score new images, folders and videos with a trained run.
+
+Stage one runs in memory through the same code as `clare extract` (clare.features: decode,
+view 0, LaRE and CLIP, LaRE noise seeded by the image's content hash), then the run's head,
+so an image's p_fake here equals the score `clare eval` gives it from a store. The run's
+config supplies every setting that shapes a feature; `--config` / `--set` may change only the
+others (device, batch size, video frames, ...).
+
+A video is N evenly spaced frames (`predict.video_frames`), one row per frame and one video
+row whose p_fake is the frames' mean. Bad inputs are failed rows with their reason.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import ValidationError
+
+from clare import fingerprint as fp
+from clare.config import (
+    Config,
+    _set_dotted,
+    format_validation_error,
+    load_config_dict,
+    parse_override,
+)
+from clare.console import make_console
+from clare.data.images import DecodedImage, ImageDecodeError, check_dimensions
+from clare.errors import ConfigError, DataError, one_line, reason_label
+from clare.features import (
+    FeatureExtractor,
+    Prepared,
+    RowPreparer,
+    clip_resize_side,
+    compute_features,
+)
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm"})
+PREDICTION_COLUMNS = ("input", "kind", "frame", "p_fake", "verdict", "threshold", "status",
+                      "error", "width", "height")
+DEFAULT_THRESHOLD = 0.5
+TABLE_LIMIT = 20  # inputs up to which the predictions are printed as a table
+
+# Settings that shape a feature (docs/design.md, "Fingerprint"): predict takes them from the run.
+# The weights themselves are checked by content against the run's fingerprint.
+FEATURE_KEYS = ("seed", "lare", "extract.precision", "extract.min_image_size",
+                "extract.max_image_pixels", "extract.max_aspect_ratio")
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def _dotted(tree: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def _overlay(tree: dict[str, Any], extra: dict[str, Any], prefix: str = "") -> None:
+    """Put every leaf of `extra` into `tree` (mappings merged key by key)."""
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(tree.get(key), dict):
+            _overlay(tree[key], value, f"{prefix}{key}.")
+        else:
+            tree[key] = value
+
+
+def predict_config(run_cfg: Config, config_file: Path | None, overrides: list[str]) -> Config:
+    """The run's config with `--config` and `--set` applied; an override of a setting that
+    shapes the features is refused, naming the key."""
+    tree = run_cfg.model_dump(mode="json")
+    if config_file is not None:
+        _overlay(tree, load_config_dict(Path(config_file)))
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value, "the run's config")
+    try:
+        cfg = Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, "predict settings")) from None
+    before, after = run_cfg.model_dump(mode="json"), cfg.model_dump(mode="json")
+    changed = fp.differences(before, after, FEATURE_KEYS)
+    if changed:
+        key = changed[0]
+        raise ConfigError(
+            f"{key}: {one_line(str(_dotted(after, key)), 80)} differs from the run's "
+            f"{one_line(str(_dotted(before, key)), 80)}; predict computes features with the "
+            "settings the run was trained on, drop that override"
+        )
+    return cfg
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _media(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and _media(p))
+
+
+def _expand(text: str) -> list[Path]:
+    """One INPUT: a file as given, a folder's image and video files (recursive, sorted), or
+    a glob pattern's matches; matching nothing is the user's error."""
+    path = Path(text)
+    if path.is_dir():
+        found = _folder_files(path)
+    elif path.exists():
+        return [path]
+    elif glob.has_magic(text):
+        found = []
+        for match in sorted(glob.glob(text, recursive=True)):
+            hit = Path(match)
+            found.extend(_folder_files(hit) if hit.is_dir() else [hit] if hit.is_file() else [])
+    else:
+        raise DataError(f"{text}: no such file or folder; check the path")
+    if not found:
+        raise DataError(f"{text}: matches no image or video file "
+                        f"({', '.join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))}); check the path")
+    return found
+
+
+def _read_list(list_file: Path) -> list[Path]:
+    """`--list FILE`: one path a line (blank lines and # comments skipped); relative paths
+    are taken from the current folder. A listed path that is missing becomes a failed row."""
+    try:
+        lines = Path(list_file).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"--list {list_file}: cannot read it ({one_line(exc, 120)}); "
+                        "pass a UTF-8 text file with one path a line") from None
+    return [Path(line.strip()) for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def collect_inputs(inputs: list[str], list_file: Path | None = None) -> list[Path]:
+    """Every input file in order (first occurrence kept)."""
+    paths = [p for text in inputs for p in _expand(text)]
+    if list_file is not None:
+        paths.extend(_read_list(list_file))
+    if not paths:
+        raise DataError("no inputs: pass image or video files, folders, globs or --list FILE")
+    return list(dict.fromkeys(paths))
+
+
+# --------------------------------------------------------------------------- videos
+
+
+def _frame_indices(total: int, wanted: int) -> list[int]:
+    """`wanted` evenly spaced frame numbers of `total` (all of them when there are fewer)."""
+    if total <= wanted:
+        return list(range(total))
+    return sorted({int(round(x)) for x in np.linspace(0, total - 1, wanted)})
+
+
+def _count_frames(path: Path) -> int:
+    import av
+
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def read_video_frames(path: Path, wanted: int, cfg: Config) -> tuple[list[tuple[int, DecodedImage]], int, int]:
+    """(frame number, decoded frame) for `wanted` evenly spaced frames, and the video's size.
+
+    Each frame's identity for seeding is the sha256 of its RGB pixels (a frame has no file of
+    its own). Raises ImageDecodeError for a video that cannot be used."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ImageDecodeError("no video stream", f"{path} holds no video stream")
+            stream = container.streams.video[0]
+            width, height = stream.codec_context.width, stream.codec_context.height
+            ext = cfg.extract
+            check_dimensions(width, height, max_pixels=ext.max_image_pixels,
+                             min_size=ext.min_image_size, max_aspect_ratio=ext.max_aspect_ratio)
+            total = stream.frames or _count_frames(path)
+            keep = set(_frame_indices(total, wanted))
+            frames = []
+            for number, frame in enumerate(container.decode(stream)):
+                if number in keep:
+                    image = frame.to_image().convert("RGB")
+                    digest = hashlib.sha256(image.tobytes() + repr(image.size).encode()).hexdigest()
+                    frames.append((number, DecodedImage(image, digest, image.width, image.height)))
+                if len(frames) == len(keep):
+                    break
+    except ImageDecodeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any demuxer/decoder failure is this video's problem
+        raise ImageDecodeError("corrupt video", f"{path}: {type(exc).__name__}: {one_line(exc)}") from None
+    if not frames:
+        raise ImageDecodeError("no frames", f"{path}: no frame could be decoded")
+    return frames, width, height
+
+
+# --------------------------------------------------------------------------- units of work
+
+
+@dataclass
+class Unit:
+    """One image the models score: an image file, or one frame of a video."""
+
+    frame: int | None
+    prepared: Prepared | None
+    p_fake: float | None = None
+    error: str | None = None
+    width: int | None = None
+    height: int | None = None
+    explain: dict[str, np.ndarray] | None = None
+
+
+@dataclass
+class InputResult:
+    path: Path
+    kind: str  # image | video
+    units: list[Unit] = field(default_factory=list)
+    error: str | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass
+class _InputPreparer:
+    preparer: RowPreparer
+    cfg: Config
+
+    def __call__(self, path: Path) -> InputResult:
+        if path.suffix.lower() in VIDEO_SUFFIXES:
+            return self._video(path)
+        prepared = self.preparer(str(path), 0)
+        unit = Unit(None, prepared, error=prepared.error, width=prepared.width, height=prepared.height)
+        return InputResult(path, "image", [unit], prepared.error, prepared.width, prepared.height)
+
+    def _video(self, path: Path) -> InputResult:
+        try:
+            frames, width, height = read_video_frames(path, self.cfg.predict.video_frames, self.cfg)
+        except ImageDecodeError as exc:
+            return InputResult(path, "video", [], str(exc))
+        units = []
+        for number, decoded in frames:
+            prepared = self.preparer.prepare_decoded(decoded, 0, f"{path}#frame{number}")
+            units.append(Unit(number, prepared, error=prepared.error,
+                              width=decoded.width, height=decoded.height))
+        return InputResult(path, "video", units, None, width, height)
+
+
+def _prepared_inputs(paths: list[Path], prepare: Callable[[Path], InputResult], threads: int,
+                     ahead: int) -> Iterator[InputResult]:
+    """Inputs in order, decoded up to `ahead` inputs in advance in a thread pool (bounded
+    memory for large folders)."""
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        pending: deque[Future[InputResult]] = deque()
+        queue = iter(paths)
+        for path in queue:
+            pending.append(pool.submit(prepare, path))
+            if len(pending) >= ahead:
+                break
+        while pending:
+            result = pending.popleft().result()
+            nxt = next(queue, None)
+            if nxt is not None:
+                pending.append(pool.submit(prepare, nxt))
+            yield result
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+class _FeatureBatch(NamedTuple):
+    """What clare.scoring.batch_logits reads, built as the store loader builds it."""
+
+    cls: torch.Tensor
+    tokens: torch.Tensor
+    lare: torch.Tensor
+
+
+@dataclass
+class Scorer:
+    """Stage one in memory and the run's head, on a batch of units."""
+
+    extractor: FeatureExtractor
+    detector: Any
+    device: torch.device
+    seed: int
+    explain: bool = False
+
+    @torch.no_grad()
+    def __call__(self, units: list[Unit]) -> None:
+        """Fill p_fake (or the error) of every unit whose preparation succeeded."""
+        from clare.scoring import batch_logits
+
+        todo = [u for u in units if u.prepared is not None and u.error is None]
+        prepared = [u.prepared for u in todo if u.prepared is not None]
+        features = compute_features(self.extractor, self.seed, [0] * len(todo), prepared)
+        if features is not None:
+            # The loader's tensors: float32, the tokens through the store's float16.
+            batch = _FeatureBatch(*(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+                                    for a in (features.cls, features.tokens, features.lare)))
+            logits = batch_logits(self.detector, batch, self.device, False).float()
+            probs = logits.softmax(-1)[:, 1].cpu().numpy()
+            attention = self._attention(batch) if self.explain else None
+            for j, k in enumerate(features.index):
+                self._record(todo[k], features, j, float(probs[j]), attention)
+        for unit in units:
+            unit.prepared = None  # the pixels are no longer needed: bounded memory
+
+    def _attention(self, batch: _FeatureBatch) -> np.ndarray | None:
+        weights = self.detector.attention_map(batch.cls.to(self.device), batch.tokens.to(self.device),
+                                              batch.lare.to(self.device))
+        return None if weights is None else weights.float().cpu().numpy()
+
+    def _record(self, unit: Unit, features: Any, j: int, p_fake: float,
+                attention: np.ndarray | None) -> None:
+        finite = all(np.isfinite(a[j]).all() for a in (features.lare, features.cls, features.tokens))
+        if not finite or not np.isfinite(p_fake):
+            unit.error = "non-finite features: the model produced NaN or inf"
+            return
+        unit.p_fake = p_fake
+        if self.explain and unit.prepared is not None and unit.prepared.lare_pixels is not None:
+            unit.explain = {"pixels": unit.prepared.lare_pixels.numpy(),
+                            "lare": features.lare[j].mean(axis=0)}
+            if attention is not None:
+                unit.explain["attention"] = attention[j]
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def _verdict(p_fake: float | None, threshold: float) -> str:
+    # "fake when p >= threshold", as clare.scoring.accuracy_at counts it.
+    return "" if p_fake is None else ("fake" if p_fake >= threshold else "real")
+
+
+def _row(result: InputResult, kind: str, frame: int | None, p_fake: float | None, error: str | None,
+         width: int | None, height: int | None, threshold: float) -> dict[str, Any]:
+    return {"input": str(result.path), "kind": kind, "frame": frame, "p_fake": p_fake,
+            "verdict": _verdict(p_fake, threshold), "threshold": threshold,
+            "status": "ok" if error is None else "failed", "error": error or "",
+            "width": width, "height": height}
+
+
+def _video_summary(result: InputResult) -> tuple[float | None, str | None]:
+    """The video row's p_fake (mean over its scored frames, as video AUC is computed) and
+    its error: none when every frame scored, a count when some failed."""
+    if result.error is not None:
+        return None, result.error
+    scored = [u.p_fake for u in result.units if u.p_fake is not None]
+    if not scored:
+        return None, f"no frame could be scored ({len(result.units)} tried)"
+    failed = len(result.units) - len(scored)
+    note = f"{failed} of {len(result.units)} frames failed; mean of the others" if failed else None
+    return float(np.mean(scored)), note
+
+
+def result_rows(result: InputResult, threshold: float) -> list[dict[str, Any]]:
+    """The prediction rows of one input: one for an image; per frame plus one for a video."""
+    if result.kind == "image":
+        unit = result.units[0]
+        return [_row(result, "image", None, unit.p_fake, unit.error, unit.width, unit.height, threshold)]
+    rows = [_row(result, "frame", u.frame, u.p_fake, u.error, u.width, u.height, threshold)
+            for u in result.units]
+    p_fake, error = _video_summary(result)
+    video = _row(result, "video", None, p_fake, error if p_fake is None else None,
+                 result.width, result.height, threshold)
+    if p_fake is not None and error:
+        video["error"] = error  # a partial video is still scored: say what it rests on
+    return [*rows, video]
+
+
+def predictions_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    frame = pd.DataFrame.from_records(rows, columns=list(PREDICTION_COLUMNS))
+    return frame.astype({"frame": "Int64", "p_fake": "float64", "threshold": "float64",
+                         "width": "Int64", "height": "Int64"})
+
+
+# --------------------------------------------------------------------------- driver
+
+
+@dataclass
+class PredictSummary:
+    out_dir: Path
+    predictions: pd.DataFrame
+    inputs: int
+    failed: int  # inputs whose final row failed
+    threshold: float
+    seconds: float
+    images_scored: int  # images and frames through the models
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images_scored / self.seconds if self.seconds > 0 else float("nan")
+
+
+def _threshold(run: Any, override: float | None, console: Any) -> float:
+    if override is not None:
+        if not 0.0 <= override <= 1.0:
+            raise ConfigError(f"--threshold {override}: must be between 0 and 1")
+        return float(override)
+    if run.threshold is None:
+        console.print(f"{run.path} records no operating threshold; using {DEFAULT_THRESHOLD} "
+                      "(refit with this clare to record one, or pass --threshold)")
+        return DEFAULT_THRESHOLD
+    return run.threshold
+
+
+def _check_features(run: Any, cfg: Config) -> None:
+    """The SD and CLIP predict would run now must be the ones the run was trained on."""
+    fp.require_match(run.store_fingerprint, fp.feature_settings(cfg), fp.FEATURES,
+                     expected_name=f"the models and settings run {run.path} was trained with",
+                     actual_name="the models predict would use now",
+                     fix="restore the original weights or point models.* at them")
+
+
+@dataclass
+class _Models:
+    scorer: Scorer
+    preparer: _InputPreparer
+
+
+def _load_models(run: Any, cfg: Config, device: torch.device, explain: bool) -> _Models:
+    from clare.features import get_extractor
+    from clare.runs import RunInfo, load_detector
+
+    extractor = get_extractor(cfg, device)
+    detector = load_detector(RunInfo(run.path, cfg, run.record), device)
+    scorer = Scorer(extractor, detector, device, cfg.seed, explain)
+    preparer = RowPreparer(cfg, Path.cwd(), extractor.clip_preprocess,
+                           clip_resize_side(extractor.clip_preprocess), None)
+    return _Models(scorer, _InputPreparer(preparer, cfg))
+
+
+def _score_all(paths: list[Path], models: _Models, batch_size: int, threads: int,
+               on_input: Callable[[InputResult], None]) -> int:
+    """Prepare and score every input in batches of `batch_size` images; `on_input` gets each
+    finished input in order. Returns the number of images sent to the models."""
+    waiting: list[InputResult] = []
+    units: list[Unit] = []
+    scored = 0
+
+    def flush() -> None:
+        nonlocal scored
+        models.scorer(units)
+        scored += sum(1 for u in units if u.error is None)
+        for result in waiting:
+            on_input(result)
+        waiting.clear()
+        units.clear()
+
+    for result in _prepared_inputs(paths, models.preparer, threads, ahead=2 * batch_size):
+        waiting.append(result)
+        units.extend(result.units)
+        if len(units) >= batch_size:
+            flush()
+    flush()
+    return scored
+
+
+@dataclass
+class PredictOptions:
+    out_dir: Path | None = None
+    device: str | None = None
+    batch_size: int | None = None
+    threshold: float | None = None
+    explain: bool = False
+    quiet: bool = False
+
+
+def run_predict(run_dir: Path, inputs: list[str], *, list_file: Path | None = None,
+                config_file: Path | None = None, overrides: list[str] | None = None,
+                options: PredictOptions | None = None) -> PredictSummary:
+    from clare.models.loading import resolve_device
+    from clare.runs import read_run
+
+    options = options or PredictOptions()
+    console = make_console(quiet=options.quiet)
+    run = read_run(Path(run_dir))
+    cfg = predict_config(run.config, config_file, overrides or [])
+    paths = collect_inputs(inputs, list_file)
+    threshold = _threshold(run, options.threshold, console)
+    batch_size = options.batch_size or cfg.extract.batch_size
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
+    out_dir = Path(options.out_dir) if options.out_dir else Path("predictions") / run.path.name
+    _check_features(run, cfg)
+    device = resolve_device(options.device or cfg.extract.device)
+    threads = torch.get_num_threads()
+    # Interactive work: every core for torch (extract pins threads for bit-identical stores).
+    torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        models = _load_models(run, cfg, device, options.explain)
+        started = time.perf_counter()
+        results, scored = _score_with_progress(paths, models, batch_size, cfg, console)
+        seconds = time.perf_counter() - started
+    finally:
+        torch.set_num_threads(threads)
+    return _finish(results, out_dir, threshold, seconds, scored, options, console)
+
+
+def _score_with_progress(paths: list[Path], models: _Models, batch_size: int, cfg: Config,
+                         console: Any) -> tuple[list[InputResult], int]:
+    from clare.runs import step_progress
+
+    results: list[InputResult] = []
+    threads = cfg.extract.decode_threads
+    if len(paths) <= TABLE_LIMIT:
+        scored = _score_all(paths, models, batch_size, threads, results.append)
+        return results, scored
+    with step_progress(console, "predict", "img") as progress:
+        task = progress.add_task("predict", total=len(paths))
+
+        def on_input(result: InputResult) -> None:
+            results.append(result)
+            progress.advance(task)
+
+        scored = _score_all(paths, models, batch_size, threads, on_input)
+    return results, scored
+
+
+def _finish(results: list[InputResult], out_dir: Path, threshold: float, seconds: float,
+            scored: int, options: PredictOptions, console: Any) -> PredictSummary:
+    from clare.files import atomic_write, atomic_write_parquet
+
+    rows = [row for result in results for row in result_rows(result, threshold)]
+    frame = predictions_frame(rows)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(out_dir / "predictions.csv", lambda tmp: frame.to_csv(tmp, index=False))
+    atomic_write_parquet(out_dir / "predictions.parquet", frame)
+    final = frame[frame["kind"] != "frame"]
+    failed = int((final["status"] != "ok").sum())
+    summary = PredictSummary(out_dir, frame, len(results), failed, threshold, seconds, scored)
+    if options.explain:
+        from clare.explain import write_explanations
+
+        write_explanations(results, threshold, out_dir)
+    if len(results) <= TABLE_LIMIT:
+        print_table(console, frame)
+    _print_summary(console, summary, final)
+    return summary
+
+
+def print_table(console: Any, frame: pd.DataFrame) -> None:
+    from rich.table import Table
+
+    table = Table()
+    table.add_column("input", overflow="fold")  # a path is shown whole, over several lines
+    for name in ("frame", "p_fake", "verdict"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("status", overflow="fold")
+    for row in frame.itertuples(index=False):
+        frame_text = "" if pd.isna(row.frame) else str(row.frame)
+        p_text = "" if pd.isna(row.p_fake) else f"{row.p_fake:.4f}"
+        status = row.status if row.status == "ok" else f"failed: {one_line(row.error, 60)}"
+        label = row.input if row.kind != "video" else f"{row.input} (video)"
+        table.add_row(label, frame_text, p_text, row.verdict, status)
+    console.print(table)
+
+
+def _print_summary(console: Any, summary: PredictSummary, final: pd.DataFrame) -> None:
+    reasons = final.loc[final["status"] != "ok", "error"].map(reason_label).value_counts()
+    why = ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) or "none"
+    fake = int((final["verdict"] == "fake").sum())
+    console.print(
+        f"[bold]{summary.out_dir / 'predictions.csv'}[/]: {summary.inputs} inputs, {fake} fake at "
+        f"threshold {summary.threshold:.4f}, {summary.failed} failed ({why}); "
+        f"{summary.images_scored} images in {summary.seconds:.1f} s "
+        f"({summary.images_per_second:.1f} img/s)"
+    )

@@ -1,0 +1,284 @@
+"""`clare predict`: scores equal eval's, inputs, failed rows, threshold, videos, explain.
+
+One module-scoped world: tiny models, 16 generated images, a train and a test store, a
+10-step fit and one evaluation; every test predicts with that run.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from helpers_extract import make_config, make_image_tree
+
+from clare.config import Config
+from clare.errors import ConfigError, DataError, FingerprintError, RunError
+from clare.runs import read_run
+from clare.stages.evaluate import run_eval
+from clare.stages.extract import run_extract
+from clare.stages.fit import run_fit
+from clare.stages.predict import PREDICTION_COLUMNS, PredictOptions, run_predict
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@dataclass
+class World:
+    data: Path
+    cfg: Config
+    run_dir: Path
+    scores: pd.DataFrame  # eval's scores of the test store
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path) -> World:
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("predict")
+    data = root / "data"
+    make_image_tree(data, 16, seed=5)
+    cfg = make_config(root / "work", tiny_models_dir, data, fit__max_steps=6, fit__batch_size=8,
+                      fit__val_fraction=0.3, fit__device="cpu", eval__device="cpu",
+                      eval__lare_examples=0)
+    run_extract(cfg, split="train", quiet=True)
+    run_extract(cfg, split="test", quiet=True)
+    fit = run_fit(cfg, quiet=True)
+    out_dir = run_eval(cfg, quiet=True)
+    scores = pd.read_parquet(out_dir / "scores.parquet").query("store == 'test'")
+    return World(data, cfg, fit.run_dir, scores)
+
+
+def _predict(world: World, inputs: list[str], tmp_path: Path, **options) -> pd.DataFrame:
+    list_file = options.pop("list_file", None)
+    overrides = options.pop("overrides", None)
+    summary = run_predict(world.run_dir, inputs, list_file=list_file, overrides=overrides,
+                          options=PredictOptions(out_dir=tmp_path / "out", quiet=True, **options))
+    return summary.predictions
+
+
+# --------------------------------------------------------------------------- scores
+
+
+def test_p_fake_equals_eval_score_for_the_same_images(world: World, tmp_path: Path) -> None:
+    predictions = _predict(world, [str(world.data)], tmp_path, batch_size=3)
+    assert list(predictions.columns) == list(PREDICTION_COLUMNS)
+    assert (predictions["status"] == "ok").all()
+    by_path = {str(Path(p).relative_to(world.data)): v
+               for p, v in zip(predictions["input"], predictions["p_fake"], strict=True)}
+    assert len(by_path) == len(world.scores) == 16
+    for path, p_fake in zip(world.scores["path"], world.scores["p_fake"], strict=True):
+        assert by_path[path] == pytest.approx(p_fake, abs=1e-5), path
+
+
+def test_outputs_are_written_as_csv_and_parquet(world: World, tmp_path: Path) -> None:
+    predictions = _predict(world, [str(world.data / "alpha")], tmp_path)
+    csv = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    parquet = pd.read_parquet(tmp_path / "out" / "predictions.parquet")
+    assert len(csv) == len(parquet) == len(predictions) == 8
+    assert np.allclose(csv["p_fake"], parquet["p_fake"])
+    assert (parquet["width"] > 0).all() and (parquet["height"] > 0).all()
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def test_folders_are_recursive_and_sorted_and_globs_and_lists_agree(world: World, tmp_path: Path) -> None:
+    from_folder = _predict(world, [str(world.data / "beta")], tmp_path)
+    files = sorted(str(p) for p in (world.data / "beta").rglob("*") if p.suffix in (".png", ".jpg"))
+    assert list(from_folder["input"]) == files
+    from_glob = _predict(world, [str(world.data / "beta" / "**" / "*.png")], tmp_path)
+    assert list(from_glob["input"]) == [f for f in files if f.endswith(".png")]
+    listed = tmp_path / "list.txt"
+    listed.write_text("# two images\n" + "\n".join(files[:2]) + "\n\n")
+    from_list = _predict(world, [], tmp_path, list_file=listed)
+    assert list(from_list["input"]) == files[:2]
+    assert np.allclose(from_list["p_fake"], from_folder["p_fake"][:2])
+
+
+def test_bad_inputs_are_failed_rows_with_their_reason(world: World, tmp_path: Path) -> None:
+    text = tmp_path / "notes.png"
+    text.write_text("not an image at all")
+    good = next(iter(sorted((world.data / "alpha").rglob("*.png"))))
+    listed = tmp_path / "list.txt"
+    listed.write_text(f"{tmp_path / 'gone.png'}\n")
+    predictions = _predict(world, [str(text), str(good)], tmp_path, list_file=listed)
+    failed = predictions.set_index("input")
+    assert failed.loc[str(text), "status"] == "failed"
+    assert failed.loc[str(text), "error"].startswith("not an image")
+    assert np.isnan(failed.loc[str(text), "p_fake"]) and failed.loc[str(text), "verdict"] == ""
+    assert failed.loc[str(tmp_path / "gone.png"), "error"].startswith("missing")
+    assert failed.loc[str(good), "status"] == "ok"
+
+
+def test_paths_that_match_nothing_and_missing_runs_are_errors(world: World, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no such file"):
+        _predict(world, [str(tmp_path / "nothing.png")], tmp_path)
+    with pytest.raises(DataError, match="matches no image"):
+        _predict(world, [str(tmp_path / "*.jpg")], tmp_path)
+    with pytest.raises(RunError, match="not a finished run"):
+        run_predict(tmp_path / "no-run", [str(world.data)], options=PredictOptions(quiet=True))
+
+
+def test_overrides_that_change_features_are_refused_by_key(world: World, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^lare\.timestep: "):
+        _predict(world, [str(world.data)], tmp_path, overrides=["lare.timestep=500"])
+    with pytest.raises(ConfigError, match=r"^seed: "):
+        _predict(world, [str(world.data)], tmp_path, overrides=["seed=3"])
+    # Settings that do not shape a feature are free.
+    ok = _predict(world, [str(world.data / "alpha")], tmp_path, overrides=["extract.batch_size=2"])
+    assert (ok["status"] == "ok").all()
+
+
+def test_other_weights_than_the_runs_are_refused(world: World, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(world.run_dir, copy)
+    record = yaml.safe_load((copy / "run.yaml").read_text())
+    record["store_fingerprint"]["weights"]["sd"]["files"] = {"unet.safetensors": "0" * 64}
+    (copy / "run.yaml").write_text(yaml.safe_dump(record))
+    with pytest.raises(FingerprintError, match="weights.sd"):
+        run_predict(copy, [str(world.data)], options=PredictOptions(out_dir=tmp_path, quiet=True))
+
+
+# --------------------------------------------------------------------------- threshold
+
+
+def test_threshold_is_the_runs_and_can_be_overridden(world: World, tmp_path: Path) -> None:
+    recorded = read_run(world.run_dir).threshold
+    assert recorded is not None
+    predictions = _predict(world, [str(world.data)], tmp_path)
+    assert (predictions["threshold"] == recorded).all()
+    expected = np.where(predictions["p_fake"] >= recorded, "fake", "real")
+    assert list(predictions["verdict"]) == list(expected)
+    override = float(np.median(predictions["p_fake"]))
+    again = _predict(world, [str(world.data)], tmp_path, threshold=override)
+    assert (again["threshold"] == override).all()
+    assert list(again["verdict"]) == list(np.where(again["p_fake"] >= override, "fake", "real"))
+
+
+def test_a_run_without_threshold_uses_one_half(world: World, tmp_path: Path) -> None:
+    import shutil
+
+    from clare.files import file_sha256
+
+    copy = tmp_path / "run"
+    shutil.copytree(world.run_dir, copy)
+    record = yaml.safe_load((copy / "run.yaml").read_text())
+    record.pop("threshold")
+    (copy / "run.yaml").write_text(yaml.safe_dump(record))
+    assert record["model_sha256"] == file_sha256(copy / "model.safetensors")
+    summary = run_predict(copy, [str(world.data / "alpha")],
+                          options=PredictOptions(out_dir=tmp_path / "o", quiet=True))
+    assert summary.threshold == 0.5
+    assert (summary.predictions["threshold"] == 0.5).all()
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _clare(*args: str) -> subprocess.CompletedProcess[str]:
+    code = "import sys; from clare.cli import main; sys.argv = ['clare', *sys.argv[1:]]; main()"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_cli_counts_failures_and_fail_on_error_exits_one(world: World, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8 truncated")
+    good = str(next(iter(sorted((world.data / "alpha").rglob("*.png")))))
+    base = ["predict", "--run", str(world.run_dir), "--out", str(tmp_path / "out"),
+            "--device", "cpu", good, str(bad)]
+    done = _clare(*base)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"2 inputs, \d+ fake at threshold [0-9.]+, 1 failed", done.stderr)
+    assert "bad.jpg" in done.stderr  # the table names every input
+    assert _clare(*base, "--fail-on-error").returncode == 1
+    missing = _clare("predict", "--run", str(tmp_path / "none"), good)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().count("\n") == 0 and "not a finished run" in missing.stderr
+
+
+# --------------------------------------------------------------------------- videos
+
+
+def _write_mp4(path: Path, frames: int, side: int = 64) -> None:
+    import av
+
+    rng = np.random.default_rng(0)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width = stream.height = side
+        stream.pix_fmt = "yuv420p"
+        for _ in range(frames):
+            pixels = rng.integers(0, 256, size=(side, side, 3), dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_video_gives_frame_rows_and_a_mean_video_row(world: World, tmp_path: Path) -> None:
+    video = tmp_path / "clip.mp4"
+    _write_mp4(video, frames=20)
+    corrupt = tmp_path / "broken.mp4"
+    corrupt.write_bytes(video.read_bytes()[:200] + b"\x00" * 300)
+    predictions = _predict(world, [str(video), str(corrupt)], tmp_path,
+                           overrides=["predict.video_frames=4"])
+    frames = predictions[(predictions["input"] == str(video)) & (predictions["kind"] == "frame")]
+    assert list(frames["frame"]) == [0, 6, 13, 19]  # evenly spaced over 20 frames
+    assert (frames["status"] == "ok").all() and (frames["width"] == 64).all()
+    row = predictions[(predictions["input"] == str(video)) & (predictions["kind"] == "video")]
+    assert len(row) == 1 and row["status"].item() == "ok"
+    assert row["p_fake"].item() == pytest.approx(frames["p_fake"].mean(), abs=1e-12)
+    broken = predictions[predictions["input"] == str(corrupt)]
+    assert list(broken["kind"]) == ["video"] and broken["status"].item() == "failed"
+    assert re.match(r"(corrupt video|no frames)", broken["error"].item())
+
+
+# --------------------------------------------------------------------------- explain
+
+
+def test_explain_writes_a_png_per_image_and_a_self_contained_gallery(world: World, tmp_path: Path) -> None:
+    from PIL import Image
+
+    bad = tmp_path / "bad.png"
+    bad.write_text("nope")
+    predictions = _predict(world, [str(world.data / "alpha"), str(bad)], tmp_path, explain=True)
+    out = tmp_path / "out"
+    pngs = sorted((out / "explain").glob("*.png"))
+    assert len(pngs) == int((predictions["status"] == "ok").sum()) == 8
+    with Image.open(pngs[0]) as image:
+        assert image.format == "PNG" and image.width > image.height  # three panels side by side
+    page = (out / "gallery.html").read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["'](?!data:)""", page)  # nothing to fetch
+    assert page.count("data:image/png;base64,") == 8
+    shown = [float(v) for v in re.findall(r"p_fake ([0-9.]+),", page)]
+    assert shown == sorted(shown, reverse=True) and len(shown) == 8
+    assert "bad.png" in page and "not an image" in page
+
+
+def test_attention_map_leaves_the_outputs_alone(world: World) -> None:
+    from clare.runs import load_detector
+
+    detector = load_detector(read_run(world.run_dir), torch.device("cpu"))
+    generator = torch.Generator().manual_seed(0)
+    grid, dims = detector.grid, detector.dims
+    cls = torch.randn(3, dims["embed"], generator=generator)
+    tokens = torch.randn(3, grid * grid, dims["width"], generator=generator)
+    lare = torch.rand(3, 4, 32, 32, generator=generator)
+    before = detector(cls, tokens, lare)
+    weights = detector.attention_map(cls, tokens, lare)
+    assert torch.equal(detector(cls, tokens, lare), before)
+    assert weights.shape == (3, grid, grid)
+    assert (weights >= 0).all() and (weights.sum(dim=(1, 2)) <= 1 + 1e-6).all()
