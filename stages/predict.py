@@ -64,9 +64,10 @@ FEATURE_KEYS = ("seed", "lare", "extract.precision", "extract.min_image_size",
 
 
 def _dotted(tree: dict[str, Any], key: str) -> Any:
+    node: Any = tree
     for part in key.split("."):
-        tree = tree.get(part) if isinstance(tree, dict) else None
-    return tree
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
 
 
 def _overlay(tree: dict[str, Any], extra: dict[str, Any], prefix: str = "") -> None:
@@ -561,12 +562,12 @@ def print_table(console: Any, frame: pd.DataFrame) -> None:
     for name in ("frame", "p_fake", "verdict"):
         table.add_column(name, no_wrap=True)
     table.add_column("status", overflow="fold")
-    for row in frame.itertuples(index=False):
-        frame_text = "" if pd.isna(row.frame) else str(row.frame)
-        p_text = "" if pd.isna(row.p_fake) else f"{row.p_fake:.4f}"
-        status = row.status if row.status == "ok" else f"failed: {one_line(row.error, 60)}"
-        label = row.input if row.kind != "video" else f"{row.input} (video)"
-        table.add_row(label, frame_text, p_text, row.verdict, status)
+    for row in frame.to_dict("records"):
+        frame_text = "" if pd.isna(row["frame"]) else str(row["frame"])
+        p_text = "" if pd.isna(row["p_fake"]) else f"{row['p_fake']:.4f}"
+        status = "ok" if row["status"] == "ok" else f"failed: {one_line(str(row['error']), 60)}"
+        label = str(row["input"]) + (" (video)" if row["kind"] == "video" else "")
+        table.add_row(label, frame_text, p_text, str(row["verdict"]), status)
     console.print(table)
 
 
