@@ -16,10 +16,10 @@ from __future__ import annotations
 import base64
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -112,7 +112,9 @@ def _read_json(path: Path, fix: str) -> Any:
 def _report_of_run(run_dir: Path) -> tuple[Path, dict[str, Any]]:
     """The report folder of a run folder: `<config paths.reports>/<run folder name>`."""
     record = _read_yaml(run_dir / "run.yaml")
-    config = record.get("config") if isinstance(record.get("config"), dict) else {}
+    config = record.get("config")
+    if not isinstance(config, dict):
+        config = {}
     reports = (config.get("paths") or {}).get("reports", "reports")
     report_dir = Path(str(reports)) / run_dir.name
     if not (report_dir / "metrics.json").is_file():
@@ -221,6 +223,12 @@ class CompareTable:
         return values.eq(target, axis="columns") & values.notna()
 
 
+def column_pairs(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    """(group, subset) of each column of a table frame (its columns are a two-level index)."""
+    columns = frame.columns
+    return list(zip(columns.get_level_values(0), columns.get_level_values(1), strict=True))
+
+
 def _number(value: Any) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
@@ -269,7 +277,8 @@ def _intervals(runs: Sequence[RunResult], columns: list[tuple[str, str]], values
                 resamples.append(drawn)
         if resamples and len(resamples) == int(np.isfinite(values[i, :-1]).sum()):
             interval = percentile_interval(np.mean(resamples, axis=0))
-            low[i, -1], high[i, -1] = interval.low, interval.high
+            if interval is not None:
+                low[i, -1], high[i, -1] = interval.low, interval.high
     return low, high
 
 
@@ -305,7 +314,7 @@ def long_table(table: CompareTable) -> pd.DataFrame:
     best = table.best()
     rows = []
     for key in table.values.index:
-        for group, subset in table.values.columns:
+        for group, subset in column_pairs(table.values):
             column = (group, subset)
             rows.append({
                 **dict(zip(RUN_LEVELS, key, strict=True)),
@@ -407,14 +416,19 @@ _CELL_LAYOUT = {  # how a value and its interval share one cell, per output
 }
 
 
+def _cell(frame: pd.DataFrame, key: tuple[str, ...], column: tuple[str, str]) -> float:
+    # pandas-stubs types a cell as any scalar; the table frames hold floats.
+    return cast(float, frame.loc[key, column])
+
+
 def cell_text(table: CompareTable, key: tuple[str, ...], column: tuple[str, str],
               layout: str = "text") -> str:
     """A cell's value, with its interval when there is one. Numbers only, so no escaping."""
-    value = _fmt(table.values.loc[key, column], table.metric)
-    if table.low is None or math.isnan(table.low.loc[key, column]):
+    value = _fmt(_cell(table.values, key, column), table.metric)
+    if table.low is None or table.high is None or math.isnan(_cell(table.low, key, column)):
         return value
-    return _CELL_LAYOUT[layout].format(value=value, low=f"{table.low.loc[key, column]:.3f}",
-                                       high=f"{table.high.loc[key, column]:.3f}")
+    low, high = _cell(table.low, key, column), _cell(table.high, key, column)
+    return _CELL_LAYOUT[layout].format(value=value, low=f"{low:.3f}", high=f"{high:.3f}")
 
 
 def display_frame(table: CompareTable, layout: str = "text") -> pd.DataFrame:
@@ -422,7 +436,7 @@ def display_frame(table: CompareTable, layout: str = "text") -> pd.DataFrame:
     frame = pd.DataFrame(
         {("", level): table.values.index.get_level_values(level) for level in RUN_LEVELS}
     )
-    for column in table.values.columns:
+    for column in column_pairs(table.values):
         frame[column] = [cell_text(table, key, column, layout) for key in table.values.index]
     frame.columns = pd.MultiIndex.from_tuples(frame.columns, names=["group", "subset"])
     return frame
@@ -431,7 +445,7 @@ def display_frame(table: CompareTable, layout: str = "text") -> pd.DataFrame:
 def styled(table: CompareTable, layout: str) -> Any:
     """A pandas Styler of the table for `layout` (html or latex), best cells in bold."""
     frame = display_frame(table, layout)
-    runs = [("", level) for level in RUN_LEVELS]
+    runs: list[Hashable] = [("", level) for level in RUN_LEVELS]
     best = table.best().to_numpy()
     bold = np.full(frame.shape, "", dtype=object)
     bold[:, len(runs):] = np.where(best, "font-weight: bold;", "")
@@ -453,9 +467,9 @@ def markdown_table(table: CompareTable) -> dict[str, Any]:
         cells = [str(v).replace("|", "\\|") for v in values]
         cells[n_run:] = [f"**{c}**" if flag else c for c, flag in zip(cells[n_run:], best[i], strict=True)]
         rows.append(cells)
-    groups = [group for group, _subset in frame.columns]
+    groups = [group for group, _subset in column_pairs(frame)]
     shown_groups = [g if i == 0 or g != groups[i - 1] else "" for i, g in enumerate(groups)]
-    return {"header": [s for _g, s in frame.columns], "groups": shown_groups, "rows": rows,
+    return {"header": [s for _g, s in column_pairs(frame)], "groups": shown_groups, "rows": rows,
             "align": ["---"] * n_run + ["---:"] * (len(frame.columns) - n_run)}
 
 
@@ -499,11 +513,11 @@ def write_outputs(runs: Sequence[RunResult], table: CompareTable, out_dir: Path,
     """compare.md, .csv, .tex, .html and roc.png (+ robustness.tex) in `out_dir`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    subsets = [subset for _group, subset in table.values.columns if (_group, subset) != MEAN_COLUMN]
+    subsets = [subset for group, subset in column_pairs(table.values) if (group, subset) != MEAN_COLUMN]
     roc = roc_overlay(runs, subsets, out_dir / "roc.png")
     robust = robustness_table(runs, table.metric)
     caption = _caption(table, n_resamples, seed)
-    context = {
+    context: dict[str, Any] = {
         "caption": caption, "metric": table.metric, "notes": table.notes,
         "runs": [{"name": r.name, "report": str(r.report_dir)} for r in runs],
         "robustness_title": f"Robustness: mean {table.metric} on clean and perturbed test stores",

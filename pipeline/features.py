@@ -168,7 +168,7 @@ def compute_features(extractor: FeatureExtractor, seed: int, views: list[int],
     lare_in = torch.stack([cast(torch.Tensor, prepared[k].lare_pixels) for k in good])
     clip_in = torch.stack([cast(torch.Tensor, prepared[k].clip_pixels) for k in good])
     generators = [
-        torch.Generator().manual_seed(derive_seed(seed, prepared[k].sha256, views[k], "lare"))
+        torch.Generator().manual_seed(derive_seed(seed, cast(str, prepared[k].sha256), views[k], "lare"))
         for k in good
     ]
     lare = extractor.lare(lare_in, generators).numpy()
