@@ -223,6 +223,8 @@ def compare(
     bootstrap: Annotated[int, typer.Option(help="Video resamples for the AUC intervals (0: none).")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("reports/compare"),
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Table of runs x test subsets (DF40 groups, mean, best marked, AUC 95% intervals) as
     Markdown, CSV, LaTeX and HTML with ROC overlays and the robustness table."""
@@ -294,17 +296,19 @@ def models_download(
     clip_revision: Annotated[str | None, typer.Option(
         help="Branch, tag or commit of the hub repo of open_clip's ViT-L-14 'openai' tag "
              "(default: main).")] = None,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Fetch the SD1.5 parts and the CLIP ViT-L-14 'openai' file (safetensors, resumable)."""
     from clare.models.download import config_lines, download_weights
     from clare.models.hub import CLIP_REVISION, SD15_REVISION
 
     download_weights(out, sd_revision=sd_revision or SD15_REVISION,
-                     clip_revision=clip_revision or CLIP_REVISION, log=typer.echo)
-    typer.echo(f"wrote {out / 'README'} (sources, commits, sha256); next: clare models check {out}")
-    typer.echo("config lines (under `models:`, with local_files_only: true):")
+                     clip_revision=clip_revision or CLIP_REVISION, log=_echo)
+    _echo(f"wrote {out / 'README'} (sources, commits, sha256); next: clare models check {out}")
+    _echo("config lines (under `models:`, with local_files_only: true):")
     for line in config_lines(out):
-        typer.echo(line)
+        _echo(line)
 
 
 @models_app.command("check")
@@ -312,6 +316,8 @@ def models_check(
     target: Annotated[Path, typer.Argument(
         help="A config file, a `clare models download` folder or a diffusers SD folder.")],
     set_: SetOpt = None,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Check weights without loading them: files, configs, tensor names and shapes, fingerprint."""
     import json
@@ -321,15 +327,15 @@ def models_check(
 
     report = check_target(target, set_ or [])
     for line in report.ok:
-        typer.echo(f"ok: {line}")
+        _echo(f"ok: {line}")
     for line in report.problems:
         typer.echo(f"problem: {line}", err=True)
     if report.problems:
         more = f" ({len(report.problems) - 1} more above)" if len(report.problems) > 1 else ""
         raise ModelLoadError(f"{report.problems[0]}{more}")
     if report.fingerprint is not None:
-        typer.echo("fingerprint stores will record:")
-        typer.echo(json.dumps(report.fingerprint, indent=2))
+        _echo("fingerprint stores will record:")
+        _echo(json.dumps(report.fingerprint, indent=2))
 
 
 @app.command("config")
