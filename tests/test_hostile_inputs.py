@@ -432,8 +432,8 @@ def _sha256(path: Path) -> str:
 
 def test_any_exception_preparing_a_row_is_one_failed_row(tmp_path: Path, tiny_models_dir: Path,
                                                          monkeypatch) -> None:
-    import clare.models.lare as lare_module
     import clare.features as extract_module  # where extract (and predict) prepare a row
+    import clare.models.lare as lare_module
 
     data = tmp_path / "data"
     index = make_image_tree(data, 8, seed=21)
