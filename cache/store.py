@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -47,7 +46,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from clare.errors import StoreError
-from clare.files import atomic_write_json, atomic_write_parquet, file_sha256
+from clare.files import atomic_write_json, atomic_write_parquet, file_sha256, pid_lock
 
 FORMAT = "clare-store/2"
 ARRAYS = ("lare", "cls", "tokens")
@@ -709,25 +708,13 @@ class FeatureStore:
         with _writable(self.path):
             self.path.mkdir(parents=True, exist_ok=True)
             handle = open(self.lock_path, "a+")  # noqa: SIM115 - held open for the whole block
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read(64).strip() or "another process"
-            handle.close()
-            raise StoreError(
-                f"{self.path}: another extract is writing this store (pid {holder}); "
-                "wait for it to finish or stop it"
-            ) from None
-        try:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(str(os.getpid()))
-            handle.flush()
+
+        def held(holder: str) -> StoreError:
+            return StoreError(f"{self.path}: another extract is writing this store (pid {holder}); "
+                              "wait for it to finish or stop it")
+
+        with pid_lock(handle, held):
             yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-            handle.close()
 
 
 @contextmanager

@@ -7,12 +7,14 @@ left by a killed process is what `FeatureStore.remove_partials` cleans up.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
 def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
@@ -62,3 +64,28 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+@contextmanager
+def pid_lock(handle: IO[str], held: Callable[[str], Exception]) -> Iterator[None]:
+    """Hold an exclusive flock on an open lock file (`a+` mode) and write this pid into it.
+
+    When another process holds it, the handle is closed and `held(its pid)` is raised. The
+    kernel releases the lock when the process dies, so a killed writer never leaves it held.
+    """
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read(64).strip() or "unknown"
+        handle.close()
+        raise held(holder) from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        handle.close()

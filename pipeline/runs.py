@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import fcntl
 import os
 import shlex
 import shutil
@@ -43,7 +42,7 @@ from clare import fingerprint as fp
 from clare.config import Config
 from clare.console import make_console
 from clare.errors import CheckpointError, ClareError, RunError
-from clare.files import file_sha256
+from clare.files import file_sha256, pid_lock
 from clare.models.detector import MODEL_FILE  # noqa: F401 - its home is the detector
 
 RUN_FILE = "run.yaml"
@@ -113,26 +112,14 @@ class StagedFolder:
         """Exclusive for the whole command; the kernel releases it when the process dies."""
         self.final.parent.mkdir(parents=True, exist_ok=True)
         handle = open(self.lock_path, "a+")  # noqa: SIM115 - held until the block ends
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            handle.close()
-            raise error(
-                f"{self.final}: another {self.command} is writing it (pid {holder}); wait for it "
-                "to finish or stop it, or choose another name"
-            ) from None
-        try:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(str(os.getpid()))
-            handle.flush()
+
+        def held(holder: str) -> ClareError:
+            return error(f"{self.final}: another {self.command} is writing it (pid {holder}); "
+                         "wait for it to finish or stop it, or choose another name")
+
+        with pid_lock(handle, held):
             self.recover()
             yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-            handle.close()
 
     def recover(self) -> None:
         """Finish a two-rename publish that was killed half-way (called under the lock)."""
