@@ -13,8 +13,6 @@
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from clare.compare import RUN_SPEC_FILE, clean_scores, draw_roc, save_png
-from clare.files import atomic_write_bytes
+from clare.files import atomic_write_metrics_json
 
 DVC_METRICS_FILE = "dvc_metrics.json"
 PLOTS_DIR = "plots"
@@ -42,20 +40,6 @@ def dvc_metrics(metrics: Mapping[str, Any], run_record: Mapping[str, Any]) -> di
         "robust_auc": {name: (entry.get("mean") or {}).get("auc")
                        for name, entry in (metrics.get("robustness") or {}).items()},
     }
-
-
-def _finite(value: Any) -> Any:
-    """NaN and infinities become None (JSON has neither)."""
-    if isinstance(value, dict):
-        return {key: _finite(v) for key, v in value.items()}
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    text = json.dumps(_finite(payload), indent=2, allow_nan=False)
-    atomic_write_bytes(path, (text + "\n").encode())
 
 
 def roc_figure(scores: pd.DataFrame, subsets: list[str], path: Path, title: str) -> Path:
@@ -91,11 +75,11 @@ def write_dvc_files(out_dir: Path, metrics: Mapping[str, Any], scores: pd.DataFr
     out_dir = Path(out_dir)
     record = run.record
     name = str(metrics.get("run") or out_dir.name)
-    _write_json(out_dir / DVC_METRICS_FILE, dvc_metrics(metrics, record))
+    atomic_write_metrics_json(out_dir / DVC_METRICS_FILE, dvc_metrics(metrics, record))
     fit = (record.get("config") or {}).get("fit") or {}
     spec = {"run": name, "run_dir": str(run.path),
             **{key: record.get(key, fit.get(key)) for key in ("module", "strategy", "attention")}}
-    _write_json(out_dir / RUN_SPEC_FILE, spec)
+    atomic_write_metrics_json(out_dir / RUN_SPEC_FILE, spec)
     plots = out_dir / PLOTS_DIR
     plots.mkdir(exist_ok=True)
     clean = clean_scores(metrics, scores)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import math
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -52,6 +53,25 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_write_json(path: Path, payload: Any) -> None:
     """Indented, key-sorted JSON (store.json, shard markers): diffs and reviews stay readable."""
     atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities become None (JSON has neither); numpy scalars become Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalar
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def atomic_write_metrics_json(path: Path, payload: Any) -> None:
+    """Metrics as strict JSON: an undefined value is null, never NaN (metrics.json, DVC files)."""
+    text = json.dumps(_json_safe(payload), indent=2, allow_nan=False)
+    atomic_write_bytes(path, (text + "\n").encode())
 
 
 def atomic_write_parquet(path: Path, frame: Any) -> None:

@@ -20,7 +20,6 @@ together, so the folder never holds a report of one evaluation beside metrics of
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from clare.config import Config
 from clare.console import make_console
 from clare.dvc_summary import write_dvc_files
 from clare.errors import ConfigError, ModelLoadError, ReportError, StoreError, one_line, short_repr
-from clare.files import atomic_write_bytes, atomic_write_parquet
+from clare.files import atomic_write_metrics_json, atomic_write_parquet
 from clare.runs import (
     EVAL_LOG,
     RunInfo,
@@ -211,24 +210,6 @@ def _mean(per_subset: dict[str, dict[str, Any]]) -> dict[str, Any]:
     mean[THRESHOLD_ACC] = float(np.mean(values)) if values else None
     mean[f"{THRESHOLD_ACC}_n_subsets"] = len(values)
     return mean
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN and infinities become None; numpy scalars become Python numbers."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    text = json.dumps(_json_safe(payload), indent=2, allow_nan=False)
-    atomic_write_bytes(path, (text + "\n").encode())
 
 
 def roc_rows(scores: pd.DataFrame, subsets: list[str]) -> list[dict[str, Any]]:
@@ -418,9 +399,9 @@ def summarize_stores(run_name: str, scored: list[ScoredStore],
 def write_outputs(out_dir: Path, evaluation: Evaluation, run: RunInfo) -> dict[str, Any]:
     """metrics.json, scores.parquet, roc.json and the DVC files; returns the metrics written."""
     metrics = evaluation.metrics()
-    _write_json(out_dir / "metrics.json", metrics)
+    atomic_write_metrics_json(out_dir / "metrics.json", metrics)
     atomic_write_parquet(out_dir / "scores.parquet", evaluation.all_scores)
-    _write_json(out_dir / "roc.json", roc_rows(evaluation.clean_scores, evaluation.clean_order))
+    atomic_write_metrics_json(out_dir / "roc.json", roc_rows(evaluation.clean_scores, evaluation.clean_order))
     write_dvc_files(out_dir, metrics, evaluation.all_scores, run)  # compact metrics, plots for DVC
     return metrics
 
