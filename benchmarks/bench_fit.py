@@ -126,6 +126,7 @@ class Trainer:
         import torch.nn.functional as F
 
         from clare.models.lare import autocast_context
+        from clare.scoring import to_device
         from clare.stages.fit import learning_rate
 
         for group in self.optimizer.param_groups:
@@ -134,9 +135,8 @@ class Trainer:
                                         self.total_steps, 0, 0.0)
         device = self.device
         with autocast_context(device, "bf16" if self.amp else "fp32"):
-            logits = self.detector(cls.to(device, non_blocking=True),
-                                   tokens.to(device, non_blocking=True),
-                                   lare.to(device, non_blocking=True))
+            logits = self.detector(to_device(cls, device), to_device(tokens, device),
+                                   to_device(lare, device))
         loss = F.cross_entropy(logits.float(), label.to(device))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -109,17 +109,15 @@ def bench_manifest(n: int) -> Any:
 
 
 def write_store(path: Path, features: dict[str, np.ndarray], shard_rows: int, *,
-                checksum: bool = True) -> None:
-    from clare.cache.store import INDEX_COLUMNS, FeatureStore, index_digest
+                checksum: bool = True, uncompressed: frozenset[str] | None = None) -> None:
+    from clare.cache.store import UNCOMPRESSED, FeatureStore
 
     shutil.rmtree(path, ignore_errors=True)
     manifest = bench_manifest(len(features["cls"]))
     shapes = {name: tuple(array.shape[1:]) for name, array in features.items()}
-    index = manifest[list(INDEX_COLUMNS)]
     store = FeatureStore.create(path, n_rows=len(manifest), shapes=shapes, shard_rows=shard_rows,
-                                meta={"benchmark": True,
-                                      "fingerprint": {"index_sha256": index_digest(index)}},
-                                index=index, checksum=checksum)
+                                meta={"benchmark": True}, index=manifest, checksum=checksum,
+                                uncompressed=UNCOMPRESSED if uncompressed is None else uncompressed)
     for shard in range(store.n_shards):
         start, stop = store.shard_bounds(shard)
         store.write_shard(shard, {k: v[start:stop] for k, v in features.items()},
@@ -324,6 +322,116 @@ def measure_checksum_cost(work: Path, features: dict[str, np.ndarray], args: arg
     return out
 
 
+# --------------------------------------------------------------------------- the training loader
+
+
+def legacy_epoch(store: Any, batch_size: int, seed: int, window: int) -> int:
+    """An epoch as clare's loader read it before store format clare-store/3 (the "before"
+    column, in the same run): per shard a slice read then a row pick, a NaN scan of every
+    value, a window concatenated then permuted, batches cut from a joined buffer and cast to
+    float32. Returns the feature bytes delivered at the store's dtypes."""
+    rows = np.arange(store.n_rows)
+    rng = np.random.default_rng([seed, 0])
+    shards = list(rng.permutation(store.n_shards))
+    got, buffer = 0, None
+    for start in range(0, len(shards), window):
+        parts = {name: [] for name in DTYPES}
+        for shard in shards[start : start + window]:
+            a, b = store.shard_bounds(int(shard))
+            for name in DTYPES:
+                values = store.read(name, a, b)[rows[a:b] - a]
+                assert np.isfinite(values.reshape(len(values), -1)).all(axis=1).all()
+                parts[name].append(values)
+        joined = {name: np.concatenate(v) for name, v in parts.items()}
+        perm = rng.permutation(len(joined["cls"]))
+        joined = {name: v[perm] for name, v in joined.items()}
+        buffer = joined if buffer is None else {n: np.concatenate([buffer[n], joined[n]]) for n in joined}
+        while len(buffer["cls"]) >= batch_size:
+            for v in buffer.values():
+                np.ascontiguousarray(v[:batch_size], dtype=np.float32)  # the batch tensors
+                got += v[:batch_size].nbytes  # counted at the store's dtypes, like every format
+            buffer = {n: v[batch_size:] for n, v in buffer.items()}
+    return got + sum(v.nbytes for v in buffer.values())
+
+
+def loader_epoch(store: Any, batch_size: int, seed: int, *, shuffle: bool, window: int,
+                 cache: bool = False) -> int:
+    """One epoch of clare's StoreLoader as fit builds it (every row, cls + tokens + lare)."""
+    from clare.cache.loader import RowCache, StoreLoader
+
+    rows = np.arange(store.n_rows)
+    row_cache = RowCache(store, rows, list(DTYPES)) if cache else None
+    loader = StoreLoader(store, rows, rows % 2, batch_size=batch_size, seed=seed, shuffle=shuffle,
+                         shuffle_window=window, prefetch=0, cache=row_cache)
+    return sum(b.cls.numpy().nbytes + b.tokens.numpy().nbytes + b.lare.numpy().nbytes
+               for b in loader.epoch(0))
+
+
+def open_with_pipeline(path: Path, zarrs: bool) -> Any:
+    """A fresh FeatureStore whose arrays open with zarrs or with zarr-python's pipeline."""
+    import os
+
+    from clare.cache.store import FeatureStore
+
+    os.environ["CLARE_ZARRS"] = "1" if zarrs else "0"
+    try:
+        store = FeatureStore(path)
+        for name in DTYPES:
+            store.array(name)
+    finally:
+        os.environ.pop("CLARE_ZARRS", None)
+    return store
+
+
+def measure_loader(work: Path, features: dict[str, np.ndarray], args: argparse.Namespace) -> dict[str, Any]:
+    """Training-epoch reads against a memmap copy of the same bytes, before and after, alternated."""
+    from clare.config import FitConfig
+
+    fit = FitConfig()
+    batch, window = fit.batch_size, fit.shuffle_window
+    write_store(work / "new", features, args.shard_rows)
+    write_store(work / "old", features, args.shard_rows, uncompressed=frozenset())
+    write_memmap(work / "memmap", features)
+    new, new_python = open_with_pipeline(work / "new", True), open_with_pipeline(work / "new", False)
+    old = open_with_pipeline(work / "old", False)
+    memmap = MemmapReader(work / "memmap")
+    delivered = logical_bytes(features, args.n)
+    fns = {
+        "memmap copy": lambda: memmap.sequential(args.shard_rows),
+        "before: store/2 + old loader": lambda: legacy_epoch(old, batch, args.seed, 2),
+        "after: fit epoch": lambda: loader_epoch(new, batch, args.seed, shuffle=True, window=window),
+        "after: in order (eval)": lambda: loader_epoch(new, batch, args.seed, shuffle=False, window=1),
+        "after, zarr-python codecs": lambda: loader_epoch(new_python, batch, args.seed, shuffle=True,
+                                                         window=window),
+        "after: fit.cache ram": lambda: loader_epoch(new, batch, args.seed, shuffle=True,
+                                                     window=window, cache=True),
+    }
+    for name, fn in fns.items():  # every variant delivers every byte once
+        if fn() < delivered:
+            raise RuntimeError(f"{name}: an epoch delivered fewer bytes than the store holds")
+    timed = time_alternating(fns, warmup=args.warmup, repeats=args.checksum_repeats)
+    base = delivered / MB / timed["memmap copy"]["median"]
+    out: dict[str, Any] = {"batch_size": batch, "shuffle_window": window}
+    for name, t in timed.items():
+        rate = delivered / MB / t["median"]
+        out[name] = {"mb_s": rate, "samples_s": args.n / t["median"], "vs_memmap": rate / base,
+                     "best_vs_memmap": timed["memmap copy"]["min"] / t["min"]}
+    # Random rows, old layout against new (read_rows, as the report and explain read them).
+    rng = np.random.default_rng(args.seed + 1)
+    picks = [np.sort(rng.choice(args.n, size=min(args.read_batch, args.n), replace=False))
+             for _ in range(args.random_batches)]
+    count = sum(len(p) for p in picks)
+    random = time_alternating(
+        {f"random rows: {label}": (lambda s=store: [s.read_rows(n, p) for p in picks for n in DTYPES])
+         for label, store in (("before (store/2)", old), ("after", new))},
+        warmup=args.warmup, repeats=args.checksum_repeats)
+    for name, t in random.items():
+        out[name] = {"rows_s": count / t["median"]}
+    for name in ("new", "old", "memmap"):
+        shutil.rmtree(work / name, ignore_errors=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     seed_everything(args.seed)
@@ -342,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = measure_format(name, work / name, features, args, random_rows)
         shutil.rmtree(work / name, ignore_errors=True)  # keep at most one copy on disk
     results["checksum"] = measure_checksum_cost(work, features, args, random_rows)
+    results["loader"] = measure_loader(work, features, args)
     store, pt, memmap = results["store"], results["pt"], results["memmap"]
     results["store_vs_pt_bytes"] = store["bytes_per_image"] / pt["bytes_per_image"]
     results["store_vs_memmap_read_seq"] = store["read_seq_mb_s"] / memmap["read_seq_mb_s"]
@@ -389,6 +498,16 @@ def main(argv: list[str] | None = None) -> int:
                           ("random read", "read_random")))
           + f"; bytes {cost['bytes_on_disk_ratio']:.5f}; crc32c alone {cost['crc32c_mb_s']:.0f} MB/s, "
           f"{cost['read_seq_crc_share']:.1%} of a sequential read")
+    loader = results["loader"]
+    print_table(
+        f"a training epoch (batch {loader['batch_size']}, cls + tokens + lare) against a memmap "
+        "copy of the same bytes (timed alternately, same run)",
+        ["read", "MB/s", "samples/s", "/ memmap (median)", "/ memmap (best)"],
+        [[name, v["mb_s"], v["samples_s"], f"{v['vs_memmap']:.3f}", f"{v['best_vs_memmap']:.3f}"]
+         for name, v in loader.items() if isinstance(v, dict) and "mb_s" in v],
+    )
+    print(", ".join(f"{name} {v['rows_s']:.0f} rows/s" for name, v in loader.items()
+                    if isinstance(v, dict) and "rows_s" in v))
     print(f"results: {args.out}")
     if temp is not None:
         temp.cleanup()

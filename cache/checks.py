@@ -36,7 +36,7 @@ from clare.cache.store import (
     decode_failure,
     has_checksum,
 )
-from clare.errors import reason_label
+from clare.errors import StoreError, reason_label
 from clare.files import file_sha256
 
 
@@ -117,7 +117,8 @@ def store_info(path: Path | str) -> dict[str, Any]:
         "created": meta.get("created"),
         "complete": store.is_complete(),
         "rows": store.n_rows,
-        "images": int(meta.get("n_images") or store.n_rows),
+        "images": int(meta.get("n_images") or store.n_rows),  # distinct, each extracted once
+        "entries": int(meta.get("n_entries") or meta.get("n_images") or store.n_rows),
         "views": views,
         "rows_done": rows_done,
         "ok": int((status == "ok").sum()),
@@ -289,8 +290,23 @@ def _check_shards(store: FeatureStore, report: VerifyReport, arrays_ok: bool) ->
     return parts
 
 
-def _check_index(store: FeatureStore, report: VerifyReport, parts: dict[int, pd.DataFrame]) -> None:
+def _check_entries(store: FeatureStore, report: VerifyReport) -> bool:
+    """entries.parquet: present, the sha256 store.json records, images the store holds."""
+    try:
+        entries = store.entries()
+    except StoreError as exc:
+        return report.add("entries", False, f"{_first_line(exc)} (the same `clare extract` "
+                          "command rewrites it from the index)")
+    return report.add("entries", True, f"{len(entries)} entries name "
+                      f"{entries['image'].nunique()} distinct images")
+
+
+def _check_index(store: FeatureStore, report: VerifyReport, parts: dict[int, pd.DataFrame],
+                 entries_ok: bool) -> None:
     """The shards' rows against the index the fingerprint records (paths, labels, order)."""
+    if not entries_ok:
+        report.add("index", False, "not checked: entries.parquet is not sound")
+        return
     if store.meta.get("index_shards_sha256") is None:
         report.add("index", False, "store.json records no index digest per shard")
         return
@@ -366,7 +382,7 @@ def _verify(store: FeatureStore, report: VerifyReport, *, repair: bool) -> None:
     _check_fingerprint(store, report)
     arrays_ok = _check_arrays(store, report)
     parts = _check_shards(store, report, arrays_ok)
-    _check_index(store, report, parts)
+    _check_index(store, report, parts, _check_entries(store, report))
     manifest_ok = _check_manifest(store, report, parts)
     _check_completion(store, report)
     if repair and (report.damaged or not manifest_ok):

@@ -27,20 +27,74 @@ import torch
 from clare.cache.store import FeatureStore
 from clare.errors import StoreError
 
-# The parts of a window or batch, in this order: rows, labels, cls, tokens, lare.
-_Parts = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-
 
 @dataclass
 class Batch:
     rows: np.ndarray  # store rows, int64
     cls: torch.Tensor  # (B, E) float32
-    tokens: torch.Tensor | None  # (B, P, W) float32; None when the head does not use them
+    tokens: torch.Tensor | None  # (B, P, W) float16 as stored; None when the head does not use them
     lare: torch.Tensor | None  # (B, 4, h, w) float32; None when the head does not use it
     label: torch.Tensor  # (B,) int64
 
 
+# The arrays a batch may carry, in Batch order after rows and labels.
+_ARRAYS = ("cls", "tokens", "lare")
+
+
+@dataclass
+class _Window:
+    """The selected lines of a window of shards: rows, labels and each wanted array's values,
+    in shard order (a line per selected row, repeated rows repeated)."""
+
+    rows: np.ndarray
+    labels: np.ndarray
+    values: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+class RowCache:
+    """The selected rows of a store held in RAM (`fit.cache: ram`), read once, shard by shard.
+
+    Every later epoch gathers from memory: no decode, no checksum, one copy per byte. Values
+    keep the store's dtypes (tokens float16), so the RAM needed is the rows' bytes on disk
+    uncompressed: `RowCache.bytes_needed`.
+    """
+
+    def __init__(self, store: FeatureStore, rows: np.ndarray, names: list[str]) -> None:
+        self.rows = np.unique(np.asarray(rows, dtype=np.int64))
+        reader = StoreLoader(store, self.rows, np.zeros(len(self.rows), dtype=np.int64),
+                             batch_size=max(len(self.rows), 1), seed=0, shuffle=False,
+                             shuffle_window=1, prefetch=0, read_tokens="tokens" in names,
+                             read_lare="lare" in names)
+        self.values: dict[str, np.ndarray] = {}
+        for window, _perm in reader._plan(0):
+            got = reader._read_window(window)
+            for name, values in got.values.items():
+                if name not in self.values:
+                    self.values[name] = np.empty((len(self.rows), *values.shape[1:]), values.dtype)
+                at = np.searchsorted(self.rows, got.rows)
+                self.values[name][at] = values
+
+    @staticmethod
+    def bytes_needed(store: FeatureStore, rows: np.ndarray, names: list[str]) -> int:
+        per_row = sum(int(np.prod(store.row_shape(n))) * store.dtype(n).itemsize for n in names)
+        return per_row * len(np.unique(rows))
+
+    def take(self, name: str, rows: np.ndarray, out: np.ndarray) -> None:
+        np.take(self.values[name], np.searchsorted(self.rows, rows), axis=0, out=out)
+
+
 class StoreLoader:
+    """Batches of selected store rows (repeats allowed: an entry list), one epoch at a time.
+
+    Every byte is copied twice on its way to a batch: the codec decodes a shard's rows into
+    the window's buffer, and a batch gathers its lines from it (no copy at all when a window
+    is read in order and a batch is a slice of it). Tokens stay float16 until the device
+    (`clare.scoring.to_device` casts them there), so the host moves half the bytes.
+    """
+
     def __init__(
         self,
         store: FeatureStore,
@@ -50,10 +104,12 @@ class StoreLoader:
         batch_size: int,
         seed: int,
         shuffle: bool = True,
-        shuffle_window: int = 2,
+        shuffle_window: int = 4,
         prefetch: int = 2,
         read_tokens: bool = True,
         read_lare: bool = True,
+        pin_memory: bool = False,
+        cache: RowCache | None = None,
     ) -> None:
         order = np.argsort(rows, kind="stable")
         self.store = store
@@ -67,8 +123,13 @@ class StoreLoader:
         # Kept for callers that report it: non-finite rows now raise, so it stays 0.
         self.skipped_nonfinite = 0
         # Tokens are 97% of the bytes: heads that only use the CLS embedding skip them.
+        wanted = {"cls": True, "tokens": read_tokens, "lare": read_lare}
         self.read_tokens = read_tokens
         self.read_lare = read_lare
+        self.names = [name for name in _ARRAYS if wanted[name]]
+        # Page-locked batches let a CUDA copy run asynchronously (`non_blocking=True`).
+        self.pin_memory = pin_memory
+        self.cache = cache
         # Rows are sorted, so each shard's rows are one run of positions.
         shards, starts = np.unique(self.rows // store.shard_rows, return_index=True)
         stops = np.append(starts[1:], len(self.rows))
@@ -77,13 +138,13 @@ class StoreLoader:
     def __len__(self) -> int:
         return -(-len(self.rows) // self.batch_size)
 
-    def _read(self, name: str, wanted: bool, rows: np.ndarray) -> np.ndarray:
-        """One array's values for rows of one shard (an empty placeholder when not wanted)."""
-        if not wanted:
-            return np.zeros((len(rows), 0), dtype=np.float32)
-        start, stop = int(rows.min()), int(rows.max()) + 1
-        values = self.store.read(name, start, stop)[rows - start]
-        finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    def _check_finite(self, name: str, values: np.ndarray, rows: np.ndarray) -> None:
+        """A row the manifest calls ok but that reads back as fill value (NaN) lost its file.
+
+        Damage inside a file fails its crc32c on read; a missing shard file or inner chunk
+        reads back as NaN in every value, so the first value of each row tells."""
+        first = values.reshape(len(values), -1)[:, 0]
+        finite = np.isfinite(first)
         if not finite.all():
             row = int(rows[np.flatnonzero(~finite)[0]])
             raise StoreError(
@@ -91,20 +152,33 @@ class StoreLoader:
                 "holds NaN or inf although the manifest calls it ok (a missing or damaged shard "
                 f"file); {self.store.repair_advice()}"
             )
-        return values
 
-    def _read_window(self, shards: list[int]) -> _Parts:
-        parts: list[list[np.ndarray]] = [[], [], [], [], []]
-        for shard in shards:
-            picks = self._by_shard[shard]
-            rows = self.rows[picks]
-            values = (rows, self.labels[picks], self._read("cls", True, rows),
-                      self._read("tokens", self.read_tokens, rows),
-                      self._read("lare", self.read_lare, rows))
-            for bucket, value in zip(parts, values, strict=True):
-                bucket.append(value)
-        rows, labels, cls, tokens, lare = (np.concatenate(bucket) for bucket in parts)
-        return rows, labels, cls, tokens, lare
+    def _read_shard(self, name: str, rows: np.ndarray, out: np.ndarray) -> None:
+        """One array's values for the (sorted) selected rows of one shard, into `out`."""
+        if self.cache is not None:
+            self.cache.take(name, rows, out)
+            return
+        start, stop = int(rows[0]), int(rows[-1]) + 1
+        if len(rows) == stop - start:  # every row once, in order: decode straight into out
+            self.store.read_into(name, start, stop, out)
+        else:
+            np.take(self.store.read(name, start, stop), rows - start, axis=0, out=out)
+        self._check_finite(name, out, rows)
+
+    def _read_window(self, shards: list[int]) -> _Window:
+        picks = np.concatenate([self._by_shard[shard] for shard in shards])
+        rows, labels = self.rows[picks], self.labels[picks]
+        values: dict[str, np.ndarray] = {}
+        for name in self.names:
+            shape, dtype = self.store.row_shape(name), self.store.dtype(name)
+            buffer = np.empty((len(rows), *shape), dtype=dtype)
+            at = 0
+            for shard in shards:
+                count = len(self._by_shard[shard])
+                self._read_shard(name, rows[at : at + count], buffer[at : at + count])
+                at += count
+            values[name] = buffer
+        return _Window(rows, labels, values)
 
     def _plan(self, epoch: int) -> Iterator[tuple[list[int], np.ndarray | None]]:
         """The shard windows of one epoch and the order of each window's rows, read nothing.
@@ -117,8 +191,11 @@ class StoreLoader:
             shards = [shards[i] for i in rng.permutation(len(shards))]
         for start in range(0, len(shards), self.shuffle_window):
             window = shards[start : start + self.shuffle_window]
-            size = sum(len(self._by_shard[shard]) for shard in window)
-            yield window, rng.permutation(size) if self.shuffle else None
+            if not self.shuffle:
+                yield window, None
+                continue
+            rows = np.concatenate([self.rows[self._by_shard[shard]] for shard in window])
+            yield window, _spread_permutation(rows, rng)
 
     def epoch_rows(self, epoch: int) -> np.ndarray:
         """Every store row of one epoch in the order its batches hold them (no array is read):
@@ -129,35 +206,45 @@ class StoreLoader:
             parts.append(rows if perm is None else rows[perm])
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
-    def _windows(self, epoch: int) -> Iterator[_Parts]:
-        """The shard windows of one epoch, read, each with its rows in the plan's order."""
+    def _batches(self, epoch: int) -> Iterator[Batch]:
+        """Cut batches from the windows in plan order; a batch may span two windows."""
+        carry: list[tuple[_Window, np.ndarray]] = []  # (window, its lines still to batch)
+        carried = 0
         for shards, perm in self._plan(epoch):
             window = self._read_window(shards)
-            yield window if perm is None else _take(window, perm)
+            lines = np.arange(len(window)) if perm is None else perm
+            while carried + len(lines) >= self.batch_size:
+                need = self.batch_size - carried
+                yield self._make_batch([*carry, (window, lines[:need])])
+                carry, carried, lines = [], 0, lines[need:]
+            if len(lines):
+                carry.append((window, lines))
+                carried += len(lines)
+        if carried:
+            yield self._make_batch(carry)
 
-    def _batches(self, epoch: int) -> Iterator[Batch]:
-        buffer: _Parts | None = None
-        for window in self._windows(epoch):
-            buffer = window if buffer is None else _join(buffer, window)
-            while len(buffer[0]) >= self.batch_size:
-                yield self._make_batch(_take(buffer, slice(0, self.batch_size)))
-                buffer = _take(buffer, slice(self.batch_size, None))
-        if buffer is not None and len(buffer[0]):
-            yield self._make_batch(buffer)
-
-    def _make_batch(self, parts: _Parts) -> Batch:
-        rows, labels, cls, tokens, lare = parts
-
-        def tensor(array: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-
-        return Batch(
-            rows=rows,
-            cls=tensor(cls),
-            tokens=tensor(tokens) if self.read_tokens else None,
-            lare=tensor(lare) if self.read_lare else None,
-            label=torch.from_numpy(labels.astype(np.int64)),
-        )
+    def _make_batch(self, parts: list[tuple[_Window, np.ndarray]]) -> Batch:
+        """Gather a batch's lines from one or two windows (a view when they are a run)."""
+        size = sum(len(lines) for _, lines in parts)
+        rows = np.concatenate([window.rows[lines] for window, lines in parts])
+        labels = np.concatenate([window.labels[lines] for window, lines in parts])
+        tensors: dict[str, torch.Tensor] = {}
+        for name in self.names:
+            first_window, first_lines = parts[0]
+            run = _as_run(first_lines)
+            if len(parts) == 1 and run is not None and not self.pin_memory:
+                tensors[name] = torch.from_numpy(first_window.values[name][run])
+                continue
+            sample = first_window.values[name]
+            out = torch.empty((size, *sample.shape[1:]), dtype=_TORCH_DTYPES[sample.dtype.name],
+                              pin_memory=self.pin_memory)
+            target, at = out.numpy(), 0
+            for window, lines in parts:
+                np.take(window.values[name], lines, axis=0, out=target[at : at + len(lines)])
+                at += len(lines)
+            tensors[name] = out
+        return Batch(rows=rows, cls=tensors["cls"], tokens=tensors.get("tokens"),
+                     lare=tensors.get("lare"), label=torch.from_numpy(labels.astype(np.int64)))
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
         """Batches of one epoch, skipping the first `skip` (used on resume mid-epoch)."""
@@ -168,6 +255,17 @@ class StoreLoader:
                     yield batch
             return
         yield from _prefetched(source, self.prefetch, skip)
+
+
+_TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+
+
+def _as_run(lines: np.ndarray) -> slice | None:
+    """lines as a slice when they are consecutive and increasing, else None."""
+    if len(lines) and lines[-1] - lines[0] == len(lines) - 1 and (
+            len(lines) < 2 or bool((np.diff(lines) == 1).all())):
+        return slice(int(lines[0]), int(lines[-1]) + 1)
+    return None
 
 
 @dataclass
@@ -198,14 +296,22 @@ def batch_mixing(loader: StoreLoader, epoch: int, label_of_row: np.ndarray,
                        min_videos=min(videos, default=0))
 
 
-def _take(parts: _Parts, pick: np.ndarray | slice) -> _Parts:
-    rows, labels, cls, tokens, lare = (part[pick] for part in parts)
-    return rows, labels, cls, tokens, lare
+def _spread_permutation(rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random order of a window's rows in which the copies of a row are evenly spread.
 
-
-def _join(first: _Parts, second: _Parts) -> _Parts:
-    rows, labels, cls, tokens, lare = (np.concatenate(pair) for pair in zip(first, second, strict=True))
-    return rows, labels, cls, tokens, lare
+    A row listed k times (a real frame DF40 lists under k methods) gets one copy in each k-th
+    of the window, at a random place in it, instead of k random places that may share a
+    batch; rows listed once are placed uniformly. Without copies this is a plain shuffle.
+    """
+    _, inverse, counts = np.unique(rows, return_inverse=True, return_counts=True)
+    order = rng.permutation(len(rows))
+    # The rank of each copy among its row's copies, in a random order of the copies.
+    by_row = order[np.argsort(inverse[order], kind="stable")]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.empty(len(rows), dtype=np.int64)
+    rank[by_row] = np.arange(len(rows)) - np.repeat(starts, counts)
+    key = (rank + rng.random(len(rows))) / counts[inverse]
+    return np.argsort(key, kind="stable")
 
 
 def _prefetched(source: Iterator[Batch], depth: int, skip: int) -> Iterator[Batch]:

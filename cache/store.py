@@ -1,15 +1,19 @@
-"""FeatureStore: sharded Zarr v3 arrays plus a Parquet manifest (the contract other tools read).
+"""FeatureStore: sharded Zarr v3 arrays, a Parquet manifest of rows and a Parquet table of entries.
 
-Layout of a store directory (format clare-store/2):
+Layout of a store directory (format clare-store/3):
     features.zarr/        group with arrays lare (N,4,h,w) f32, cls (N,E) f32, tokens (N,P,W) f16,
                           sharded along N, inner chunk = one row (a random read decodes one row);
-                          every inner chunk and every shard index carries a crc32c checksum, so a
-                          damaged byte fails the read that meets it instead of reading back wrong
-    manifest.parquet      one row per array row, same order (written when every shard is done)
-                          rows: the index's images in a seeded permutation, views of an
-                          image adjacent, so every shard is a random sample of the split
+                          tokens are stored uncompressed (lz4 saved 7% and cost most of a read),
+                          lare and cls with lz4; every inner chunk and every shard index carries
+                          a crc32c checksum, so a damaged byte fails the read that meets it
+                          instead of reading back wrong
+    manifest.parquet      one row per array row, same order (written when every shard is done):
+                          one row per distinct image x view, the images in a seeded permutation,
+                          views of an image adjacent, so every shard is a random sample
+    entries.parquet       one line per listed frame (subset, label, video, frame, path) and the
+                          image it points at (`clare.cache.entries`); written at creation
     store.json            fingerprint, counts, creation time, completion state of every shard,
-                          the digest of each shard's index rows, the manifest's sha256
+                          the digest of each shard's rows, the sha256 of manifest and entries
     shards/NNNNN.parquet  the manifest rows of one shard
     shards/NNNNN.json     the shard's commit marker: sha256 of its array files and its manifest
                           part, the store fingerprint digest it was written under, counts
@@ -20,17 +24,16 @@ shard without a marker is not done and is recomputed on resume. Different shards
 different files, so writers that own whole shards never collide.
 
 Which rows a store holds is fixed when it is created: the fingerprint records the digest of
-the index rows (path, subset, label, video, frame, view, in order) and store.json the digest of
-each shard's slice of them. A manifest part is accepted (on resume, at finalize, by verify)
-only when it matches its slice, so a shard copied in from another store, or labels edited in
-place, are named and recomputed rather than trusted.
+the layout (rows: path, label, view in order; entries: what points at them) and store.json the
+digest of each shard's slice of the rows. A manifest part is accepted (on resume, at finalize,
+by verify) only when it matches its slice, so a shard copied in from another store, or labels
+edited in place, are named and recomputed rather than trusted.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import errno
-import hashlib
 import json
 import os
 import re
@@ -45,18 +48,16 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from clare.cache.entries import ENTRY_COLUMNS, entry_rows, layout_digest, rows_digest
 from clare.errors import StoreError
 from clare.files import atomic_write_json, atomic_write_parquet, file_sha256, pid_lock
 
-FORMAT = "clare-store/2"
+FORMAT = "clare-store/3"
 ARRAYS = ("lare", "cls", "tokens")
 DTYPES = {"lare": "float32", "cls": "float32", "tokens": "float16"}
 MANIFEST_COLUMNS = (
-    "row", "path", "subset", "label", "video", "frame", "view", "perturb",
-    "status", "error", "sha256", "width", "height",
+    "row", "path", "label", "view", "perturb", "status", "error", "sha256", "width", "height",
 )
-# The columns that say which image a row is and what its label is: the index digest covers them.
-INDEX_COLUMNS = ("path", "subset", "label", "video", "frame", "view")
 TOKENS_SHARD_BYTES = 64 * 2**20
 BUILD_HINT = "clare extract --config CONFIG --split SPLIT"
 _SHARD_FILE = re.compile(r"^(\d{5,})\.(json|parquet)$")
@@ -67,68 +68,47 @@ def default_shard_rows(tokens: int, width: int) -> int:
     return max(1, TOKENS_SHARD_BYTES // (tokens * width * 2))
 
 
-def index_digest(rows: pd.DataFrame) -> str:
-    """sha256 of the rows' identity and label, in order (the fingerprint's index_sha256).
-
-    The text hashed is one line per row, its INDEX_COLUMNS as text joined by tabs. The join
-    runs in Arrow: a manifest of 400k rows is digested in a fraction of a second, so every
-    reader of manifest.parquet can afford the check.
-    """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    fields = rows[list(INDEX_COLUMNS)].astype(str).fillna("<NA>")
-    columns = [pa.array(fields[name], type=pa.string()) for name in INDEX_COLUMNS]
-    lines = pc.binary_join_element_wise(*columns, "\t").to_numpy(zero_copy_only=False)
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
-
-
-# Seeds the write order's own random stream, apart from every other draw made from cfg.seed.
-_WRITE_ORDER_STREAM = 0x0D3E
-
-
-def image_write_order(n_images: int, seed: int) -> np.ndarray:
-    """The order in which a store holds the index's images: a seeded permutation of 0..n-1.
-
-    Index order (subset, label, video) would make every 128-row shard a few videos of one
-    class, and the loader's window of two shards a batch of one or two classes; in a random
-    order every shard is a random sample of the split. It depends only on (seed, number of
-    images), never on the worker count or batch size, so it is part of the index digest.
-    """
-    return np.random.default_rng([seed, _WRITE_ORDER_STREAM]).permutation(n_images)
-
-
-def row_skeleton(index: pd.DataFrame, views: int, perturb: str | None, seed: int) -> pd.DataFrame:
-    """The rows a store holds, in store order, before any feature is computed.
-
-    Images come in `image_write_order`; the `views` views of an image stay adjacent, so
-    row = position * views + view and `row // views` still names the image.
-    """
-    images = index.iloc[image_write_order(len(index), seed)]
-    repeated = images.loc[images.index.repeat(views)].reset_index(drop=True)
-    repeated["view"] = np.tile(np.arange(views, dtype=np.int16), len(images))
-    repeated["perturb"] = perturb or ""
-    repeated.insert(0, "row", np.arange(len(repeated), dtype=np.int64))
-    return repeated[["row", "path", "subset", "label", "video", "frame", "view", "perturb"]]
-
-
 def shard_index_digests(rows: pd.DataFrame, shard_rows: int) -> list[str]:
-    """index_digest of each shard's slice of the rows."""
-    return [index_digest(rows.iloc[start : start + shard_rows])
+    """rows_digest of each shard's slice of the rows."""
+    return [rows_digest(rows.iloc[start : start + shard_rows])
             for start in range(0, len(rows), shard_rows)]
 
 
-def array_codecs(*, checksum: bool = True) -> tuple[Any, ...]:
-    """Bytes codecs of every inner chunk: lz4 with byte shuffle, then crc32c.
+# Arrays stored without compression: fp16 CLIP tokens are 97% of a row's bytes and lz4 saved
+# only 7% of them while taking most of a read's CPU time (BENCHMARKS.md section 2).
+UNCOMPRESSED = frozenset({"tokens"})
 
-    lz4 is fast to decode in the training loop for a modest size gain. crc32c is checked
-    before decompression, so a flipped bit anywhere in a row fails that row's read.
-    `checksum=False` exists for bench_store, which measures what the checksum costs.
+
+def array_codecs(name: str, *, checksum: bool = True,
+                 uncompressed: frozenset[str] = UNCOMPRESSED) -> tuple[Any, ...]:
+    """Bytes codecs of every inner chunk of array `name`: lz4 with byte shuffle (none for the
+    tokens), then crc32c.
+
+    crc32c is checked before decompression, so a flipped bit anywhere in a row fails that
+    row's read. `checksum=False` and `uncompressed` exist for bench_store, which measures what
+    they cost.
     """
     from zarr.codecs import BloscCodec, Crc32cCodec
 
-    blosc = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
-    return (blosc, Crc32cCodec()) if checksum else (blosc,)
+    codecs: tuple[Any, ...] = () if name in uncompressed else (
+        BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
+    return (*codecs, Crc32cCodec()) if checksum else codecs
+
+
+def codec_pipeline() -> dict[str, Any]:
+    """The Zarr codec pipeline the store's arrays open with: zarrs (Rust, decodes a shard's
+    chunks in parallel threads) when it is installed, else zarr-python's own.
+
+    Set per array at open time rather than in zarr's global config, so importing clare changes
+    nothing for other Zarr users in the process. `CLARE_ZARRS=0` turns it off.
+    """
+    if os.environ.get("CLARE_ZARRS", "1") == "0":
+        return {}
+    try:
+        import zarrs  # noqa: F401 - the pipeline class is found by its dotted path
+    except ImportError:
+        return {}
+    return {"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"}
 
 
 def has_checksum(array: Any) -> bool:
@@ -274,6 +254,10 @@ class FeatureStore:
         return self.path / "manifest.parquet"
 
     @property
+    def entries_path(self) -> Path:
+        return self.path / "entries.parquet"
+
+    @property
     def shards_dir(self) -> Path:
         return self.path / "shards"
 
@@ -342,12 +326,15 @@ class FeatureStore:
         shard_rows: int,
         meta: dict[str, Any],
         index: pd.DataFrame | None = None,
+        entries: pd.DataFrame | None = None,
         checksum: bool = True,
+        uncompressed: frozenset[str] = UNCOMPRESSED,
     ) -> FeatureStore:
-        """Pre-allocate every array to n_rows (filled with NaN) and write store.json.
+        """Pre-allocate every array to n_rows (filled with NaN), write entries and store.json.
 
-        `index` (the INDEX_COLUMNS of every row, in order) fixes which rows each shard must
-        hold; stores built by `clare extract` always pass it.
+        `index` (the rows' path, label and view, in order) fixes which rows each shard must
+        hold, `entries` the listed frames that point at them (one per row when None); stores
+        built by `clare extract` always pass both.
         """
         import zarr
 
@@ -373,7 +360,7 @@ class FeatureStore:
                     shards=(shard_rows, *shapes[name]),
                     dtype=DTYPES[name],
                     fill_value=np.nan,
-                    compressors=array_codecs(checksum=checksum),
+                    compressors=array_codecs(name, checksum=checksum, uncompressed=uncompressed),
                 )
         store._meta = {
             **meta,
@@ -386,8 +373,16 @@ class FeatureStore:
         }
         if index is not None:
             store._meta["index_shards_sha256"] = shard_index_digests(index, shard_rows)
+            store.write_entries(entries if entries is not None else one_entry_per_row(index))
         store.save_meta()
         return store
+
+    def write_entries(self, entries: pd.DataFrame) -> None:
+        """Write entries.parquet and record its sha256 in store.json."""
+        with _writable(self.path):
+            atomic_write_parquet(self.entries_path, entries[list(ENTRY_COLUMNS)])
+        self.meta["entries_sha256"] = file_sha256(self.entries_path)
+        self.save_meta()
 
     def destroy(self) -> None:
         """Delete the store's contents for --overwrite, but not `.lock`.
@@ -421,14 +416,31 @@ class FeatureStore:
                 raise StoreError(
                     f"{self.path}: features.zarr/{name} is missing; rebuild with `{self.rebuild_command()}`"
                 )
-            self._arrays[(name, mode)] = zarr.open_array(self.zarr_path / name, mode=mode)
+            with zarr.config.set(codec_pipeline()):
+                self._arrays[(name, mode)] = zarr.open_array(self.zarr_path / name, mode=mode)
         return self._arrays[(name, mode)]
+
+    def row_shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.meta["shapes"][name])
+
+    def dtype(self, name: str) -> np.dtype:
+        return np.dtype(DTYPES[name])
 
     def read(self, name: str, start: int, stop: int) -> np.ndarray:
         """Rows start..stop-1 of one array; a damaged shard raises a StoreError naming it."""
         try:
             return self.array(name)[start:stop]
         except (ValueError, RuntimeError) as exc:  # crc32c mismatch, undecodable bytes
+            raise self._damaged(name, range(start, stop), exc) from None
+
+    def read_into(self, name: str, start: int, stop: int, out: np.ndarray) -> None:
+        """`read`, decoded straight into `out` (C-contiguous, the array's dtype): no extra copy."""
+        from zarr.core.buffer.cpu import NDBuffer
+
+        try:
+            self.array(name).get_basic_selection(slice(start, stop),
+                                                 out=NDBuffer.from_numpy_array(out))
+        except (ValueError, RuntimeError) as exc:
             raise self._damaged(name, range(start, stop), exc) from None
 
     def read_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
@@ -548,7 +560,7 @@ class FeatureStore:
         digests = self.meta.get("index_shards_sha256")
         if digests is None:
             return ""
-        if index_digest(part) != digests[index]:
+        if rows_digest(part) != digests[index]:
             return ("its rows are not the store's index rows for this shard "
                     "(paths, labels or order differ)")
         return ""
@@ -663,10 +675,10 @@ class FeatureStore:
         """'' when the rows match the index digest the fingerprint records (or none is recorded)."""
         fingerprint = self.meta.get("fingerprint") or {}
         expected = fingerprint.get("index_sha256") if isinstance(fingerprint, dict) else None
-        if expected is None or index_digest(manifest) == expected:
+        if expected is None or layout_digest(manifest, self.entries()) == expected:
             return ""
-        return ("the rows of the manifest parts do not match the index digest the fingerprint "
-                "records (store.json edited?)")
+        return ("the rows of the manifest parts and entries.parquet do not match the layout digest "
+                "the fingerprint records (store.json edited?)")
 
     def record_progress(self) -> None:
         """Refresh the completion state in store.json (driver only: one writer of store.json)."""
@@ -701,6 +713,31 @@ class FeatureStore:
             raise StoreError(f"{self.manifest_path}: {what}; {self.repair_advice()}")
         return manifest
 
+    def entries(self) -> pd.DataFrame:
+        """entries.parquet: the listed frames and the image each points at (ENTRY_COLUMNS),
+        checked against the sha256 store.json records."""
+        fix = self.repair_advice()
+        if not self.entries_path.is_file():
+            raise StoreError(f"{self.entries_path}: missing; rebuild with `{self.rebuild_command()}`")
+        recorded = self.meta.get("entries_sha256")
+        if recorded is not None and file_sha256(self.entries_path) != recorded:
+            raise StoreError(f"{self.entries_path}: its sha256 differs from the one store.json "
+                             f"records (edited or damaged); rebuild with `{self.rebuild_command()}`")
+        try:
+            entries = pd.read_parquet(self.entries_path)
+        except Exception as exc:  # noqa: BLE001 - any unreadable parquet: one line, not a traceback
+            raise StoreError(f"{self.entries_path}: unreadable ({type(exc).__name__}); {fix}") from None
+        missing = sorted(set(ENTRY_COLUMNS) - set(entries.columns))
+        images = self.n_rows // max(int(self.meta.get("views", 1)), 1)
+        if missing or (len(entries) and not entries["image"].between(0, images - 1).all()):
+            what = f"lacks column(s) {', '.join(missing)}" if missing else "points at images the store lacks"
+            raise StoreError(f"{self.entries_path}: {what}; rebuild with `{self.rebuild_command()}`")
+        return entries
+
+    def entry_rows(self, view: int | None = None) -> pd.DataFrame:
+        """Every entry with its rows (all views, or `view`) and their manifest fields."""
+        return entry_rows(self.entries(), self.manifest(), int(self.meta.get("views", 1)), view)
+
     # ------------------------------------------------------------------ locking
     @contextmanager
     def lock(self) -> Iterator[None]:
@@ -715,6 +752,21 @@ class FeatureStore:
 
         with pid_lock(handle, held):
             yield
+
+
+def one_entry_per_row(rows: pd.DataFrame) -> pd.DataFrame:
+    """Entries for a store written without a list (benchmarks): one per view-0 row."""
+    first = rows[rows["view"].astype(int) == 0].reset_index(drop=True)
+    views = max(len(rows) // max(len(first), 1), 1)
+    return pd.DataFrame({
+        "entry": np.arange(len(first), dtype=np.int64), "path": first["path"].astype(str),
+        "subset": first["subset"].astype(str) if "subset" in first else "",
+        "label": first["label"].astype(np.int8),
+        "video": first["video"].astype(str) if "video" in first else first["path"].astype(str),
+        "frame": first["frame"].astype(np.int32) if "frame" in first else 0,
+        "image": first["row"].to_numpy(dtype=np.int64) // views if "row" in first
+        else np.arange(len(first), dtype=np.int64),
+    })
 
 
 @contextmanager

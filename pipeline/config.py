@@ -89,6 +89,11 @@ class DataConfig(_Strict):
         "the published DF40 protocol) or N evenly spaced positions",
     )
     on_missing: Literal["error", "skip"] = "skip"
+    on_label_conflict: Literal["error", "skip"] = Field(
+        default="error",
+        description="one image listed as real and as fake: stop with an error naming both "
+        "lists, or drop every entry of it and count them (prepare's 'label conflicts')",
+    )
     index_dir: Path = Path("stores/index")
     train: list[SubsetSpec] = Field(default_factory=list)
     test: list[SubsetSpec] = Field(default_factory=list)
@@ -272,8 +277,15 @@ class FitConfig(DetectorConfig):
     grad_clip: float | None = Field(default=1.0, gt=0)
     val_fraction: float = Field(default=0.05, gt=0, lt=1)
     val_every: int | None = Field(default=None, ge=1, description="steps (None: every epoch)")
-    shuffle_window: int = Field(default=2, ge=1, description="shards shuffled together")
+    # 4, not 2: on DF40 a shard's real frames are listed ~10 times each, and their copies must
+    # spread over enough batches (a window of 2 gives a median of 89 videos per batch, 4 gives 108).
+    shuffle_window: int = Field(default=4, ge=1, description="shards shuffled together")
     prefetch: int = Field(default=2, ge=0, description="batches read ahead in the background")
+    cache: Literal["auto", "ram", "none"] = Field(
+        default="auto",
+        description="hold the selected rows in RAM after the first read (ram), read the store "
+        "every epoch (none), or ram when they take at most half the available memory (auto)",
+    )
     device: str = "auto"
     amp: bool = True
 

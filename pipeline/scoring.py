@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -26,7 +27,9 @@ class Scores(NamedTuple):
 
 
 def to_device(tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
-    return None if tensor is None else tensor.to(device, non_blocking=True)
+    """A batch tensor on the device as float32: the loader keeps tokens float16 on the host
+    (half the bytes to move), and the cast runs on the device after the copy."""
+    return None if tensor is None else tensor.to(device, non_blocking=True).float()
 
 
 def batch_logits(detector: torch.nn.Module, batch: Any, device: torch.device, amp: bool) -> torch.Tensor:
@@ -34,7 +37,7 @@ def batch_logits(detector: torch.nn.Module, batch: Any, device: torch.device, am
     from clare.models.lare import autocast_context
 
     with autocast_context(device, "bf16" if amp else "fp32"):
-        return detector(batch.cls.to(device), to_device(batch.tokens, device),
+        return detector(to_device(batch.cls, device), to_device(batch.tokens, device),
                         to_device(batch.lare, device))
 
 
@@ -58,6 +61,14 @@ def score_loader(detector: torch.nn.Module, loader: StoreLoader, device: torch.d
                       float("nan"))
     return Scores(np.concatenate(probs), np.concatenate(labels), np.concatenate(rows),
                   loss_sum / max(count, 1))
+
+
+def entry_scores(scores: Scores, entries: pd.DataFrame) -> np.ndarray:
+    """p(fake) of every line of `entries` (a table with a `row` column, see
+    `clare.cache.entries`): each store row is scored once and its score is shared by every
+    entry that names its image; NaN for a row that was not scored."""
+    by_row = pd.Series(scores.probs, index=scores.rows)
+    return by_row.reindex(entries["row"].to_numpy()).to_numpy(dtype=np.float64)
 
 
 # --------------------------------------------------------------------------- operating threshold

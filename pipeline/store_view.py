@@ -44,7 +44,8 @@ def _summary_table(info: dict[str, Any]) -> Table:
         ("split", escape(f"{info['split']}{perturb}")),
         ("subsets", escape(", ".join(info["subsets"] or []) or "-")),
         ("created", escape(str(info["created"]))),
-        ("rows", f"{info['rows']} ({info['images']} images x {info['views']} view(s))"),
+        ("rows", f"{info['rows']} ({info['images']} distinct images x {info['views']} view(s); "
+                 f"{info['entries']} listed entries)"),
         ("rows written", str(info["rows_done"])),
         ("ok", str(info["ok"])),
         ("failed", str(info["failed"])),

@@ -48,7 +48,7 @@ from clare.runs import (
     read_run,
     step_progress,
 )
-from clare.scoring import THRESHOLD_RULE, accuracy_at, score_loader
+from clare.scoring import THRESHOLD_RULE, accuracy_at, entry_scores, score_loader
 
 if TYPE_CHECKING:
     from clare.models.detector import Detector
@@ -134,36 +134,41 @@ def open_checked(item: StoreToScore, run: RunInfo) -> FeatureStore:
 # --------------------------------------------------------------------------- scoring
 
 
+def _scored_rows(store: FeatureStore) -> pd.DataFrame:
+    """The rows eval scores: usable view-0 rows (a test store has no other view)."""
+    rows = store.manifest()
+    return rows[(rows["status"] == "ok") & (rows["view"] == 0)]
+
+
 def score_store(detector: Detector, store: FeatureStore, *, batch_size: int,
                 device: torch.device, name: str | None = None,
                 on_batch: Callable[[int], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """p(fake) for every usable row of a store, in row order, and the rows left out.
+    """p(fake) for every entry of a store whose row is usable, in entry order, and the entries
+    left out (their row's extraction failed).
 
-    Rows whose extraction failed, or whose features are not finite, are left out.
+    Each usable row is scored once; its score is shared by every entry naming its image.
     """
-    manifest = store.manifest()
-    ok = manifest[manifest["status"] == "ok"]
+    entries = store.entry_rows(view=0)
+    ok = _scored_rows(store)
     loader = StoreLoader(
         store, ok["row"].to_numpy(), ok["label"].to_numpy(), batch_size=batch_size, seed=0,
         shuffle=False, read_tokens=detector.needs_tokens, read_lare=detector.needs_lare,
     )
-    probs, _labels, rows, _loss = score_loader(detector, loader, device, amp=False, on_batch=on_batch)
-    broken = int((~np.isfinite(probs)).sum())
+    scored_rows = score_loader(detector, loader, device, amp=False, on_batch=on_batch)
+    broken = int((~np.isfinite(scored_rows.probs)).sum())
     if broken:
         # The features are finite (extraction checked them), so the weights are the problem.
         raise ModelLoadError(
-            f"{store.path}: the run's detector gave {broken} of {len(probs)} rows a NaN or "
-            "infinite score from finite features; its weights (model.safetensors) hold NaN or "
+            f"{store.path}: the run's detector gave {broken} of {len(scored_rows.probs)} rows a NaN "
+            "or infinite score from finite features; its weights (model.safetensors) hold NaN or "
             "inf: retrain the run or restore the file"
         )
-    by_row = manifest.set_index("row", drop=False)
-    scored = by_row.loc[rows, ["row", "path", "subset", "label", "video"]].reset_index(drop=True)
-    scored["p_fake"] = probs.astype(np.float64)
+    usable = entries["status"] == "ok"
+    scored = entries.loc[usable, ["row", "path", "subset", "label", "video"]].reset_index(drop=True)
+    scored["p_fake"] = entry_scores(scored_rows, scored)
     scored["store"] = name or store.path.name
     scored = scored.astype({"row": "int64", "label": "int64"})
-    scored = scored.sort_values("row", kind="stable").reset_index(drop=True)
-    failed = manifest[~manifest["row"].isin(scored["row"])]
-    return scored[list(SCORE_COLUMNS)], failed
+    return scored[list(SCORE_COLUMNS)], entries[~usable].reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------- metrics
@@ -361,7 +366,7 @@ def score_stores(cfg: Config, run: RunInfo, opened: list[tuple[StoreToScore, Fea
 
     device = resolve_device(cfg.eval.device)
     detector = load_detector(run, device)
-    total = sum(int((store.manifest()["status"] == "ok").sum()) for _item, store in opened)
+    total = sum(len(_scored_rows(store)) for _item, store in opened)
     scored: list[ScoredStore] = []
     with step_progress(console, f"eval {run.path.name}", "images") as progress:
         task = progress.add_task("eval", total=total)
@@ -457,7 +462,7 @@ def _check_clean_subsets(opened: list[tuple[StoreToScore, FeatureStore]]) -> Non
     for index, (item, store) in enumerate(opened):
         if index > 0 and (store.meta.get("perturb") or item.perturb):
             continue
-        for subset in store.meta.get("subsets") or sorted(set(store.manifest()["subset"])):
+        for subset in store.meta.get("subsets") or sorted(set(store.entries()["subset"])):
             if subset in seen:
                 raise StoreError(
                     f"{store.path}: subset '{subset}' is also in store '{seen[subset]}'; "

@@ -30,13 +30,8 @@ import pandas as pd
 import torch
 
 from clare import fingerprint as fp
-from clare.cache.store import (
-    FeatureStore,
-    default_shard_rows,
-    index_digest,
-    row_skeleton,
-    shard_index_digests,
-)
+from clare.cache.entries import StoreLayout, store_layout
+from clare.cache.store import FeatureStore, default_shard_rows, shard_index_digests
 from clare.config import Config
 from clare.console import library_log_level, library_logging, make_console
 from clare.data.views import Perturbation, parse_perturbation
@@ -78,7 +73,8 @@ class ShardResult:
 class ExtractSummary:
     store: Path
     rows: int
-    images: int
+    images: int  # distinct images, each extracted once
+    entries: int  # listed frames pointing at them
     views: int
     ok: int
     failed: int
@@ -324,10 +320,11 @@ def _run_on_dask(job: ExtractJob, pending: list[int], workers: int, scheduler: s
             cluster.close()
 
 
-def _open_or_create(path: Path, cfg: Config, rows: pd.DataFrame, fingerprint: dict[str, Any], *,
+def _open_or_create(path: Path, cfg: Config, layout: StoreLayout, fingerprint: dict[str, Any], *,
                     overwrite: bool, console: Any, meta: dict[str, Any]) -> FeatureStore:
     """The store to extend (same settings, unsound shards dropped) or a new one; under the lock."""
     store = FeatureStore(path)
+    rows = layout.rows
     if store.exists() and overwrite:
         store.destroy()
     if not store.exists():
@@ -335,6 +332,7 @@ def _open_or_create(path: Path, cfg: Config, rows: pd.DataFrame, fingerprint: di
         shard_rows = cfg.extract.shard_rows or default_shard_rows(*shapes["tokens"])
         return FeatureStore.create(
             path, n_rows=len(rows), shapes=shapes, shard_rows=shard_rows, index=rows,
+            entries=layout.entries,
             meta={"fingerprint": fingerprint, "fingerprint_sha256": fp.digest(fingerprint), **meta},
         )
     fp.require_match(store.meta.get("fingerprint") or {}, fingerprint, fp.STORE,
@@ -349,9 +347,20 @@ def _open_or_create(path: Path, cfg: Config, rows: pd.DataFrame, fingerprint: di
         console.print(f"{path}: store.json's shard digests differ from the index; restored from the index")
         store.meta["index_shards_sha256"] = expected
         store.save_meta()
+    _restore_entries(store, layout, console)
     for index, problem in store.drop_unsound_shards().items():
         console.print(f"shard {index} is not sound ({problem}); recomputing it")
     return store
+
+
+def _restore_entries(store: FeatureStore, layout: StoreLayout, console: Any) -> None:
+    """entries.parquet follows from the index the fingerprint matched: rewrite it if lost."""
+    try:
+        store.entries()
+        return
+    except StoreError as exc:
+        console.print(f"{one_line(exc, 160)}; rewritten from the index")
+    store.write_entries(layout.entries)
 
 
 @contextmanager
@@ -405,15 +414,17 @@ def run_extract(
         _connect(scheduler).close()
 
     index = load_index(cfg, split, subsets)
-    rows = row_skeleton(index, views, perturbation.spec if perturbation else None, cfg.seed)
-    fingerprint = fp.store_fingerprint(cfg, index_sha256=index_digest(rows), views=views,
+    layout = store_layout(index, views, perturbation.spec if perturbation else None, cfg.seed)
+    rows = layout.rows
+    fingerprint = fp.store_fingerprint(cfg, index_sha256=layout.digest(), views=views,
                                        perturb=perturbation.spec if perturbation else None)
     path = store_dir(cfg, split, perturbation)
     started = time.perf_counter()
     with FeatureStore(path).lock(), _disk_full_as_store_error(path):
         store = _open_or_create(
-            path, cfg, rows, fingerprint, overwrite=overwrite, console=console,
-            meta={"split": split, "views": views, "n_images": len(index),
+            path, cfg, layout, fingerprint, overwrite=overwrite, console=console,
+            meta={"split": split, "views": views, "n_images": layout.n_images,
+                  "n_entries": len(index),
                   "perturb": perturbation.spec if perturbation else None,
                   # In index (config) order: reports list subsets in this order.
                   "subsets": [str(s) for s in pd.unique(index["subset"])],
@@ -464,7 +475,7 @@ def run_extract(
     all_reasons = Counter(reason_label(e) for e in failed_rows["error"])
     size = sum(p.stat().st_size for p in store.zarr_path.rglob("*") if p.is_file())
     summary = ExtractSummary(
-        store=path, rows=len(manifest), images=len(index), views=views,
+        store=path, rows=len(manifest), images=layout.n_images, entries=len(index), views=views,
         ok=int(len(manifest) - len(failed_rows)), failed=len(failed_rows), reasons=dict(all_reasons),
         shards_total=store.n_shards, shards_run=len(pending), seconds=seconds,
         bytes_per_row=size / max(len(manifest), 1),
@@ -482,8 +493,9 @@ def run_extract(
 def _print_summary(console: Any, summary: ExtractSummary) -> None:
     reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary.reasons.items())) or "none"
     console.print(
-        f"[bold]{summary.store}[/]: {summary.rows} rows ({summary.images} images x {summary.views} "
-        f"view(s)), {summary.ok} ok, {summary.failed} failed ({reasons}); "
+        f"[bold]{summary.store}[/]: {summary.rows} rows ({summary.images} distinct images x "
+        f"{summary.views} view(s), for {summary.entries} listed entries), {summary.ok} ok, "
+        f"{summary.failed} failed ({reasons}); "
         f"{summary.shards_run} of {summary.shards_total} shards computed in {summary.seconds:.1f} s; "
         f"{summary.bytes_per_row / 1024:.1f} KiB per row on disk"
     )

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -39,7 +40,7 @@ import torch.nn.functional as F
 import yaml
 
 from clare import fingerprint as fp
-from clare.cache.loader import StoreLoader
+from clare.cache.loader import RowCache, StoreLoader
 from clare.cache.store import FeatureStore, open_store
 from clare.config import Config, FitConfig
 from clare.errors import CheckpointError, ConfigError, RunError, StoreError, TrainingError
@@ -53,7 +54,7 @@ from clare.runs import (
     command_console,
     step_progress,
 )
-from clare.scoring import THRESHOLD_RULE, batch_logits, eer_threshold, score_loader
+from clare.scoring import THRESHOLD_RULE, batch_logits, eer_threshold, entry_scores, score_loader
 
 CHECKPOINT_FORMAT = "clare-fit-checkpoint/2"
 CHECKPOINT_KEYS = ("settings", "trainable", "optimizer", "rng", "step", "epoch", "skip", "best")
@@ -104,14 +105,14 @@ def split_videos(manifest: pd.DataFrame, fraction: float, seed: int) -> np.ndarr
     return keys.isin(chosen).to_numpy()
 
 
-def _training_rows(manifest: pd.DataFrame, views: int, epoch: int, seed: int) -> pd.DataFrame:
-    """One view per image per epoch (seeded); view 0 only when the store has one view."""
+def _training_rows(entries: pd.DataFrame, views: int, epoch: int, seed: int) -> pd.DataFrame:
+    """Every training entry once per epoch, each with one view of its image (seeded per entry,
+    so the copies of a shared real frame see different views); view 0 when there is one."""
     if views == 1:
-        return manifest
-    images = manifest.assign(image=manifest["row"] // views)
+        return entries
     rng = np.random.default_rng([seed, epoch, 7])
-    pick = rng.integers(0, views, size=int(images["image"].max()) + 1)
-    return images[images["view"].to_numpy() == pick[images["image"].to_numpy()]]
+    pick = rng.integers(0, views, size=int(entries["entry"].max()) + 1)
+    return entries[entries["view"].to_numpy() == pick[entries["entry"].to_numpy()]]
 
 
 # --------------------------------------------------------------------------- checks
@@ -164,7 +165,25 @@ def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 
 
 # fit settings that do not change the numbers a fit produces; every other one does
-RESULT_NEUTRAL_FIT_KEYS = frozenset({"name", "device", "prefetch"})
+RESULT_NEUTRAL_FIT_KEYS = frozenset({"name", "device", "prefetch", "cache"})
+
+
+# fit.cache auto holds the rows in RAM when they take at most this share of the available
+# memory; fit.cache ram refuses above RAM_CACHE_LIMIT (the rest is the model, batches, the OS).
+RAM_AUTO_SHARE = 0.5
+RAM_CACHE_LIMIT = 0.8
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation (MemAvailable; free pages elsewhere)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def fit_settings(cfg: Config, store: FeatureStore) -> dict[str, Any]:
@@ -230,13 +249,14 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
 
 @dataclass
 class TrainingRows:
-    """What fit reads from the train store: usable rows, split into training and validation."""
+    """What fit reads from the train store: the usable entries (each with its store rows, see
+    `clare.cache.entries`), split into training and validation by video."""
 
     store: FeatureStore
-    manifest: pd.DataFrame  # every usable (status ok) row
-    train: pd.DataFrame  # rows of the training videos (all views)
-    val: pd.DataFrame  # view 0 of the held-out videos
-    failed: int  # rows whose extraction failed
+    entries: pd.DataFrame  # every entry x view whose row is usable (status ok)
+    train: pd.DataFrame  # entries of the training videos (all views)
+    val: pd.DataFrame  # view 0 of the entries of the held-out videos
+    failed: int  # store rows whose extraction failed
     views: int
 
 
@@ -244,26 +264,26 @@ def select_rows(cfg: Config) -> TrainingRows:
     """Open and check the train store; hold out whole videos of both classes for validation."""
     store = open_store(cfg.paths.stores / "train", hint="clare extract --config CONFIG --split train")
     check_store_matches_config(store, cfg)
-    manifest = store.manifest()
-    failed = int((manifest["status"] != "ok").sum())
-    manifest = manifest[manifest["status"] == "ok"].reset_index(drop=True)
-    if manifest.empty:
+    entries = store.entry_rows()
+    failed = int((store.manifest()["status"] != "ok").sum())
+    entries = entries[entries["status"] == "ok"].reset_index(drop=True)
+    if entries.empty:
         raise StoreError(f"{store.path}: no usable rows (all {failed} failed); check the images")
-    classes = set(manifest["label"].astype(int))
+    classes = set(entries["label"].astype(int))
     if classes != {0, 1}:
         only = "real" if classes == {0} else "fake"
         raise StoreError(
             f"{store.path}: the train store holds only {only} images; fit needs both classes "
             "(check data.train)"
         )
-    is_val = split_videos(manifest, cfg.fit.val_fraction, cfg.seed)
-    val = manifest[is_val & (manifest["view"] == 0)]
+    is_val = split_videos(entries, cfg.fit.val_fraction, cfg.seed)
+    val = entries[is_val & (entries["view"] == 0)]
     if val.empty or set(val["label"].astype(int)) != {0, 1}:
         raise StoreError(
             f"{store.path}: too few videos to hold out a validation set with both classes; "
             "raise fit.val_fraction or add training videos"
         )
-    return TrainingRows(store, manifest, manifest[~is_val], val, failed,
+    return TrainingRows(store, entries, entries[~is_val], val, failed,
                         int(store.meta.get("views", 1)))
 
 
@@ -300,7 +320,9 @@ class FitSession:
         self.groups = self.detector.trainable_parameters()
         self.optimizer = make_optimizer(fit, self.groups)
         self.settings = settings
-        self.val_loader = self._loader(rows.val, shuffle=False)
+        self.cache = self._row_cache()
+        # Each held-out image is scored once; its score counts for every entry naming it.
+        self.val_loader = self._loader(rows.val.drop_duplicates("row"), shuffle=False)
         steps_per_epoch = -(-len(_training_rows(rows.train, rows.views, 0, cfg.seed)) // fit.batch_size)
         self.total_steps = fit.max_steps or steps_per_epoch * fit.epochs
         self.epochs = -(-self.total_steps // steps_per_epoch)
@@ -312,7 +334,30 @@ class FitSession:
         return StoreLoader(self.rows.store, rows["row"].to_numpy(), rows["label"].to_numpy(),
                            batch_size=fit.batch_size, seed=self.cfg.seed, shuffle=shuffle,
                            shuffle_window=fit.shuffle_window, prefetch=fit.prefetch,
-                           read_tokens=self.detector.needs_tokens, read_lare=self.detector.needs_lare)
+                           read_tokens=self.detector.needs_tokens, read_lare=self.detector.needs_lare,
+                           pin_memory=self.device.type == "cuda", cache=self.cache)
+
+    def _row_cache(self) -> RowCache | None:
+        """fit.cache: every training and validation row in RAM, read once (ram, or auto when
+        they take at most half the available memory), or read from the store each epoch."""
+        names = ["cls"] + ["tokens"] * self.detector.needs_tokens + ["lare"] * self.detector.needs_lare
+        rows = np.concatenate([self.rows.train["row"].to_numpy(), self.rows.val["row"].to_numpy()])
+        need, free = RowCache.bytes_needed(self.rows.store, rows, names), available_memory()
+        choice = self.fit.cache
+        if choice == "ram" and need > free * RAM_CACHE_LIMIT:
+            raise ConfigError(
+                f"fit.cache ram: the selected rows take {need / 2**30:.1f} GiB, more than "
+                f"{RAM_CACHE_LIMIT:.0%} of the {free / 2**30:.1f} GiB of memory available; set "
+                "fit.cache: none (read the store every epoch) or auto"
+            )
+        if choice == "none" or (choice == "auto" and need > free * RAM_AUTO_SHARE):
+            if choice == "auto":
+                self.console.print(f"fit.cache auto: the selected rows take {need / 2**30:.1f} GiB, "
+                                   f"more than half of the {free / 2**30:.1f} GiB available; "
+                                   "reading the store every epoch")
+            return None
+        self.console.print(f"fit.cache {choice}: reading {need / 2**30:.2f} GiB of features into RAM once")
+        return RowCache(self.rows.store, rows, names)
 
     # ------------------------------------------------------------------ restore
     def restore(self, payload: dict[str, Any], checkpoint: Path) -> None:
@@ -394,9 +439,12 @@ class FitSession:
         from clare.metrics import compute_metrics
 
         state = self.state
-        probs, labels, rows, loss = score_loader(self.detector, self.val_loader, self.device, self.amp)
-        videos = self.rows.manifest.set_index("row").loc[rows, "video"].to_numpy()
-        metrics = compute_metrics(labels, probs, videos)
+        scored = score_loader(self.detector, self.val_loader, self.device, self.amp)
+        val = self.rows.val
+        labels, probs = val["label"].to_numpy().astype(np.int64), entry_scores(scored, val)
+        # Video AUC over the held-out videos of every subset: a video is its frames' folder.
+        metrics = compute_metrics(labels, probs, video_keys(val).to_numpy())
+        loss = scored.loss
         record = {"step": state.step, "epoch": epoch, "val_loss": loss, "val_auc": metrics["auc"],
                   "val_ap": metrics["ap"], "val_acc": metrics["acc"]}
         state.history.append(record)
@@ -450,9 +498,11 @@ class FitSession:
             "threshold": {**state.best["threshold"], "rule": THRESHOLD_RULE,
                           "step": int(state.best["step"])},
             "steps": state.step,
-            "counts": {"train_rows": int(len(rows.train)), "val_rows": int(len(rows.val)),
+            "counts": {"train_entries": int(len(_training_rows(rows.train, rows.views, 0, cfg.seed))),
+                       "train_rows": int(rows.train["row"].nunique()),
+                       "val_entries": int(len(rows.val)), "val_rows": int(rows.val["row"].nunique()),
                        "skipped_failed": rows.failed, "skipped_nonfinite": state.skipped_nonfinite,
-                       "val_videos": int(rows.val["video"].nunique())},
+                       "val_videos": int(video_keys(rows.val).nunique())},
             "trainable_parameters": int(sum(p.numel() for g in self.groups.values() for p in g)),
             "history": state.history,
             "model_sha256": file_sha256(self.work_dir / MODEL_FILE),

@@ -30,9 +30,14 @@ _TABLE_COLUMNS = (
     ("duplicates", "duplicates"),
     ("unknown_labels", "unknown labels"),
     ("rejected", "rejected paths"),
+    ("label_conflicts", "label conflicts"),
     ("real", "real"),
     ("fake", "fake"),
+    ("distinct", "distinct images"),
+    ("shared", "extractions saved"),
 )
+# Counts that are not problems; any other non-zero count is shown in red.
+_PLAIN = frozenset({"listed", "found", "real", "fake", "distinct", "shared"})
 
 
 def _build_demo_inputs(cfg: Config, console: Console) -> None:
@@ -76,20 +81,39 @@ def checks_table(split: str, checks: Iterable[SubsetCheck]) -> Table:
     table.add_column("subset")
     for _, header in _TABLE_COLUMNS:
         table.add_column(header, justify="right")
-    for check in checks:
-        counts = check.counts()
+    checks = list(checks)
+    rows = [(check.subset, _table_counts(check.counts())) for check in checks]
+    totals = {key: sum(counts[key] for _, counts in rows) for key, _ in _TABLE_COLUMNS}
+    for index, (subset, counts) in enumerate([*rows, ("all", totals)]):
         cells = []
         for key, _ in _TABLE_COLUMNS:
             value = counts[key]
             # Highlight the counts that mean lost or suspicious images.
-            problem = key not in ("listed", "found", "real", "fake") and value
+            problem = key not in _PLAIN and value
             cells.append(f"[bold red]{value}[/]" if problem else str(value))
-        table.add_row(check.subset, *cells)
+        table.add_row(subset, *cells, end_section=index == len(rows) - 1)
     return table
+
+
+def _table_counts(counts: dict) -> dict:
+    """A subset's counts plus the images it adds: found entries less those shared with an
+    earlier subset (each distinct image is extracted once)."""
+    return {**counts, "distinct": counts["found"] - counts["shared"]}
+
+
+def saving_line(split: str, checks: Iterable[SubsetCheck]) -> str:
+    """entries, distinct images and the extractions one row per image saves, for a split."""
+    checks = list(checks)
+    entries = sum(check.found for check in checks)
+    saved = sum(check.shared for check in checks)
+    share = saved / entries if entries else 0.0
+    return (f"{split}: {entries} entries, {entries - saved} distinct images: "
+            f"{saved} extractions saved ({share:.1%})")
 
 
 def _print_checks(console: Console, split: str, checks: list[SubsetCheck]) -> None:
     console.print(checks_table(split, checks))
+    console.print(saving_line(split, checks))
     for check in checks:
         for note in check.notes:
             console.print(f"  {check.subset}: {note}", markup=False, highlight=False)

@@ -279,9 +279,25 @@ def test_resume_refuses_another_store_and_allows_neutral_settings(finished, tmp_
     # Device and read-ahead do not change the numbers: resuming the finished run is allowed
     # (nothing is left to train) and publishes the same weights.
     weights = (run_dir / MODEL_FILE).read_bytes()
-    again = run_fit(load_config(tmp / "config.yaml", [*overrides, "fit.prefetch=0", "fit.device=cpu"]),
+    again = run_fit(load_config(tmp / "config.yaml", [*overrides, "fit.prefetch=0", "fit.device=cpu",
+                                                      "fit.cache=none"]),
                     resume=True, quiet=True)
     assert again.steps == 2 and (run_dir / MODEL_FILE).read_bytes() == weights
+
+
+def test_rows_held_in_ram_train_the_same_weights_as_store_reads(finished, monkeypatch, capsys):
+    tmp, overrides, run_dir = finished
+    assert "fit.cache auto: reading" in (run_dir / "fit.log").read_text()  # the demo fits in RAM
+    from_store = run_fit(load_config(tmp / "config.yaml", [*overrides, "fit.name=from-store",
+                                                           "fit.cache=none"]), quiet=True)
+    held, read = load_file(str(run_dir / MODEL_FILE)), load_file(str(from_store.run_dir / MODEL_FILE))
+    assert held.keys() == read.keys() and all(torch.equal(held[k], read[k]) for k in held)
+
+    monkeypatch.setattr(fit_stage, "available_memory", lambda: 1024)
+    with pytest.raises(ConfigError, match=r"^fit.cache ram: the selected rows take .* GiB, more than "
+                                          r"80% of the 0.0 GiB of memory available; set fit.cache: none"):
+        run_fit(load_config(tmp / "config.yaml", [*overrides, "fit.name=too-big", "fit.cache=ram"]),
+                quiet=True)
 
 
 def test_a_second_fit_of_the_same_run_is_refused_while_one_runs(finished):

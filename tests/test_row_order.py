@@ -1,8 +1,10 @@
-"""Stores hold images in a seeded permutation, so the loader's batches mix classes and videos.
+"""Stores hold each distinct image once, in a seeded permutation, so the loader's batches mix
+classes and videos.
 
 The mixing test runs clare's own StoreLoader on a store of DF40's training shape (10 methods,
 719 real + 719 fake videos each, 32 frames, reals shared by every method, 128-row shards,
-batch 128). The store has tiny arrays and no shard is written: the loader's order is computed
+batch 128): an epoch visits every listed entry, and the entries of a shared real frame read
+its one row. The store has tiny arrays and no shard is written: the loader's order is computed
 without reading, so the test takes seconds.
 """
 
@@ -14,8 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from clare.cache.entries import image_write_order, store_layout
 from clare.cache.loader import BatchMixing, StoreLoader, batch_mixing
-from clare.cache.store import FeatureStore, image_write_order, index_digest, row_skeleton
+from clare.cache.store import FeatureStore
+from clare.config import FitConfig
 from clare.stages.fit import video_keys
 
 METHODS, VIDEOS, FRAMES, SHARD_ROWS, BATCH = 10, 719, 32, 128, 128
@@ -48,12 +52,22 @@ def df40_index() -> pd.DataFrame:
     return df40_shaped_index()
 
 
-def mixing_of(rows: pd.DataFrame, store: FeatureStore) -> BatchMixing:
+def mixing_of(rows: pd.DataFrame, store: FeatureStore, window: int) -> BatchMixing:
     """Batch mixing of an epoch over every row, a video being a frame folder (as fit keys it)."""
     loader = StoreLoader(store, rows["row"].to_numpy(), rows["label"].to_numpy(),
-                         batch_size=BATCH, seed=0, shuffle_window=2, prefetch=0)
-    videos = pd.factorize(video_keys(rows))[0]
-    return batch_mixing(loader, 0, rows["label"].to_numpy(), videos)
+                         batch_size=BATCH, seed=0, shuffle_window=window, prefetch=0)
+    # batch_mixing looks labels and videos up by store row (entries of one row agree on both).
+    label_of_row = np.zeros(store.n_rows, dtype=np.int64)
+    video_of_row = np.zeros(store.n_rows, dtype=np.int64)
+    label_of_row[rows["row"]] = rows["label"]
+    video_of_row[rows["row"]] = pd.factorize(video_keys(rows))[0]
+    return batch_mixing(loader, 0, label_of_row, video_of_row)
+
+
+def entries_in_store_order(index: pd.DataFrame) -> pd.DataFrame:
+    """Every entry with the store row of its image (one view), as fit's epoch lists them."""
+    layout = store_layout(index, 1, None, seed=0)
+    return layout.entries.assign(row=layout.entries["image"])
 
 
 def test_df40_shaped_batches_mix_classes_and_videos(df40_index: pd.DataFrame, tmp_path: Path) -> None:
@@ -61,8 +75,12 @@ def test_df40_shaped_batches_mix_classes_and_videos(df40_index: pd.DataFrame, tm
     assert n == METHODS * 2 * VIDEOS * FRAMES
     store = FeatureStore.create(tmp_path / "store", n_rows=n, shapes=TINY_SHAPES,
                                 shard_rows=SHARD_ROWS, meta={})
-    before = mixing_of(in_index_order(df40_index), store)
-    after = mixing_of(row_skeleton(df40_index, 1, None, seed=0), store)
+    # Before: one row per entry in index order, read with the loader's old window of 2 shards.
+    before = mixing_of(in_index_order(df40_index), store, window=2)
+    entries = entries_in_store_order(df40_index)
+    # One row per distinct image: the reals are held once, not once per method.
+    assert entries["row"].nunique() == (1 + METHODS) * VIDEOS * FRAMES
+    after = mixing_of(entries, store, window=FitConfig().shuffle_window)
     # Index order: a window of two 128-row shards is a handful of videos of one or two classes
     # (47% single-class batches, a median of 8 videos).
     assert before.single_class_fraction > 0.3
@@ -73,27 +91,42 @@ def test_df40_shaped_batches_mix_classes_and_videos(df40_index: pd.DataFrame, tm
     assert after.median_videos >= 100
 
 
-def test_row_skeleton_is_a_seeded_image_permutation_with_views_adjacent() -> None:
+def test_store_layout_holds_each_image_once_in_a_seeded_order_with_views_adjacent() -> None:
     index = df40_shaped_index(methods=2, videos=5, frames=4)
-    rows = row_skeleton(index, 3, "jpeg=50", seed=7)
-    assert list(rows["row"]) == list(range(len(index) * 3))
+    layout = store_layout(index, 3, "jpeg=50", seed=7)
+    rows, entries = layout.rows, layout.entries
+    distinct = index["path"].nunique()
+    assert distinct == 3 * 5 * 4 < len(index)  # the reals are listed by both methods
+    assert layout.n_images == distinct and len(rows) == distinct * 3
+    assert list(rows["row"]) == list(range(distinct * 3))
     assert (rows["view"].to_numpy() == rows["row"].to_numpy() % 3).all()
     assert (rows["perturb"] == "jpeg=50").all()
     # The three views of an image are adjacent: row // views names the image.
-    image = rows["row"] // 3
-    assert (rows.groupby(image)["path"].nunique() == 1).all()
-    assert (rows.groupby(image)["subset"].nunique() == 1).all()
-    # Every listed entry is held exactly once per view, in the seeded order.
+    assert (rows.groupby(rows["row"] // 3)["path"].nunique() == 1).all()
+    assert rows.loc[rows["view"] == 0, "path"].is_unique
+    # Every entry keeps its identity and points at the row of its own image and label.
     keys = ["path", "subset", "label", "video", "frame"]
-    first_views = rows[rows["view"] == 0][keys].reset_index(drop=True)
-    expected = index.iloc[image_write_order(len(index), 7)][keys].reset_index(drop=True)
-    pd.testing.assert_frame_equal(first_views, expected)
-    assert sorted(map(tuple, first_views.to_numpy().tolist())) == sorted(
-        map(tuple, index[keys].to_numpy().tolist()))
-    # Not index order, and deterministic: the same (seed, index) gives the same rows.
-    assert not first_views.equals(index[keys].reset_index(drop=True))
-    pd.testing.assert_frame_equal(rows, row_skeleton(index, 3, "jpeg=50", seed=7))
-    assert index_digest(rows) != index_digest(row_skeleton(index, 3, "jpeg=50", seed=8))
+    pd.testing.assert_frame_equal(entries[keys], index[keys].astype(entries[keys].dtypes))
+    first_view = rows.set_index("row").loc[entries["image"].to_numpy() * 3]
+    assert (first_view["path"].to_numpy() == entries["path"].to_numpy()).all()
+    assert (first_view["label"].to_numpy() == entries["label"].to_numpy()).all()
+    # Images in the seeded order of first listing: not index order, and deterministic.
+    first_listed = pd.unique(index["path"])
+    expected = first_listed[image_write_order(distinct, 7)]
+    assert list(rows.loc[rows["view"] == 0, "path"]) == list(expected)
+    assert list(expected) != list(first_listed)
+    again = store_layout(index, 3, "jpeg=50", seed=7)
+    pd.testing.assert_frame_equal(rows, again.rows)
+    assert layout.digest() == again.digest() != store_layout(index, 3, "jpeg=50", seed=8).digest()
+
+
+def test_store_layout_refuses_an_image_listed_with_both_labels() -> None:
+    from clare.errors import DataError
+
+    index = df40_shaped_index(methods=2, videos=2, frames=2)
+    index.loc[len(index) - 1, "path"] = index.loc[0, "path"]  # a fake entry naming a real image
+    with pytest.raises(DataError, match=r"listed as real by method0_ff, method1_ff and as fake by method1_ff"):
+        store_layout(index, 1, None, seed=0)
 
 
 def test_epoch_rows_is_the_order_the_batches_read(tmp_path: Path) -> None:

@@ -70,7 +70,7 @@ def test_healthy_store_verifies_and_info_prints_counts(reference: dict) -> None:
     runner = CliRunner()
     result = runner.invoke(app, ["info", str(reference["store"])])
     assert result.exit_code == 0, result.output
-    assert f"{N_IMAGES} ({N_IMAGES} images x 1 view(s))" in result.output
+    assert f"{N_IMAGES} ({N_IMAGES} distinct images x 1 view(s); {N_IMAGES} listed entries)" in result.output
     assert "3/3 complete" in result.output
     assert "float16" in result.output
     result = runner.invoke(app, ["verify", str(reference["store"])])
@@ -305,7 +305,7 @@ def test_shard_copied_from_another_store_is_damaged_and_redone(
     summary = run_extract(cfg, split="train", quiet=True)
     assert summary.shards_run == 1
     assert_stores_equal(store_path, reference["store"])
-    assert set(FeatureStore(store_path).manifest()["subset"]) == {"alpha", "beta"}
+    assert set(FeatureStore(store_path).entries()["subset"]) == {"alpha", "beta"}
     assert verify_store(store_path).ok
 
 
@@ -337,9 +337,9 @@ def test_edited_shard_digests_in_store_json_fail_the_index_check(reference: dict
     cfg, store_path = _copy(reference, tmp_path)
     _flip_labels(store_path, forge_markers=True)
     store = FeatureStore(store_path)
-    from clare.cache.store import index_digest
+    from clare.cache.entries import rows_digest
 
-    store.meta["index_shards_sha256"] = [index_digest(pd.read_parquet(store.part_path(i)))
+    store.meta["index_shards_sha256"] = [rows_digest(pd.read_parquet(store.part_path(i)))
                                          for i in range(store.n_shards)]
     store.meta["manifest_sha256"] = file_sha256(store.manifest_path)
     store.save_meta()
@@ -347,7 +347,7 @@ def test_edited_shard_digests_in_store_json_fail_the_index_check(reference: dict
     report = verify_store(store_path, repair=False)
     failed = {c.name: c.detail for c in report.checks if not c.ok}
     assert set(failed) == {"index"}, failed
-    assert "do not match the index digest the fingerprint records" in failed["index"]
+    assert "do not match the layout digest the fingerprint records" in failed["index"]
     assert not report.ok and "--overwrite" in (report.advice() or "")
     # extract trusts the index (it matches the fingerprint), not store.json: it redoes every shard.
     assert run_extract(cfg, split="train", quiet=True).shards_run == 3
@@ -434,24 +434,27 @@ def test_arrays_without_checksums_fail_verify(reference: dict, tmp_path: Path) -
     assert failed["arrays"] == "cls: chunks carry no crc32c checksum"
 
 
+@pytest.mark.parametrize("old", ["clare-store/1", "clare-store/2"])
 def test_old_format_store_is_one_line_naming_format_and_rebuild(
-    reference: dict, tmp_path: Path, capsys, monkeypatch
+    reference: dict, tmp_path: Path, capsys, monkeypatch, old: str
 ) -> None:
+    from clare.cache.store import FORMAT
+
     cfg, store_path = _copy(reference, tmp_path)
     meta = json.loads((store_path / "store.json").read_text())
-    meta["format"] = "clare-store/1"
+    meta["format"] = old
     (store_path / "store.json").write_text(json.dumps(meta))
     rebuild = "clare extract --config CONFIG --split train --overwrite"
     for command in ("info", "verify"):
         code, _, err = _cli([command, str(store_path)], capsys, monkeypatch)
         line = _one_error_line(err)
         assert code == 2
-        assert "store format clare-store/1 is not clare-store/2" in line and rebuild in line
+        assert f"store format {old} is not {FORMAT}" in line and rebuild in line
     from clare.cache.store import open_store
 
-    with pytest.raises(StoreError, match="clare-store/1"):
+    with pytest.raises(StoreError, match=old):
         open_store(store_path)
-    with pytest.raises(StoreError, match="clare-store/1"):
+    with pytest.raises(StoreError, match=old):
         run_extract(cfg, split="train", quiet=True)
     assert run_extract(cfg, split="train", overwrite=True, quiet=True).shards_run == 3
     assert_stores_equal(store_path, reference["store"])

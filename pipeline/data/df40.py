@@ -44,6 +44,8 @@ class SubsetCheck:
     duplicates: int = 0  # selected frames whose path was already listed in this subset
     unknown_labels: int = 0  # frames whose label name maps to neither real nor fake
     rejected: int = 0  # listed paths that would leave data.root
+    label_conflicts: int = 0  # frames dropped: their image is listed with the other label too
+    shared: int = 0  # kept frames whose image an earlier subset lists: not extracted again
     real: int = 0  # index rows with label 0
     fake: int = 0  # index rows with label 1
     notes: list[str] = field(default_factory=list)  # tolerated oddities, e.g. a renamed top key
@@ -461,6 +463,66 @@ def _as_frame(rows: Iterable[_Frame], subset: str, split: str) -> pd.DataFrame:
     })
 
 
+# --------------------------------------------------------------------------- one image, two labels
+
+
+def label_conflicts(index: pd.DataFrame) -> pd.DataFrame:
+    """One line per path listed with both labels: path, real_subsets, fake_subsets."""
+    labels = index.groupby("path", sort=False)["label"].nunique()
+    paths = labels.index[labels > 1]
+    if not len(paths):
+        return pd.DataFrame(columns=["path", "real_subsets", "fake_subsets"])
+    clash = index[index["path"].isin(paths)]
+
+    def subsets(label: int) -> pd.Series:
+        picked = clash[clash["label"].astype(int) == label]
+        return picked.groupby("path", sort=False)["subset"].agg(lambda s: sorted(set(map(str, s))))
+
+    return pd.DataFrame({"path": list(paths), "real_subsets": subsets(0).reindex(paths).to_list(),
+                         "fake_subsets": subsets(1).reindex(paths).to_list()})
+
+
+def conflict_message(conflicts: pd.DataFrame, sources: dict[str, str] | None = None) -> str:
+    """The one-line error for label conflicts: the first path and the lists that disagree."""
+    sources = sources or {}
+    first = conflicts.iloc[0]
+
+    def named(subsets: list[str]) -> str:
+        return ", ".join(f"{s} ({sources[s]})" if s in sources else s for s in subsets)
+
+    more = f" (and {len(conflicts) - 1} more images)" if len(conflicts) > 1 else ""
+    return (f"{first['path']} is listed as real by {named(first['real_subsets'])} and as fake by "
+            f"{named(first['fake_subsets'])}{more}; fix the lists, or set "
+            "data.on_label_conflict: skip to drop such images and count them")
+
+
+def _drop_label_conflicts(index: pd.DataFrame, checks: list[SubsetCheck], sources: dict[str, str],
+                          how: str) -> pd.DataFrame:
+    """Refuse (how="error") or drop and count (how="skip") images listed with both labels."""
+    conflicts = label_conflicts(index)
+    if not len(conflicts):
+        return index
+    if how == "error":
+        raise DataIndexError(conflict_message(conflicts, sources), checks)
+    dropped = index["path"].isin(conflicts["path"])
+    by_subset = index[dropped].groupby("subset")["label"]
+    for check in checks:
+        if check.subset in by_subset.groups:
+            labels = by_subset.get_group(check.subset).astype(int)
+            check.label_conflicts += len(labels)
+            check.found -= len(labels)
+            check.fake -= int(labels.sum())
+            check.real -= int((labels == 0).sum())
+    return index[~dropped].reset_index(drop=True)
+
+
+def _count_shared(index: pd.DataFrame, checks: list[SubsetCheck]) -> None:
+    """Per subset, the entries whose image an earlier entry (in config order) already lists."""
+    shared = index[index["path"].duplicated(keep="first")].groupby("subset").size()
+    for check in checks:
+        check.shared = int(shared.get(check.subset, 0))
+
+
 def build_index(cfg: Config, split: Literal["train", "test"]) -> tuple[pd.DataFrame, list[SubsetCheck]]:
     """Index every subset of `data.train` or `data.test` and count what is wrong with it.
 
@@ -473,6 +535,7 @@ def build_index(cfg: Config, split: Literal["train", "test"]) -> tuple[pd.DataFr
     parts: list[pd.DataFrame] = []
     checks: list[SubsetCheck] = []
     problems: list[str] = []
+    sources: dict[str, str] = {}
     for spec in specs:
         try:
             rows, check = _index_subset(cfg, spec, split)
@@ -480,6 +543,7 @@ def build_index(cfg: Config, split: Literal["train", "test"]) -> tuple[pd.DataFr
             raise DataIndexError(str(exc), checks + exc.checks) from None
         checks.append(check)
         source = spec.folder if spec.folder is not None else str(_list_path(cfg.data, spec))
+        sources[spec.name] = source
         problem = _problem(spec, check, source)
         if problem:
             problems.append(problem)
@@ -488,4 +552,6 @@ def build_index(cfg: Config, split: Literal["train", "test"]) -> tuple[pd.DataFr
         more = f" (and {len(problems) - 1} more subsets)" if len(problems) > 1 else ""
         raise DataIndexError(problems[0] + more, checks)
     index = pd.concat(parts, ignore_index=True) if parts else _as_frame([], "", split)
+    index = _drop_label_conflicts(index, checks, sources, cfg.data.on_label_conflict)
+    _count_shared(index, checks)
     return index, checks
