@@ -167,7 +167,8 @@ class OperatingPoint:
     """The threshold that decides "fake": the run's validation threshold, else 0.5."""
 
     value: float
-    source: str
+    source: str  # where it comes from, a clause for a caption
+    name: str  # a few words for a heading or a parenthesis
     from_validation: bool
 
 
@@ -176,9 +177,10 @@ def operating_point(metrics: Mapping[str, Any]) -> OperatingPoint:
     value = recorded.get("value") if isinstance(recorded, Mapping) else None
     if is_number(value):
         rule = recorded.get("rule") or "chosen on the run's validation videos"
-        return OperatingPoint(float(value), f"chosen by `clare fit`: {rule} (run.yaml, threshold)",
-                              True)
-    return OperatingPoint(0.5, "the fixed 0.5: the run records no validation threshold", False)
+        return OperatingPoint(float(value), f"chosen by clare fit, {rule}, recorded in run.yaml "
+                              "under threshold", "the run's validation threshold", True)
+    return OperatingPoint(0.5, "the fixed 0.5, as the run records no validation threshold",
+                          "0.5, no validation threshold recorded", False)
 
 
 # --------------------------------------------------------------------------- sections
@@ -401,8 +403,8 @@ def _threshold_blocks(subsets: Mapping[str, Mapping[str, Any]], mean: Mapping[st
     heading = Heading("Accuracy at the validation threshold")
     if not point.from_validation:
         return [heading, Paragraph(
-            "The run records no operating threshold chosen on validation (run.yaml has no "
-            "`threshold`; runs fitted before `clare fit` chose one). Refit the run to get the "
+            "The run records no operating threshold chosen on validation (its run.yaml has "
+            "no threshold: runs fitted before clare fit chose one). Refit the run to get the "
             "accuracy at it; accuracies below are at 0.5.")]
     return [heading, _threshold_table(subsets, mean, point)]
 
@@ -592,7 +594,7 @@ def _error_blocks(clean: pd.DataFrame, point: OperatingPoint, fig_dir: Path,
     n_fn = int(((clean["label"] == 1) & (clean["p_fake"] < point.value)).sum())
     folder = fig_dir / ERRORS_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    intro = (f"At threshold {point.value:.4f} ({point.source}): {n_fp} false positive(s) and "
+    intro = (f"At threshold {point.value:.4f} ({point.name}): {n_fp} false positive(s) and "
              f"{n_fn} false negative(s) among {len(clean)} clean test images. Shown: the most "
              "confident of each, with the image as listed (thumbnail) and its LaRE map (mean "
              "over the latent channels) over the image.")
