@@ -38,6 +38,10 @@ MEAN_METRICS: tuple[str, ...] = (
 COUNT_METRICS: tuple[str, ...] = ("n_real", "n_fake")
 
 
+# Accuracy at the operating threshold `clare fit` chose on the run's validation videos: written
+# per subset by `clare eval` (it needs the run, so compute_metrics leaves it out), read by the report.
+THRESHOLD_ACC = "acc_at_val_threshold"
+
 # The one table of metric titles (key -> column title). The console table of `clare eval`,
 # the report's tables and every "undefined" note take their names from here.
 METRIC_TITLES: dict[str, str] = {

@@ -32,6 +32,7 @@ from clare.metrics import (
     CALIBRATION_BINS,
     ROBUSTNESS_TABLE,
     SUBSET_TABLE,
+    THRESHOLD_ACC,
     describe_undefined,
     expected_calibration_error,
     is_number,
@@ -46,7 +47,6 @@ VIDEOS_FILE = "videos.csv"  # every video of the clean test stores, worst first
 LATEX_FILE = "report.tex"
 WORST_ERRORS = 8  # false positives and false negatives shown, each
 VIDEOS_SHOWN = 20  # rows of the per-video table in the report (all of them in VIDEOS_FILE)
-THRESHOLD_ACC = "acc_at_val_threshold"  # written by `clare eval` (clare.stages.evaluate)
 
 # Reads LaRE maps of a store: (store name, row ids) -> array (len(rows), C, H, W).
 LareReader = Callable[[str, np.ndarray], np.ndarray]

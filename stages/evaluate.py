@@ -39,6 +39,7 @@ from clare.console import make_console
 from clare.dvc_summary import write_dvc_files
 from clare.errors import ConfigError, ModelLoadError, ReportError, StoreError, one_line, short_repr
 from clare.files import atomic_write_metrics_json, atomic_write_parquet
+from clare.metrics import THRESHOLD_ACC
 from clare.runs import (
     EVAL_LOG,
     RunInfo,
@@ -54,8 +55,6 @@ if TYPE_CHECKING:
     from clare.models.detector import Detector
 
 SCORE_COLUMNS = ("row", "path", "subset", "label", "video", "p_fake", "store")
-# Accuracy at the operating threshold `clare fit` chose on the run's validation videos.
-THRESHOLD_ACC = "acc_at_val_threshold"
 
 
 @dataclass
