@@ -473,7 +473,8 @@ def markdown_table(table: CompareTable) -> dict[str, Any]:
             "align": ["---"] * n_run + ["---:"] * (len(frame.columns) - n_run)}
 
 
-def _templates() -> Any:
+def template_environment() -> Any:
+    """Jinja2 for the templates in clare/templates: autoescaped, undefined names an error."""
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
     return Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
@@ -522,7 +523,7 @@ def write_outputs(runs: Sequence[RunResult], table: CompareTable, out_dir: Path,
         "runs": [{"name": r.name, "report": str(r.report_dir)} for r in runs],
         "robustness_title": f"Robustness: mean {table.metric} on clean and perturbed test stores",
     }
-    env = _templates()
+    env = template_environment()
     outputs = CompareOutputs(out_dir / "compare.md", out_dir / "compare.csv",
                              out_dir / "compare.tex", out_dir / "compare.html", roc, None)
     long_table(table).to_csv(outputs.csv, index=False)

@@ -64,6 +64,26 @@ def _upsample(values: np.ndarray, size: int, resample: Image.Resampling) -> np.n
     return np.asarray(image.resize((size, size), resample), dtype=np.float32)
 
 
+def lare_channel_mean(lare: np.ndarray, where: object = "LaRE map") -> np.ndarray:
+    """A (C, H, W) LaRE map as one (H, W) map, the mean over its latent channels."""
+    values = np.asarray(lare, dtype=np.float32)
+    if values.ndim == 3:
+        return values.mean(axis=0)
+    if values.ndim == 2:
+        return values
+    raise ValueError(f"{where}: expected a (C, H, W) LaRE map, got shape {values.shape}")
+
+
+def draw_lare_overlay(axis: Any, picture: np.ndarray | None, lare: np.ndarray) -> None:
+    """A (H, W) LaRE map upsampled over a square (H, H, 3) picture; the map alone without one.
+    The one drawing of a LaRE map over its image (`predict --explain` and the eval report)."""
+    if picture is None:
+        axis.imshow(lare, cmap="magma")
+        return
+    axis.imshow(picture)
+    axis.imshow(_upsample(lare, picture.shape[0], Image.Resampling.BILINEAR), cmap="magma", alpha=0.6)
+
+
 def explanation_png(path: Path, explain: dict[str, np.ndarray], title: str) -> None:
     """The three-panel figure of one image."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -78,8 +98,7 @@ def explanation_png(path: Path, explain: dict[str, np.ndarray], title: str) -> N
     axes = figure.subplots(1, panels)
     axes[0].imshow(picture)
     axes[0].set_title("as the model saw it", fontsize=9)
-    axes[1].imshow(picture)
-    axes[1].imshow(_upsample(explain["lare"], side, Image.Resampling.BILINEAR), cmap="magma", alpha=0.6)
+    draw_lare_overlay(axes[1], picture, explain["lare"])
     axes[1].set_title("LaRE map (mean of 4 channels)", fontsize=9)
     if attention is not None:
         axes[2].imshow(picture)

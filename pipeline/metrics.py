@@ -38,6 +38,10 @@ MEAN_METRICS: tuple[str, ...] = (
 COUNT_METRICS: tuple[str, ...] = ("n_real", "n_fake")
 
 
+# Accuracy at the operating threshold `clare fit` chose on the run's validation videos: written
+# per subset by `clare eval` (it needs the run, so compute_metrics leaves it out), read by the report.
+THRESHOLD_ACC = "acc_at_val_threshold"
+
 # The one table of metric titles (key -> column title). The console table of `clare eval`,
 # the report's tables and every "undefined" note take their names from here.
 METRIC_TITLES: dict[str, str] = {
@@ -414,3 +418,46 @@ def summarize(per_subset: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         out[key] = int(sum(int(per_subset[n].get(key) or 0) for n in per_subset))
     out["notes"] = notes
     return out
+
+
+# --------------------------------------------------------------------------- calibration
+
+CALIBRATION_BINS = 15  # equal-width bins on [0, 1], the usual count for ECE
+
+
+def calibration_bins(labels: Any, p_fake: Any, n_bins: int = CALIBRATION_BINS) -> pd.DataFrame:
+    """The non-empty equal-width bins of p(fake): ``count``, ``confidence`` (mean p_fake) and
+    ``fraction_fake`` (share of label 1), in bin order.
+
+    Binned as scikit-learn's ``calibration_curve(strategy="uniform")`` bins (a score on an inner
+    edge joins the lower bin), so its two arrays are the last two columns here; this adds the
+    counts that the expected calibration error weighs the bins by.
+    """
+    y = _as_labels(labels)
+    s = _as_scores(p_fake, y.shape[0])
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be at least 1, got {n_bins}")
+    if s.size and (s.min() < 0.0 or s.max() > 1.0):
+        raise ValueError("p_fake must lie in [0, 1] for calibration")
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bin_ids = np.searchsorted(edges[1:-1], s)
+    count = np.bincount(bin_ids, minlength=n_bins)
+    filled = count > 0
+    return pd.DataFrame({
+        "bin": np.flatnonzero(filled),
+        "count": count[filled],
+        "confidence": np.bincount(bin_ids, weights=s, minlength=n_bins)[filled] / count[filled],
+        "fraction_fake": np.bincount(bin_ids, weights=y, minlength=n_bins)[filled] / count[filled],
+    })
+
+
+def expected_calibration_error(labels: Any, p_fake: Any,
+                               n_bins: int = CALIBRATION_BINS) -> float | None:
+    """ECE of p(fake): the sum over equal-width bins of (bin count / n) times the gap between
+    the bin's share of fakes and its mean p(fake). 0 is perfectly calibrated; None without images."""
+    bins = calibration_bins(labels, p_fake, n_bins)
+    total = int(bins["count"].sum())
+    if total == 0:
+        return None
+    gaps = (bins["fraction_fake"] - bins["confidence"]).abs()
+    return float((bins["count"] / total * gaps).sum())

@@ -1,10 +1,12 @@
-"""Evaluation report: `report.md` plus a self-contained `report.html` and PNG figures.
+"""Evaluation report: `report.md`, a self-contained `report.html`, `report.tex` and figures.
 
 The report is first built as a small list of neutral blocks (heading, paragraph, table, figure,
-collapsible code) and then rendered twice, so the Markdown and the HTML always say the same
-thing. The HTML inlines its CSS and its images (base64 data URIs) and links to nothing outside
-the file, so it can be mailed or opened offline. Figures use matplotlib's Agg canvas directly
-(no pyplot), which leaves the process-wide backend alone.
+error gallery, collapsible code) and then rendered by two Jinja2 templates
+(`templates/report.html.j2`, `templates/report.md.j2`, both autoescaped), so the Markdown and
+the HTML always say the same thing. Tables go through pandas: a Styler writes them as HTML and
+as LaTeX (`report.tex`, booktabs), `DataFrame.to_markdown` as Markdown. The HTML inlines its
+CSS and its images (base64 data URIs) and links to nothing outside the file, so it can be
+mailed or opened offline. Figures are PNG with an SVG beside each (`clare.report_figures`).
 """
 
 from __future__ import annotations
@@ -12,35 +14,42 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 import re
-from collections.abc import Mapping, Sequence
+import shutil
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePath
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import yaml
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from markupsafe import Markup, escape
 
-from clare.data.views import PERTURBATION_KINDS, parse_perturbation
-from clare.errors import ConfigError, reason_label
+from clare import report_figures as figures
+from clare.errors import ClareError, reason_label
 from clare.metrics import (
+    CALIBRATION_BINS,
     ROBUSTNESS_TABLE,
     SUBSET_TABLE,
+    THRESHOLD_ACC,
     describe_undefined,
+    expected_calibration_error,
     is_number,
     metric_title,
-    roc_points,
     summarize,
     table_keys,
 )
 
-FIGURE_NAMES = ("roc.png", "scores.png", "robustness.png", "lare.png")
-_PNG_METADATA = {"Software": None}  # keeps figure bytes identical across matplotlib builds
-_REAL_COLOUR, _FAKE_COLOUR = "#3b75af", "#d9622b"
+FIGURE_NAMES = ("roc.png", "scores.png", "calibration.png", "robustness.png", "lare.png")
+ERRORS_DIR = "errors"  # under figures/: thumbnails and LaRE overlays of the worst errors
+VIDEOS_FILE = "videos.csv"  # every video of the clean test stores, worst first
+LATEX_FILE = "report.tex"
+WORST_ERRORS = 8  # false positives and false negatives shown, each
+VIDEOS_SHOWN = 20  # rows of the per-video table in the report (all of them in VIDEOS_FILE)
+
+# Reads LaRE maps of a store: (store name, row ids) -> array (len(rows), C, H, W).
+LareReader = Callable[[str, np.ndarray], np.ndarray]
 
 # --------------------------------------------------------------------------- document model
 
@@ -54,18 +63,21 @@ class Cell:
 
 @dataclass
 class Heading:
+    kind: ClassVar[str] = "heading"
     text: str
     level: int = 2
 
 
 @dataclass
 class Paragraph:
+    kind: ClassVar[str] = "paragraph"
     text: str
     css_class: str | None = None
 
 
 @dataclass
 class Table:
+    kind: ClassVar[str] = "table"
     header: list[str]
     rows: list[list[Cell]]
     caption: str | None = None
@@ -75,35 +87,48 @@ class Table:
 
 @dataclass
 class Picture:
-    path: Path  # file inside out_dir/figures
+    kind: ClassVar[str] = "picture"
+    path: Path  # PNG inside out_dir/figures, an SVG beside it
     alt: str
     caption: str
 
 
 @dataclass
+class ErrorItem:
+    """One misclassified image: where it is, its score, its thumbnail and its LaRE overlay."""
+
+    rank: int
+    subset: str
+    where: str  # video/frame
+    p_fake: str
+    thumbnail: Path | None
+    thumbnail_note: str  # why there is no thumbnail
+    lare: Path | None
+    lare_note: str  # why there is no LaRE map
+
+
+@dataclass
+class ErrorGallery:
+    kind: ClassVar[str] = "errors"
+    title: str
+    items: list[ErrorItem]
+    empty: str  # said when there is no such error
+
+
+@dataclass
 class CodeDetails:
+    kind: ClassVar[str] = "code"
     summary: str
     code: str
     language: str
 
 
-Block = Heading | Paragraph | Table | Picture | CodeDetails
+Block = Heading | Paragraph | Table | Picture | ErrorGallery | CodeDetails
 
 
 # --------------------------------------------------------------------------- formatting
 
-
-def _video_and_frame(path: object) -> str:
-    parts = PurePath(str(path)).parts
-    return "/".join(parts[-2:])
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return str(int(value))
-    if is_number(value):
-        return f"{float(value):.3f}"
-    return "—"
+_fmt = figures.fmt
 
 
 def _metric_cell(metrics: Mapping[str, Any], key: str) -> Cell:
@@ -125,215 +150,37 @@ def _mean_cell(mean: Mapping[str, Any], key: str, n_subsets: int) -> Cell:
     return cell
 
 
-# --------------------------------------------------------------------------- figures
+def _mean_row(label: str, values: Sequence[Any]) -> list[Cell]:
+    """A last row of plain means: the mean of each column's numbers, "—" where it has none."""
+    cells = [Cell(label)]
+    for column in values:
+        numbers = [float(v) for v in column if is_number(v)]
+        cells.append(Cell(_fmt(float(np.mean(numbers))) if numbers else "—", numeric=True))
+    return cells
 
 
-def _save(fig: Figure, path: Path) -> Path:
-    FigureCanvasAgg(fig)
-    fig.savefig(path, format="png", dpi=110, metadata=_PNG_METADATA)
-    return path
+# --------------------------------------------------------------------------- operating point
 
 
-def _colours(n: int) -> list[Any]:
-    from matplotlib import colormaps
+@dataclass
+class OperatingPoint:
+    """The threshold that decides "fake": the run's validation threshold, else 0.5."""
 
-    cmap = colormaps["tab10" if n <= 10 else "tab20"]
-    return [cmap(i % cmap.N) for i in range(n)]
-
-
-def _roc_figure(
-    clean: pd.DataFrame, subsets: list[str], auc_of: Mapping[str, Any], path: Path
-) -> Path:
-    fig = Figure(figsize=(7.2, 5.4), layout="constrained")
-    ax = fig.add_subplot()
-    ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="#999999", label="chance")
-    drawn = 0
-    for name, colour in zip(subsets, _colours(len(subsets)), strict=True):
-        rows = clean[clean["subset"] == name]
-        points = roc_points(rows["label"].to_numpy(), rows["p_fake"].to_numpy())
-        if not points:
-            continue
-        auc = auc_of.get(name)
-        label = f"{name} (AUC {_fmt(auc)})" if is_number(auc) else name
-        ax.plot(
-            [p["fpr"] for p in points],
-            [p["tpr"] for p in points],
-            lw=1.4,
-            color=colour,
-            label=label,
-        )
-        drawn += 1
-    if not drawn:
-        ax.text(0.5, 0.5, "no subset holds both classes", ha="center", va="center")
-    ax.set(
-        xlim=(0, 1),
-        ylim=(0, 1.01),
-        xlabel="false positive rate (real called fake)",
-        ylabel="true positive rate (fake called fake)",
-        title="ROC per subset",
-    )
-    ax.grid(alpha=0.3)
-    outside = len(subsets) > 8
-    ax.legend(
-        fontsize=7 if outside else 8,
-        loc="upper left" if outside else "lower right",
-        bbox_to_anchor=(1.02, 1.0) if outside else None,
-        frameon=False,
-    )
-    return _save(fig, path)
+    value: float
+    source: str  # where it comes from, a clause for a caption
+    name: str  # a few words for a heading or a parenthesis
+    from_validation: bool
 
 
-def _score_histograms(clean: pd.DataFrame, subsets: list[str], path: Path) -> Path:
-    n_cols = min(4, len(subsets))
-    n_rows = math.ceil(len(subsets) / n_cols)
-    fig = Figure(figsize=(3.1 * n_cols, 2.4 * n_rows + 0.4), layout="constrained")
-    axes = fig.subplots(n_rows, n_cols, squeeze=False)
-    low = min(0.0, float(clean["p_fake"].min())) if len(clean) else 0.0
-    high = max(1.0, float(clean["p_fake"].max())) if len(clean) else 1.0
-    bins = np.linspace(low, high, 31)
-    for index, (ax, name) in enumerate(zip(axes.flat, subsets, strict=False)):
-        rows = clean[clean["subset"] == name]
-        real = rows.loc[rows["label"] == 0, "p_fake"].to_numpy()
-        fake = rows.loc[rows["label"] == 1, "p_fake"].to_numpy()
-        # Each class sums to 1, so shapes compare even when one class is 100x larger.
-        for values, colour, label in ((real, _REAL_COLOUR, "real"), (fake, _FAKE_COLOUR, "fake")):
-            weights = np.full(len(values), 1.0 / max(len(values), 1))
-            ax.hist(values, bins=bins, weights=weights, color=colour, alpha=0.6, label=label)
-        if index + n_cols >= len(subsets):  # last panel of its column
-            ax.set_xlabel("p(fake)", fontsize=8)
-        if index % n_cols == 0:
-            ax.set_ylabel("share of class", fontsize=8)
-        ax.axvline(0.5, color="#444444", lw=0.8, ls=":")
-        ax.set_title(f"{name}  ({len(real)} real, {len(fake)} fake)", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.set_xlim(low, high)
-    for ax in list(axes.flat)[len(subsets) :]:
-        ax.set_axis_off()
-    legend: dict[str, Any] = {}
-    for ax in axes.flat:
-        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
-            legend.setdefault(label, handle)
-    fig.legend(
-        list(legend.values()),
-        list(legend),
-        loc="outside upper center",
-        ncols=2,
-        frameon=False,
-        fontsize=8,
-    )
-    return _save(fig, path)
-
-
-def _kind_and_level(spec: str) -> tuple[str, float | None]:
-    """("jpeg", 50.0) for a known perturbation spec; (the text, None) for anything else."""
-    try:
-        perturbation = parse_perturbation(spec)
-    except ConfigError:
-        return spec.strip(), None
-    if perturbation is None:
-        return spec.strip(), None
-    return perturbation.kind, perturbation.value
-
-
-_Point = tuple[float | None, str, Any]  # (level, store, mean AUC)
-
-
-def _robustness_points(robustness: Mapping[str, Mapping[str, Any]]) -> dict[str, list[_Point]]:
-    by_kind: dict[str, list[_Point]] = {}
-    for store, entry in robustness.items():
-        kind, level = _kind_and_level(str(entry.get("perturb", store)))
-        by_kind.setdefault(kind, []).append((level, store, (entry.get("mean") or {}).get("auc")))
-    return by_kind
-
-
-def _robustness_panel(ax: Any, kind: str, points: list[_Point], clean_auc: Any) -> None:
-    numeric = all(level is not None for level, _, _ in points)
-    if numeric:
-        points.sort(key=lambda p: p[0] if p[0] is not None else math.inf)
-        xs = [p[0] for p in points]
-        ax.set_xticks(xs, [f"{x:g}" for x in xs], fontsize=8)
-    else:
-        xs = list(range(len(points)))
-        ax.set_xticks(xs, [p[1] for p in points], rotation=20, fontsize=7)
-    ys = [float(p[2]) if is_number(p[2]) else np.nan for p in points]
-    ax.plot(xs, ys, marker="o", color=_FAKE_COLOUR, label="perturbed")
-    if is_number(clean_auc):
-        ax.axhline(float(clean_auc), color=_REAL_COLOUR, ls="--", lw=1, label="clean")
-    if kind == "jpeg" and numeric:
-        ax.invert_xaxis()  # harsher compression to the right, like blur
-    ax.set(xlabel=PERTURBATION_KINDS.get(kind, kind), ylabel="mean AUC over subsets", title=kind)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, frameon=False)
-
-
-def _robustness_figure(
-    clean_auc: Any, robustness: Mapping[str, Mapping[str, Any]], path: Path
-) -> Path:
-    by_kind = _robustness_points(robustness)
-    fig = Figure(figsize=(max(4.4, 3.6 * len(by_kind)), 3.4), layout="constrained")
-    axes = fig.subplots(1, len(by_kind), squeeze=False)[0]
-    for ax, (kind, points) in zip(axes, by_kind.items(), strict=True):
-        _robustness_panel(ax, kind, points, clean_auc)
-    return _save(fig, path)
-
-
-def _lare_map(example: Mapping[str, Any]) -> np.ndarray:
-    lare = np.asarray(example["lare"], dtype=np.float32)
-    if lare.ndim == 3:
-        return lare.mean(axis=0)
-    if lare.ndim == 2:
-        return lare
-    raise ValueError(
-        f"LaRE example {example.get('path')!r}: expected a (C, H, W) map, got shape {lare.shape}"
-    )
-
-
-def _lare_panel(ax: Any, example: Mapping[str, Any] | None, lare: np.ndarray | None,
-                vmax: float) -> Any:
-    """One map with its subset and video/frame as the title; an empty slot when None."""
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if example is None or lare is None:
-        ax.set_axis_off()
-        return None
-    image = ax.imshow(lare, cmap="magma", vmin=0.0, vmax=vmax)
-    ax.set_title(
-        # The video folder tells frames apart: every video has a 000.png.
-        f"{example.get('subset', '')}\n{_video_and_frame(example.get('path', ''))}",
-        fontsize=7,
-    )
-    return image
-
-
-def _lare_rows(examples: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[Mapping[str, Any]]]]:
-    """("real", examples), ("fake", examples), leaving out a class without examples."""
-    rows = []
-    for label, name in ((0, "real"), (1, "fake")):
-        items = [e for e in examples if int(e["label"]) == label]
-        if items:
-            rows.append((name, items))
-    return rows
-
-
-def _lare_figure(examples: Sequence[Mapping[str, Any]], path: Path) -> Path:
-    rows = _lare_rows(examples)
-    n_cols = max(len(items) for _, items in rows)
-    maps = {id(e): _lare_map(e) for e in examples}
-    # One colour scale for every panel, so real and fake maps compare by brightness.
-    vmax = max(float(m.max()) for m in maps.values()) or 1.0
-    fig = Figure(figsize=(2.1 * n_cols + 1.0, 2.3 * len(rows)), layout="constrained")
-    axes = fig.subplots(len(rows), n_cols, squeeze=False)
-    drawn = []
-    for row_axes, (name, items) in zip(axes, rows, strict=True):
-        for col, ax in enumerate(row_axes):
-            example = items[col] if col < len(items) else None
-            lare = maps[id(example)] if example is not None else None
-            drawn.append(_lare_panel(ax, example, lare, vmax))
-        row_axes[0].set_ylabel(name, fontsize=10)
-    images = [image for image in drawn if image is not None]
-    if images:
-        fig.colorbar(images[-1], ax=axes, shrink=0.85, label="LaRE, mean over channels")
-    return _save(fig, path)
+def operating_point(metrics: Mapping[str, Any]) -> OperatingPoint:
+    recorded = metrics.get("threshold") or {}
+    value = recorded.get("value") if isinstance(recorded, Mapping) else None
+    if is_number(value):
+        rule = recorded.get("rule") or "chosen on the run's validation videos"
+        return OperatingPoint(float(value), f"chosen by clare fit, {rule}, recorded in run.yaml "
+                              "under threshold", "the run's validation threshold", True)
+    return OperatingPoint(0.5, "the fixed 0.5, as the run records no validation threshold",
+                          "0.5, no validation threshold recorded", False)
 
 
 # --------------------------------------------------------------------------- sections
@@ -351,12 +198,14 @@ def _clean_rows(scores: pd.DataFrame, robustness: Mapping[str, Any] | None) -> p
 
 
 # Metrics named in the summary paragraph (the TPR key follows what the results hold).
-_SUMMARY_METRICS = ("auc", "ap", "eer", "acc", "video_auc", "tpr_at_1fpr")
+_SUMMARY_METRICS = ("auc", "ap", "eer", "acc", THRESHOLD_ACC, "video_auc", "tpr_at_1fpr")
 
 
 def _means_sentence(mean: Mapping[str, Any], n: int) -> str:
     parts = []
     for key in table_keys(_SUMMARY_METRICS, mean):
+        if key == THRESHOLD_ACC and not is_number(mean.get(key)):
+            continue  # a run without a validation threshold: its section says so
         count = mean.get(f"{key}_n_subsets")
         scope = f" ({count} of {n} subsets)" if isinstance(count, int) and count < n else ""
         parts.append(f"{metric_title(key)} {_fmt(mean.get(key))}{scope}")
@@ -529,24 +378,254 @@ def _config_yaml(config: Mapping[str, Any]) -> str:
     return yaml.safe_dump(plain, sort_keys=False, allow_unicode=True)
 
 
+# --------------------------------------------------------------------------- threshold
+
+
+def _threshold_table(subsets: Mapping[str, Mapping[str, Any]], mean: Mapping[str, Any],
+                     point: OperatingPoint) -> Table:
+    n = len(subsets)
+    rows = [[Cell(name), _metric_cell(m, "acc"), _metric_cell(m, THRESHOLD_ACC)]
+            for name, m in subsets.items()]
+    rows.append([Cell(f"mean over {n} subsets"), _mean_cell(mean, "acc", n),
+                 _mean_cell(mean, THRESHOLD_ACC, n)])
+    return Table(
+        header=["Subset", "Acc@0.5", f"Acc@val thr (t = {point.value:.4f})"],
+        rows=rows,
+        caption=(f"Accuracy with fake when p(fake) ≥ 0.5, and with fake when p(fake) ≥ t, the "
+                 f"operating threshold {point.source}. Both thresholds are fixed before the "
+                 "test labels are seen, unlike the oracle below."),
+        emphasise_last_row=True,
+    )
+
+
+def _threshold_blocks(subsets: Mapping[str, Mapping[str, Any]], mean: Mapping[str, Any],
+                      point: OperatingPoint) -> list[Block]:
+    heading = Heading("Accuracy at the validation threshold")
+    if not point.from_validation:
+        return [heading, Paragraph(
+            "The run records no operating threshold chosen on validation (its run.yaml has "
+            "no threshold: runs fitted before clare fit chose one). Refit the run to get the "
+            "accuracy at it; accuracies below are at 0.5.")]
+    return [heading, _threshold_table(subsets, mean, point)]
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def subset_ece(clean: pd.DataFrame, subsets: Sequence[str]) -> dict[str, float | None]:
+    """Expected calibration error of every subset's clean scores (p_fake clipped to [0, 1])."""
+    out: dict[str, float | None] = {}
+    for name in subsets:
+        rows = clean[clean["subset"] == name]
+        out[name] = expected_calibration_error(rows["label"].to_numpy(),
+                                               rows["p_fake"].to_numpy().clip(0.0, 1.0))
+    return out
+
+
+def _calibration_blocks(clean: pd.DataFrame, plotted: list[str], fig_dir: Path) -> list[Block]:
+    ece = subset_ece(clean, plotted)
+    counts = clean.groupby("subset", sort=False)["p_fake"].size()
+    rows = [[Cell(name), Cell(_fmt(ece[name]), numeric=True), Cell(_fmt(int(counts[name])), numeric=True)]
+            for name in plotted]
+    mean = _mean_row(f"mean over {len(plotted)} subsets", [list(ece.values())])
+    mean.append(Cell(_fmt(int(counts[plotted].sum())), numeric=True))
+    table = Table(
+        header=["Subset", f"ECE ({CALIBRATION_BINS} bins)", "images"],
+        rows=[*rows, mean],
+        caption=(f"Expected calibration error of p(fake): {CALIBRATION_BINS} equal-width bins on "
+                 "[0, 1]; per bin the gap between its share of fakes and its mean p(fake), "
+                 "weighted by its share of the subset's images. 0: calibrated, at most 1. A "
+                 "single-class subset has one too: how far its scores are from its one label."),
+        emphasise_last_row=True,
+    )
+    picture = Picture(
+        figures.reliability_figure(clean, plotted, ece, fig_dir / "calibration.png"),
+        "Reliability diagrams",
+        "Reliability diagram per subset: share of fakes against mean p(fake) in each bin; "
+        "dashed: perfect calibration. Also figures/calibration.svg.",
+    )
+    return [Heading("Calibration"), table, picture]
+
+
+# --------------------------------------------------------------------------- videos
+
+
+def video_table(clean: pd.DataFrame) -> pd.DataFrame:
+    """One row per video of the clean scores: subset, video, label, frames and the mean, lowest
+    and highest p(fake), worst first (`error`: distance of the mean from the label). A frame
+    without a video id is its own video, named by its path."""
+    frames = clean.assign(video=_video_ids(clean))
+    table = (frames.groupby(["subset", "video"], sort=False)
+             .agg(label=("label", "max"), frames=("p_fake", "size"), p_fake_mean=("p_fake", "mean"),
+                  p_fake_min=("p_fake", "min"), p_fake_max=("p_fake", "max"))
+             .reset_index())
+    table["error"] = np.where(table["label"] == 1, 1.0 - table["p_fake_mean"], table["p_fake_mean"])
+    return table.sort_values("error", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def _video_ids(clean: pd.DataFrame) -> pd.Series:
+    path = clean["path"].astype(str) if "path" in clean.columns else pd.Series(
+        [f"frame {i}" for i in range(len(clean))], index=clean.index)
+    if "video" not in clean.columns:
+        return path
+    video = clean["video"]
+    missing = video.isna() | (video.astype(str) == "")
+    return video.astype(str).where(~missing, path)
+
+
+def _video_accuracy(videos: pd.DataFrame, threshold: float) -> pd.Series:
+    called_fake = videos["p_fake_mean"] >= threshold
+    return (called_fake == (videos["label"] == 1)).groupby(videos["subset"], sort=False).mean()
+
+
+def _video_summary(videos: pd.DataFrame, plotted: list[str], point: OperatingPoint) -> Table:
+    by_subset = videos.groupby("subset", sort=False)["label"]
+    real, fake = by_subset.apply(lambda s: int((s == 0).sum())), by_subset.sum()
+    at_half = _video_accuracy(videos, 0.5)
+    at_point = _video_accuracy(videos, point.value)
+    names = [name for name in plotted if name in real.index]
+    rows = [[Cell(name), Cell(_fmt(int(real[name])), numeric=True),
+             Cell(_fmt(int(fake[name])), numeric=True), Cell(_fmt(at_half[name]), numeric=True),
+             Cell(_fmt(at_point[name]), numeric=True)] for name in names]
+    mean = _mean_row(f"mean over {len(names)} subsets",
+                     [[], [], [at_half[n] for n in names], [at_point[n] for n in names]])
+    mean[1:3] = [Cell(_fmt(int(real[names].sum())), numeric=True),
+                 Cell(_fmt(int(fake[names].sum())), numeric=True)]
+    threshold = f"t = {point.value:.4f}" if point.from_validation else "t = 0.5"
+    return Table(
+        header=["Subset", "real videos", "fake videos", "video acc@0.5", f"video acc ({threshold})"],
+        rows=[*rows, mean],
+        caption="A video is called fake when its mean p(fake) is at least the threshold.",
+        emphasise_last_row=True,
+    )
+
+
+def _worst_videos(videos: pd.DataFrame) -> Table:
+    shown = videos.head(VIDEOS_SHOWN)
+    rows = [[Cell(str(v.subset)), Cell(str(v.video)), Cell("fake" if v.label == 1 else "real"),
+             Cell(_fmt(int(v.frames)), numeric=True), Cell(_fmt(v.p_fake_mean), numeric=True),
+             Cell(_fmt(v.p_fake_min), numeric=True), Cell(_fmt(v.p_fake_max), numeric=True)]
+            for v in shown.itertuples(index=False)]
+    return Table(
+        header=["Subset", "Video", "Label", "Frames", "mean p(fake)", "min p(fake)", "max p(fake)"],
+        rows=rows,
+        caption=(f"The {len(shown)} videos whose mean p(fake) is furthest from their label, of "
+                 f"{len(videos)}; every video is in {VIDEOS_FILE} beside this report."),
+    )
+
+
+def _video_blocks(clean: pd.DataFrame, plotted: list[str], point: OperatingPoint,
+                  out_dir: Path) -> list[Block]:
+    videos = video_table(clean)
+    videos.to_csv(out_dir / VIDEOS_FILE, index=False)
+    return [Heading("Per-video results"), _video_summary(videos, plotted, point),
+            _worst_videos(videos)]
+
+
+# --------------------------------------------------------------------------- worst errors
+
+
+def worst_errors(clean: pd.DataFrame, threshold: float,
+                 count: int = WORST_ERRORS) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The most confident errors at `threshold`: real images with the highest p(fake) at or
+    above it (false positives) and fakes with the lowest p(fake) below it (false negatives)."""
+    real = clean[(clean["label"] == 0) & (clean["p_fake"] >= threshold)]
+    fake = clean[(clean["label"] == 1) & (clean["p_fake"] < threshold)]
+    return (real.sort_values("p_fake", ascending=False, kind="stable").head(count),
+            fake.sort_values("p_fake", kind="stable").head(count))
+
+
+def _error_maps(picks: pd.DataFrame, read_lare: LareReader | None) -> list[tuple[Any, str]]:
+    """(LaRE map or None, why none) per picked row, reading each store once."""
+    if read_lare is None:
+        return [(None, "LaRE map not given")] * len(picks)
+    if "row" not in picks.columns:
+        return [(None, "no store row")] * len(picks)
+    stores = picks["store"].astype(str) if "store" in picks.columns else pd.Series("", picks.index)
+    found: dict[Any, tuple[Any, str]] = {}
+    for store, group in picks.groupby(stores, sort=False):
+        try:
+            maps = read_lare(str(store), group["row"].to_numpy(dtype=np.int64))
+        except (ClareError, OSError, ValueError, KeyError) as exc:
+            found.update({i: (None, f"LaRE map unreadable ({exc.__class__.__name__})")
+                          for i in group.index})
+            continue
+        for index, lare in zip(group.index, maps, strict=True):
+            finite = np.isfinite(lare).all()
+            found[index] = (lare, "") if finite else (None, "LaRE map not finite")
+    return [found[index] for index in picks.index]
+
+
+def _thumbnail(image_root: Path | None, path: object) -> tuple[Any, str]:
+    """(PIL image or None, why none) for a listed image path under `image_root`."""
+    if image_root is None:
+        return None, "no image folder given"
+    try:
+        return figures.read_thumbnail(Path(image_root) / str(path)), ""
+    except FileNotFoundError:
+        return None, "image file missing"
+    except Exception as exc:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError
+        return None, f"image unreadable ({exc.__class__.__name__})"
+
+
+def _error_items(picks: pd.DataFrame, prefix: str, folder: Path, image_root: Path | None,
+                 read_lare: LareReader | None) -> list[ErrorItem]:
+    items = []
+    maps = _error_maps(picks, read_lare)
+    for rank, (row, (lare, lare_note)) in enumerate(
+            zip(picks.to_dict("records"), maps, strict=True), start=1):
+        picture, thumbnail_note = _thumbnail(image_root, row.get("path", ""))
+        thumbnail = overlay = None
+        if picture is not None:
+            thumbnail = folder / f"{prefix}{rank:02d}.png"
+            picture.save(thumbnail, format="PNG")
+        if lare is not None:
+            overlay = figures.lare_overlay_png(picture, lare, folder / f"{prefix}{rank:02d}_lare.png")
+        items.append(ErrorItem(rank, str(row["subset"]), figures.video_and_frame(row.get("path", "")),
+                               f"{float(row['p_fake']):.4f}", thumbnail, thumbnail_note, overlay,
+                               lare_note))
+    return items
+
+
+def _error_blocks(clean: pd.DataFrame, point: OperatingPoint, fig_dir: Path,
+                  image_root: Path | None, read_lare: LareReader | None) -> list[Block]:
+    false_pos, false_neg = worst_errors(clean, point.value)
+    n_fp = int(((clean["label"] == 0) & (clean["p_fake"] >= point.value)).sum())
+    n_fn = int(((clean["label"] == 1) & (clean["p_fake"] < point.value)).sum())
+    folder = fig_dir / ERRORS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    intro = (f"At threshold {point.value:.4f} ({point.name}): {n_fp} false positive(s) and "
+             f"{n_fn} false negative(s) among {len(clean)} clean test images. Shown: the most "
+             "confident of each, with the image as listed (thumbnail) and its LaRE map (mean "
+             "over the latent channels) over the image.")
+    return [
+        Heading("Worst errors"),
+        Paragraph(intro),
+        ErrorGallery("Most confident false positives (real images, highest p(fake))",
+                     _error_items(false_pos, "fp", folder, image_root, read_lare),
+                     "No real image is called fake."),
+        ErrorGallery("Most confident false negatives (fake images, lowest p(fake))",
+                     _error_items(false_neg, "fn", folder, image_root, read_lare),
+                     "No fake image is called real."),
+    ]
+
+
 def _score_blocks(clean: pd.DataFrame, plotted: list[str],
                   subsets: Mapping[str, Mapping[str, Any]], fig_dir: Path) -> list[Block]:
-    if not plotted:
-        return []
     auc_of = {name: m.get("auc") for name, m in subsets.items()}
     return [
         Heading("ROC curves"),
         Picture(
-            _roc_figure(clean, plotted, auc_of, fig_dir / "roc.png"),
+            figures.roc_figure(clean, plotted, auc_of, fig_dir / "roc.png"),
             "ROC curves",
-            "Frame-level ROC curve of every subset that holds both classes.",
+            "Frame-level ROC curve of every subset that holds both classes. Also figures/roc.svg.",
         ),
         Heading("Score distributions"),
         Picture(
-            _score_histograms(clean, plotted, fig_dir / "scores.png"),
+            figures.score_histograms(clean, plotted, fig_dir / "scores.png"),
             "Histograms of p(fake)",
             "p(fake) of real (blue) and fake (orange) images per subset, each class "
-            "normalised to sum 1; dotted: the 0.5 threshold.",
+            "normalised to sum 1; dotted: the 0.5 threshold. Also figures/scores.svg.",
         ),
     ]
 
@@ -557,9 +636,10 @@ def _robustness_blocks(mean: Mapping[str, Any], subsets: Mapping[str, Mapping[st
         Heading("Robustness"),
         *_robustness_tables(mean, subsets, robustness),
         Picture(
-            _robustness_figure(mean.get("auc"), robustness, fig_dir / "robustness.png"),
+            figures.robustness_figure(mean.get("auc"), robustness, fig_dir / "robustness.png"),
             "Mean AUC per perturbation",
-            "Mean AUC over subsets per perturbation strength; dashed: clean test stores.",
+            "Mean AUC over subsets per perturbation strength; dashed: clean test stores. "
+            "Also figures/robustness.svg.",
         ),
     ]
 
@@ -568,65 +648,188 @@ def _lare_blocks(lare_examples: Sequence[Mapping[str, Any]], fig_dir: Path) -> l
     return [
         Heading("LaRE maps"),
         Picture(
-            _lare_figure(lare_examples, fig_dir / "lare.png"),
+            figures.lare_figure(lare_examples, fig_dir / "lare.png"),
             "LaRE maps",
             "Latent reconstruction error of real (top) and fake (bottom) examples, mean "
-            "over the 4 latent channels, on one shared colour scale.",
+            "over the 4 latent channels, on one shared colour scale. Also figures/lare.svg.",
         ),
     ]
 
 
-def _build(
-    out_dir: Path,
-    title: str,
-    metrics: Mapping[str, Any],
-    scores: pd.DataFrame,
-    config: Mapping[str, Any],
-    fingerprints: Mapping[str, Any],
-    robustness: Mapping[str, Mapping[str, Any]] | None,
-    lare_examples: Sequence[Mapping[str, Any]] | None,
-) -> list[Block]:
+def _config_blocks(config: Mapping[str, Any], fingerprints: Mapping[str, Any]) -> list[Block]:
+    return [
+        Heading("Run configuration"),
+        CodeDetails("Configuration (YAML)", _config_yaml(config), "yaml"),
+        CodeDetails("Store fingerprints (JSON)",
+                    json.dumps(fingerprints, indent=2, sort_keys=True, default=str), "json"),
+    ]
+
+
+def _fresh_figures(out_dir: Path) -> Path:
+    """out_dir/figures without the figures of an earlier report, which must not linger."""
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
-    for stale in FIGURE_NAMES:  # figures of an earlier run must not linger
+    for stale in FIGURE_NAMES:
         (fig_dir / stale).unlink(missing_ok=True)
+        (fig_dir / stale).with_suffix(".svg").unlink(missing_ok=True)
+    shutil.rmtree(fig_dir / ERRORS_DIR, ignore_errors=True)
+    (out_dir / VIDEOS_FILE).unlink(missing_ok=True)
+    return fig_dir
 
+
+@dataclass
+class ReportInputs:
+    """Everything `render_report` was given, under one name for the section builders."""
+
+    out_dir: Path
+    title: str
+    metrics: Mapping[str, Any]
+    scores: pd.DataFrame
+    config: Mapping[str, Any]
+    fingerprints: Mapping[str, Any]
+    robustness: Mapping[str, Mapping[str, Any]] | None
+    lare_examples: Sequence[Mapping[str, Any]] | None
+    image_root: Path | None
+    read_lare: LareReader | None
+
+
+def _build(inputs: ReportInputs) -> list[Block]:
+    fig_dir = _fresh_figures(inputs.out_dir)
+    metrics, robustness = inputs.metrics, inputs.robustness
     subsets: Mapping[str, Mapping[str, Any]] = metrics.get("subsets") or {}
     mean = metrics.get("mean") or summarize(subsets)
-    clean = _clean_rows(scores, robustness)
+    point = operating_point(metrics)
+    clean = _clean_rows(inputs.scores, robustness)
     plotted = list(subsets) + [s for s in pd.unique(clean["subset"]) if s not in subsets]
     plotted = [s for s in plotted if (clean["subset"] == s).any()]
 
     blocks: list[Block] = [
-        Heading(title, 1),
+        Heading(inputs.title, 1),
         Paragraph(_summary_text(subsets, mean, robustness), css_class="summary"),
         Heading("Per-subset metrics"),
         _subset_table(subsets, mean),
+        *_threshold_blocks(subsets, mean, point),
         Heading("Oracle: best-threshold accuracy (threshold chosen on test labels)"),
         _oracle_table(subsets, mean),
     ]
-    blocks += _score_blocks(clean, plotted, subsets, fig_dir)
+    if plotted:
+        blocks += _score_blocks(clean, plotted, subsets, fig_dir)
+        blocks += _calibration_blocks(clean, plotted, fig_dir)
     if robustness:
         blocks += _robustness_blocks(mean, subsets, robustness, fig_dir)
-    if lare_examples:
-        blocks += _lare_blocks(lare_examples, fig_dir)
-    blocks += [
-        Heading("Run configuration"),
-        CodeDetails("Configuration (YAML)", _config_yaml(config), "yaml"),
-        CodeDetails(
-            "Store fingerprints (JSON)",
-            json.dumps(fingerprints, indent=2, sort_keys=True, default=str),
-            "json",
-        ),
-    ]
-    return blocks
+    if inputs.lare_examples:
+        blocks += _lare_blocks(inputs.lare_examples, fig_dir)
+    if plotted:
+        blocks += _video_blocks(clean, plotted, point, inputs.out_dir)
+        blocks += _error_blocks(clean, point, fig_dir, inputs.image_root, inputs.read_lare)
+    return blocks + _config_blocks(inputs.config, inputs.fingerprints)
 
 
-# --------------------------------------------------------------------------- Markdown
+# --------------------------------------------------------------------------- tables via pandas
 
 
-def _md_cell(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+def _unique(header: Sequence[str]) -> list[str]:
+    """Column titles made unique (pandas styles cells by column label)."""
+    seen: dict[str, int] = {}
+    out = []
+    for title in header:
+        seen[title] = seen.get(title, 0) + 1
+        out.append(title if seen[title] == 1 else f"{title} ({seen[title]})")
+    return out
+
+
+def _numeric_columns(table: Table) -> list[bool]:
+    return [any(r[i].numeric for r in table.rows) for i in range(len(table.header))]
+
+
+def _frame(table: Table, cell: Callable[[Cell], str] = lambda c: c.text) -> pd.DataFrame:
+    return pd.DataFrame([[cell(c) for c in row] for row in table.rows],
+                        columns=_unique(table.header), dtype=object)
+
+
+def _cell_classes(table: Table) -> pd.DataFrame:
+    numeric = _numeric_columns(table)
+    last = len(table.rows) - 1
+
+    def classes(i: int, j: int, cell: Cell) -> str:
+        names = [("num", numeric[j]), ("missing", cell.text.startswith("—")),
+                 ("total", table.emphasise_last_row and i == last)]
+        return " ".join(name for name, on in names if on)
+
+    return pd.DataFrame([[classes(i, j, c) for j, c in enumerate(row)]
+                         for i, row in enumerate(table.rows)], columns=_unique(table.header))
+
+
+def _with_hints(styler: Any, hints: pd.DataFrame) -> Any:
+    try:
+        return styler.set_tooltips(hints, as_title_attribute=True)
+    except TypeError:  # pandas < 3: hover tooltips drawn by CSS instead of title attributes
+        return styler.set_tooltips(hints)
+
+
+def table_html(table: Table, uid: str) -> Markup:
+    """The table as HTML by a pandas Styler: cells escaped, numbers right-aligned, reasons as
+    tooltips, the total row marked."""
+    from pandas.io.formats.style import Styler
+
+    frame = _frame(table)
+    right = {title for title, n in zip(frame.columns, _numeric_columns(table), strict=True) if n}
+    styler = (Styler(frame, uuid=uid).hide(axis="index")
+              .format(escape="html").format_index(escape="html", axis=1)
+              .set_td_classes(_cell_classes(table))
+              .map_index(lambda title: "text-align: right;" if title in right else "", axis=1)
+              .set_table_attributes('class="metrics"'))
+    if any(c.hint for row in table.rows for c in row):
+        styler = _with_hints(styler, _frame(table, lambda c: html.escape(c.hint or "")))
+    return Markup(styler.to_html())  # every cell and title escaped above
+
+
+def _markdown_text(text: str) -> str:
+    """Cell text for a Markdown table: HTML-escaped like the rest of the page, pipes escaped."""
+    return str(escape(text)).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def table_markdown(table: Table) -> Markup:
+    """The table as Markdown by `DataFrame.to_markdown`; the total row in bold."""
+    last = len(table.rows) - 1
+    rows = [[_markdown_text(c.text) for c in row] for row in table.rows]
+    if table.emphasise_last_row and rows:
+        rows[last] = [f"**{c}**" for c in rows[last]]
+    frame = pd.DataFrame(rows, columns=[_markdown_text(h) for h in _unique(table.header)])
+    align = ["right" if n else "left" for n in _numeric_columns(table)]
+    # disable_numparse: the cells are already formatted ("0.500" must not become "0.5").
+    return Markup(frame.to_markdown(index=False, colalign=align, disable_numparse=True))
+
+
+def table_latex(table: Table) -> str:
+    """The table as a booktabs LaTeX tabular by a pandas Styler; the total row in bold."""
+    from pandas.io.formats.style import Styler
+
+    frame = _frame(table)
+    bold = pd.DataFrame("", index=frame.index, columns=frame.columns)
+    if table.emphasise_last_row and len(frame):
+        bold.iloc[-1] = "font-weight: bold;"
+    align = "".join("r" if n else "l" for n in _numeric_columns(table))
+    styler = (Styler(frame, uuid="t").hide(axis="index").format(escape="latex")
+              .format_index(escape="latex", axis=1).apply(lambda _f: bold, axis=None))
+    return styler.to_latex(hrules=True, convert_css=True, column_format=align)
+
+
+def _latex_document(blocks: Sequence[Block], title: str) -> str:
+    parts = [f"% {title}: every table of report.md, for a paper.",
+             "% Needs \\usepackage{booktabs}; the cells hold Unicode (—, ≥), so compile with",
+             "% lualatex or xelatex, or map those characters for pdflatex.", ""]
+    heading = ""
+    for block in blocks:
+        if isinstance(block, Heading):
+            heading = block.text
+        elif isinstance(block, Table):
+            parts += [f"% {heading}" + (f": {block.caption}" if block.caption else ""),
+                      table_latex(block)]
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- rendering
 
 
 def _fence(code: str) -> str:
@@ -634,160 +837,20 @@ def _fence(code: str) -> str:
     return "`" * max(3, longest + 1)
 
 
-def _md_row(cells: Sequence[str], bold: bool = False) -> str:
-    return "| " + " | ".join(f"**{c}**" if bold else c for c in cells) + " |"
+def _render(blocks: Sequence[Block], title: str, out_dir: Path, template: str) -> str:
+    from clare.compare import template_environment
 
-
-def _numeric_columns(table: Table) -> list[bool]:
-    return [any(r[i].numeric for r in table.rows) for i in range(len(table.header))]
-
-
-def _md_table(block: Table) -> list[str]:
-    last = len(block.rows) - 1
-    lines = [_md_row([_md_cell(h) for h in block.header]),
-             _md_row(["---:" if n else "---" for n in _numeric_columns(block)])]
-    for i, row in enumerate(block.rows):
-        lines.append(_md_row([_md_cell(c.text) for c in row], block.emphasise_last_row and i == last))
-    lines.append("")
-    if block.caption:
-        lines += [f"*{block.caption}*", ""]
-    lines += [f"- {note}" for note in block.notes]
-    if block.notes:
-        lines.append("")
-    return lines
-
-
-def _md_code(block: CodeDetails) -> list[str]:
-    fence = _fence(block.code)
-    return [
-        f"<details><summary>{html.escape(block.summary)}</summary>",
-        "",
-        f"{fence}{block.language}",
-        block.code.rstrip("\n"),
-        fence,
-        "",
-        "</details>",
-        "",
-    ]
-
-
-def _md_block(block: Block, out_dir: Path) -> list[str]:
-    if isinstance(block, Heading):
-        return ["#" * block.level + " " + block.text, ""]
-    if isinstance(block, Paragraph):
-        return [block.text, ""]
-    if isinstance(block, Table):
-        return _md_table(block)
-    if isinstance(block, Picture):
-        rel = block.path.relative_to(out_dir).as_posix()
-        return [f"![{block.alt}]({rel})", "", f"*{block.caption}*", ""]
-    return _md_code(block)
-
-
-def _to_markdown(blocks: Sequence[Block], out_dir: Path) -> str:
-    lines = [line for block in blocks for line in _md_block(block, out_dir)]
-    return "\n".join(lines).rstrip("\n") + "\n"
-
-
-# --------------------------------------------------------------------------- HTML
-
-_CSS = """
-:root { --ink: #1f2328; --muted: #59636e; --line: #d0d7de; --band: #f6f8fa; --accent: #d9622b; }
-* { box-sizing: border-box; }
-body { margin: 0; color: var(--ink); background: #fff;
-  font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; }
-main { max-width: 1180px; margin: 0 auto; padding: 28px 24px 64px; }
-h1 { font-size: 1.7em; margin: 0 0 .4em; border-bottom: 3px solid var(--accent); padding-bottom: .2em; }
-h2 { font-size: 1.25em; margin: 1.8em 0 .6em; border-bottom: 1px solid var(--line); padding-bottom: .2em; }
-p.summary { font-size: 1.02em; background: var(--band); border-left: 4px solid var(--accent);
-  padding: 10px 14px; }
-.table-wrap { overflow-x: auto; }
-table { border-collapse: collapse; font-size: .9em; margin: .4em 0; }
-th, td { padding: 5px 10px; border-bottom: 1px solid var(--line); white-space: nowrap; }
-th { background: var(--band); text-align: left; position: sticky; top: 0; }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
-tbody tr:nth-child(even) { background: #fbfcfd; }
-tr.total td { font-weight: 600; border-top: 2px solid var(--ink); }
-td[title] { cursor: help; text-decoration: underline dotted #8c959f; }
-td.missing { color: var(--muted); }
-p.caption, figcaption { color: var(--muted); font-size: .88em; max-width: 900px; }
-ul.notes { color: var(--muted); font-size: .86em; margin-top: .2em; }
-figure { margin: 1em 0; }
-figure img { max-width: 100%; height: auto; border: 1px solid var(--line); }
-details { margin: .6em 0; border: 1px solid var(--line); border-radius: 6px; padding: 6px 12px; }
-summary { cursor: pointer; font-weight: 600; }
-pre { background: var(--band); padding: 10px; overflow-x: auto; font-size: .85em;
-  font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
-"""
-
-
-def _esc(text: str) -> str:
-    return html.escape(text, quote=True)
-
-
-def _html_cell(cell: Cell) -> str:
-    classes = " ".join(
-        name for name, on in (("num", cell.numeric), ("missing", cell.text.startswith("—"))) if on
+    env = template_environment()
+    table_ids = {id(b): f"t{i}" for i, b in enumerate(b for b in blocks if isinstance(b, Table))}
+    env.filters.update(
+        table_html=lambda t: table_html(t, table_ids[id(t)]),
+        table_markdown=table_markdown,
+        data_uri=lambda p: "data:image/png;base64," + base64.b64encode(p.read_bytes()).decode("ascii"),
+        relative=lambda p: p.relative_to(out_dir).as_posix(),
+        fence=_fence,
+        md_cell=lambda text: Markup(_markdown_text(text)),  # escaped by _markdown_text
     )
-    attrs = f' class="{classes}"' if classes else ""
-    if cell.hint:
-        attrs += f' title="{_esc(cell.hint)}"'
-    return f"<td{attrs}>{_esc(cell.text)}</td>"
-
-
-def _html_table(table: Table) -> str:
-    numeric = _numeric_columns(table)
-    head = "".join(
-        f'<th class="num">{_esc(h)}</th>' if n else f"<th>{_esc(h)}</th>"
-        for h, n in zip(table.header, numeric, strict=True)
-    )
-    body = []
-    for i, row in enumerate(table.rows):
-        total = table.emphasise_last_row and i == len(table.rows) - 1
-        row_attrs = ' class="total"' if total else ""
-        body.append(f"<tr{row_attrs}>{''.join(_html_cell(cell) for cell in row)}</tr>")
-    parts = [
-        f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead>'
-        f"<tbody>{''.join(body)}</tbody></table></div>"
-    ]
-    if table.caption:
-        parts.append(f'<p class="caption">{_esc(table.caption)}</p>')
-    if table.notes:
-        parts.append(
-            '<ul class="notes">' + "".join(f"<li>{_esc(n)}</li>" for n in table.notes) + "</ul>"
-        )
-    return "\n".join(parts)
-
-
-def _to_html(blocks: Sequence[Block], title: str) -> str:
-    body: list[str] = []
-    for block in blocks:
-        if isinstance(block, Heading):
-            body.append(f"<h{block.level}>{_esc(block.text)}</h{block.level}>")
-        elif isinstance(block, Paragraph):
-            css = f' class="{_esc(block.css_class)}"' if block.css_class else ""
-            body.append(f"<p{css}>{_esc(block.text)}</p>")
-        elif isinstance(block, Table):
-            body.append(_html_table(block))
-        elif isinstance(block, Picture):
-            data = base64.b64encode(block.path.read_bytes()).decode("ascii")
-            body.append(
-                f'<figure><img src="data:image/png;base64,{data}" alt="{_esc(block.alt)}">'
-                f"<figcaption>{_esc(block.caption)}</figcaption></figure>"
-            )
-        elif isinstance(block, CodeDetails):
-            body.append(
-                f"<details><summary>{_esc(block.summary)}</summary>"
-                f'<pre><code class="language-{_esc(block.language)}">{_esc(block.code)}'
-                "</code></pre></details>"
-            )
-    return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{_esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<main>\n"
-        + "\n".join(body)
-        + "\n</main>\n</body>\n</html>\n"
-    )
+    return env.get_template(template).render(title=title, blocks=blocks).strip("\n") + "\n"
 
 
 # --------------------------------------------------------------------------- entry point
@@ -803,23 +866,29 @@ def render_report(
     fingerprints: Mapping[str, Mapping[str, Any]],
     robustness: Mapping[str, Mapping[str, Any]] | None = None,
     lare_examples: Sequence[Mapping[str, Any]] | None = None,
+    image_root: Path | None = None,
+    read_lare: LareReader | None = None,
 ) -> tuple[Path, Path]:
-    """Write ``report.md``, ``report.html`` and ``figures/*.png`` into ``out_dir``.
+    """Write ``report.md``, ``report.html``, ``report.tex``, ``videos.csv`` and ``figures/``
+    (each figure as PNG and SVG; thumbnails of the worst errors in ``figures/errors``).
 
-    ``metrics`` is ``{"subsets": {name: compute_metrics(...)}, "mean": summarize(...)}``;
-    ``scores`` holds one row per image (columns subset, label, p_fake, optionally store);
-    rows whose store is a key of ``robustness`` are left out of the clean figures.
+    ``metrics`` is ``{"subsets": {name: compute_metrics(...)}, "mean": summarize(...)}`` and,
+    from `clare eval`, ``"threshold": {"value", "rule"}`` (the run's validation threshold);
+    ``scores`` holds one row per image (columns subset, label, p_fake, optionally path, video,
+    row and store); rows whose store is a key of ``robustness`` are left out of the clean figures.
     ``robustness`` maps a perturbed store to ``{"perturb": "jpeg=50", "mean": ..., "subsets":
     ...}``; ``lare_examples`` are dicts with path, subset, label and a (4, 32, 32) ``lare`` map.
-    Returns the paths of the Markdown and the HTML file.
+    ``image_root``: the folder the scores' paths are relative to (thumbnails of the worst errors);
+    ``read_lare(store, rows)``: their LaRE maps. Without them the errors are listed without
+    pictures. Returns the paths of the Markdown and the HTML file.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    blocks = _build(
-        out_dir, title, metrics, scores, config, fingerprints, robustness, lare_examples
-    )
+    blocks = _build(ReportInputs(out_dir, title, metrics, scores, config, fingerprints,
+                                 robustness, lare_examples, image_root, read_lare))
     md_path = out_dir / "report.md"
     html_path = out_dir / "report.html"
-    md_path.write_text(_to_markdown(blocks, out_dir), encoding="utf-8")
-    html_path.write_text(_to_html(blocks, title), encoding="utf-8")
+    md_path.write_text(_render(blocks, title, out_dir, "report.md.j2"), encoding="utf-8")
+    html_path.write_text(_render(blocks, title, out_dir, "report.html.j2"), encoding="utf-8")
+    (out_dir / LATEX_FILE).write_text(_latex_document(blocks, title), encoding="utf-8")
     return md_path, html_path

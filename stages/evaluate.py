@@ -13,7 +13,7 @@ p(fake) does not depend on batch size or device precision settings.
 
 Outputs, in `<paths.reports>/<run name>/`: metrics.json, scores.parquet, roc.json (a list of
 {subset, fpr, tpr, threshold} rows that `dvc plots` reads), eval.log and, with `--report`,
-report.md, report.html and figures/. They are written to a staging folder and published
+report.md, report.html, report.tex, videos.csv and figures/. They are written to a staging folder and published
 together, so the folder never holds a report of one evaluation beside metrics of another.
 """
 
@@ -39,6 +39,7 @@ from clare.console import make_console
 from clare.dvc_summary import write_dvc_files
 from clare.errors import ConfigError, ModelLoadError, ReportError, StoreError, one_line, short_repr
 from clare.files import atomic_write_metrics_json, atomic_write_parquet
+from clare.metrics import THRESHOLD_ACC
 from clare.runs import (
     EVAL_LOG,
     RunInfo,
@@ -54,8 +55,6 @@ if TYPE_CHECKING:
     from clare.models.detector import Detector
 
 SCORE_COLUMNS = ("row", "path", "subset", "label", "video", "p_fake", "store")
-# Accuracy at the operating threshold `clare fit` chose on the run's validation videos.
-THRESHOLD_ACC = "acc_at_val_threshold"
 
 
 @dataclass
@@ -241,15 +240,20 @@ def pick_lare_examples(store: FeatureStore, scores: pd.DataFrame, per_class: int
               for row in _subsets_in_turn(scores[scores["label"] == label], per_class)]
     if not picked:
         return []
-    row_ids = np.array([int(p["row"]) for p in picked], dtype=np.int64)
-    order = np.argsort(row_ids)
-    maps = np.empty((len(row_ids), *store.meta["shapes"]["lare"]), dtype=np.float32)
-    maps[order] = store.read_rows("lare", row_ids[order])
+    maps = read_lare_rows(store, np.array([int(p["row"]) for p in picked], dtype=np.int64))
     return [
         {"path": str(p["path"]), "subset": str(p["subset"]), "label": int(p["label"]), "lare": lare}
         for p, lare in zip(picked, maps, strict=True)
         if np.isfinite(lare).all()
     ]
+
+
+def read_lare_rows(store: FeatureStore, rows: np.ndarray) -> np.ndarray:
+    """The LaRE maps of `rows` (any order), read in row order as the store prefers."""
+    order = np.argsort(rows)
+    maps = np.empty((len(rows), *store.meta["shapes"]["lare"]), dtype=np.float32)
+    maps[order] = store.read_rows("lare", np.asarray(rows, dtype=np.int64)[order])
+    return maps
 
 
 def _subsets_in_turn(scores: pd.DataFrame, count: int) -> list[pd.Series]:
@@ -420,10 +424,13 @@ def write_report(out_dir: Path, cfg: Config, run: RunInfo, evaluation: Evaluatio
     fingerprints = {"train": run.store_fingerprint,
                     **{s.name: s.store.meta.get("fingerprint", {}) for s in scored}}
     examples = pick_lare_examples(scored[0].store, scored[0].scores, cfg.eval.lare_examples)
+    stores = {s.name: s.store for s in scored}
     render_report(
         out_dir, title=f"CLaRE evaluation: {evaluation.run_name}", metrics=metrics,
         scores=evaluation.all_scores, config=run.record["config"], fingerprints=fingerprints,
         robustness=evaluation.robustness or None, lare_examples=examples,
+        image_root=cfg.data.root,  # the worst errors' thumbnails, from the listed image files
+        read_lare=lambda store, rows: read_lare_rows(stores[store], rows),
     )
 
 

@@ -390,6 +390,27 @@ def test_accuracy_at_the_runs_validation_threshold(world: World) -> None:
     assert "Acc@val thr" in table and "Acc@0.5" in table
 
 
+def test_report_shows_worst_errors_with_image_and_lare_map_from_the_store(world: World) -> None:
+    from clare.report import worst_errors
+
+    threshold = _no_nan_json(world.out_dir / "metrics.json")["threshold"]["value"]
+    false_pos, false_neg = worst_errors(_scores(world).query("store == 'test'"), threshold)
+    assert len(false_pos) + len(false_neg) > 0, "the fixture run makes no error to show"
+    markdown = (world.out_dir / "report.md").read_text()
+    section = markdown[markdown.index("## Worst errors"):]
+    assert f"At threshold {threshold:.4f}" in section
+    for p_fake in (*false_pos["p_fake"], *false_neg["p_fake"]):
+        assert f"{p_fake:.4f}" in section
+    # Each error: its thumbnail from the image file and its LaRE map read from the test store.
+    pictures = re.findall(r'<img src="([^"]+)"', section)
+    assert len(pictures) == 2 * (len(false_pos) + len(false_neg))
+    for rel in pictures:
+        assert (world.out_dir / rel).read_bytes().startswith(b"\x89PNG")
+    assert sum("_lare.png" in rel for rel in pictures) == len(false_pos) + len(false_neg)
+    assert (world.out_dir / "videos.csv").is_file() and (world.out_dir / "report.tex").is_file()
+    assert (world.out_dir / "figures" / "calibration.svg").is_file()
+
+
 # --------------------------------------------------------------------------- one fingerprint rule
 
 

@@ -11,8 +11,10 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from clare.errors import DataError
 from clare.metrics import (
     best_threshold_accuracy,
+    calibration_bins,
     compute_metrics,
     equal_error_rate,
+    expected_calibration_error,
     roc_points,
     summarize,
     tpr_at_fpr,
@@ -292,3 +294,41 @@ def test_summarize_skips_none_and_counts_subsets() -> None:
     assert "only_fake (single class" in s["notes"]["auc"]
     assert "oracle_best_threshold" not in s
     json.dumps(s)
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def test_ece_is_zero_when_every_bin_is_calibrated() -> None:
+    # Two bins: p = 0.25 with one fake in four, p = 0.8 with four fakes in five.
+    p_fake = np.r_[np.full(4, 0.25), np.full(5, 0.8)]
+    labels = np.r_[[1, 0, 0, 0], [1, 1, 1, 1, 0]]
+    assert expected_calibration_error(labels, p_fake) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_ece_of_certain_scores_half_wrong_is_one_half() -> None:
+    labels = np.r_[np.ones(10, int), np.zeros(10, int)]
+    assert expected_calibration_error(labels, np.ones(20)) == pytest.approx(0.5)
+    assert expected_calibration_error([], []) is None
+
+
+def test_ece_weighs_bins_by_their_share_of_images() -> None:
+    # Bin of 0.1 (3 images, all real: gap 0.1) and bin of 0.9 (1 image, real: gap 0.9).
+    labels = np.zeros(4, int)
+    p_fake = np.array([0.1, 0.1, 0.1, 0.9])
+    assert expected_calibration_error(labels, p_fake) == pytest.approx(0.75 * 0.1 + 0.25 * 0.9)
+
+
+def test_calibration_bins_match_scikit_learn() -> None:
+    from sklearn.calibration import calibration_curve
+
+    labels, scores = _random_case(5, n=500)
+    scores = np.r_[scores, 1 / 15, 2 / 15, 0.0, 1.0]  # scores on bin edges join the lower bin
+    labels = np.r_[labels, 1, 0, 0, 1]
+    bins = calibration_bins(labels, scores, n_bins=15)
+    fraction, confidence = calibration_curve(labels, scores, n_bins=15, strategy="uniform")
+    np.testing.assert_allclose(bins["fraction_fake"], fraction)
+    np.testing.assert_allclose(bins["confidence"], confidence)
+    assert int(bins["count"].sum()) == len(scores)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        calibration_bins([0, 1], [0.5, 1.5])

@@ -1,0 +1,282 @@
+"""The figures of the evaluation report (`clare.report`), each written as PNG and SVG.
+
+Figures use matplotlib's Agg canvas directly (no pyplot), which leaves the process-wide backend
+alone. The PNG goes into the HTML as a data URI and into the Markdown as a relative link; the
+SVG beside it is for papers and slides. ROC curves are drawn by `clare.compare.draw_roc` and
+LaRE maps over their image by `clare.explain.draw_lare_overlay`, so every ROC and every LaRE
+overlay that clare draws looks the same.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePath
+from typing import Any
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from PIL import Image
+
+from clare.compare import draw_roc, save_png
+from clare.data.views import PERTURBATION_KINDS, parse_perturbation
+from clare.errors import ConfigError
+from clare.explain import draw_lare_overlay, lare_channel_mean
+from clare.metrics import CALIBRATION_BINS, calibration_bins, is_number
+
+REAL_COLOUR, FAKE_COLOUR = "#3b75af", "#d9622b"
+THUMBNAIL_SIDE = 112  # pixels, the longer side of an error thumbnail
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    """`path` (a .png) and the same figure as .svg beside it; returns the PNG's path."""
+    save_png(fig, path)
+    with matplotlib.rc_context({"svg.hashsalt": "clare-report"}):  # ids repeat run to run
+        fig.savefig(path.with_suffix(".svg"), format="svg", metadata={"Date": None})
+    return path
+
+
+def fmt(value: Any) -> str:
+    """A metric for a table: integers as they are, other numbers with three decimals, else —."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return str(int(value))
+    if is_number(value):
+        return f"{float(value):.3f}"
+    return "—"
+
+
+def video_and_frame(path: object) -> str:
+    """`video/000.png` of a listed path: every video has a 000.png, its folder tells them apart."""
+    return "/".join(PurePath(str(path)).parts[-2:])
+
+
+# --------------------------------------------------------------------------- ROC and scores
+
+
+def roc_figure(clean: pd.DataFrame, subsets: list[str], auc_of: Mapping[str, Any],
+               path: Path) -> Path:
+    fig = Figure(figsize=(7.2, 5.4), layout="constrained")
+    ax = fig.add_subplot()
+    curves = []
+    for name in subsets:
+        auc = auc_of.get(name)
+        curves.append((f"{name} (AUC {fmt(auc)})" if is_number(auc) else name,
+                       clean[clean["subset"] == name]))
+    draw_roc(ax, curves, "ROC per subset")
+    if len(ax.get_lines()) == 1:  # only the chance line
+        ax.text(0.5, 0.5, "no subset holds both classes", ha="center", va="center")
+    ax.set(xlabel="false positive rate (real called fake)",
+           ylabel="true positive rate (fake called fake)")
+    outside = len(subsets) > 8
+    ax.legend(fontsize=7 if outside else 8, loc="upper left" if outside else "lower right",
+              bbox_to_anchor=(1.02, 1.0) if outside else None, frameon=False)
+    return save_figure(fig, path)
+
+
+def _panel_grid(n_panels: int, width: float, height: float) -> tuple[Figure, np.ndarray, int]:
+    """A figure with one small panel per subset, four to a row; unused panels switched off."""
+    n_cols = max(1, min(4, n_panels))
+    n_rows = max(1, math.ceil(n_panels / n_cols))
+    fig = Figure(figsize=(width * n_cols, height * n_rows + 0.4), layout="constrained")
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    for ax in list(axes.flat)[n_panels:]:
+        ax.set_axis_off()
+    return fig, axes, n_cols
+
+
+def _shared_legend(fig: Figure, axes: np.ndarray) -> None:
+    legend: dict[str, Any] = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    fig.legend(list(legend.values()), list(legend), loc="outside upper center",
+               ncols=max(1, len(legend)), frameon=False, fontsize=8)
+
+
+def score_histograms(clean: pd.DataFrame, subsets: list[str], path: Path) -> Path:
+    fig, axes, n_cols = _panel_grid(len(subsets), 3.1, 2.4)
+    low = min(0.0, float(clean["p_fake"].min())) if len(clean) else 0.0
+    high = max(1.0, float(clean["p_fake"].max())) if len(clean) else 1.0
+    bins = np.linspace(low, high, 31)
+    for index, (ax, name) in enumerate(zip(axes.flat, subsets, strict=False)):
+        rows = clean[clean["subset"] == name]
+        real = rows.loc[rows["label"] == 0, "p_fake"].to_numpy()
+        fake = rows.loc[rows["label"] == 1, "p_fake"].to_numpy()
+        # Each class sums to 1, so shapes compare even when one class is 100x larger.
+        for values, colour, label in ((real, REAL_COLOUR, "real"), (fake, FAKE_COLOUR, "fake")):
+            weights = np.full(len(values), 1.0 / max(len(values), 1))
+            ax.hist(values, bins=bins, weights=weights, color=colour, alpha=0.6, label=label)
+        if index + n_cols >= len(subsets):  # last panel of its column
+            ax.set_xlabel("p(fake)", fontsize=8)
+        if index % n_cols == 0:
+            ax.set_ylabel("share of class", fontsize=8)
+        ax.axvline(0.5, color="#444444", lw=0.8, ls=":")
+        ax.set_title(f"{name}  ({len(real)} real, {len(fake)} fake)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.set_xlim(low, high)
+    _shared_legend(fig, axes)
+    return save_figure(fig, path)
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def _reliability_panel(ax: Any, rows: pd.DataFrame, title: str) -> None:
+    ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="#999999", label="calibrated")
+    bins = calibration_bins(rows["label"].to_numpy(), rows["p_fake"].to_numpy().clip(0.0, 1.0))
+    if len(bins):
+        # Marker area follows the bin's share of images: near-empty bins stay small.
+        sizes = 8 + 120 * bins["count"] / bins["count"].sum()
+        ax.plot(bins["confidence"], bins["fraction_fake"], color=FAKE_COLOUR, lw=1.0)
+        ax.scatter(bins["confidence"], bins["fraction_fake"], s=sizes, color=FAKE_COLOUR,
+                   zorder=3, label="bins (area: share of images)")
+    ax.set(xlim=(0, 1), ylim=(-0.02, 1.02))
+    ax.set_title(title, fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+
+
+def reliability_figure(clean: pd.DataFrame, subsets: list[str], ece_of: Mapping[str, Any],
+                       path: Path) -> Path:
+    """Reliability diagram per subset: share of fakes against mean p(fake) in each bin."""
+    fig, axes, n_cols = _panel_grid(len(subsets), 2.7, 2.5)
+    for index, (ax, name) in enumerate(zip(axes.flat, subsets, strict=False)):
+        _reliability_panel(ax, clean[clean["subset"] == name],
+                           f"{name}  (ECE {fmt(ece_of.get(name))})")
+        if index + n_cols >= len(subsets):
+            ax.set_xlabel(f"mean p(fake) in bin ({CALIBRATION_BINS} bins)", fontsize=8)
+        if index % n_cols == 0:
+            ax.set_ylabel("share of fakes in bin", fontsize=8)
+    _shared_legend(fig, axes)
+    return save_figure(fig, path)
+
+
+# --------------------------------------------------------------------------- robustness
+
+
+def _kind_and_level(spec: str) -> tuple[str, float | None]:
+    """("jpeg", 50.0) for a known perturbation spec; (the text, None) for anything else."""
+    try:
+        perturbation = parse_perturbation(spec)
+    except ConfigError:
+        return spec.strip(), None
+    if perturbation is None:
+        return spec.strip(), None
+    return perturbation.kind, perturbation.value
+
+
+_Point = tuple[float | None, str, Any]  # (level, store, mean AUC)
+
+
+def _robustness_points(robustness: Mapping[str, Mapping[str, Any]]) -> dict[str, list[_Point]]:
+    by_kind: dict[str, list[_Point]] = {}
+    for store, entry in robustness.items():
+        kind, level = _kind_and_level(str(entry.get("perturb", store)))
+        by_kind.setdefault(kind, []).append((level, store, (entry.get("mean") or {}).get("auc")))
+    return by_kind
+
+
+def _robustness_panel(ax: Any, kind: str, points: list[_Point], clean_auc: Any) -> None:
+    numeric = all(level is not None for level, _, _ in points)
+    if numeric:
+        points.sort(key=lambda p: p[0] if p[0] is not None else math.inf)
+        xs = [p[0] for p in points]
+        ax.set_xticks(xs, [f"{x:g}" for x in xs], fontsize=8)
+    else:
+        xs = list(range(len(points)))
+        ax.set_xticks(xs, [p[1] for p in points], rotation=20, fontsize=7)
+    ys = [float(p[2]) if is_number(p[2]) else np.nan for p in points]
+    ax.plot(xs, ys, marker="o", color=FAKE_COLOUR, label="perturbed")
+    if is_number(clean_auc):
+        ax.axhline(float(clean_auc), color=REAL_COLOUR, ls="--", lw=1, label="clean")
+    if kind == "jpeg" and numeric:
+        ax.invert_xaxis()  # harsher compression to the right, like blur
+    ax.set(xlabel=PERTURBATION_KINDS.get(kind, kind), ylabel="mean AUC over subsets", title=kind)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, frameon=False)
+
+
+def robustness_figure(clean_auc: Any, robustness: Mapping[str, Mapping[str, Any]],
+                      path: Path) -> Path:
+    by_kind = _robustness_points(robustness)
+    fig = Figure(figsize=(max(4.4, 3.6 * len(by_kind)), 3.4), layout="constrained")
+    axes = fig.subplots(1, len(by_kind), squeeze=False)[0]
+    for ax, (kind, points) in zip(axes, by_kind.items(), strict=True):
+        _robustness_panel(ax, kind, points, clean_auc)
+    return save_figure(fig, path)
+
+
+# --------------------------------------------------------------------------- LaRE maps
+
+
+def _lare_panel(ax: Any, example: Mapping[str, Any] | None, lare: np.ndarray | None,
+                vmax: float) -> Any:
+    """One map with its subset and video/frame as the title; an empty slot when None."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if example is None or lare is None:
+        ax.set_axis_off()
+        return None
+    image = ax.imshow(lare, cmap="magma", vmin=0.0, vmax=vmax)
+    ax.set_title(f"{example.get('subset', '')}\n{video_and_frame(example.get('path', ''))}",
+                 fontsize=7)
+    return image
+
+
+def _lare_rows(examples: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[Mapping[str, Any]]]]:
+    """("real", examples), ("fake", examples), leaving out a class without examples."""
+    rows = []
+    for label, name in ((0, "real"), (1, "fake")):
+        items = [e for e in examples if int(e["label"]) == label]
+        if items:
+            rows.append((name, items))
+    return rows
+
+
+def lare_figure(examples: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    rows = _lare_rows(examples)
+    n_cols = max(len(items) for _, items in rows)
+    maps = {id(e): lare_channel_mean(e["lare"], f"LaRE example {e.get('path')!r}")
+            for e in examples}
+    # One colour scale for every panel, so real and fake maps compare by brightness.
+    vmax = max(float(m.max()) for m in maps.values()) or 1.0
+    fig = Figure(figsize=(2.1 * n_cols + 1.0, 2.3 * len(rows)), layout="constrained")
+    axes = fig.subplots(len(rows), n_cols, squeeze=False)
+    drawn = []
+    for row_axes, (name, items) in zip(axes, rows, strict=True):
+        for col, ax in enumerate(row_axes):
+            example = items[col] if col < len(items) else None
+            lare = maps[id(example)] if example is not None else None
+            drawn.append(_lare_panel(ax, example, lare, vmax))
+        row_axes[0].set_ylabel(name, fontsize=10)
+    images = [image for image in drawn if image is not None]
+    if images:
+        fig.colorbar(images[-1], ax=axes, shrink=0.85, label="LaRE, mean over channels")
+    return save_figure(fig, path)
+
+
+# --------------------------------------------------------------------------- error thumbnails
+
+
+def read_thumbnail(path: Path) -> Image.Image:
+    """The image at `path` as RGB, its longer side THUMBNAIL_SIDE. Raises OSError, ValueError or
+    PIL's DecompressionBombError for a file that is missing, damaged or not an image."""
+    with Image.open(path) as image:
+        image.draft("RGB", (THUMBNAIL_SIDE, THUMBNAIL_SIDE))  # JPEG: decode at reduced size
+        picture = image.convert("RGB")
+    picture.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    return picture
+
+
+def lare_overlay_png(picture: Image.Image | None, lare: np.ndarray, path: Path) -> Path:
+    """A small PNG of one error's LaRE map over its (squared) image, or alone without one."""
+    square = None
+    if picture is not None:
+        square = np.asarray(picture.resize((THUMBNAIL_SIDE, THUMBNAIL_SIDE)), dtype=np.uint8)
+    fig = Figure(figsize=(1.4, 1.4))
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
+    draw_lare_overlay(ax, square, lare_channel_mean(lare, path.name))
+    ax.set_axis_off()
+    return save_png(fig, path)
