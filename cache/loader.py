@@ -19,6 +19,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,15 +44,26 @@ _ARRAYS = ("cls", "tokens", "lare")
 
 @dataclass
 class _Window:
-    """The selected lines of a window of shards: rows, labels and each wanted array's values,
-    in shard order (a line per selected row, repeated rows repeated)."""
+    """The selected lines of a window of shards: rows and labels in shard order (a line per
+    selected row, repeated rows repeated) and each wanted array's values.
+
+    Read from the store, `values` hold one line each (`index` None, the window owns them);
+    from a RowCache, `values` are the cache's arrays and `index` says where each line is."""
 
     rows: np.ndarray
     labels: np.ndarray
     values: dict[str, np.ndarray]
+    index: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    @property
+    def own(self) -> bool:
+        return self.index is None
+
+    def positions(self, lines: np.ndarray) -> np.ndarray:
+        return lines if self.index is None else self.index[lines]
 
 
 class RowCache:
@@ -82,8 +94,9 @@ class RowCache:
         per_row = sum(int(np.prod(store.row_shape(n))) * store.dtype(n).itemsize for n in names)
         return per_row * len(np.unique(rows))
 
-    def take(self, name: str, rows: np.ndarray, out: np.ndarray) -> None:
-        np.take(self.values[name], np.searchsorted(self.rows, rows), axis=0, out=out)
+    def positions(self, rows: np.ndarray) -> np.ndarray:
+        """Where each of `rows` (all cached) is in `values`."""
+        return np.searchsorted(self.rows, rows)
 
 
 class StoreLoader:
@@ -155,9 +168,6 @@ class StoreLoader:
 
     def _read_shard(self, name: str, rows: np.ndarray, out: np.ndarray) -> None:
         """One array's values for the (sorted) selected rows of one shard, into `out`."""
-        if self.cache is not None:
-            self.cache.take(name, rows, out)
-            return
         start, stop = int(rows[0]), int(rows[-1]) + 1
         if len(rows) == stop - start:  # every row once, in order: decode straight into out
             self.store.read_into(name, start, stop, out)
@@ -168,6 +178,8 @@ class StoreLoader:
     def _read_window(self, shards: list[int]) -> _Window:
         picks = np.concatenate([self._by_shard[shard] for shard in shards])
         rows, labels = self.rows[picks], self.labels[picks]
+        if self.cache is not None:  # batches gather straight from the cache: one copy
+            return _Window(rows, labels, self.cache.values, self.cache.positions(rows))
         values: dict[str, np.ndarray] = {}
         for name in self.names:
             shape, dtype = self.store.row_shape(name), self.store.dtype(name)
@@ -206,12 +218,25 @@ class StoreLoader:
             parts.append(rows if perm is None else rows[perm])
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
+    def _windows(self, epoch: int) -> Iterator[tuple[_Window, np.ndarray | None]]:
+        """The epoch's windows, read, each with its order; the next window is read in a
+        thread while the caller cuts batches from this one (the codecs release the GIL)."""
+        plan = list(self._plan(epoch))
+        if not plan:
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clare-window") as pool:
+            ahead = pool.submit(self._read_window, plan[0][0])
+            for number, (_shards, perm) in enumerate(plan):
+                window = ahead.result()
+                if number + 1 < len(plan):
+                    ahead = pool.submit(self._read_window, plan[number + 1][0])
+                yield window, perm
+
     def _batches(self, epoch: int) -> Iterator[Batch]:
         """Cut batches from the windows in plan order; a batch may span two windows."""
         carry: list[tuple[_Window, np.ndarray]] = []  # (window, its lines still to batch)
         carried = 0
-        for shards, perm in self._plan(epoch):
-            window = self._read_window(shards)
+        for window, perm in self._windows(epoch):
             lines = np.arange(len(window)) if perm is None else perm
             while carried + len(lines) >= self.batch_size:
                 need = self.batch_size - carried
@@ -232,15 +257,19 @@ class StoreLoader:
         for name in self.names:
             first_window, first_lines = parts[0]
             run = _as_run(first_lines)
-            if len(parts) == 1 and run is not None and not self.pin_memory:
+            if len(parts) == 1 and run is not None and not self.pin_memory and first_window.own:
                 tensors[name] = torch.from_numpy(first_window.values[name][run])
                 continue
             sample = first_window.values[name]
-            out = torch.empty((size, *sample.shape[1:]), dtype=_TORCH_DTYPES[sample.dtype.name],
-                              pin_memory=self.pin_memory)
+            shape = (size, *sample.shape[1:])
+            # numpy's allocations are backed by transparent huge pages where the kernel offers
+            # them (torch's are not): first-touch page faults cost as much as the copy itself.
+            out = (torch.empty(shape, dtype=_TORCH_DTYPES[sample.dtype.name], pin_memory=True)
+                   if self.pin_memory else torch.from_numpy(np.empty(shape, dtype=sample.dtype)))
             target, at = out.numpy(), 0
             for window, lines in parts:
-                np.take(window.values[name], lines, axis=0, out=target[at : at + len(lines)])
+                np.take(window.values[name], window.positions(lines), axis=0,
+                        out=target[at : at + len(lines)])
                 at += len(lines)
             tensors[name] = out
         return Batch(rows=rows, cls=tensors["cls"], tokens=tensors.get("tokens"),

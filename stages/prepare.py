@@ -30,9 +30,13 @@ _TABLE_COLUMNS = (
     ("duplicates", "duplicates"),
     ("unknown_labels", "unknown labels"),
     ("rejected", "rejected paths"),
-    ("label_conflicts", "label conflicts"),
     ("real", "real"),
     ("fake", "fake"),
+)
+# What the found frames cost to extract: entries, the images they add, and what sharing saves.
+_ENTRY_COLUMNS = (
+    ("found", "entries"),
+    ("label_conflicts", "label conflicts"),
     ("distinct", "distinct images"),
     ("shared", "extractions saved"),
 )
@@ -76,29 +80,37 @@ def _check_inputs(cfg: Config) -> None:
         )
 
 
-def checks_table(split: str, checks: Iterable[SubsetCheck]) -> Table:
-    table = Table(title=f"prepare: {split}", title_justify="left")
-    table.add_column("subset")
-    for _, header in _TABLE_COLUMNS:
+def _counts_table(title: str, columns: tuple[tuple[str, str], ...],
+                  rows: list[tuple[str, dict]], total: bool) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("subset", no_wrap=True)
+    for _, header in columns:
         table.add_column(header, justify="right")
-    checks = list(checks)
-    rows = [(check.subset, _table_counts(check.counts())) for check in checks]
-    totals = {key: sum(counts[key] for _, counts in rows) for key, _ in _TABLE_COLUMNS}
-    for index, (subset, counts) in enumerate([*rows, ("all", totals)]):
+    if total:
+        rows = [*rows, ("all", {key: sum(counts[key] for _, counts in rows) for key, _ in columns})]
+    for index, (subset, counts) in enumerate(rows):
         cells = []
-        for key, _ in _TABLE_COLUMNS:
+        for key, _ in columns:
             value = counts[key]
             # Highlight the counts that mean lost or suspicious images.
             problem = key not in _PLAIN and value
             cells.append(f"[bold red]{value}[/]" if problem else str(value))
-        table.add_row(subset, *cells, end_section=index == len(rows) - 1)
+        table.add_row(subset, *cells, end_section=total and index == len(rows) - 2)
     return table
 
 
-def _table_counts(counts: dict) -> dict:
-    """A subset's counts plus the images it adds: found entries less those shared with an
-    earlier subset (each distinct image is extracted once)."""
-    return {**counts, "distinct": counts["found"] - counts["shared"]}
+def checks_table(split: str, checks: Iterable[SubsetCheck]) -> Table:
+    """What `prepare` found wrong per subset: the frames listed, found, missing, ..."""
+    rows = [(check.subset, check.counts()) for check in checks]
+    return _counts_table(f"prepare: {split}", _TABLE_COLUMNS, rows, total=False)
+
+
+def entries_table(split: str, checks: Iterable[SubsetCheck]) -> Table:
+    """Per subset and for all: the entries found, the distinct images they add (an image an
+    earlier subset lists is extracted once) and the extractions that saves."""
+    rows = [(check.subset, {**check.counts(), "distinct": check.found - check.shared})
+            for check in checks]
+    return _counts_table(f"prepare: {split} entries", _ENTRY_COLUMNS, rows, total=True)
 
 
 def saving_line(split: str, checks: Iterable[SubsetCheck]) -> str:
@@ -113,6 +125,7 @@ def saving_line(split: str, checks: Iterable[SubsetCheck]) -> str:
 
 def _print_checks(console: Console, split: str, checks: list[SubsetCheck]) -> None:
     console.print(checks_table(split, checks))
+    console.print(entries_table(split, checks))
     console.print(saving_line(split, checks))
     for check in checks:
         for note in check.notes:
@@ -172,6 +185,7 @@ def run_prepare(cfg: Config, splits: Iterable[str] = ("train", "test")) -> dict[
         path = index_dir / f"{split}.parquet"
         atomic_write_parquet(path, index)
         written[split] = path
-        console.print(f"{split}: {len(index)} images in {len(results[split])} subsets -> {path}")
+        console.print(f"{split}: {len(index)} entries ({index['path'].nunique()} distinct images) in "
+                      f"{len(results[split])} subsets -> {path}")
     _update_checks_json(index_dir / "checks.json", results)
     return written
