@@ -10,9 +10,11 @@ process and reports:
 - prepare's wall time and peak memory (a fresh `clare --help` process is the baseline: imports);
 - entries vs distinct images in the train index: the extractions one row per distinct image
   would save;
-- batch mixing of clare's own StoreLoader (128-row shards, batch 128, window of 2 shards) over
-  the train index, rows in index order (before) and in the store's seeded order (after);
-- the time to lay out the store's rows (row_skeleton + index digest) at this size.
+- batch mixing of clare's own StoreLoader (128-row shards, batch 128) over the train index:
+  before, one row per entry in index order with the old window of 2 shards; after, one row
+  per distinct image in the store's seeded order, an epoch over every entry, with fit's
+  shuffle window;
+- the time to lay out the store (store_layout + its digest) at this size.
 
     python -m benchmarks.bench_scale            # ~410k train entries, a few minutes on 2 cores
     python -m benchmarks.bench_scale --smoke    # 1/100 of the videos (CI)
@@ -194,27 +196,34 @@ def run_clare(*args: str) -> ProcessCost:
 
 
 def mixing(index: pd.DataFrame, work: Path, seed: int) -> dict[str, Any]:
-    """Batch mixing before (index order) and after (the store's seeded order), and the time
-    to lay out the rows; through clare's StoreLoader over a store with tiny arrays."""
-    from clare.cache.loader import StoreLoader, batch_mixing
-    from clare.cache.store import FeatureStore, index_digest, row_skeleton
+    """Batch mixing before (a row per entry, index order, window 2) and after (a row per
+    distinct image in the seeded order, an epoch over the entries, fit's window), and the time
+    to lay out the store; through clare's StoreLoader over a store with tiny arrays."""
+    from clare.cache.entries import store_layout
+    from clare.cache.loader import StoreLoader, batch_mixing, by_row
+    from clare.cache.store import FeatureStore
+    from clare.config import FitConfig
     from clare.stages.fit import video_keys
 
     started = time.perf_counter()
-    after_rows = row_skeleton(index, 1, None, seed)
-    digest = index_digest(after_rows)
+    layout = store_layout(index, 1, None, seed)
+    digest = layout.digest()
     layout_s = time.perf_counter() - started
-    before_rows = index.assign(view=np.int16(0), perturb="")
-    before_rows.insert(0, "row", np.arange(len(index), dtype=np.int64))
+    before_rows = index.assign(row=np.arange(len(index), dtype=np.int64))
+    after_rows = layout.entries.assign(row=layout.entries["image"])
     store = FeatureStore.create(work / "mixing-store", n_rows=len(index),
                                 shapes={"lare": (1, 1, 1), "cls": (1,), "tokens": (1, 1)},
                                 shard_rows=SHARD_ROWS, meta={})
-    out: dict[str, Any] = {"layout_s": layout_s, "index_sha256": digest[:12]}
-    for name, rows in (("before", before_rows), ("after", after_rows)):
+    out: dict[str, Any] = {"layout_s": layout_s, "index_sha256": digest[:12],
+                           "rows_after": layout.n_images}
+    for name, rows, window in (("before", before_rows, 2),
+                               ("after", after_rows, FitConfig().shuffle_window)):
         loader = StoreLoader(store, rows["row"].to_numpy(), rows["label"].to_numpy(),
-                             batch_size=BATCH, seed=seed, shuffle_window=2, prefetch=0)
+                             batch_size=BATCH, seed=seed, shuffle_window=window, prefetch=0)
         videos = pd.factorize(video_keys(rows))[0]
-        out[name] = asdict(batch_mixing(loader, 0, rows["label"].to_numpy(), videos))
+        out[name] = asdict(batch_mixing(loader, 0, by_row(rows["row"], rows["label"].to_numpy(),
+                                                          store.n_rows),
+                                        by_row(rows["row"], videos, store.n_rows)))
     return out
 
 
@@ -282,9 +291,10 @@ def _print(results: dict[str, Any]) -> None:
         ["train distinct images", index["train_distinct_images"]],
         ["extractions saved", f"{index['extractions_saved']:,} "
                               f"({index['extractions_saved_fraction']:.1%})"],
-        ["row layout + digest s", mixed["layout_s"]],
+        ["store layout + digest s", mixed["layout_s"]],
     ])
-    print_table("batch mixing (StoreLoader, 128-row shards, batch 128, window 2)",
+    print_table("batch mixing (StoreLoader, 128-row shards, batch 128; before window 2, after "
+                "fit's window over every entry)",
                 ["order", "batches", "single-class batches", "median videos / batch", "min"],
                 [[name, mixed[name]["batches"], f"{mixed[name]['single_class_fraction']:.2%}",
                   mixed[name]["median_videos"], mixed[name]["min_videos"]]

@@ -307,6 +307,14 @@ class BatchMixing:
     min_videos: int
 
 
+def by_row(rows: np.ndarray, values: np.ndarray, n_rows: int) -> np.ndarray:
+    """`values` (one per line of an entry list) as an array indexed by store row, the form
+    `batch_mixing` reads; the entries of one row must agree (label, video folder)."""
+    out = np.zeros(n_rows, dtype=np.asarray(values).dtype)
+    out[np.asarray(rows)] = values
+    return out
+
+
 def batch_mixing(loader: StoreLoader, epoch: int, label_of_row: np.ndarray,
                  video_of_row: np.ndarray) -> BatchMixing:
     """Mixing of the batches `loader` yields in `epoch`, from its order alone (nothing is read).

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from clare.cache.entries import image_write_order, store_layout
-from clare.cache.loader import BatchMixing, StoreLoader, batch_mixing
+from clare.cache.loader import BatchMixing, StoreLoader, batch_mixing, by_row
 from clare.cache.store import FeatureStore
 from clare.config import FitConfig
 from clare.stages.fit import video_keys
@@ -57,11 +57,8 @@ def mixing_of(rows: pd.DataFrame, store: FeatureStore, window: int) -> BatchMixi
     loader = StoreLoader(store, rows["row"].to_numpy(), rows["label"].to_numpy(),
                          batch_size=BATCH, seed=0, shuffle_window=window, prefetch=0)
     # batch_mixing looks labels and videos up by store row (entries of one row agree on both).
-    label_of_row = np.zeros(store.n_rows, dtype=np.int64)
-    video_of_row = np.zeros(store.n_rows, dtype=np.int64)
-    label_of_row[rows["row"]] = rows["label"]
-    video_of_row[rows["row"]] = pd.factorize(video_keys(rows))[0]
-    return batch_mixing(loader, 0, label_of_row, video_of_row)
+    return batch_mixing(loader, 0, by_row(rows["row"], rows["label"].to_numpy(), store.n_rows),
+                        by_row(rows["row"], pd.factorize(video_keys(rows))[0], store.n_rows))
 
 
 def entries_in_store_order(index: pd.DataFrame) -> pd.DataFrame:
