@@ -294,6 +294,40 @@ def test_duplicates_within_a_subset_are_counted_and_kept_once(tiny_tree: Path) -
     assert set(index["video"]) == {"dup_Real/v0"}
 
 
+def test_reals_listed_by_two_subsets_are_entries_of_one_image_each(tiny_tree: Path, capsys) -> None:
+    lists = tiny_tree.parent / "lists"
+    _tiny_list(tiny_tree, "one")
+    _tiny_list(tiny_tree, "two")  # the same real and fake frames again, as DF40's reals
+    index, checks = build_index(_config(tiny_tree, lists, ["one", "two"]), "train")
+    assert len(index) == 24 and index["path"].nunique() == 12  # both lists keep their entries
+    assert [(c.found, c.shared) for c in checks] == [(12, 0), (12, 12)]
+    cfg = _config(tiny_tree, lists, ["one", "two"], ["one"])
+    run_prepare(cfg)
+    captured = capsys.readouterr()
+    out = captured.out + captured.err
+    assert "extractions saved" in out and "distinct images" in out
+    assert "train: 24 entries, 12 distinct images: 12 extractions saved (50.0%)" in out
+
+
+def test_one_image_listed_as_real_and_as_fake_is_an_error_or_dropped(tiny_tree: Path) -> None:
+    lists = tiny_tree.parent / "lists"
+    _tiny_list(tiny_tree, "one")
+    _write_list(lists, "liar", {  # lists one of one's real frames as fake
+        "liar_Fake": {"v9": [f"{PREFIX}real/v0/000.png", f"{PREFIX}fake/v1/000.png"]}})
+    with pytest.raises(DataIndexError) as caught:
+        build_index(_config(tiny_tree, lists, ["one", "liar"]), "train")
+    message = str(caught.value)
+    assert message.startswith("real/v0/000.png is listed as real by one (")
+    assert f"as fake by liar ({lists / 'liar.json'})" in message
+    assert "data.on_label_conflict: skip" in message
+
+    index, checks = build_index(_config(tiny_tree, lists, ["one", "liar"],
+                                        on_label_conflict="skip"), "train")
+    assert "real/v0/000.png" not in set(index["path"])
+    assert [c.label_conflicts for c in checks] == [1, 1]
+    assert [(c.found, c.real, c.fake) for c in checks] == [(11, 5, 6), (1, 0, 1)]
+
+
 def test_folder_layout(tmp_path: Path) -> None:
     root = tmp_path / "root"
     for n in range(5):
