@@ -30,13 +30,7 @@ import pandas as pd
 import torch
 
 from clare import fingerprint as fp
-from clare.cache.store import (
-    FeatureStore,
-    default_shard_rows,
-    index_digest,
-    row_skeleton,
-    shard_index_digests,
-)
+from clare.cache.store import FeatureStore, index_digest, row_skeleton, shard_index_digests
 from clare.config import Config
 from clare.console import library_log_level, library_logging, make_console
 from clare.data.views import Perturbation, parse_perturbation
@@ -47,7 +41,9 @@ from clare.features import (
     RowPreparer,
     clip_resize_side,
     compute_features,
+    create_feature_store,
     get_extractor,
+    store_meta,
 )
 
 # --------------------------------------------------------------------------- job description
@@ -331,12 +327,8 @@ def _open_or_create(path: Path, cfg: Config, rows: pd.DataFrame, fingerprint: di
     if store.exists() and overwrite:
         store.destroy()
     if not store.exists():
-        shapes = _feature_shapes(cfg)
-        shard_rows = cfg.extract.shard_rows or default_shard_rows(*shapes["tokens"])
-        return FeatureStore.create(
-            path, n_rows=len(rows), shapes=shapes, shard_rows=shard_rows, index=rows,
-            meta={"fingerprint": fingerprint, "fingerprint_sha256": fp.digest(fingerprint), **meta},
-        )
+        return create_feature_store(path, cfg, rows, fingerprint, shapes=_feature_shapes(cfg),
+                                    meta=meta)
     fp.require_match(store.meta.get("fingerprint") or {}, fingerprint, fp.STORE,
                      expected_name=f"store {path}", actual_name="this extraction's settings",
                      fix="use --overwrite to rebuild it or another paths.stores")
@@ -413,12 +405,8 @@ def run_extract(
     with FeatureStore(path).lock(), _disk_full_as_store_error(path):
         store = _open_or_create(
             path, cfg, rows, fingerprint, overwrite=overwrite, console=console,
-            meta={"split": split, "views": views, "n_images": len(index),
-                  "perturb": perturbation.spec if perturbation else None,
-                  # In index (config) order: reports list subsets in this order.
-                  "subsets": [str(s) for s in pd.unique(index["subset"])],
-                  "libraries": {"torch": torch.__version__},
-                  "cpu_threads": cfg.extract.cpu_threads},
+            meta=store_meta(cfg, split=split, views=views, index=index,
+                            perturb=perturbation.spec if perturbation else None),
         )
         done = store.completed_shards()
         pending = [i for i in range(store.n_shards) if i not in done]
