@@ -6,9 +6,9 @@ frontal-face cascade (`skimage.feature.Cascade` with the cascade file that ships
 scikit-image wheel): BSD-licensed, maintained, and nothing is downloaded at run time. It is
 an optional extra (`pip install 'clare[faces]'`).
 
-The crop is the detection box enlarged 1.3x about its centre to a square (DeepfakeBench's
-DF40 preprocessing crops dlib's face box enlarged 1.3x), then clipped to the image; the
-stage-one code path then sees the crop as it would see any image.
+The crop is the detection box enlarged 1.3x about its centre to a square, then clipped to the
+image (DF40's crops keep a margin around the face; docs/design.md fixes no number, so 1.3x is
+our choice); the stage-one code path then sees the crop as it would see any image.
 """
 
 from __future__ import annotations
