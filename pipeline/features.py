@@ -246,10 +246,12 @@ class FeatureSpill:
     def _rows_of(self, name: str, records: pd.DataFrame) -> np.ndarray:
         def row(batch: int, at: int) -> np.ndarray:
             if (name, batch) not in self._open:
-                self._open[(name, batch)] = np.load(self.folder / f"{name}-{batch:06d}.npy", mmap_mode="r")
+                file = self.folder / f"{name}-{batch:06d}.npy"
+                self._open[(name, batch)] = np.load(file, mmap_mode="r")
             return self._open[(name, batch)][at]
 
-        return np.stack([row(int(b), int(a)) for b, a in zip(records["_batch"], records["_at"], strict=True)])
+        pairs = zip(records["_batch"], records["_at"], strict=True)
+        return np.stack([row(int(batch), int(at)) for batch, at in pairs])
 
     def write_store(self, path: Path, cfg: Config, *, split: str,
                     extra: dict[str, Any]) -> FeatureStore | None:
@@ -261,8 +263,13 @@ class FeatureSpill:
             return None
         index = pd.DataFrame.from_records(self.rows)
         skeleton = row_skeleton(index, 1, None, cfg.seed)
+        # The skeleton's rows are the index's in image_write_order: the spilled rows likewise.
         records = index.iloc[image_write_order(len(index), cfg.seed)].reset_index(drop=True)
-        fingerprint = fp.store_fingerprint(cfg, index_sha256=index_digest(skeleton), views=1, perturb=None)
+        for column in ("path", "frame"):
+            if records[column].tolist() != skeleton[column].tolist():
+                raise RuntimeError("row_skeleton no longer orders rows by image_write_order")
+        fingerprint = fp.store_fingerprint(cfg, index_sha256=index_digest(skeleton), views=1,
+                                           perturb=None)
         with FeatureStore(path).lock():
             store = create_feature_store(
                 path, cfg, skeleton, fingerprint, shapes=self.shapes,

@@ -350,8 +350,9 @@ class Scorer:
             for j, k in enumerate(features.index):
                 self._record(todo[k], features, j, float(probs[j]), attention)
             if self.spill is not None:
-                self.spill.add(features, [(j, store_identity(todo[k])) for j, k in enumerate(features.index)
-                                          if todo[k].p_fake is not None])
+                scored = [(j, store_identity(todo[k])) for j, k in enumerate(features.index)
+                          if todo[k].p_fake is not None]
+                self.spill.add(features, scored)
         for unit in units:
             unit.prepared = None  # the pixels are no longer needed: bounded memory
 
@@ -546,10 +547,8 @@ def _check_store_target(path: Path | None) -> None:
 
 def _write_store(spill: FeatureSpill, path: Path, cfg: Config, faces: str, console: Any) -> Path | None:
     """The features of every scored image as a store at `path`; None when none scored."""
-    try:
-        store = spill.write_store(path, cfg, split=STORE_SUBSET, extra={"faces": faces})
-    finally:
-        spill.close()
+    store = spill.write_store(path, cfg, split=STORE_SUBSET, extra={"faces": faces})
+    spill.close()
     if store is None:
         if path.is_dir() and not any(path.iterdir()):
             path.rmdir()
@@ -579,24 +578,24 @@ def run_predict(run_dir: Path, inputs: list[str], *, list_file: Path | None = No
     _check_store_target(options.store)
     _check_features(run, cfg)
     device = resolve_device(options.device or cfg.extract.device)
-    threads = torch.get_num_threads()
-    # Interactive work: every core for torch (extract pins threads for bit-identical stores).
-    torch.set_num_threads(os.cpu_count() or 1)
     spill = FeatureSpill(Path(options.store) / SPILL_DIR) if options.store is not None else None
     try:
-        models = _load_models(run, cfg, device, options, spill)
-        started = time.perf_counter()
-        results, scored = _score_with_progress(paths, models, batch_size, cfg, console)
-        seconds = time.perf_counter() - started
-    except BaseException:
-        if spill is not None:
-            spill.close()
-        raise
+        threads = torch.get_num_threads()
+        # Interactive work: every core for torch (extract pins threads for bit-identical stores).
+        torch.set_num_threads(os.cpu_count() or 1)
+        try:
+            models = _load_models(run, cfg, device, options, spill)
+            started = time.perf_counter()
+            results, scored = _score_with_progress(paths, models, batch_size, cfg, console)
+            seconds = time.perf_counter() - started
+        finally:
+            torch.set_num_threads(threads)
+        summary = _finish(results, out_dir, threshold, seconds, scored, options, console)
+        if spill is not None and options.store is not None:
+            summary.store = _write_store(spill, Path(options.store), cfg, options.faces, console)
     finally:
-        torch.set_num_threads(threads)
-    summary = _finish(results, out_dir, threshold, seconds, scored, options, console)
-    if spill is not None and options.store is not None:
-        summary.store = _write_store(spill, Path(options.store), cfg, options.faces, console)
+        if spill is not None:
+            spill.close()  # a failed run leaves no spilled features behind
     return summary
 
 
