@@ -182,6 +182,11 @@ def predict(
         help="Fake when p_fake >= this (default: the run's validation EER threshold).")] = None,
     explain: Annotated[bool, typer.Option(
         help="Write a PNG per input (LaRE map, attention) and gallery.html.")] = False,
+    faces: Annotated[str, typer.Option(
+        help="none: the inputs are face crops already (like DF40's); detect: crop each to its "
+             "largest face (needs pip install 'clare[faces]').")] = "none",
+    store: Annotated[Path | None, typer.Option(
+        help="Also write the computed features as a feature store in this new folder.")] = None,
     fail_on_error: Annotated[bool, typer.Option(help="Exit 1 when any input failed.")] = False,
     set_: SetOpt = None,
     quiet: QuietOpt = False,
@@ -191,7 +196,7 @@ def predict(
     from clare.stages.predict import PredictOptions, run_predict
 
     options = PredictOptions(out_dir=out, device=device, batch_size=batch_size,
-                             threshold=threshold, explain=explain)
+                             threshold=threshold, explain=explain, faces=faces, store=store)
     summary = run_predict(run, inputs or [], list_file=list_file, config_file=config,
                           overrides=set_ or [], options=options)
     if fail_on_error and summary.failed:

@@ -26,20 +26,26 @@ _GALLERY = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>clare predict: {{ title }}</title>
 <style>
 body { font-family: sans-serif; margin: 1.5em; }
-figure { display: inline-block; margin: 0 1em 1.5em 0; vertical-align: top; max-width: 640px; }
-img { width: 100%; } figcaption { font-size: 0.9em; word-break: break-all; }
-.fake { color: #b00020; } .real { color: #006400; }
+main { display: grid; grid-template-columns: repeat(auto-fill, minmax(520px, 1fr)); gap: 1.5em 1em; }
+figure { margin: 0; padding: 0.5em; border: 1px solid #ddd; border-radius: 4px; }
+img { width: 100%; height: auto; display: block; }
+figcaption { font-size: 0.9em; overflow-wrap: anywhere; margin-top: 0.3em; }
+.fake { color: #b00020; font-weight: bold; } .real { color: #006400; font-weight: bold; }
 </style></head><body>
 <h1>clare predict: {{ title }}</h1>
-<p>{{ items|length }} image(s), sorted by p_fake (highest first); threshold {{ "%.4f"|format(threshold) }}.
-Panels: the image as the model saw it; its LaRE map (mean over channels); the head's attention
-over the patch grid.</p>
+<p>{{ items|length }} image(s) scored{% if failed %}, {{ failed|length }} failed (listed at the end){% endif %};
+sorted by p_fake (highest first); verdict fake when p_fake &ge; the threshold {{ "%.4f"|format(threshold) }}.</p>
+<p>Panels, left to right: the image as the model saw it; its LaRE map (reconstruction error,
+mean over the 4 latent channels; brighter = larger error) over it; the fusion head's attention
+over the CLIP patch grid (yellow = more weight).</p>
+<main>
 {% for item in items %}<figure>
 <img alt="explanation of {{ item.label }}" src="data:image/png;base64,{{ item.png }}">
 <figcaption>{{ item.label }}: p_fake {{ "%.4f"|format(item.p_fake) }},
 <span class="{{ item.verdict }}">{{ item.verdict }}</span></figcaption>
 </figure>
-{% endfor %}{% if failed %}<h2>Failed inputs</h2><ul>
+{% endfor %}</main>
+{% if failed %}<h2>Failed inputs</h2><ul>
 {% for row in failed %}<li>{{ row.label }}: {{ row.error }}</li>
 {% endfor %}</ul>{% endif %}
 </body></html>
@@ -93,7 +99,7 @@ def explanation_png(path: Path, explain: dict[str, np.ndarray], title: str) -> N
     side = picture.shape[0]
     attention = explain.get("attention")
     panels = 3 if attention is not None else 2
-    figure = Figure(figsize=(3.2 * panels, 3.6), dpi=100)
+    figure = Figure(figsize=(3.0 * panels, 3.4), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, panels)
     axes[0].imshow(picture)
@@ -107,7 +113,7 @@ def explanation_png(path: Path, explain: dict[str, np.ndarray], title: str) -> N
     for axis in axes:
         axis.set_axis_off()
     figure.suptitle(title, fontsize=9)
-    figure.savefig(path, format="png")
+    figure.savefig(path, format="png", bbox_inches="tight", pad_inches=0.05)
 
 
 def _file_name(number: int, source: Path, frame: int | None) -> str:

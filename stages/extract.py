@@ -31,7 +31,7 @@ import torch
 
 from clare import fingerprint as fp
 from clare.cache.entries import StoreLayout, store_layout
-from clare.cache.store import FeatureStore, default_shard_rows, shard_index_digests
+from clare.cache.store import FeatureStore, shard_index_digests
 from clare.config import Config
 from clare.console import library_log_level, library_logging, make_console
 from clare.data.views import Perturbation, parse_perturbation
@@ -42,7 +42,9 @@ from clare.features import (
     RowPreparer,
     clip_resize_side,
     compute_features,
+    create_feature_store,
     get_extractor,
+    store_meta,
 )
 
 # --------------------------------------------------------------------------- job description
@@ -328,13 +330,8 @@ def _open_or_create(path: Path, cfg: Config, layout: StoreLayout, fingerprint: d
     if store.exists() and overwrite:
         store.destroy()
     if not store.exists():
-        shapes = _feature_shapes(cfg)
-        shard_rows = cfg.extract.shard_rows or default_shard_rows(*shapes["tokens"])
-        return FeatureStore.create(
-            path, n_rows=len(rows), shapes=shapes, shard_rows=shard_rows, index=rows,
-            entries=layout.entries,
-            meta={"fingerprint": fingerprint, "fingerprint_sha256": fp.digest(fingerprint), **meta},
-        )
+        return create_feature_store(path, cfg, layout, fingerprint, shapes=_feature_shapes(cfg),
+                                    meta=meta)
     fp.require_match(store.meta.get("fingerprint") or {}, fingerprint, fp.STORE,
                      expected_name=f"store {path}", actual_name="this extraction's settings",
                      fix="use --overwrite to rebuild it or another paths.stores")
@@ -423,13 +420,8 @@ def run_extract(
     with FeatureStore(path).lock(), _disk_full_as_store_error(path):
         store = _open_or_create(
             path, cfg, layout, fingerprint, overwrite=overwrite, console=console,
-            meta={"split": split, "views": views, "n_images": layout.n_images,
-                  "n_entries": len(index),
-                  "perturb": perturbation.spec if perturbation else None,
-                  # In index (config) order: reports list subsets in this order.
-                  "subsets": [str(s) for s in pd.unique(index["subset"])],
-                  "libraries": {"torch": torch.__version__},
-                  "cpu_threads": cfg.extract.cpu_threads},
+            meta=store_meta(cfg, split=split, layout=layout,
+                            perturb=perturbation.spec if perturbation else None),
         )
         done = store.completed_shards()
         pending = [i for i in range(store.n_shards) if i not in done]

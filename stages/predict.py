@@ -13,7 +13,6 @@ row whose p_fake is the frames' mean. Bad inputs are failed rows with their reas
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 import time
 from collections import deque
@@ -37,10 +36,12 @@ from clare.config import (
     parse_override,
 )
 from clare.console import make_console
-from clare.data.images import DecodedImage, ImageDecodeError, check_dimensions
-from clare.errors import ConfigError, DataError, one_line, reason_label
+from clare.data.faces import FaceBox, FaceCrop, check_face_mode
+from clare.data.images import DecodedImage, ImageDecodeError, check_dimensions, pixels_sha256
+from clare.errors import ConfigError, DataError, StoreError, one_line, reason_label
 from clare.features import (
     FeatureExtractor,
+    FeatureSpill,
     Prepared,
     RowPreparer,
     clip_resize_side,
@@ -49,10 +50,15 @@ from clare.features import (
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm"})
+# face_*: the crop box in the input's pixels with `--faces detect` (x1, y1 exclusive), else empty.
+FACE_COLUMNS = ("face_x0", "face_y0", "face_x1", "face_y1")
 PREDICTION_COLUMNS = ("input", "kind", "frame", "p_fake", "verdict", "threshold", "status",
-                      "error", "width", "height")
+                      "error", "width", "height", *FACE_COLUMNS)
 DEFAULT_THRESHOLD = 0.5
 TABLE_LIMIT = 20  # inputs up to which the predictions are printed as a table
+STORE_SUBSET = "predict"  # --store: the subset and label of every row (predict knows no labels)
+UNKNOWN_LABEL = -1
+SPILL_DIR = ".predict-spill"  # --store: features wait here until every input is scored
 
 # Settings that shape a feature (docs/design.md, "Fingerprint"): predict takes them from the run.
 # The weights themselves are checked by content against the run's fingerprint.
@@ -196,8 +202,8 @@ def read_video_frames(path: Path, wanted: int, cfg: Config) -> tuple[list[tuple[
             for number, frame in enumerate(container.decode(stream)):
                 if number in keep:
                     image = frame.to_image().convert("RGB")
-                    digest = hashlib.sha256(image.tobytes() + repr(image.size).encode()).hexdigest()
-                    frames.append((number, DecodedImage(image, digest, image.width, image.height)))
+                    frames.append((number, DecodedImage(image, pixels_sha256(image), image.width,
+                                                        image.height)))
                 if len(frames) == len(keep):
                     break
     except ImageDecodeError:
@@ -222,7 +228,9 @@ class Unit:
     error: str | None = None
     width: int | None = None
     height: int | None = None
+    face: FaceBox | None = None
     explain: dict[str, np.ndarray] | None = None
+    source: Path | None = None  # the input file (the video for a frame)
 
 
 @dataclass
@@ -235,28 +243,51 @@ class InputResult:
     height: int | None = None
 
 
+def _face_unit(frame: int | None, prepared: Prepared, crop: FaceCrop) -> Unit:
+    """A unit prepared from a face crop: its size is the input's, its box the crop's."""
+    width, height = crop.source_size or (None, None)
+    return Unit(frame, prepared, error=prepared.error, width=width, height=height, face=crop.box)
+
+
+def _image_unit(frame: int | None, prepared: Prepared, width: int | None, height: int | None) -> Unit:
+    return Unit(frame, prepared, error=prepared.error, width=width, height=height)
+
+
 @dataclass
 class _InputPreparer:
     preparer: RowPreparer
     cfg: Config
+    faces: bool = False  # --faces detect: crop every image and frame to its largest face
 
     def __call__(self, path: Path) -> InputResult:
         if path.suffix.lower() in VIDEO_SUFFIXES:
             return self._video(path)
-        prepared = self.preparer(str(path), 0)
-        unit = Unit(None, prepared, error=prepared.error, width=prepared.width, height=prepared.height)
-        return InputResult(path, "image", [unit], prepared.error, prepared.width, prepared.height)
+        if self.faces:
+            crop = FaceCrop(str(path))
+            unit = _face_unit(None, self.preparer(str(path), 0, crop), crop)
+        else:
+            prepared = self.preparer(str(path), 0)
+            unit = _image_unit(None, prepared, prepared.width, prepared.height)
+        unit.source = path
+        return InputResult(path, "image", [unit], unit.error, unit.width, unit.height)
+
+    def _frame(self, path: Path, number: int, decoded: DecodedImage) -> Unit:
+        name = f"{path}#frame{number}"
+        if self.faces:
+            crop = FaceCrop(name)
+            unit = _face_unit(number, self.preparer.prepare_decoded(decoded, 0, name, crop), crop)
+        else:
+            unit = _image_unit(number, self.preparer.prepare_decoded(decoded, 0, name),
+                               decoded.width, decoded.height)
+        unit.source = path
+        return unit
 
     def _video(self, path: Path) -> InputResult:
         try:
             frames, width, height = read_video_frames(path, self.cfg.predict.video_frames, self.cfg)
         except ImageDecodeError as exc:
             return InputResult(path, "video", [], str(exc))
-        units = []
-        for number, decoded in frames:
-            prepared = self.preparer.prepare_decoded(decoded, 0, f"{path}#frame{number}")
-            units.append(Unit(number, prepared, error=prepared.error,
-                              width=decoded.width, height=decoded.height))
+        units = [self._frame(path, number, decoded) for number, decoded in frames]
         return InputResult(path, "video", units, None, width, height)
 
 
@@ -299,6 +330,7 @@ class Scorer:
     device: torch.device
     seed: int
     explain: bool = False
+    spill: FeatureSpill | None = None  # --store: the features of every scored image go here
 
     @torch.no_grad()
     def __call__(self, units: list[Unit]) -> None:
@@ -317,6 +349,10 @@ class Scorer:
             attention = self._attention(batch) if self.explain else None
             for j, k in enumerate(features.index):
                 self._record(todo[k], features, j, float(probs[j]), attention)
+            if self.spill is not None:
+                scored = [(j, store_identity(todo[k])) for j, k in enumerate(features.index)
+                          if todo[k].p_fake is not None]
+                self.spill.add(features, scored)
         for unit in units:
             unit.prepared = None  # the pixels are no longer needed: bounded memory
 
@@ -339,6 +375,18 @@ class Scorer:
                 unit.explain["attention"] = attention[j]
 
 
+def store_identity(unit: Unit) -> dict[str, Any]:
+    """A scored image's manifest row in a `--store` store. Predict knows no labels: -1; every
+    row is of subset "predict"; a frame's video is its video file, an image is its own video."""
+    prepared = unit.prepared
+    assert prepared is not None and unit.source is not None
+    # A store row is one image: a video's frames are told apart by "#frame" after the path.
+    path = str(unit.source) if unit.frame is None else f"{unit.source}#{unit.frame}"
+    return {"path": path, "subset": STORE_SUBSET, "label": UNKNOWN_LABEL,
+            "video": str(unit.source), "frame": unit.frame or 0, "sha256": prepared.sha256,
+            "width": prepared.width, "height": prepared.height}
+
+
 # --------------------------------------------------------------------------- rows
 
 
@@ -352,7 +400,14 @@ def _row(result: InputResult, kind: str, frame: int | None, p_fake: float | None
     return {"input": str(result.path), "kind": kind, "frame": frame, "p_fake": p_fake,
             "verdict": _verdict(p_fake, threshold), "threshold": threshold,
             "status": "ok" if error is None else "failed", "error": error or "",
-            "width": width, "height": height}
+            "width": width, "height": height, **dict.fromkeys(FACE_COLUMNS)}
+
+
+def _unit_row(result: InputResult, kind: str, unit: Unit, threshold: float) -> dict[str, Any]:
+    row = _row(result, kind, unit.frame, unit.p_fake, unit.error, unit.width, unit.height, threshold)
+    if unit.face is not None:
+        row.update(zip(FACE_COLUMNS, unit.face, strict=True))
+    return row
 
 
 def _video_summary(result: InputResult) -> tuple[float | None, str | None]:
@@ -371,10 +426,8 @@ def _video_summary(result: InputResult) -> tuple[float | None, str | None]:
 def result_rows(result: InputResult, threshold: float) -> list[dict[str, Any]]:
     """The prediction rows of one input: one for an image; per frame plus one for a video."""
     if result.kind == "image":
-        unit = result.units[0]
-        return [_row(result, "image", None, unit.p_fake, unit.error, unit.width, unit.height, threshold)]
-    rows = [_row(result, "frame", u.frame, u.p_fake, u.error, u.width, u.height, threshold)
-            for u in result.units]
+        return [_unit_row(result, "image", result.units[0], threshold)]
+    rows = [_unit_row(result, "frame", unit, threshold) for unit in result.units]
     p_fake, error = _video_summary(result)
     video = _row(result, "video", None, p_fake, error if p_fake is None else None,
                  result.width, result.height, threshold)
@@ -386,7 +439,7 @@ def result_rows(result: InputResult, threshold: float) -> list[dict[str, Any]]:
 def predictions_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     frame = pd.DataFrame.from_records(rows, columns=list(PREDICTION_COLUMNS))
     return frame.astype({"frame": "Int64", "p_fake": "float64", "threshold": "float64",
-                         "width": "Int64", "height": "Int64"})
+                         "width": "Int64", "height": "Int64", **dict.fromkeys(FACE_COLUMNS, "Int64")})
 
 
 # --------------------------------------------------------------------------- driver
@@ -401,6 +454,7 @@ class PredictSummary:
     threshold: float
     seconds: float
     images_scored: int  # images and frames through the models
+    store: Path | None = None  # --store: the feature store written
 
     @property
     def images_per_second(self) -> float:
@@ -433,16 +487,17 @@ class _Models:
     preparer: _InputPreparer
 
 
-def _load_models(run: Any, cfg: Config, device: torch.device, explain: bool) -> _Models:
+def _load_models(run: Any, cfg: Config, device: torch.device, options: PredictOptions,
+                 spill: FeatureSpill | None) -> _Models:
     from clare.features import get_extractor
     from clare.runs import RunInfo, load_detector
 
     extractor = get_extractor(cfg, device)
     detector = load_detector(RunInfo(run.path, cfg, run.record), device)
-    scorer = Scorer(extractor, detector, device, cfg.seed, explain)
+    scorer = Scorer(extractor, detector, device, cfg.seed, options.explain, spill)
     preparer = RowPreparer(cfg, Path.cwd(), extractor.clip_preprocess,
                            clip_resize_side(extractor.clip_preprocess), None)
-    return _Models(scorer, _InputPreparer(preparer, cfg))
+    return _Models(scorer, _InputPreparer(preparer, cfg, options.faces == "detect"))
 
 
 def _score_all(paths: list[Path], models: _Models, batch_size: int, threads: int,
@@ -479,6 +534,30 @@ class PredictOptions:
     threshold: float | None = None
     explain: bool = False
     quiet: bool = False
+    faces: str = "none"  # none: inputs are face crops already; detect: crop the largest face
+    store: Path | None = None  # also write the computed features as a feature store here
+
+
+def _check_store_target(path: Path | None) -> None:
+    """`--store DIR` must be a new or empty folder: predict never mixes into another store."""
+    if path is None or not path.exists():
+        return
+    if not path.is_dir() or any(path.iterdir()):
+        raise StoreError(f"--store {path}: already exists and is not an empty folder; "
+                         "choose a new folder or delete it")
+
+
+def _write_store(spill: FeatureSpill, path: Path, cfg: Config, faces: str, console: Any) -> Path | None:
+    """The features of every scored image as a store at `path`; None when none scored."""
+    store = spill.write_store(path, cfg, split=STORE_SUBSET, extra={"faces": faces})
+    spill.close()
+    if store is None:
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+        console.print(f"--store {path}: no store written, no image was scored")
+        return None
+    console.print(f"[bold]{path}[/]: feature store of the {store.n_rows} scored image(s)")
+    return path
 
 
 def run_predict(run_dir: Path, inputs: list[str], *, list_file: Path | None = None,
@@ -497,19 +576,29 @@ def run_predict(run_dir: Path, inputs: list[str], *, list_file: Path | None = No
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
     out_dir = Path(options.out_dir) if options.out_dir else Path("predictions") / run.path.name
+    check_face_mode(options.faces)
+    _check_store_target(options.store)
     _check_features(run, cfg)
     device = resolve_device(options.device or cfg.extract.device)
-    threads = torch.get_num_threads()
-    # Interactive work: every core for torch (extract pins threads for bit-identical stores).
-    torch.set_num_threads(os.cpu_count() or 1)
+    spill = FeatureSpill(Path(options.store) / SPILL_DIR) if options.store is not None else None
     try:
-        models = _load_models(run, cfg, device, options.explain)
-        started = time.perf_counter()
-        results, scored = _score_with_progress(paths, models, batch_size, cfg, console)
-        seconds = time.perf_counter() - started
+        threads = torch.get_num_threads()
+        # Interactive work: every core for torch (extract pins threads for bit-identical stores).
+        torch.set_num_threads(os.cpu_count() or 1)
+        try:
+            models = _load_models(run, cfg, device, options, spill)
+            started = time.perf_counter()
+            results, scored = _score_with_progress(paths, models, batch_size, cfg, console)
+            seconds = time.perf_counter() - started
+        finally:
+            torch.set_num_threads(threads)
+        summary = _finish(results, out_dir, threshold, seconds, scored, options, console)
+        if spill is not None and options.store is not None:
+            summary.store = _write_store(spill, Path(options.store), cfg, options.faces, console)
     finally:
-        torch.set_num_threads(threads)
-    return _finish(results, out_dir, threshold, seconds, scored, options, console)
+        if spill is not None:
+            spill.close()  # a failed run leaves no spilled features behind
+    return summary
 
 
 def _score_with_progress(paths: list[Path], models: _Models, batch_size: int, cfg: Config,

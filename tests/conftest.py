@@ -17,6 +17,7 @@ first because it is the longest.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,16 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_hash_cache_in_home():
+    """The suite never writes the user's ~/.cache/clare/hashes.json (test_hash_cache turns the
+    cache on, in a temporary folder); subprocesses inherit the setting."""
+    before = os.environ.get("CLARE_HASH_CACHE")
+    os.environ["CLARE_HASH_CACHE"] = "off"
+    yield
+    if before is None:
+        os.environ.pop("CLARE_HASH_CACHE", None)
+    else:
+        os.environ["CLARE_HASH_CACHE"] = before

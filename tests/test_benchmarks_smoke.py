@@ -209,3 +209,6 @@ def test_bench_predict_smoke(tmp_path: Path) -> None:
     assert results["images"] == 8
     ratio = results["predict_img_s"] / results["extract_img_s"]
     assert math.isclose(results["ratio_predict_over_extract"], ratio, rel_tol=1e-12)
+    hashing = results["hash_cache"]
+    assert hashing["megabytes"] == 8
+    assert math.isclose(hashing["speedup"], hashing["first_s"] / hashing["second_s"], rel_tol=1e-9)

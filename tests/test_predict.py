@@ -282,3 +282,94 @@ def test_attention_map_leaves_the_outputs_alone(world: World) -> None:
     assert torch.equal(detector(cls, tokens, lare), before)
     assert weights.shape == (3, grid, grid)
     assert (weights >= 0).all() and (weights.sum(dim=(1, 2)) <= 1 + 1e-6).all()
+
+
+# --------------------------------------------------------------------------- faces
+
+
+def test_faces_detect_crops_a_photograph_to_its_face_and_fails_a_blank_image(
+        world: World, tmp_path: Path) -> None:
+    from PIL import Image
+    from skimage import data  # astronaut.png ships inside the scikit-image wheel
+
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(data.astronaut()).save(photo)
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (256, 256), (128, 128, 128)).save(blank)
+    predictions = _predict(world, [str(photo), str(blank)], tmp_path, faces="detect",
+                           store=tmp_path / "store")
+    rows = predictions.set_index("input")
+    face = rows.loc[str(photo)]
+    assert face["status"] == "ok" and (face["width"], face["height"]) == (512, 512)
+    box = tuple(int(face[c]) for c in ("face_x0", "face_y0", "face_x1", "face_y1"))
+    x0, y0, x1, y1 = box
+    # Eileen Collins' face is centred near (220, 115) of the 512 x 512 photograph; the crop is
+    # the detected box enlarged 1.3x to a square, well inside the image here.
+    assert x0 < 220 < x1 and y0 < 115 < y1
+    assert x1 - x0 == y1 - y0 and 90 <= x1 - x0 <= 260
+    none = rows.loc[str(blank)]
+    assert none["status"] == "failed" and none["error"].startswith("no face")
+    assert pd.isna(none["p_fake"]) and pd.isna(none["face_x0"])
+    # Stage one saw the crop: the store's row is the crop's pixels and size.
+    from clare.cache.store import open_store
+    from clare.data.images import pixels_sha256
+
+    row = open_store(tmp_path / "store").manifest().iloc[0]
+    with Image.open(photo) as image:
+        assert row["sha256"] == pixels_sha256(image.convert("RGB").crop(box))
+    assert (row["width"], row["height"]) == (x1 - x0, y1 - y0)
+
+
+def test_faces_detect_without_the_extra_is_one_line_naming_it(world: World, tmp_path: Path) -> None:
+    good = str(next(iter(sorted((world.data / "alpha").rglob("*.png")))))
+    code = ("import sys; sys.modules['skimage'] = None; from clare.cli import main; "
+            "sys.argv = ['clare', *sys.argv[1:]]; main()")
+    done = subprocess.run([sys.executable, "-c", code, "predict", "--run", str(world.run_dir),
+                           "--out", str(tmp_path), "--faces", "detect", good],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "pip install 'clare[faces]'" in done.stderr
+
+
+# --------------------------------------------------------------------------- --store
+
+
+def test_store_holds_the_features_of_the_scored_images_and_verifies(world: World, tmp_path: Path) -> None:
+    from clare.cache.store import open_store
+    from clare.store_view import run_verify
+
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    video = tmp_path / "clip.mp4"
+    _write_mp4(video, frames=6)
+    store_dir = tmp_path / "store"
+    predictions = _predict(world, [str(world.data / "alpha"), str(bad), str(video)], tmp_path,
+                           store=store_dir, overrides=["predict.video_frames=2"])
+    assert run_verify(store_dir)
+    store = open_store(store_dir)
+    manifest = store.manifest()
+    scored = predictions[(predictions["kind"] != "video") & (predictions["status"] == "ok")]
+    assert store.n_rows == len(manifest) == len(scored) == 8 + 2
+    assert (manifest["status"] == "ok").all() and (manifest["label"] == -1).all()
+    assert sorted(zip(manifest["path"], manifest["frame"], strict=True)) == sorted(
+        (p, 0 if pd.isna(f) else int(f)) for p, f in zip(scored["input"], scored["frame"], strict=True))
+    assert not (store_dir / ".predict-spill").exists()
+    # The same features `clare extract` stored for the same images (matched by content).
+    extracted = open_store(world.cfg.paths.stores / "test")
+    theirs = extracted.manifest().set_index("sha256")["row"]
+    images = manifest[manifest["path"] != str(video)]
+    for name in ("cls", "tokens", "lare"):
+        ours = store.read_rows(name, images["row"].to_numpy())
+        expected = extracted.read_rows(name, theirs.loc[images["sha256"]].to_numpy())
+        assert np.allclose(ours, expected, atol=1e-5), name
+
+
+def test_store_refuses_a_folder_that_is_not_empty(world: World, tmp_path: Path) -> None:
+    from clare.errors import StoreError
+
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError, match="not an empty folder"):
+        _predict(world, [str(world.data / "alpha")], tmp_path, store=taken)
+    assert (taken / "notes.txt").read_text() == "mine"

@@ -39,6 +39,12 @@ class DecodedImage:
     height: int
 
 
+def pixels_sha256(image: Image.Image) -> str:
+    """The identity of pixels that have no file of their own (a video frame, a face crop):
+    sha256 of the RGB bytes and the size."""
+    return hashlib.sha256(image.tobytes() + repr(image.size).encode()).hexdigest()
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit greyscale: PIL's convert would clip at 255; rescale the full range instead.

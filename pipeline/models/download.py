@@ -169,7 +169,7 @@ def _mismatch(path: Path, remote: RemoteFile) -> str | None:
         return "missing"
     if remote.size is not None and path.stat().st_size != remote.size:
         return f"{path.stat().st_size} bytes, the hub has {remote.size}"
-    if remote.sha256 and file_hash(path) != remote.sha256:
+    if remote.sha256 and file_hash(path, persistent=False) != remote.sha256:
         return "sha256 differs from the hub's"
     if remote.blob_id and git_blob_id(path) != remote.blob_id:
         return "content differs from the hub's"
@@ -214,7 +214,8 @@ def download_artifact(artifact: Artifact, out: Path, log: Callable[[str], None])
         "repo_id": artifact.repo_id,
         "revision": artifact.revision,
         "commit": listing.commit,
-        "files": {name: {"size": (dest / name).stat().st_size, "sha256": file_hash(dest / name)}
+        "files": {name: {"size": (dest / name).stat().st_size,
+                         "sha256": file_hash(dest / name, persistent=False)}
                   for name in names},
         **artifact.extra,
     }

@@ -18,7 +18,7 @@ import torch
 
 from clare.config import ClipConfig, ModelsConfig, StableDiffusionConfig
 from clare.errors import ModelLoadError, one_line
-from clare.files import file_sha256
+from clare.hash_cache import weights_sha256
 from clare.models.clip_image import clip_dims  # noqa: F401 - its one home; kept importable here
 
 SD_SUBFOLDERS = ("vae", "unet", "scheduler", "text_encoder", "tokenizer")
@@ -253,16 +253,10 @@ def load_clip(cfg: ClipConfig, *, local_files_only: bool = False) -> ClipParts:
     return ClipParts(model, preprocess, tokenizer, cfg.model, pretrained)
 
 
-_HASH_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def file_hash(path: Path) -> str:
-    """sha256 of a weight file, memoised on (path, size, mtime) because SD files are GBs."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _HASH_CACHE:
-        _HASH_CACHE[key] = file_sha256(path)
-    return _HASH_CACHE[key]
+def file_hash(path: Path, *, persistent: bool = True) -> str:
+    """sha256 of a weight file (SD files are GBs): read once per process and, for fingerprints,
+    remembered across processes (clare.hash_cache); `persistent=False` for integrity checks."""
+    return weights_sha256(path, persistent=persistent)
 
 
 def _hub_snapshot(repo_id: str, revision: str | None) -> Path | None:

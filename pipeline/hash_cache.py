@@ -1,0 +1,112 @@
+"""sha256 of model weight files, remembered across processes.
+
+Every fingerprint hashes the Stable Diffusion and CLIP weights (gigabytes at real size), and
+`clare predict`, `eval` and `fit` each compute one. The digest of a file is kept in
+`$XDG_CACHE_HOME/clare/hashes.json` (default `~/.cache/clare/hashes.json`) under its
+absolute path, with the size, mtime (ns) and inode it had when it was hashed; it is used only
+while all three still match, so a file rewritten, touched or replaced is hashed again (as make
+and rsync judge a file unchanged). A cache file that cannot be read or parsed is ignored and
+rewritten. `CLARE_HASH_CACHE=off` turns the cache off.
+
+The cache is an optimisation: if it cannot be written (a read-only home), hashing goes on.
+Integrity checks (`clare models check`, downloads) read the bytes instead (`persistent=False`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from clare.files import atomic_write_json, file_sha256
+
+CACHE_ENV = "CLARE_HASH_CACHE"
+FORMAT = "clare-hashes/1"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class FileKey:
+    """What must be unchanged for a remembered digest to be used."""
+
+    path: str  # absolute, symlinks resolved
+    size: int
+    mtime_ns: int
+    inode: int
+
+    @classmethod
+    def of(cls, path: Path) -> FileKey:
+        resolved = Path(path).resolve()
+        stat = resolved.stat()
+        return cls(str(resolved), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+
+
+# Digests this process read from the bytes: an integrity check (persistent=False) may use
+# them, never one taken from the cache file.
+_READ: dict[FileKey, str] = {}
+
+
+def cache_file() -> Path | None:
+    """hashes.json under the user's cache folder (XDG), or None when CLARE_HASH_CACHE=off."""
+    if os.environ.get(CACHE_ENV, "").strip().lower() == "off":
+        return None
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    # The XDG spec: a relative or empty XDG_CACHE_HOME is ignored.
+    root = Path(base) if base and os.path.isabs(base) else Path.home() / ".cache"
+    return root / "clare" / "hashes.json"
+
+
+def _entries(cache: Path) -> dict[str, Any]:
+    """The remembered files of a cache file; {} when it is absent, unreadable or not ours."""
+    try:
+        raw = json.loads(cache.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT or not isinstance(raw.get("files"), dict):
+        return {}
+    return raw["files"]
+
+
+def _remembered(entry: Any, key: FileKey) -> str | None:
+    """The digest of `entry` when every part of its key equals `key` and it looks like one."""
+    if not isinstance(entry, dict):
+        return None
+    sha = entry.get("sha256")
+    same = all(entry.get(name) == value for name, value in asdict(key).items())
+    return sha if same and isinstance(sha, str) and _SHA256.match(sha) else None
+
+
+def _remember(cache: Path, key: FileKey, sha: str) -> None:
+    """Add one digest, under an exclusive lock (several processes may hash at once); entries
+    of files that are gone are dropped so the file stays small. Failures are ignored."""
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with open(cache.with_name(cache.name + ".lock"), "a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            files = {path: entry for path, entry in _entries(cache).items() if os.path.exists(path)}
+            files[key.path] = {**asdict(key), "sha256": sha}
+            atomic_write_json(cache, {"format": FORMAT, "files": files})
+    except OSError:
+        pass
+
+
+def weights_sha256(path: Path, *, persistent: bool = True) -> str:
+    """sha256 of a file: read once per process, and (when `persistent`) taken from the user's
+    cache while its path, size, mtime and inode are unchanged."""
+    key = FileKey.of(path)
+    if key in _READ:
+        return _READ[key]
+    cache = cache_file() if persistent else None
+    if cache is not None:
+        remembered = _remembered(_entries(cache).get(key.path), key)
+        if remembered is not None:
+            return remembered
+    sha = file_sha256(Path(key.path))
+    _READ[key] = sha
+    if cache is not None and FileKey.of(path) == key:  # unchanged while it was read
+        _remember(cache, key, sha)
+    return sha
