@@ -10,9 +10,8 @@ Treat what they return as read-only (copy first if a test must change files).
 The test machines have 2 cores shared with other work; tiny tensors run faster and more
 predictably on one intra-op thread, and Dask workers use one thread each, so every test runs
 torch on one thread, and pytest-xdist runs one test process per core instead (pyproject's
-addopts). Each test module is one xdist group, so its module-scoped world is built once, in
-one process; the two DVC modules share one group (and the session's DVC project), scheduled
-first because it is the longest.
+addopts). `--dist loadfile` keeps a test module in one process, so its module-scoped world is
+built once; the DVC module (the longest) is scheduled first.
 """
 
 from __future__ import annotations
@@ -56,15 +55,12 @@ def tiny_clip(tmp_path_factory):
     return model, open_clip.get_tokenizer(TINY_CLIP_NAME)
 
 
-# Modules that share an expensive session fixture run in one xdist worker, longest first.
-_SHARED_GROUPS = {"test_dvc_pipeline": "dvc", "test_dvc_experiments": "dvc"}
+# The longest module first: the other process works through the rest meanwhile.
+_FIRST = "tests/test_dvc_experiments.py"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        module = item.module.__name__ if item.module is not None else item.nodeid
-        item.add_marker(pytest.mark.xdist_group(_SHARED_GROUPS.get(module, module)))
-    items.sort(key=lambda item: 0 if item.get_closest_marker("xdist_group").args[0] == "dvc" else 1)
+    items.sort(key=lambda item: 0 if item.nodeid.startswith(_FIRST) else 1)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -1,9 +1,9 @@
 """One DVC project for the whole session: the tracked files in a fresh git repository, after
 one `dvc repro` of the demo (fit.epochs = 2: the chain is under test here, not the learning).
 
-tests/test_dvc_pipeline.py checks that first repro and then changes this project;
-tests/test_dvc_experiments.py runs its experiments in a copy, so the order of the two files
-does not matter and the stores are extracted once.
+tests/test_dvc_experiments.py runs its experiments in a copy, then checks that first repro
+and changes this project (its last test); the stores are extracted once. The two users are
+one module so that pytest-xdist's --dist loadfile builds the project in one process.
 """
 
 from __future__ import annotations

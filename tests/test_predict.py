@@ -348,16 +348,20 @@ def test_store_holds_the_features_of_the_scored_images_and_verifies(world: World
     assert run_verify(store_dir)
     store = open_store(store_dir)
     manifest = store.manifest()
+    entries = store.entry_rows().sort_values("row")  # one entry per scored image or frame
     scored = predictions[(predictions["kind"] != "video") & (predictions["status"] == "ok")]
-    assert store.n_rows == len(manifest) == len(scored) == 8 + 2
+    assert store.n_rows == len(manifest) == len(entries) == len(scored) == 8 + 2
     assert (manifest["status"] == "ok").all() and (manifest["label"] == -1).all()
-    assert sorted(zip(manifest["path"], manifest["frame"], strict=True)) == sorted(
+    assert sorted(zip(entries["video"], entries["frame"], strict=True)) == sorted(
         (p, 0 if pd.isna(f) else int(f)) for p, f in zip(scored["input"], scored["frame"], strict=True))
+    # A video frame's row is named by its file and frame number.
+    assert {p for p in manifest["path"] if p.startswith(str(video))} == {
+        f"{video}#{int(f)}" for f in scored.loc[scored["input"] == str(video), "frame"]}
     assert not (store_dir / ".predict-spill").exists()
     # The same features `clare extract` stored for the same images (matched by content).
     extracted = open_store(world.cfg.paths.stores / "test")
     theirs = extracted.manifest().set_index("sha256")["row"]
-    images = manifest[manifest["path"] != str(video)]
+    images = manifest[~manifest["path"].str.startswith(str(video))]
     for name in ("cls", "tokens", "lare"):
         ours = store.read_rows(name, images["row"].to_numpy())
         expected = extracted.read_rows(name, theirs.loc[images["sha256"]].to_numpy())
