@@ -11,7 +11,7 @@ The test machines have 2 cores shared with other work; tiny tensors run faster a
 predictably on one intra-op thread, and Dask workers use one thread each, so every test runs
 torch on one thread, and pytest-xdist runs one test process per core instead (pyproject's
 addopts). `--dist loadfile` keeps a test module in one process, so its module-scoped world is
-built once; the DVC module (the longest) is scheduled first.
+built once; the longest modules are scheduled first.
 """
 
 from __future__ import annotations
@@ -55,12 +55,19 @@ def tiny_clip(tmp_path_factory):
     return model, open_clip.get_tokenizer(TINY_CLIP_NAME)
 
 
-# The longest module first: the other process works through the rest meanwhile.
-_FIRST = "tests/test_dvc_experiments.py"
+# The longest modules first (DVC; the SIGKILL, Dask and benchmark subprocesses), so that the
+# processes share the tail of short modules instead of one waiting on a long one at the end.
+_LONGEST_FIRST = ("test_dvc_experiments", "test_fit_faults", "test_verbosity",
+                  "test_benchmarks_smoke", "test_extract_faults", "test_predict")
+
+
+def _module_rank(item: pytest.Item) -> int:
+    name = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
+    return _LONGEST_FIRST.index(name) if name in _LONGEST_FIRST else len(_LONGEST_FIRST)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: 0 if item.nodeid.startswith(_FIRST) else 1)
+    items.sort(key=_module_rank)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers_extract import assert_stores_equal, make_config, make_image_tree, store_arrays
+from helpers_extract import make_config, make_image_tree, store_arrays
 
 from clare.cache.store import MANIFEST_COLUMNS, FeatureStore
 from clare.stages.extract import run_extract
@@ -114,14 +114,6 @@ def test_batch_size_and_order_do_not_change_features(reference, tiny_models_dir,
             # Same seeds, other batch composition: equal up to float reassociation in the kernels.
             np.testing.assert_allclose(got[key][name], want[key][name], rtol=1e-4, atol=1e-5,
                                        err_msg=f"{name} of {key}")
-
-
-def test_two_dask_workers_equal_one_worker(reference, tiny_models_dir, image_root, tmp_path):
-    cfg, summary = reference
-    other = make_config(tmp_path, tiny_models_dir, image_root)
-    result = run_extract(other, split="train", workers=2, quiet=True)
-    assert result.shards_run == FeatureStore(summary.store).n_shards
-    assert_stores_equal(other.paths.stores / "train", summary.store)
 
 
 def test_views_and_perturbation(reference, tiny_models_dir, image_root, tmp_path):

@@ -12,10 +12,13 @@ from typing import Any
 
 import pytest
 import typer
+from helpers_extract import assert_stores_equal
 from typer.testing import CliRunner
 
 from clare.cli import app
+from clare.config import load_config
 from clare.console import Verbosity, get_verbosity, library_logging, make_console, verbosity
+from clare.stages.extract import run_extract
 from clare.testing import make_config, make_image_tree
 
 # Dask's own lines: "INFO:distributed.scheduler:..." in the client process and
@@ -111,3 +114,9 @@ def test_dask_info_lines_only_with_verbose_and_quiet_prints_nothing(tiny_config)
     assert any("distributed.scheduler" in line for line in info), verbose.stderr[-3000:]
     assert any("distributed.worker" in line for line in info), verbose.stderr[-3000:]
     assert "4 ok, 0 failed" in verbose.stderr
+
+    # Two Dask workers wrote the same store, bit for bit, as one process does. (One extract of
+    # each kind: Dask clusters are the slowest thing the suite starts.)
+    cfg = load_config(tiny_config, [f"paths.stores={tiny_config.parent / 'one-process'}"])
+    single = run_extract(cfg, split="train", quiet=True)
+    assert_stores_equal(tiny_config.parent / "stores" / "train", single.store)
