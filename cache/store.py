@@ -734,9 +734,12 @@ class FeatureStore:
             raise StoreError(f"{self.entries_path}: {what}; rebuild with `{self.rebuild_command()}`")
         return entries
 
-    def entry_rows(self, view: int | None = None) -> pd.DataFrame:
-        """Every entry with its rows (all views, or `view`) and their manifest fields."""
-        return entry_rows(self.entries(), self.manifest(), int(self.meta.get("views", 1)), view)
+    def entry_rows(self, view: int | None = None, *,
+                   manifest: pd.DataFrame | None = None) -> pd.DataFrame:
+        """Every entry with its rows (all views, or `view`) and their manifest fields; pass the
+        `manifest()` a caller already holds to read and check it once."""
+        rows = self.manifest() if manifest is None else manifest
+        return entry_rows(self.entries(), rows, int(self.meta.get("views", 1)), view)
 
     # ------------------------------------------------------------------ locking
     @contextmanager

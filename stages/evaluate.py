@@ -133,10 +133,9 @@ def open_checked(item: StoreToScore, run: RunInfo) -> FeatureStore:
 # --------------------------------------------------------------------------- scoring
 
 
-def _scored_rows(store: FeatureStore) -> pd.DataFrame:
+def _scored_rows(manifest: pd.DataFrame) -> pd.DataFrame:
     """The rows eval scores: usable view-0 rows (a test store has no other view)."""
-    rows = store.manifest()
-    return rows[(rows["status"] == "ok") & (rows["view"] == 0)]
+    return manifest[(manifest["status"] == "ok") & (manifest["view"] == 0)]
 
 
 def score_store(detector: Detector, store: FeatureStore, *, batch_size: int,
@@ -147,8 +146,9 @@ def score_store(detector: Detector, store: FeatureStore, *, batch_size: int,
 
     Each usable row is scored once; its score is shared by every entry naming its image.
     """
-    entries = store.entry_rows(view=0)
-    ok = _scored_rows(store)
+    manifest = store.manifest()
+    entries = store.entry_rows(view=0, manifest=manifest)
+    ok = _scored_rows(manifest)
     loader = StoreLoader(
         store, ok["row"].to_numpy(), ok["label"].to_numpy(), batch_size=batch_size, seed=0,
         shuffle=False, read_tokens=detector.needs_tokens, read_lare=detector.needs_lare,
@@ -370,7 +370,7 @@ def score_stores(cfg: Config, run: RunInfo, opened: list[tuple[StoreToScore, Fea
 
     device = resolve_device(cfg.eval.device)
     detector = load_detector(run, device)
-    total = sum(len(_scored_rows(store)) for _item, store in opened)
+    total = sum(len(_scored_rows(store.manifest())) for _item, store in opened)
     scored: list[ScoredStore] = []
     with step_progress(console, f"eval {run.path.name}", "images") as progress:
         task = progress.add_task("eval", total=total)

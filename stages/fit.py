@@ -264,8 +264,9 @@ def select_rows(cfg: Config) -> TrainingRows:
     """Open and check the train store; hold out whole videos of both classes for validation."""
     store = open_store(cfg.paths.stores / "train", hint="clare extract --config CONFIG --split train")
     check_store_matches_config(store, cfg)
-    entries = store.entry_rows()
-    failed = int((store.manifest()["status"] != "ok").sum())
+    manifest = store.manifest()
+    entries = store.entry_rows(manifest=manifest)
+    failed = int((manifest["status"] != "ok").sum())
     entries = entries[entries["status"] == "ok"].reset_index(drop=True)
     if entries.empty:
         raise StoreError(f"{store.path}: no usable rows (all {failed} failed); check the images")
