@@ -103,15 +103,15 @@ def store_layout(index: pd.DataFrame, views: int, perturb: str | None, seed: int
         raise DataError(f"{conflict_message(conflicts)} (then rerun `clare prepare --config CONFIG`)")
     codes, paths = pd.factorize(index["path"].astype(str), sort=False)
     labels = index["label"].to_numpy().astype(np.int8)
-    first_label = np.empty(len(paths), dtype=np.int8)
-    first_label[codes[::-1]] = labels[::-1]  # any entry's label: they agree
+    image_label = np.empty(len(paths), dtype=np.int8)
+    image_label[codes] = labels  # the entries of one image agree on its label (checked above)
     order = image_write_order(len(paths), seed)
     position = np.empty(len(paths), dtype=np.int64)
     position[order] = np.arange(len(paths), dtype=np.int64)
     rows = pd.DataFrame({
         "row": np.arange(len(paths) * views, dtype=np.int64),
         "path": np.repeat(np.asarray(paths, dtype=object)[order], views),
-        "label": np.repeat(first_label[order], views),
+        "label": np.repeat(image_label[order], views),
         "view": np.tile(np.arange(views, dtype=np.int16), len(paths)),
         "perturb": perturb or "",
     })
