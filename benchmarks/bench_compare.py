@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import add_common_args, print_table, time_call, write_results
+from benchmarks.common import add_common_args, fill_defaults, print_table, time_call, write_results
 
 NAME = "bench_compare"
 DEFAULTS = {
@@ -36,9 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sklearn-resamples", type=int, help="resamples timed with scikit-learn")
     parser.add_argument("--frames-per-video", type=int, help="frames per video id")
     args = parser.parse_args(argv)
-    for key, value in DEFAULTS["smoke" if args.smoke else "full"].items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
+    fill_defaults(args, DEFAULTS)
     return args
 
 

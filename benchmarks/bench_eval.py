@@ -20,6 +20,7 @@ import numpy as np
 
 from benchmarks.common import (
     add_common_args,
+    fill_defaults,
     int_list,
     print_table,
     seed_everything,
@@ -43,9 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--naive-sizes", help="comma-separated subsample sizes for the O(N^2) sweep")
     parser.add_argument("--frames-per-video", type=int, help="frames per video id (video AUC)")
     args = parser.parse_args(argv)
-    for key, value in DEFAULTS["smoke" if args.smoke else "full"].items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
+    fill_defaults(args, DEFAULTS)
     return args
 
 

@@ -46,6 +46,7 @@ from benchmarks.common import (
     add_common_args,
     clip_input_size,
     dir_bytes,
+    fill_defaults,
     peak_rss_mib,
     print_table,
     seed_everything,
@@ -79,9 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--step-repeats", type=int, help="timed in-memory training steps")
     parser.add_argument("--work-dir", type=Path, help="where the store goes (default: temp)")
     args = parser.parse_args(argv)
-    for key, value in DEFAULTS["smoke" if args.smoke else "full"].items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
+    fill_defaults(args, DEFAULTS)
     for key in ("n", "batch_size", "e2e_steps", "step_repeats", "repeats", "lare_side"):
         if getattr(args, key) < 1:
             parser.error(f"--{key.replace('_', '-')} must be at least 1")

@@ -32,6 +32,7 @@ import numpy as np
 from benchmarks.common import (
     add_common_args,
     dir_bytes,
+    fill_defaults,
     peak_rss_mib,
     print_table,
     seed_everything,
@@ -71,9 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "shuffle windows, as at DF40 size)")
     parser.add_argument("--work-dir", type=Path, help="where the three copies go (default: temp)")
     args = parser.parse_args(argv)
-    for key, value in DEFAULTS["smoke" if args.smoke else "full"].items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
+    fill_defaults(args, DEFAULTS)
     return args
 
 

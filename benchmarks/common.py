@@ -55,6 +55,14 @@ def add_common_args(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--warmup", type=int, default=None, help="untimed runs first")
 
 
+def fill_defaults(args: argparse.Namespace, defaults: dict[str, dict[str, Any]]) -> None:
+    """Every size the command line left unset, from `defaults["smoke"]` under --smoke and
+    `defaults["full"]` otherwise."""
+    for key, value in defaults["smoke" if args.smoke else "full"].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+
+
 def int_list(text: str) -> list[int]:
     """'64,256' -> [64, 256]; '' -> []."""
     return [int(part) for part in text.split(",") if part.strip()]
