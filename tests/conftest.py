@@ -78,6 +78,15 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread_per_test():
+    """Back to one thread before and after every test: `clare predict` (interactive) takes
+    every core, and a test after it must not inherit that."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _no_hash_cache_in_home():
     """The suite never writes the user's ~/.cache/clare/hashes.json (test_hash_cache turns the

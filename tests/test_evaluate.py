@@ -30,11 +30,6 @@ from clare.stages.fit import run_fit
 BROKEN = "alpha/real/alpha_real_broken/000.png"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 @dataclass
 class World:
     root: Path

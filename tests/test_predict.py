@@ -28,11 +28,6 @@ from clare.stages.fit import run_fit
 from clare.stages.predict import PREDICTION_COLUMNS, PredictOptions, run_predict
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 @dataclass
 class World:
     data: Path
