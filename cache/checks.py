@@ -315,7 +315,7 @@ def _check_index(store: FeatureStore, report: VerifyReport, parts: dict[int, pd.
                    "index is checked once every shard is sound")
         return
     problem = store.index_mismatch(pd.concat([parts[i] for i in sorted(parts)], ignore_index=True))
-    report.add("index", not problem, problem or "rows match the index digest of the fingerprint")
+    report.add("index", not problem, problem or "rows and entries match the layout digest of the fingerprint")
 
 
 def _manifest_problems(store: FeatureStore, manifest: pd.DataFrame,

@@ -672,7 +672,7 @@ class FeatureStore:
         return manifest
 
     def index_mismatch(self, manifest: pd.DataFrame) -> str:
-        """'' when the rows match the index digest the fingerprint records (or none is recorded)."""
+        """'' when rows and entries match the layout digest the fingerprint records (or none is)."""
         fingerprint = self.meta.get("fingerprint") or {}
         expected = fingerprint.get("index_sha256") if isinstance(fingerprint, dict) else None
         if expected is None or layout_digest(manifest, self.entries()) == expected:
