@@ -205,8 +205,10 @@ def build_random_store(path: Path, n: int, dims: dict[str, int], lare_side: int,
     return store
 
 
-def make_loader(store: Any, batch_size: int, seed: int, *, read_tokens: bool) -> Any:
-    """The loader `clare fit` builds for a training epoch (its shuffle window and prefetch)."""
+def make_loader(store: Any, batch_size: int, seed: int, *, read_tokens: bool,
+                device: Any = None) -> Any:
+    """The loader `clare fit` builds for a training epoch (its shuffle window and prefetch, and
+    page-locked batches on CUDA)."""
     from clare.cache.loader import StoreLoader
     from clare.config import FitConfig
 
@@ -215,7 +217,8 @@ def make_loader(store: Any, batch_size: int, seed: int, *, read_tokens: bool) ->
     return StoreLoader(store, manifest["row"].to_numpy(), manifest["label"].to_numpy(),
                        batch_size=batch_size, seed=seed, shuffle=True,
                        shuffle_window=fit.shuffle_window, prefetch=fit.prefetch,
-                       read_tokens=read_tokens, read_lare=True)
+                       read_tokens=read_tokens, read_lare=True,
+                       pin_memory=device is not None and device.type == "cuda")
 
 
 # --------------------------------------------------------------------------- measuring
@@ -248,7 +251,7 @@ def measure_loader(loader: Any, args: argparse.Namespace, epochs: EpochCounter) 
 def measure_train_step(trainer: Trainer, store: Any, args: argparse.Namespace,
                        sync: Callable[[], None] | None) -> dict[str, Any]:
     """Forward + backward + step on one batch already in memory (no loader, no CLIP)."""
-    loader = make_loader(store, args.batch_size, args.seed, read_tokens=True)
+    loader = make_loader(store, args.batch_size, args.seed, read_tokens=True, device=trainer.device)
     batch = next(iter(loader.epoch(0)))
     rows = len(batch.rows)
     timing = time_call(lambda: trainer.train_step(batch.cls, batch.tokens, batch.lare, batch.label),
@@ -292,7 +295,7 @@ def measure_end_to_end(trainer: Trainer, clip: Any, store: Any, args: argparse.N
         encoder(pixels(min(2, args.batch_size)))
     sync()
     # Only LaRE and labels come from the store; cls and tokens come from CLIP each step.
-    loader = make_loader(store, args.batch_size, args.seed, read_tokens=False)
+    loader = make_loader(store, args.batch_size, args.seed, read_tokens=False, device=trainer.device)
     step_s: list[float] = []
     clip_s: list[float] = []
     rows_per_step: list[int] = []
@@ -374,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # The in-memory step runs first, so it also warms the head for everything after it.
     train_step = measure_train_step(trainer, store, args, sync)
-    loader = make_loader(store, args.batch_size, args.seed, read_tokens=True)
+    loader = make_loader(store, args.batch_size, args.seed, read_tokens=True, device=device)
     loader_alone = measure_loader(loader, args, epochs)
     store_epoch = measure_store_epoch(trainer, loader, args, epochs, sync)
     end_to_end = measure_end_to_end(trainer, clip, store, args, sync)

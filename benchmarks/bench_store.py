@@ -370,15 +370,20 @@ def loader_epoch(store: Any, batch_size: int, seed: int, *, shuffle: bool, windo
                for b in loader.epoch(0))
 
 
-def open_with_pipeline(path: Path, zarrs: bool) -> Any:
-    """A fresh FeatureStore whose arrays open with zarrs or with zarr-python's pipeline."""
+def open_with_pipeline(path: Path, zarrs: bool, *, mapped: bool = True) -> Any:
+    """A fresh FeatureStore whose arrays open with zarrs or with zarr-python's pipeline;
+    `mapped=False`: one that never uses token rows in place (every read decodes, as before)."""
     import os
 
     from clare.cache.store import FeatureStore
 
+    class DecodedStore(FeatureStore):
+        def mapped_rows(self, name: str, rows: np.ndarray) -> None:
+            return None
+
     os.environ["CLARE_ZARRS"] = "1" if zarrs else "0"
     try:
-        store = FeatureStore(path)
+        store = (FeatureStore if mapped else DecodedStore)(path)
         for name in DTYPES:
             store.array(name)
     finally:
@@ -398,7 +403,8 @@ def measure_loader(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     write_store(work / "new", features, args.shard_rows)
     write_store(work / "old", features, args.shard_rows, uncompressed=frozenset())
     write_memmap(work / "memmap", features)
-    new, new_python = open_with_pipeline(work / "new", True), open_with_pipeline(work / "new", False)
+    new = open_with_pipeline(work / "new", True)
+    decoded = open_with_pipeline(work / "new", True, mapped=False)
     old = open_with_pipeline(work / "old", False)
     memmap = MemmapReader(work / "memmap")
     delivered = logical_bytes(features, args.n)
@@ -406,10 +412,10 @@ def measure_loader(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     fns = {
         "memmap copy": lambda: memmap.sequential(args.shard_rows),
         "before: store/2 + old loader": lambda: legacy_epoch(old, batch, args.seed, 2),
+        "tokens decoded by zarrs (session 3)": lambda: loader_epoch(
+            decoded, batch, args.seed, shuffle=True, window=window),
         "after: fit epoch": lambda: loader_epoch(new, batch, args.seed, shuffle=True, window=window),
         "after: in order (eval)": lambda: loader_epoch(new, batch, args.seed, shuffle=False, window=1),
-        "after, zarr-python codecs": lambda: loader_epoch(new_python, batch, args.seed, shuffle=True,
-                                                         window=window),
         "after: fit.cache ram (epochs 2+)": lambda: loader_epoch(
             new, batch, args.seed, shuffle=True, window=window, cache=cached),
     }

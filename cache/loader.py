@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -42,6 +42,11 @@ class Batch:
 _ARRAYS = ("cls", "tokens", "lare")
 
 
+# A window's values of one array: a buffer of lines, or one read-only row per line (rows used in
+# place from the mapped shard files, `FeatureStore.mapped_rows`).
+_Values = np.ndarray | list[np.ndarray]
+
+
 @dataclass
 class _Window:
     """The selected lines of a window of shards: rows and labels in shard order (a line per
@@ -52,7 +57,7 @@ class _Window:
 
     rows: np.ndarray
     labels: np.ndarray
-    values: dict[str, np.ndarray]
+    values: Mapping[str, _Values]
     index: np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -64,6 +69,15 @@ class _Window:
 
     def positions(self, lines: np.ndarray) -> np.ndarray:
         return lines if self.index is None else self.index[lines]
+
+
+def _gather(values: _Values, positions: np.ndarray, out: np.ndarray) -> None:
+    """Copy lines `positions` of `values` into `out`, in order: one copy per byte."""
+    if isinstance(values, np.ndarray):
+        np.take(values, positions, axis=0, out=out)
+        return
+    for slot, position in enumerate(positions.tolist()):
+        out[slot] = values[position]
 
 
 class RowCache:
@@ -80,14 +94,14 @@ class RowCache:
                              batch_size=max(len(self.rows), 1), seed=0, shuffle=False,
                              shuffle_window=1, prefetch=0, read_tokens="tokens" in names,
                              read_lare="lare" in names)
-        self.values: dict[str, np.ndarray] = {}
+        self.values = {name: np.empty((len(self.rows), *store.row_shape(name)), store.dtype(name))
+                       for name in reader.names}
         for window, _perm in reader._plan(0):
             got = reader._read_window(window)
+            # Unique sorted rows read in order: a window is one run of the cache.
+            start = int(np.searchsorted(self.rows, got.rows[0]))
             for name, values in got.values.items():
-                if name not in self.values:
-                    self.values[name] = np.empty((len(self.rows), *values.shape[1:]), values.dtype)
-                at = np.searchsorted(self.rows, got.rows)
-                self.values[name][at] = values
+                _gather(values, np.arange(len(got)), self.values[name][start : start + len(got)])
 
     @staticmethod
     def bytes_needed(store: FeatureStore, rows: np.ndarray, names: list[str]) -> int:
@@ -102,10 +116,12 @@ class RowCache:
 class StoreLoader:
     """Batches of selected store rows (repeats allowed: an entry list), one epoch at a time.
 
-    Every byte is copied twice on its way to a batch: the codec decodes a shard's rows into
-    the window's buffer, and a batch gathers its lines from it (no copy at all when a window
-    is read in order and a batch is a slice of it). Tokens stay float16 until the device
-    (`clare.scoring.to_device` casts them there), so the host moves half the bytes.
+    Tokens (97% of the bytes, stored uncompressed) are used in place from the mapped shard
+    files, their checksums checked by the thread that reads ahead, so each of their bytes is
+    copied once, into its batch, as a memmap read would; cls and lare are decoded into the
+    window's buffer first (no copy at all when a window is read in order and a batch is a
+    slice of it). Tokens stay float16 until the device (`clare.scoring.to_device` casts them
+    there), so the host moves half the bytes.
     """
 
     def __init__(
@@ -180,17 +196,37 @@ class StoreLoader:
         rows, labels = self.rows[picks], self.labels[picks]
         if self.cache is not None:  # batches gather straight from the cache: one copy
             return _Window(rows, labels, self.cache.values, self.cache.positions(rows))
-        values: dict[str, np.ndarray] = {}
+        values: dict[str, _Values] = {}
         for name in self.names:
-            shape, dtype = self.store.row_shape(name), self.store.dtype(name)
-            buffer = np.empty((len(rows), *shape), dtype=dtype)
-            at = 0
-            for shard in shards:
-                count = len(self._by_shard[shard])
-                self._read_shard(name, rows[at : at + count], buffer[at : at + count])
-                at += count
-            values[name] = buffer
+            values[name] = (self._map_array(name, shards, rows)
+                            or self._decode_array(name, shards, rows))
         return _Window(rows, labels, values)
+
+    def _map_array(self, name: str, shards: list[int], rows: np.ndarray) -> list[np.ndarray]:
+        """The window's rows of an uncompressed array used in place (checksums checked here,
+        in the reading thread); [] when one shard cannot be (it is then decoded, and a
+        damaged one named, by `_decode_array`). Mapped rows need no NaN check: a missing
+        shard file or chunk is never mapped."""
+        lines: list[np.ndarray] = []
+        at = 0
+        for shard in shards:
+            count = len(self._by_shard[shard])
+            mapped = self.store.mapped_rows(name, rows[at : at + count])
+            if mapped is None:
+                return []
+            lines.extend(mapped)
+            at += count
+        return lines
+
+    def _decode_array(self, name: str, shards: list[int], rows: np.ndarray) -> np.ndarray:
+        """The window's rows of one array decoded by zarr into a buffer the window owns."""
+        buffer = np.empty((len(rows), *self.store.row_shape(name)), dtype=self.store.dtype(name))
+        at = 0
+        for shard in shards:
+            count = len(self._by_shard[shard])
+            self._read_shard(name, rows[at : at + count], buffer[at : at + count])
+            at += count
+        return buffer
 
     def _plan(self, epoch: int) -> Iterator[tuple[list[int], np.ndarray | None]]:
         """The shard windows of one epoch and the order of each window's rows, read nothing.
@@ -256,20 +292,20 @@ class StoreLoader:
         tensors: dict[str, torch.Tensor] = {}
         for name in self.names:
             first_window, first_lines = parts[0]
+            first = first_window.values[name]
             run = _as_run(first_lines)
-            if len(parts) == 1 and run is not None and not self.pin_memory and first_window.own:
-                tensors[name] = torch.from_numpy(first_window.values[name][run])
+            if (len(parts) == 1 and run is not None and not self.pin_memory and first_window.own
+                    and isinstance(first, np.ndarray)):
+                tensors[name] = torch.from_numpy(first[run])
                 continue
-            sample = first_window.values[name]
-            shape = (size, *sample.shape[1:])
+            shape, dtype = (size, *self.store.row_shape(name)), self.store.dtype(name)
             # numpy's allocations are backed by transparent huge pages where the kernel offers
             # them (torch's are not): first-touch page faults cost as much as the copy itself.
-            out = (torch.empty(shape, dtype=_TORCH_DTYPES[sample.dtype.name], pin_memory=True)
-                   if self.pin_memory else torch.from_numpy(np.empty(shape, dtype=sample.dtype)))
+            out = (torch.empty(shape, dtype=_TORCH_DTYPES[dtype.name], pin_memory=True)
+                   if self.pin_memory else torch.from_numpy(np.empty(shape, dtype=dtype)))
             target, at = out.numpy(), 0
             for window, lines in parts:
-                np.take(window.values[name], window.positions(lines), axis=0,
-                        out=target[at : at + len(lines)])
+                _gather(window.values[name], window.positions(lines), target[at : at + len(lines)])
                 at += len(lines)
             tensors[name] = out
         return Batch(rows=rows, cls=tensors["cls"], tokens=tensors.get("tokens"),

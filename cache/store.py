@@ -49,6 +49,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from clare.cache.entries import ENTRY_COLUMNS, entry_rows, layout_digest, rows_digest
+from clare.cache.mapped import map_rows, raw_layout
 from clare.errors import StoreError
 from clare.files import atomic_write_json, atomic_write_parquet, file_sha256, pid_lock
 
@@ -239,6 +240,7 @@ class FeatureStore:
         self.path = Path(path)
         self._meta: dict[str, Any] | None = None
         self._arrays: dict[tuple[str, str], Any] = {}
+        self._mappable: dict[str, bool] = {}
 
     # ------------------------------------------------------------------ paths and metadata
     @property
@@ -404,6 +406,7 @@ class FeatureStore:
                     entry.unlink()
         self._meta = None
         self._arrays.clear()
+        self._mappable.clear()
 
     # ------------------------------------------------------------------ arrays
     def array(self, name: str, *, write: bool = False) -> Any:
@@ -442,6 +445,23 @@ class FeatureStore:
                                                  out=NDBuffer.from_numpy_array(out))
         except (ValueError, RuntimeError) as exc:
             raise self._damaged(name, range(start, stop), exc) from None
+
+    def mapped_rows(self, name: str, rows: np.ndarray) -> list[np.ndarray] | None:
+        """Rows of one shard (store rows, repeats allowed) of an array stored uncompressed, as
+        read-only views of the shard file's bytes after each row's crc32c is checked: no copy
+        is made (`clare.cache.mapped`). None when the array is compressed or the shard cannot
+        be used in place; `read` then decodes it, and names any damage."""
+        if name not in self._mappable:
+            self._mappable[name] = raw_layout(self.array(name))
+        if not self._mappable[name] or len(rows) == 0:
+            return None
+        rows = np.asarray(rows, dtype=np.int64)
+        shard = int(rows[0]) // self.shard_rows
+        start, stop = self.shard_bounds(shard)
+        if int(rows.min()) < start or int(rows.max()) >= stop:
+            raise ValueError(f"rows span more than shard {shard}")
+        return map_rows(self.shard_file(name, shard), rows - start, shard_rows=self.shard_rows,
+                        row_shape=self.row_shape(name), dtype=self.dtype(name))
 
     def read_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
         """Arbitrary rows, in the order given.
@@ -483,14 +503,14 @@ class FeatureStore:
             + self.repair_advice()
         )
 
+    def shard_file(self, name: str, index: int) -> Path:
+        """The file that holds shard `index` of array `name`."""
+        array = self.array(name)
+        return self.zarr_path / name / array.metadata.encode_chunk_key((index,) + (0,) * (array.ndim - 1))
+
     def shard_files(self, index: int) -> dict[str, Path]:
         """The file that holds shard `index` of every array."""
-        files = {}
-        for name in ARRAYS:
-            array = self.array(name)
-            key = array.metadata.encode_chunk_key((index,) + (0,) * (array.ndim - 1))
-            files[name] = self.zarr_path / name / key
-        return files
+        return {name: self.shard_file(name, index) for name in ARRAYS}
 
     # ------------------------------------------------------------------ shards
     def _shard_entries(self) -> tuple[set[int], set[int]]:

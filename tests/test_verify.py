@@ -404,6 +404,46 @@ def test_a_flipped_bit_fails_every_read_naming_store_array_and_shard(
     assert sum(len(batch.rows) for batch in clean.epoch(0)) == N_IMAGES
 
 
+def test_token_rows_used_in_place_are_the_rows_zarr_decodes(reference: dict) -> None:
+    """The loader's tokens come from the mapped shard files (clare.cache.mapped): the values
+    zarr decodes, repeated rows included; compressed arrays are never mapped."""
+    from clare.cache.loader import StoreLoader
+
+    store = FeatureStore(reference["store"])
+    rows = np.array([4, 4, 5, 7])  # shard 1 holds rows 4..7
+    mapped = store.mapped_rows("tokens", rows)
+    assert mapped is not None and not any(row.flags.writeable for row in mapped)
+    assert np.array_equal(np.stack(mapped), store.read_rows("tokens", rows))
+    assert store.mapped_rows("lare", rows) is None and store.mapped_rows("cls", rows) is None
+    loader = StoreLoader(store, np.arange(N_IMAGES), np.arange(N_IMAGES) % 2, batch_size=5, seed=1,
+                         prefetch=0)
+    batches = list(loader.epoch(0))
+    assert sum(len(batch.rows) for batch in batches) == N_IMAGES
+    for batch in batches:
+        assert np.array_equal(batch.tokens.numpy(), store.read_rows("tokens", batch.rows))
+
+
+@pytest.mark.parametrize("where", ["row", "index"])
+def test_a_flipped_bit_in_mapped_tokens_fails_the_loader_naming_the_shard(
+    reference: dict, tmp_path: Path, where: str
+) -> None:
+    from clare.cache.loader import StoreLoader
+
+    _, store_path = _copy(reference, tmp_path)
+    shard_file = FeatureStore(store_path).shard_files(1)["tokens"]
+    data = bytearray(shard_file.read_bytes())
+    data[{"row": 10, "index": len(data) - 10}[where]] ^= 0x01
+    shard_file.write_bytes(bytes(data))
+    store = FeatureStore(store_path)
+    assert store.mapped_rows("tokens", np.arange(4, 8)) is None  # declined: zarr reads it
+    assert store.mapped_rows("tokens", np.arange(0, 4)) is not None
+    loader = StoreLoader(store, np.arange(N_IMAGES), np.arange(N_IMAGES) % 2, batch_size=4, seed=0)
+    expected = (rf"^{re.escape(str(store_path))}: array tokens, shard 1 is damaged "
+                r"\(checksum mismatch on read\); run `clare verify")
+    with pytest.raises(StoreError, match=expected):
+        list(loader.epoch(0))
+
+
 def test_a_missing_shard_file_fails_the_loader_instead_of_dropping_rows(reference: dict, tmp_path: Path) -> None:
     from clare.cache.loader import StoreLoader
 

@@ -1,0 +1,103 @@
+"""Rows of an uncompressed store array used in place, from a read-only mapping of the shard file.
+
+Why: zarr's readers (zarrs and zarr-python alike) copy every inner chunk through a freshly
+allocated heap buffer, and for a 512 KiB token row the 4 KiB page faults of those buffers cost
+more than the copy itself; the whole read ran at a third of a NumPy memmap copy of the same
+bytes (BENCHMARKS.md §2). An array whose inner chunks are its raw values followed by a crc32c
+(the store's tokens) needs no decoding at all, so its rows can be read the way a memmap reads:
+straight from the page cache, after checking each row's crc32c.
+
+This is the one place that reads the Zarr v3 shard layout by hand, and it reads one layout
+only: the sharding codec with its index at the end of the file, inner chunks of one row, and
+`bytes` (little-endian) + `crc32c` both inside and for the index. For anything else, and for
+every problem it meets (a missing file or inner chunk, a checksum that does not match, sizes
+that disagree), it declines by returning None and the caller reads through zarr, which raises
+the store's usual error naming the array and shard. So a damaged store reads exactly as before;
+a sound one reads the same values faster (tests/test_loader.py compares the two).
+
+A mapping must not outlive a rewrite of its file (the kernel would fault on a truncated page):
+stores are written by one locked extract and a finished shard is never rewritten in place.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# An index entry of a chunk that was never written (fill value).
+_MISSING = 2**64 - 1
+_CRC_BYTES = 4
+_INDEX_ENTRY_BYTES = 16  # offset and length, two little-endian uint64
+
+
+def raw_layout(array: Any) -> bool:
+    """True when `array` (a zarr.Array) is sharded along its first axis into one-row inner chunks
+    stored as raw little-endian values plus a crc32c, with a crc32c-checked index at the end."""
+    from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
+    from zarr.codecs.bytes import Endian
+    from zarr.codecs.sharding import ShardingCodecIndexLocation
+
+    def raw(chain: tuple[Any, ...]) -> bool:
+        return (len(chain) == 2 and isinstance(chain[0], BytesCodec)
+                and chain[0].endian in (None, Endian.little) and isinstance(chain[1], Crc32cCodec))
+
+    codecs = array.metadata.codecs
+    if sys.byteorder != "little" or os.name != "posix" or len(codecs) != 1:
+        return False
+    sharding = codecs[0]
+    return (isinstance(sharding, ShardingCodec) and raw(sharding.codecs)
+            and raw(sharding.index_codecs)
+            and sharding.index_location == ShardingCodecIndexLocation.end
+            and tuple(sharding.chunk_shape) == (1, *array.shape[1:]))
+
+
+def _crc_ok(piece: np.ndarray) -> bool:
+    """Whether the last 4 bytes of `piece` are the crc32c of the rest (zarr's crc32c codec)."""
+    import google_crc32c
+
+    stored = int.from_bytes(piece[-_CRC_BYTES:].tobytes(), "little")
+    return int(google_crc32c.value(piece[:-_CRC_BYTES])) == stored
+
+
+def _map(path: Path, populate: bool) -> np.ndarray | None:
+    """The file's bytes, mapped read-only (None when it is missing or empty)."""
+    flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
+    try:
+        with open(path, "rb") as handle:
+            mapped = mmap.mmap(handle.fileno(), 0, flags=flags, prot=mmap.PROT_READ)
+    except (OSError, ValueError):  # missing file; an empty file cannot be mapped
+        return None
+    return np.frombuffer(mapped, dtype=np.uint8)
+
+
+def map_rows(path: Path, local_rows: np.ndarray, *, shard_rows: int, row_shape: tuple[int, ...],
+             dtype: np.dtype) -> list[np.ndarray] | None:
+    """Rows `local_rows` (positions inside the shard, repeats allowed) of the shard file `path`
+    as read-only arrays over its mapping, each row's crc32c checked; None on any problem.
+
+    The file is mapped with MAP_POPULATE when most of its rows are wanted (an epoch's window):
+    one system call maps every page instead of a fault per 4 KiB on first touch."""
+    local_rows = np.asarray(local_rows, dtype=np.int64)
+    wanted = np.unique(local_rows)
+    data = _map(path, populate=2 * len(wanted) >= shard_rows)
+    index_bytes = shard_rows * _INDEX_ENTRY_BYTES + _CRC_BYTES
+    if data is None or len(data) < index_bytes or not _crc_ok(data[-index_bytes:]):
+        return None
+    table = data[-index_bytes:-_CRC_BYTES].view("<u8").reshape(shard_rows, 2)
+    chunk_bytes = int(np.prod(row_shape)) * dtype.itemsize + _CRC_BYTES
+    body = len(data) - index_bytes
+    rows: dict[int, np.ndarray] = {}
+    for local in wanted.tolist():
+        offset, length = (int(v) for v in table[local])
+        if offset == _MISSING or length != chunk_bytes or offset + length > body:
+            return None
+        chunk = data[offset : offset + length]
+        if not _crc_ok(chunk):
+            return None
+        rows[local] = chunk[:-_CRC_BYTES].view(dtype).reshape(row_shape)
+    return [rows[local] for local in local_rows.tolist()]
