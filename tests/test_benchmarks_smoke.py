@@ -85,6 +85,14 @@ def test_bench_store_smoke(tmp_path: Path) -> None:
     assert results["memmap"]["bytes_per_image"] < payload_bytes * 1.1 + 1024
     assert results["store_vs_pt_bytes"] == pytest.approx(
         results["store"]["bytes_per_image"] / results["pt"]["bytes_per_image"])
+    # The loader comparison: every variant timed against the memmap copy in the same run.
+    loader = results["loader"]
+    variants = ("memmap copy", "before: store/2 + old loader", "tokens decoded by zarrs (session 3)",
+                "after: fit epoch", "after: in order (eval)", "after: fit.cache ram (epochs 2+)")
+    for name in variants:
+        assert positive(loader[name]["mb_s"]) and positive(loader[name]["vs_memmap"]), name
+    assert loader["memmap copy"]["vs_memmap"] == pytest.approx(1.0)
+    assert positive(loader["random rows: after"]["rows_s"])
 
 
 def test_bench_eval_smoke(tmp_path: Path) -> None:
