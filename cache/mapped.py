@@ -2,7 +2,7 @@
 
 Why: zarr's readers (zarrs and zarr-python alike) copy every inner chunk through a freshly
 allocated heap buffer, and for a 512 KiB token row the 4 KiB page faults of those buffers cost
-more than the copy itself; the whole read ran at a third of a NumPy memmap copy of the same
+more than the copy itself; the whole read ran at a sixth of a NumPy memmap copy of the same
 bytes (BENCHMARKS.md §2). An array whose inner chunks are its raw values followed by a crc32c
 (the store's tokens) needs no decoding at all, so its rows can be read the way a memmap reads:
 straight from the page cache, after checking each row's crc32c.
@@ -13,10 +13,17 @@ only: the sharding codec with its index at the end of the file, inner chunks of 
 every problem it meets (a missing file or inner chunk, a checksum that does not match, sizes
 that disagree), it declines by returning None and the caller reads through zarr, which raises
 the store's usual error naming the array and shard. So a damaged store reads exactly as before;
-a sound one reads the same values faster (tests/test_loader.py compares the two).
+a sound one reads the same values faster (tests/test_mapped.py compares the two).
 
-A mapping must not outlive a rewrite of its file (the kernel would fault on a truncated page):
-stores are written by one locked extract and a finished shard is never rewritten in place.
+The checksum is computed by the `crc32c` package, which releases the GIL: the page faults that
+bring a shard in from disk happen inside it, in the loader's read-ahead thread, while the
+training thread runs. A row is checked when its window is read and copied into a batch a
+little later, from the same mapping.
+
+What a mapping cannot do: a page that fails to read (an I/O error on a soft-mounted network
+file system) or a file truncated under it kills the process with SIGBUS instead of raising.
+clare never rewrites a finished shard in place (a write replaces the file), and `CLARE_MMAP=0`
+turns mapping off for file systems that need it.
 """
 
 from __future__ import annotations
@@ -35,41 +42,49 @@ _CRC_BYTES = 4
 _INDEX_ENTRY_BYTES = 16  # offset and length, two little-endian uint64
 
 
+def mapping_enabled() -> bool:
+    """Whether the platform can map shard files and the user has not turned it off."""
+    return os.environ.get("CLARE_MMAP", "1") != "0" and os.name == "posix" and sys.byteorder == "little"
+
+
 def raw_layout(array: Any) -> bool:
     """True when `array` (a zarr.Array) is sharded along its first axis into one-row inner chunks
-    stored as raw little-endian values plus a crc32c, with a crc32c-checked index at the end."""
-    from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
-    from zarr.codecs.bytes import Endian
-    from zarr.codecs.sharding import ShardingCodecIndexLocation
+    stored as raw little-endian values plus a crc32c, with a crc32c-checked index at the end.
+    Any other layout, or metadata this zarr version describes otherwise, is False."""
+    try:
+        from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
+        from zarr.codecs.bytes import Endian
+        from zarr.codecs.sharding import ShardingCodecIndexLocation
 
-    def raw(chain: tuple[Any, ...]) -> bool:
-        return (len(chain) == 2 and isinstance(chain[0], BytesCodec)
-                and chain[0].endian in (None, Endian.little) and isinstance(chain[1], Crc32cCodec))
+        def raw(chain: tuple[Any, ...]) -> bool:
+            return (len(chain) == 2 and isinstance(chain[0], BytesCodec)
+                    and chain[0].endian in (None, Endian.little)
+                    and isinstance(chain[1], Crc32cCodec))
 
-    codecs = array.metadata.codecs
-    if sys.byteorder != "little" or os.name != "posix" or len(codecs) != 1:
+        codecs = array.metadata.codecs
+        sharding = codecs[0] if len(codecs) == 1 else None
+        return (isinstance(sharding, ShardingCodec) and raw(sharding.codecs)
+                and raw(sharding.index_codecs)
+                and sharding.index_location == ShardingCodecIndexLocation.end
+                and tuple(sharding.chunk_shape) == (1, *array.shape[1:]))
+    except (ImportError, AttributeError, TypeError):
         return False
-    sharding = codecs[0]
-    return (isinstance(sharding, ShardingCodec) and raw(sharding.codecs)
-            and raw(sharding.index_codecs)
-            and sharding.index_location == ShardingCodecIndexLocation.end
-            and tuple(sharding.chunk_shape) == (1, *array.shape[1:]))
 
 
 def _crc_ok(piece: np.ndarray) -> bool:
     """Whether the last 4 bytes of `piece` are the crc32c of the rest (zarr's crc32c codec)."""
-    import google_crc32c
+    import crc32c
 
     stored = int.from_bytes(piece[-_CRC_BYTES:].tobytes(), "little")
-    return int(google_crc32c.value(piece[:-_CRC_BYTES])) == stored
+    return int(crc32c.crc32c(piece[:-_CRC_BYTES].data)) == stored
 
 
-def _map(path: Path, populate: bool) -> np.ndarray | None:
-    """The file's bytes, mapped read-only (None when it is missing or empty)."""
-    flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
+def _map(path: Path) -> np.ndarray | None:
+    """The file's bytes, mapped read-only (None when it is missing or empty). Pages are not
+    populated here: Python holds the GIL in mmap(), and the checksum touches them without it."""
     try:
         with open(path, "rb") as handle:
-            mapped = mmap.mmap(handle.fileno(), 0, flags=flags, prot=mmap.PROT_READ)
+            mapped = mmap.mmap(handle.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
     except (OSError, ValueError):  # missing file; an empty file cannot be mapped
         return None
     return np.frombuffer(mapped, dtype=np.uint8)
@@ -78,13 +93,12 @@ def _map(path: Path, populate: bool) -> np.ndarray | None:
 def map_rows(path: Path, local_rows: np.ndarray, *, shard_rows: int, row_shape: tuple[int, ...],
              dtype: np.dtype) -> list[np.ndarray] | None:
     """Rows `local_rows` (positions inside the shard, repeats allowed) of the shard file `path`
-    as read-only arrays over its mapping, each row's crc32c checked; None on any problem.
-
-    The file is mapped with MAP_POPULATE when most of its rows are wanted (an epoch's window):
-    one system call maps every page instead of a fault per 4 KiB on first touch."""
+    as read-only arrays over its mapping, each row's crc32c checked; None on any problem."""
     local_rows = np.asarray(local_rows, dtype=np.int64)
     wanted = np.unique(local_rows)
-    data = _map(path, populate=2 * len(wanted) >= shard_rows)
+    if len(wanted) == 0 or wanted[0] < 0 or wanted[-1] >= shard_rows:
+        return None
+    data = _map(path)
     index_bytes = shard_rows * _INDEX_ENTRY_BYTES + _CRC_BYTES
     if data is None or len(data) < index_bytes or not _crc_ok(data[-index_bytes:]):
         return None

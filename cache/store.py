@@ -49,7 +49,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from clare.cache.entries import ENTRY_COLUMNS, entry_rows, layout_digest, rows_digest
-from clare.cache.mapped import map_rows, raw_layout
+from clare.cache.mapped import map_rows, mapping_enabled, raw_layout
 from clare.errors import StoreError
 from clare.files import atomic_write_json, atomic_write_parquet, file_sha256, pid_lock
 
@@ -452,7 +452,11 @@ class FeatureStore:
         is made (`clare.cache.mapped`). None when the array is compressed or the shard cannot
         be used in place; `read` then decodes it, and names any damage."""
         if name not in self._mappable:
-            self._mappable[name] = raw_layout(self.array(name))
+            array, shape = self.array(name), self.row_shape(name)
+            self._mappable[name] = (
+                mapping_enabled() and raw_layout(array) and tuple(array.shape[1:]) == shape
+                and array.dtype == self.dtype(name)
+                and tuple(array.shards or ()) == (self.shard_rows, *shape))
         if not self._mappable[name] or len(rows) == 0:
             return None
         rows = np.asarray(rows, dtype=np.int64)
