@@ -107,12 +107,19 @@ def split_videos(manifest: pd.DataFrame, fraction: float, seed: int) -> np.ndarr
 
 def _training_rows(entries: pd.DataFrame, views: int, epoch: int, seed: int) -> pd.DataFrame:
     """Every training entry once per epoch, each with one view of its image (seeded per entry,
-    so the copies of a shared real frame see different views); view 0 when there is one."""
+    so the copies of a shared real frame see different views); view 0 when there is one.
+
+    `entries` holds the usable (entry, view) lines only: an entry whose drawn view failed
+    extraction takes its next usable view after the drawn one (cyclically), so every entry
+    with a usable view is visited in every epoch and every epoch has the same length."""
     if views == 1:
         return entries
     rng = np.random.default_rng([seed, epoch, 7])
     pick = rng.integers(0, views, size=int(entries["entry"].max()) + 1)
-    return entries[entries["view"].to_numpy() == pick[entries["entry"].to_numpy()]]
+    entry = entries["entry"].to_numpy()
+    after_pick = (entries["view"].to_numpy().astype(np.int64) - pick[entry]) % views
+    nearest = pd.Series(after_pick).groupby(entry).transform("min").to_numpy()
+    return entries[after_pick == nearest]
 
 
 # --------------------------------------------------------------------------- checks

@@ -131,3 +131,23 @@ def test_damaged_entries_are_named_by_verify_and_fit_and_rewritten_by_extract(
     assert summary.shards_run == 0
     assert np.array_equal(pd.read_parquet(path)["label"], world.index["label"])
     assert verify_store(cfg.paths.stores / "train", repair=False).ok
+
+
+def test_an_entry_whose_drawn_view_failed_trains_on_another_view_every_epoch() -> None:
+    """`_training_rows` on entries x views where some views failed extraction (their lines are
+    gone, as `select_rows` drops rows that are not ok): every entry with a usable view is
+    still visited once in every epoch, so each epoch has the same number of steps."""
+    views, n_entries = 3, 40
+    table = pd.DataFrame({"entry": np.repeat(np.arange(n_entries), views),
+                          "view": np.tile(np.arange(views), n_entries)})
+    table["row"] = table["entry"] // 2 * views + table["view"]  # two entries per image
+    failed = table["view"].to_numpy() == (table["entry"].to_numpy() // 2) % views
+    usable = table[~failed | (table["entry"] < 4)].reset_index(drop=True)  # some keep all views
+    for epoch in range(4):
+        drawn = _training_rows(table, views, epoch, seed=3).set_index("entry")["row"]
+        picked = _training_rows(usable, views, epoch, seed=3).set_index("entry")["row"]
+        assert sorted(picked.index) == list(range(n_entries)), epoch
+        assert set(picked) <= set(usable["row"])
+        # An entry whose drawn view is usable keeps it: only the failed draws move.
+        kept = drawn.isin(usable["row"])
+        assert kept.sum() < n_entries and picked[kept].equals(drawn[kept])
