@@ -233,11 +233,14 @@ def roc_rows(scores: pd.DataFrame, subsets: list[str]) -> list[dict[str, Any]]:
 
 def pick_lare_examples(store: FeatureStore, scores: pd.DataFrame, per_class: int) -> list[dict[str, Any]]:
     """`per_class` real and fake maps: the first scored rows of each class in row order, taken
-    from the subsets in turn so that the examples spread over subsets. Reads only those rows."""
+    from the subsets in turn so that the examples spread over subsets. Reads only those rows.
+
+    An image listed by several subsets is one example, under the first subset listing it."""
     if per_class <= 0 or scores.empty:
         return []
+    images = scores.drop_duplicates("row")
     picked = [row for label in (0, 1)
-              for row in _subsets_in_turn(scores[scores["label"] == label], per_class)]
+              for row in _subsets_in_turn(images[images["label"] == label], per_class)]
     if not picked:
         return []
     maps = read_lare_rows(store, np.array([int(p["row"]) for p in picked], dtype=np.int64))

@@ -151,3 +151,16 @@ def test_an_entry_whose_drawn_view_failed_trains_on_another_view_every_epoch() -
         # An entry whose drawn view is usable keeps it: only the failed draws move.
         kept = drawn.isin(usable["row"])
         assert kept.sum() < n_entries and picked[kept].equals(drawn[kept])
+
+
+def test_report_lare_examples_are_distinct_images(world: World) -> None:
+    """gamma lists alpha's real frames again: the examples taken from the subsets in turn must
+    not show one image twice."""
+    from clare.stages.evaluate import pick_lare_examples
+
+    store = FeatureStore(world.cfg.paths.stores / "test")
+    scores = pd.read_parquet(world.report_dir / "scores.parquet").query("store == 'test'")
+    examples = pick_lare_examples(store, scores, per_class=3)
+    for label in (0, 1):
+        paths = [e["path"] for e in examples if e["label"] == label]
+        assert len(paths) == 3 and len(set(paths)) == 3, (label, paths)
