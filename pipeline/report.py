@@ -528,9 +528,14 @@ def _video_blocks(clean: pd.DataFrame, plotted: list[str], point: OperatingPoint
 def worst_errors(clean: pd.DataFrame, threshold: float,
                  count: int = WORST_ERRORS) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The most confident errors at `threshold`: real images with the highest p(fake) at or
-    above it (false positives) and fakes with the lowest p(fake) below it (false negatives)."""
-    real = clean[(clean["label"] == 0) & (clean["p_fake"] >= threshold)]
-    fake = clean[(clean["label"] == 1) & (clean["p_fake"] < threshold)]
+    above it (false positives) and fakes with the lowest p(fake) below it (false negatives).
+
+    An image listed by several subsets (its entries share one score) is shown once."""
+    # The listed path names the image (the same file in every store); else its store row.
+    key = ["path"] if "path" in clean.columns else [c for c in ("store", "row") if c in clean.columns]
+    images = clean.drop_duplicates(key) if "path" in key or "row" in key else clean
+    real = images[(images["label"] == 0) & (images["p_fake"] >= threshold)]
+    fake = images[(images["label"] == 1) & (images["p_fake"] < threshold)]
     return (real.sort_values("p_fake", ascending=False, kind="stable").head(count),
             fake.sort_values("p_fake", kind="stable").head(count))
 

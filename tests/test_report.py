@@ -405,3 +405,19 @@ def test_same_blocks_as_before_and_latex_tables(rendered: Rendered) -> None:
     m = rendered.metrics["subsets"]["pixart_cdf"]
     assert re.search(rf"pixart\\_cdf & {m['auc']:.3f} & {m['ap']:.3f} &", tex)
     assert "\\bfseries mean over 4 subsets" in tex
+
+
+def test_worst_errors_show_an_image_listed_by_several_subsets_once() -> None:
+    """DF40 lists a real frame under every method: its entries share one score, and the
+    gallery of worst errors shows the image once, not once per list."""
+    clean = pd.DataFrame({
+        "row": [0, 0, 0, 1, 2, 3, 3],
+        "path": ["r/0.png"] * 3 + ["r/1.png", "r/2.png"] + ["f/3.png"] * 2,
+        "subset": ["a", "b", "c", "a", "b", "a", "b"],
+        "label": [0, 0, 0, 0, 0, 1, 1],
+        "p_fake": [0.9, 0.9, 0.9, 0.8, 0.7, 0.1, 0.1],
+        "store": "test",
+    })
+    false_pos, false_neg = worst_errors(clean, 0.5, count=3)
+    assert false_pos["path"].tolist() == ["r/0.png", "r/1.png", "r/2.png"]
+    assert false_neg["path"].tolist() == ["f/3.png"]
