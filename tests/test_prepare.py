@@ -328,6 +328,21 @@ def test_one_image_listed_as_real_and_as_fake_is_an_error_or_dropped(tiny_tree: 
     assert [(c.found, c.real, c.fake) for c in checks] == [(11, 5, 6), (1, 0, 1)]
 
 
+def test_one_list_naming_an_image_real_and_fake_is_a_label_conflict(tiny_tree: Path) -> None:
+    """The same frame under both labels of one list is not a duplicate to drop silently
+    (keeping whichever label came first): it is a label conflict, refused or dropped."""
+    lists = tiny_tree.parent / "lists"
+    frame = f"{PREFIX}real/v0/000.png"
+    _write_list(lists, "torn", {"torn_Real": {"v0": [frame, f"{PREFIX}real/v0/001.png"]},
+                                "torn_Fake": {"v9": [frame]}})
+    with pytest.raises(DataIndexError, match=r"real/v0/000.png is listed as real by torn \("):
+        build_index(_config(tiny_tree, lists, ["torn"]), "train")
+    index, checks = build_index(_config(tiny_tree, lists, ["torn"], on_label_conflict="skip"),
+                                "train")
+    assert index["path"].tolist() == ["real/v0/001.png"]
+    assert (checks[0].label_conflicts, checks[0].duplicates, checks[0].found) == (2, 0, 1)
+
+
 def test_folder_layout(tmp_path: Path) -> None:
     root = tmp_path / "root"
     for n in range(5):

@@ -41,7 +41,7 @@ class SubsetCheck:
     missing: int = 0  # selected frames not on disk (outside empty folders)
     empty_folders: int = 0  # video folders that exist but hold no files
     unreadable: int = 0  # found files whose image header PIL cannot read (kept in the index)
-    duplicates: int = 0  # selected frames whose path was already listed in this subset
+    duplicates: int = 0  # selected frames whose path this subset already lists with this label
     unknown_labels: int = 0  # frames whose label name maps to neither real nor fake
     rejected: int = 0  # listed paths that would leave data.root
     label_conflicts: int = 0  # frames dropped: their image is listed with the other label too
@@ -365,9 +365,10 @@ def _subset_frames(cfg: Config, spec: SubsetSpec, split: str,
 
 
 def _candidates(frames: list[_Frame], root: Path, source: Path, check: SubsetCheck) -> list[_Frame]:
-    """Frames inside the root, with a known label, each path once (the rest is counted)."""
+    """Frames inside the root, with a known label, each path once per label (the rest is
+    counted). A path listed with both labels is kept under each: `label_conflicts` decides."""
     inside_root = _InsideRoot(root)
-    seen: set[str] = set()
+    seen: set[tuple[str, int]] = set()
     candidates: list[_Frame] = []
     for item in frames:
         if _lexically_escapes(item.path):
@@ -381,10 +382,10 @@ def _candidates(frames: list[_Frame], root: Path, source: Path, check: SubsetChe
             check.unknown_labels += 1
             continue
         normal = PurePosixPath(item.path).as_posix()
-        if normal in seen:
+        if (normal, item.label) in seen:
             check.duplicates += 1
             continue
-        seen.add(normal)
+        seen.add((normal, item.label))
         candidates.append(_Frame(normal, item.label, item.video, item.frame))
     return candidates
 
