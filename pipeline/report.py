@@ -525,15 +525,20 @@ def _video_blocks(clean: pd.DataFrame, plotted: list[str], point: OperatingPoint
 # --------------------------------------------------------------------------- worst errors
 
 
+def distinct_images(clean: pd.DataFrame) -> pd.DataFrame:
+    """One line per image of the clean scores: an image listed by several subsets (its entries
+    share one score) once, under its first listing. The listed path names the image (the same
+    file in every store); without paths, its store row."""
+    key = ["path"] if "path" in clean.columns else [c for c in ("store", "row") if c in clean.columns]
+    return clean.drop_duplicates(key) if "path" in key or "row" in key else clean
+
+
 def worst_errors(clean: pd.DataFrame, threshold: float,
                  count: int = WORST_ERRORS) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The most confident errors at `threshold`: real images with the highest p(fake) at or
-    above it (false positives) and fakes with the lowest p(fake) below it (false negatives).
-
-    An image listed by several subsets (its entries share one score) is shown once."""
-    # The listed path names the image (the same file in every store); else its store row.
-    key = ["path"] if "path" in clean.columns else [c for c in ("store", "row") if c in clean.columns]
-    images = clean.drop_duplicates(key) if "path" in key or "row" in key else clean
+    above it (false positives) and fakes with the lowest p(fake) below it (false negatives),
+    each image once (`distinct_images`)."""
+    images = distinct_images(clean)
     real = images[(images["label"] == 0) & (images["p_fake"] >= threshold)]
     fake = images[(images["label"] == 1) & (images["p_fake"] < threshold)]
     return (real.sort_values("p_fake", ascending=False, kind="stable").head(count),
@@ -595,12 +600,13 @@ def _error_items(picks: pd.DataFrame, prefix: str, folder: Path, image_root: Pat
 def _error_blocks(clean: pd.DataFrame, point: OperatingPoint, fig_dir: Path,
                   image_root: Path | None, read_lare: LareReader | None) -> list[Block]:
     false_pos, false_neg = worst_errors(clean, point.value)
-    n_fp = int(((clean["label"] == 0) & (clean["p_fake"] >= point.value)).sum())
-    n_fn = int(((clean["label"] == 1) & (clean["p_fake"] < point.value)).sum())
+    images = distinct_images(clean)  # the counts below are of images, as the gallery shows them
+    n_fp = int(((images["label"] == 0) & (images["p_fake"] >= point.value)).sum())
+    n_fn = int(((images["label"] == 1) & (images["p_fake"] < point.value)).sum())
     folder = fig_dir / ERRORS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     intro = (f"At threshold {point.value:.4f} ({point.name}): {n_fp} false positive(s) and "
-             f"{n_fn} false negative(s) among {len(clean)} clean test images. Shown: the most "
+             f"{n_fn} false negative(s) among {len(images)} clean test images. Shown: the most "
              "confident of each, with the image as listed (thumbnail) and its LaRE map (mean "
              "over the latent channels) over the image.")
     return [

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from clare.metrics import compute_metrics, expected_calibration_error, summarize
-from clare.report import render_report, video_table, worst_errors
+from clare.report import _error_blocks, operating_point, render_report, video_table, worst_errors
 from clare.scoring import THRESHOLD_RULE, accuracy_at
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -407,7 +407,7 @@ def test_same_blocks_as_before_and_latex_tables(rendered: Rendered) -> None:
     assert "\\bfseries mean over 4 subsets" in tex
 
 
-def test_worst_errors_show_an_image_listed_by_several_subsets_once() -> None:
+def test_worst_errors_show_an_image_listed_by_several_subsets_once(tmp_path: Path) -> None:
     """DF40 lists a real frame under every method: its entries share one score, and the
     gallery of worst errors shows the image once, not once per list."""
     clean = pd.DataFrame({
@@ -421,3 +421,6 @@ def test_worst_errors_show_an_image_listed_by_several_subsets_once() -> None:
     false_pos, false_neg = worst_errors(clean, 0.5, count=3)
     assert false_pos["path"].tolist() == ["r/0.png", "r/1.png", "r/2.png"]
     assert false_neg["path"].tolist() == ["f/3.png"]
+    # The sentence above the gallery counts images too.
+    intro = _error_blocks(clean, operating_point({}), tmp_path, None, None)[1]
+    assert "3 false positive(s) and 1 false negative(s) among 4 clean test images" in intro.text
