@@ -66,8 +66,8 @@ class FitResult:
     best_step: int
     best_metrics: dict[str, Any]
     steps: int
-    train_rows: int
-    val_rows: int
+    train_rows: int  # distinct store rows (image x view) trained on; entries share them
+    val_rows: int  # distinct store rows held out (view 0)
     skipped_failed: int
     skipped_nonfinite: int
     seconds: float
@@ -531,7 +531,8 @@ class FitSession:
     def result(self, run_dir: Path, record: dict[str, Any], seconds: float) -> FitResult:
         state, rows = self.state, self.rows
         return FitResult(run_dir, int(state.best["step"]), record["metrics"], state.step,
-                         len(rows.train), len(rows.val), rows.failed, state.skipped_nonfinite,
+                         int(rows.train["row"].nunique()), int(rows.val["row"].nunique()),
+                         rows.failed, state.skipped_nonfinite,
                          seconds, state.train_losses)
 
 

@@ -26,7 +26,7 @@ from clare.config import Config
 from clare.errors import StoreError
 from clare.stages.evaluate import run_eval
 from clare.stages.extract import run_extract
-from clare.stages.fit import _training_rows, run_fit, select_rows
+from clare.stages.fit import FitResult, _training_rows, run_fit, select_rows
 
 
 @dataclass
@@ -35,6 +35,7 @@ class World:
     index: pd.DataFrame  # the entries both splits list
     run_dir: Path
     report_dir: Path
+    fit: FitResult
 
 
 def _with_shared_reals(index: pd.DataFrame) -> pd.DataFrame:
@@ -58,7 +59,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path) -> Wo
         run_extract(cfg, split=split, quiet=True)
     run = run_fit(cfg, quiet=True)
     report = run_eval(cfg, report=False, quiet=True)
-    return World(cfg, index, run.run_dir, report)
+    return World(cfg, index, run.run_dir, report, run)
 
 
 def test_store_holds_each_distinct_image_once_and_every_entry_points_at_it(world: World) -> None:
@@ -108,6 +109,9 @@ def test_an_epoch_visits_every_training_entry_once(world: World) -> None:
     record = yaml.safe_load((world.run_dir / "run.yaml").read_text())
     assert record["counts"]["train_entries"] == len(epoch)
     assert record["counts"]["train_rows"] == epoch["row"].nunique() < len(epoch)
+    # What run_fit returns counts the same rows (distinct images), not entries.
+    assert (world.fit.train_rows, world.fit.val_rows) == (
+        record["counts"]["train_rows"], record["counts"]["val_rows"])
 
 
 def test_damaged_entries_are_named_by_verify_and_fit_and_rewritten_by_extract(
