@@ -50,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from clare.cache.entries import ENTRY_COLUMNS, entry_rows, layout_digest, rows_digest
 from clare.cache.mapped import map_rows, mapping_enabled, raw_layout
+from clare.config import env_switch
 from clare.errors import StoreError
 from clare.files import atomic_write_json, atomic_write_parquet, file_sha256, pid_lock
 
@@ -103,7 +104,7 @@ def codec_pipeline() -> dict[str, Any]:
     Set per array at open time rather than in zarr's global config, so importing clare changes
     nothing for other Zarr users in the process. `CLARE_ZARRS=0` turns it off.
     """
-    if os.environ.get("CLARE_ZARRS", "1") == "0":
+    if not env_switch("CLARE_ZARRS"):
         return {}
     try:
         import zarrs  # noqa: F401 - the pipeline class is found by its dotted path

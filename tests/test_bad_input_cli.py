@@ -209,6 +209,15 @@ def test_symlink_loop_in_a_folder_subset(tmp_path: Path, clare) -> None:
     assert checks["train"]["faces"]["found"] == 1 and checks["train"]["faces"]["missing"] == 1
 
 
+@pytest.mark.parametrize("name", ["CLARE_MMAP", "CLARE_ZARRS", "CLARE_HASH_CACHE"])
+def test_an_on_off_variable_with_another_value_is_one_line(tmp_path: Path, clare, monkeypatch,
+                                                           name: str) -> None:
+    # Checked before the command runs: `verify` would otherwise report the store's arrays as
+    # unopenable and advise a rebuild of a sound store.
+    monkeypatch.setenv(name, "maybe")
+    assert_one_line_error(clare("verify", tmp_path), name, "0")
+
+
 def test_unreadable_index_is_one_line(tmp_path: Path, clare) -> None:
     config = _data_config(tmp_path)
     (tmp_path / "index").mkdir()
