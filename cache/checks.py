@@ -286,7 +286,7 @@ def _check_shards(store: FeatureStore, report: VerifyReport, arrays_ok: bool) ->
     report.incomplete = sorted(set(range(store.n_shards)) - set(parts) - set(report.damaged))
     report.add("shards", not report.damaged,
                f"{len(parts)} of {store.n_shards} shards verified" if not report.damaged
-               else f"{len(report.damaged)} damaged: {shard_ranges(sorted(report.damaged))}")
+               else f"{len(report.damaged)} of {store.n_shards} damaged: shard(s) {shard_ranges(sorted(report.damaged))}")
     return parts
 
 

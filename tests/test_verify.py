@@ -116,6 +116,7 @@ def test_flipped_bytes_are_found_and_only_that_shard_is_redone(
     result = CliRunner().invoke(app, ["verify", str(store_path)])
     assert result.exit_code == 1, result.output
     assert "damaged shard 1" in result.output
+    assert f"1 of {FeatureStore(store_path).n_shards} damaged: shard(s) 1" in result.output
     assert "damaged shard 0" not in result.output and "damaged shard 2" not in result.output
     assert f"{array}: checksum mismatch" in result.output
 
