@@ -576,6 +576,8 @@ def run_predict(run_dir: Path, inputs: list[str], *, list_file: Path | None = No
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
     out_dir = Path(options.out_dir) if options.out_dir else Path("predictions") / run.path.name
+    # Made now: an output folder that cannot be written fails before the inputs are scored.
+    out_dir.mkdir(parents=True, exist_ok=True)
     check_face_mode(options.faces)
     _check_store_target(options.store)
     _check_features(run, cfg)

@@ -363,6 +363,20 @@ def test_store_holds_the_features_of_the_scored_images_and_verifies(world: World
         assert np.allclose(ours, expected, atol=1e-5), name
 
 
+def test_an_output_folder_that_cannot_be_made_fails_before_scoring(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import clare.stages.predict as predict
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("inputs were scored before the output folder was checked")
+
+    monkeypatch.setattr(predict, "_score_with_progress", no_scoring)
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(NotADirectoryError):
+        run_predict(world.run_dir, [str(world.data / "alpha")],
+                    options=PredictOptions(out_dir=tmp_path / "a-file" / "out", quiet=True))
+
+
 def test_store_refuses_a_folder_that_is_not_empty(world: World, tmp_path: Path) -> None:
     from clare.errors import StoreError
 
