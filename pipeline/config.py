@@ -321,6 +321,16 @@ class FitConfig(DetectorConfig):
     def detector(self) -> DetectorConfig:
         return DetectorConfig.model_validate(self.model_dump(include=set(DetectorConfig.model_fields)))
 
+    @field_validator("name")
+    @classmethod
+    def _one_folder_name(cls, value: str | None) -> str | None:
+        # The name is a folder under paths.runs and paths.reports: `../x` would write elsewhere.
+        if value is not None and ("/" in value or "\\" in value or value in (".", "..")
+                                  or "\0" in value):
+            raise ValueError("a run name is one folder name under paths.runs, without '/' or "
+                             "'..'; pick a plain name such as fusion-coop")
+        return value
+
 
 class EvalConfig(_Strict):
     batch_size: int = Field(default=256, ge=1)

@@ -99,6 +99,14 @@ def test_out_of_range_settings_name_their_key(tmp_path: Path, clare, override: s
     assert_one_line_error(clare("config", "--config", path, "--set", override), key)
 
 
+@pytest.mark.parametrize("name", ["../escape", "a/b", ".."])
+def test_a_run_name_that_is_not_one_folder_name(tmp_path: Path, clare, name: str) -> None:
+    config = write_config(tmp_path, {"data": {"root": str(tmp_path / "data")},
+                                     "paths": {"runs": str(tmp_path / "runs")}})
+    assert_one_line_error(clare("fit", "--config", config, "--name", name), "fit.name", "one folder name")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]  # nothing written anywhere
+
+
 def test_negative_seed_in_the_file(tmp_path: Path, clare) -> None:
     path = write_config(tmp_path, {"seed": -1, "data": {"root": "x"}})
     assert_one_line_error(clare("config", "--config", path), str(path), "'seed'")
