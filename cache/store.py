@@ -420,8 +420,16 @@ class FeatureStore:
                 raise StoreError(
                     f"{self.path}: features.zarr/{name} is missing; rebuild with `{self.rebuild_command()}`"
                 )
-            with zarr.config.set(codec_pipeline()):
-                self._arrays[(name, mode)] = zarr.open_array(self.zarr_path / name, mode=mode)
+            try:
+                with zarr.config.set(codec_pipeline()):
+                    self._arrays[(name, mode)] = zarr.open_array(self.zarr_path / name, mode=mode)
+            except (ValueError, LookupError, TypeError, zarr.errors.BaseZarrError) as exc:
+                # Undecodable JSON, a missing key, another node type: the array's metadata is
+                # damaged, which is a store problem, not a bug.
+                raise StoreError(
+                    f"{self.path}: features.zarr/{name}/zarr.json is unreadable "
+                    f"({type(exc).__name__}); rebuild with `{self.rebuild_command()}`"
+                ) from None
         return self._arrays[(name, mode)]
 
     def row_shape(self, name: str) -> tuple[int, ...]:
