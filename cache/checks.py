@@ -295,8 +295,7 @@ def _check_entries(store: FeatureStore, report: VerifyReport) -> bool:
     try:
         entries = store.entries()
     except StoreError as exc:
-        return report.add("entries", False, f"{_first_line(exc)} (the same `clare extract` "
-                          "command rewrites it from the index)")
+        return report.add("entries", False, _first_line(exc))
     return report.add("entries", True, f"{len(entries)} entries name "
                       f"{entries['image'].nunique()} distinct images")
 

@@ -750,12 +750,15 @@ class FeatureStore:
         """entries.parquet: the listed frames and the image each points at (ENTRY_COLUMNS),
         checked against the sha256 store.json records."""
         fix = self.repair_advice()
+        # extract rewrites entries.parquet from the index whenever it runs: no --overwrite needed.
+        rewrite = (f"rerun `{rebuild_command(self.meta, overwrite=False)}` (the command that built "
+                   "the store), which rewrites it from the index")
         if not self.entries_path.is_file():
-            raise StoreError(f"{self.entries_path}: missing; rebuild with `{self.rebuild_command()}`")
+            raise StoreError(f"{self.entries_path}: missing; {rewrite}")
         recorded = self.meta.get("entries_sha256")
         if recorded is not None and file_sha256(self.entries_path) != recorded:
             raise StoreError(f"{self.entries_path}: its sha256 differs from the one store.json "
-                             f"records (edited or damaged); rebuild with `{self.rebuild_command()}`")
+                             f"records (edited or damaged); {rewrite}")
         try:
             entries = pd.read_parquet(self.entries_path)
         except Exception as exc:  # noqa: BLE001 - any unreadable parquet: one line, not a traceback
@@ -764,7 +767,7 @@ class FeatureStore:
         images = self.n_rows // max(int(self.meta.get("views", 1)), 1)
         if missing or (len(entries) and not entries["image"].between(0, images - 1).all()):
             what = f"lacks column(s) {', '.join(missing)}" if missing else "points at images the store lacks"
-            raise StoreError(f"{self.entries_path}: {what}; rebuild with `{self.rebuild_command()}`")
+            raise StoreError(f"{self.entries_path}: {what}; {rewrite}")
         return entries
 
     def entry_rows(self, view: int | None = None, *,
