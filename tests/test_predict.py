@@ -149,6 +149,13 @@ def test_other_weights_than_the_runs_are_refused(world: World, tmp_path: Path) -
 # --------------------------------------------------------------------------- threshold
 
 
+@pytest.mark.parametrize("batch_size", [0, -1])
+def test_a_batch_size_below_one_is_refused_not_replaced(world: World, tmp_path: Path,
+                                                        batch_size: int) -> None:
+    with pytest.raises(ConfigError, match=rf"--batch-size {batch_size}: must be at least 1"):
+        _predict(world, [str(world.data / "alpha")], tmp_path, batch_size=batch_size)
+
+
 def test_threshold_is_the_runs_and_can_be_overridden(world: World, tmp_path: Path) -> None:
     recorded = read_run(world.run_dir).threshold
     assert recorded is not None
