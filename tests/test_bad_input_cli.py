@@ -244,6 +244,16 @@ def test_perturbation_with_a_bad_value(tmp_path: Path, clare, spec: str) -> None
                           "--perturb", spec)
 
 
+@pytest.mark.parametrize("option,value", [("--workers", "0"), ("--workers", "-2"), ("--views", "0"),
+                                          ("--max-failures", "-1"), ("--max-failures", "1.5"),
+                                          ("--max-failures", "nan")])
+def test_extract_options_out_of_range(tmp_path: Path, clare, option: str, value: str) -> None:
+    # --workers 0 started a Dask cluster with no workers and waited for ever; --max-failures -1
+    # failed a finished extraction with no failed row.
+    config = write_config(tmp_path)
+    assert_one_line_error(clare("extract", "--config", config, option, value), option)
+
+
 def test_unreachable_scheduler(tmp_path: Path, clare) -> None:
     import dask
     import dask.distributed  # noqa: F401 - its defaults must be loaded before config.set
