@@ -286,7 +286,7 @@ def _check_shards(store: FeatureStore, report: VerifyReport, arrays_ok: bool) ->
     report.incomplete = sorted(set(range(store.n_shards)) - set(parts) - set(report.damaged))
     report.add("shards", not report.damaged,
                f"{len(parts)} of {store.n_shards} shards verified" if not report.damaged
-               else f"{len(report.damaged)} damaged: {shard_ranges(sorted(report.damaged))}")
+               else f"{len(report.damaged)} of {store.n_shards} damaged: shard(s) {shard_ranges(sorted(report.damaged))}")
     return parts
 
 
@@ -295,8 +295,7 @@ def _check_entries(store: FeatureStore, report: VerifyReport) -> bool:
     try:
         entries = store.entries()
     except StoreError as exc:
-        return report.add("entries", False, f"{_first_line(exc)} (the same `clare extract` "
-                          "command rewrites it from the index)")
+        return report.add("entries", False, _first_line(exc))
     return report.add("entries", True, f"{len(entries)} entries name "
                       f"{entries['image'].nunique()} distinct images")
 

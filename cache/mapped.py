@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from clare.config import env_switch
+
 # An index entry of a chunk that was never written (fill value).
 _MISSING = 2**64 - 1
 _CRC_BYTES = 4
@@ -44,7 +46,7 @@ _INDEX_ENTRY_BYTES = 16  # offset and length, two little-endian uint64
 
 def mapping_enabled() -> bool:
     """Whether the platform can map shard files and the user has not turned it off."""
-    return os.environ.get("CLARE_MMAP", "1") != "0" and os.name == "posix" and sys.byteorder == "little"
+    return env_switch("CLARE_MMAP") and os.name == "posix" and sys.byteorder == "little"
 
 
 def raw_layout(array: Any) -> bool:

@@ -50,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from clare.cache.entries import ENTRY_COLUMNS, entry_rows, layout_digest, rows_digest
 from clare.cache.mapped import map_rows, mapping_enabled, raw_layout
+from clare.config import env_switch
 from clare.errors import StoreError
 from clare.files import atomic_write_json, atomic_write_parquet, file_sha256, pid_lock
 
@@ -103,7 +104,7 @@ def codec_pipeline() -> dict[str, Any]:
     Set per array at open time rather than in zarr's global config, so importing clare changes
     nothing for other Zarr users in the process. `CLARE_ZARRS=0` turns it off.
     """
-    if os.environ.get("CLARE_ZARRS", "1") == "0":
+    if not env_switch("CLARE_ZARRS"):
         return {}
     try:
         import zarrs  # noqa: F401 - the pipeline class is found by its dotted path
@@ -419,8 +420,16 @@ class FeatureStore:
                 raise StoreError(
                     f"{self.path}: features.zarr/{name} is missing; rebuild with `{self.rebuild_command()}`"
                 )
-            with zarr.config.set(codec_pipeline()):
-                self._arrays[(name, mode)] = zarr.open_array(self.zarr_path / name, mode=mode)
+            try:
+                with zarr.config.set(codec_pipeline()):
+                    self._arrays[(name, mode)] = zarr.open_array(self.zarr_path / name, mode=mode)
+            except (ValueError, LookupError, TypeError, zarr.errors.BaseZarrError) as exc:
+                # Undecodable JSON, a missing key, another node type: the array's metadata is
+                # damaged, which is a store problem, not a bug.
+                raise StoreError(
+                    f"{self.path}: features.zarr/{name}/zarr.json is unreadable "
+                    f"({type(exc).__name__}); rebuild with `{self.rebuild_command()}`"
+                ) from None
         return self._arrays[(name, mode)]
 
     def row_shape(self, name: str) -> tuple[int, ...]:
@@ -741,12 +750,15 @@ class FeatureStore:
         """entries.parquet: the listed frames and the image each points at (ENTRY_COLUMNS),
         checked against the sha256 store.json records."""
         fix = self.repair_advice()
+        # extract rewrites entries.parquet from the index whenever it runs: no --overwrite needed.
+        rewrite = (f"rerun `{rebuild_command(self.meta, overwrite=False)}` (the command that built "
+                   "the store), which rewrites it from the index")
         if not self.entries_path.is_file():
-            raise StoreError(f"{self.entries_path}: missing; rebuild with `{self.rebuild_command()}`")
+            raise StoreError(f"{self.entries_path}: missing; {rewrite}")
         recorded = self.meta.get("entries_sha256")
         if recorded is not None and file_sha256(self.entries_path) != recorded:
             raise StoreError(f"{self.entries_path}: its sha256 differs from the one store.json "
-                             f"records (edited or damaged); rebuild with `{self.rebuild_command()}`")
+                             f"records (edited or damaged); {rewrite}")
         try:
             entries = pd.read_parquet(self.entries_path)
         except Exception as exc:  # noqa: BLE001 - any unreadable parquet: one line, not a traceback
@@ -755,7 +767,7 @@ class FeatureStore:
         images = self.n_rows // max(int(self.meta.get("views", 1)), 1)
         if missing or (len(entries) and not entries["image"].between(0, images - 1).all()):
             what = f"lacks column(s) {', '.join(missing)}" if missing else "points at images the store lacks"
-            raise StoreError(f"{self.entries_path}: {what}; rebuild with `{self.rebuild_command()}`")
+            raise StoreError(f"{self.entries_path}: {what}; {rewrite}")
         return entries
 
     def entry_rows(self, view: int | None = None, *,

@@ -83,6 +83,9 @@ def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")] = False,
 ) -> None:
     _state["debug"] = debug
+    from clare.config import check_env_switches
+
+    check_env_switches()
 
 
 @app.command()

@@ -578,6 +578,8 @@ def run_compare(paths: Sequence[Path], *, metric: str = "auc", n_resamples: int 
 
     if n_resamples < 0:
         raise CompareError(f"--bootstrap {n_resamples}: must be 0 (no intervals) or more")
+    if seed < 0:  # numpy's generators take no negative seed
+        raise CompareError(f"--seed {seed}: must be 0 or more")
     runs = load_runs(paths)
     table = build_table(runs, metric, n_resamples=n_resamples, seed=seed)
     outputs = write_outputs(runs, table, out_dir, n_resamples=n_resamples, seed=seed)

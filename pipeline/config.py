@@ -7,6 +7,7 @@ so that an override is checked exactly like a value in the file.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,6 +23,34 @@ from pydantic import (
 )
 
 from clare.errors import ConfigError, one_line, short_repr
+
+# Every on/off environment variable clare reads; the CLI checks them all before a command runs,
+# so a bad value is never met first inside a check that reports failures as findings.
+ENV_SWITCHES = ("CLARE_MMAP", "CLARE_ZARRS", "CLARE_HASH_CACHE")
+_SWITCH_ON = frozenset({"", "1", "on", "true", "yes"})
+_SWITCH_OFF = frozenset({"0", "off", "false", "no"})
+
+
+def env_switch(name: str) -> bool:
+    """Whether the on/off environment variable `name` is on (unset or empty: on).
+
+    Why one reader: CLARE_MMAP=false once left mapping on without a word (only "0" counted),
+    and CLARE_HASH_CACHE took only "off". Every switch now reads 0/1, off/on, false/true and
+    no/yes alike, and any other value stops the command naming the variable.
+    """
+    value = os.environ.get(name, "")
+    if value.strip().lower() in _SWITCH_ON:
+        return True
+    if value.strip().lower() in _SWITCH_OFF:
+        return False
+    raise ConfigError(f"environment variable {name}={short_repr(value, 30)}: expected 0 or 1 "
+                      f"(or off/on, false/true, no/yes); set {name}=0 to turn it off, unset it for the default")
+
+
+def check_env_switches() -> None:
+    """Raise ConfigError naming the first of ENV_SWITCHES set to a value that is not on/off."""
+    for name in ENV_SWITCHES:
+        env_switch(name)
 
 
 class _Strict(BaseModel):
@@ -291,6 +320,16 @@ class FitConfig(DetectorConfig):
 
     def detector(self) -> DetectorConfig:
         return DetectorConfig.model_validate(self.model_dump(include=set(DetectorConfig.model_fields)))
+
+    @field_validator("name")
+    @classmethod
+    def _one_folder_name(cls, value: str | None) -> str | None:
+        # The name is a folder under paths.runs and paths.reports: `../x` would write elsewhere.
+        if value is not None and ("/" in value or "\\" in value or value in (".", "..")
+                                  or "\0" in value):
+            raise ValueError("a run name is one folder name under paths.runs, without '/' or "
+                             "'..'; pick a plain name such as fusion-coop")
+        return value
 
 
 class EvalConfig(_Strict):

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from clare.config import env_switch
 from clare.files import atomic_write_json, file_sha256
 
 CACHE_ENV = "CLARE_HASH_CACHE"
@@ -52,7 +53,7 @@ _READ: dict[FileKey, str] = {}
 
 def cache_file() -> Path | None:
     """hashes.json under the user's cache folder (XDG), or None when CLARE_HASH_CACHE=off."""
-    if os.environ.get(CACHE_ENV, "").strip().lower() == "off":
+    if not env_switch(CACHE_ENV):
         return None
     base = os.environ.get("XDG_CACHE_HOME", "")
     # The XDG spec: a relative or empty XDG_CACHE_HOME is ignored.

@@ -404,7 +404,12 @@ def run_extract(
         raise ConfigError("--views: test stores hold view 0 only; drop --views for --split test")
     perturbation = parse_perturbation(perturb)
     workers = workers if workers is not None else cfg.extract.workers
+    if workers < 1:  # a Dask cluster of no workers would wait for ever
+        raise ConfigError(f"--workers {workers}: must be at least 1")
     max_failures = max_failures if max_failures is not None else cfg.extract.max_failures
+    if not 0 <= max_failures <= 1:  # NaN fails this too
+        raise ConfigError(f"--max-failures {max_failures}: expected a fraction from 0 to 1, "
+                          "e.g. 0.01 for 1 %")
     console = make_console(quiet=quiet)
     if scheduler is not None:
         # Before anything is written: an address that does not answer leaves no store behind.

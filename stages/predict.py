@@ -572,10 +572,12 @@ def run_predict(run_dir: Path, inputs: list[str], *, list_file: Path | None = No
     cfg = predict_config(run.config, config_file, overrides or [])
     paths = collect_inputs(inputs, list_file)
     threshold = _threshold(run, options.threshold, console)
-    batch_size = options.batch_size or cfg.extract.batch_size
+    batch_size = cfg.extract.batch_size if options.batch_size is None else options.batch_size
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
     out_dir = Path(options.out_dir) if options.out_dir else Path("predictions") / run.path.name
+    # Made now: an output folder that cannot be written fails before the inputs are scored.
+    out_dir.mkdir(parents=True, exist_ok=True)
     check_face_mode(options.faces)
     _check_store_target(options.store)
     _check_features(run, cfg)

@@ -99,6 +99,14 @@ def test_out_of_range_settings_name_their_key(tmp_path: Path, clare, override: s
     assert_one_line_error(clare("config", "--config", path, "--set", override), key)
 
 
+@pytest.mark.parametrize("name", ["../escape", "a/b", ".."])
+def test_a_run_name_that_is_not_one_folder_name(tmp_path: Path, clare, name: str) -> None:
+    config = write_config(tmp_path, {"data": {"root": str(tmp_path / "data")},
+                                     "paths": {"runs": str(tmp_path / "runs")}})
+    assert_one_line_error(clare("fit", "--config", config, "--name", name), "fit.name", "one folder name")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]  # nothing written anywhere
+
+
 def test_negative_seed_in_the_file(tmp_path: Path, clare) -> None:
     path = write_config(tmp_path, {"seed": -1, "data": {"root": "x"}})
     assert_one_line_error(clare("config", "--config", path), str(path), "'seed'")
@@ -209,6 +217,15 @@ def test_symlink_loop_in_a_folder_subset(tmp_path: Path, clare) -> None:
     assert checks["train"]["faces"]["found"] == 1 and checks["train"]["faces"]["missing"] == 1
 
 
+@pytest.mark.parametrize("name", ["CLARE_MMAP", "CLARE_ZARRS", "CLARE_HASH_CACHE"])
+def test_an_on_off_variable_with_another_value_is_one_line(tmp_path: Path, clare, monkeypatch,
+                                                           name: str) -> None:
+    # Checked before the command runs: `verify` would otherwise report the store's arrays as
+    # unopenable and advise a rebuild of a sound store.
+    monkeypatch.setenv(name, "maybe")
+    assert_one_line_error(clare("verify", tmp_path), name, "0")
+
+
 def test_unreadable_index_is_one_line(tmp_path: Path, clare) -> None:
     config = _data_config(tmp_path)
     (tmp_path / "index").mkdir()
@@ -225,6 +242,16 @@ def test_perturbation_with_a_bad_value(tmp_path: Path, clare, spec: str) -> None
     config = write_config(tmp_path)
     assert_one_line_error(clare("extract", "--config", config, "--split", "test", "--perturb", spec),
                           "--perturb", spec)
+
+
+@pytest.mark.parametrize("option,value", [("--workers", "0"), ("--workers", "-2"), ("--views", "0"),
+                                          ("--max-failures", "-1"), ("--max-failures", "1.5"),
+                                          ("--max-failures", "nan")])
+def test_extract_options_out_of_range(tmp_path: Path, clare, option: str, value: str) -> None:
+    # --workers 0 started a Dask cluster with no workers and waited for ever; --max-failures -1
+    # failed a finished extraction with no failed row.
+    config = write_config(tmp_path)
+    assert_one_line_error(clare("extract", "--config", config, option, value), option)
 
 
 def test_unreachable_scheduler(tmp_path: Path, clare) -> None:

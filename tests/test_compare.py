@@ -296,6 +296,7 @@ def _bad_inputs(root: Path) -> dict[str, tuple[list[str], str]]:
         "metric": ([str(good), "--metric", "f1"], "--metric f1: not in these metrics.json"),
         "twice": ([str(good), str(good) + "/"], "pass each run once"),
         "bootstrap": ([str(good), "--bootstrap", "-5"], "--bootstrap -5"),
+        "seed": ([str(good), "--seed", "-1"], "--seed -1: must be 0 or more"),
     }
 
 

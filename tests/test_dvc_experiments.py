@@ -20,6 +20,7 @@ import pytest
 import yaml
 from dvc_project import DVC, DvcProject, copy_project, run, stages_run
 
+from clare.cache.checks import verify_store
 from clare.compare import KNOWN_CDF, MEAN_COLUMN, UNSEEN, build_table, load_runs, run_compare
 from clare.dvc_summary import dvc_metrics
 
@@ -266,6 +267,11 @@ def test_repro_runs_every_stage_then_nothing_then_only_what_changed(dvc_project)
     assert (root / "reports" / "demo" / "report.html").is_file()
     assert (root / "runs" / "demo" / "model.safetensors").is_file()
 
+    # `clare verify` takes each store's writer lock, which records its pid in the store's
+    # `.lock`: the lock is runtime state, so .dvcignore keeps it out of the stores' hashes and
+    # a check of a sound store re-runs nothing.
+    for store in ("train", "test", "test-jpeg50"):
+        assert verify_store(root / "stores" / "demo" / store).ok
     second = run([*DVC, "repro"], root, env)
     assert stages_run(second) == set()
     # A changed fit parameter reruns fit and eval only: the `experiments` fixture asserts it

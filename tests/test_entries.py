@@ -129,6 +129,9 @@ def test_damaged_entries_are_named_by_verify_and_fit_and_rewritten_by_extract(
     failed = {check.name: check.detail for check in report.checks if not check.ok}
     assert set(failed) == {"entries", "index"}, failed
     assert "entries.parquet: its sha256 differs" in failed["entries"]
+    # The fix is the same extract, which rewrites the file; --overwrite would redo every shard.
+    assert "rerun `clare extract --config CONFIG --split train`" in failed["entries"]
+    assert "--overwrite" not in failed["entries"]
     with pytest.raises(StoreError, match=r"entries.parquet: its sha256 differs"):
         select_rows(cfg)
     summary = run_extract(cfg, split="train", quiet=True)

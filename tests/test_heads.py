@@ -351,6 +351,23 @@ def test_save_then_load_gives_the_same_detector(tiny_clip, tmp_path, module, str
     torch.testing.assert_close(loaded(cls, tokens, lare), detector(cls, tokens, lare), rtol=0, atol=0)
 
 
+def test_saving_the_same_weights_twice_writes_the_same_bytes(tiny_clip, tmp_path):
+    # safetensors orders the metadata map by hash, differently on each save: without sorting,
+    # two fits with bit-identical weights recorded different model_sha256 values.
+    model, tokenizer = tiny_clip
+    torch.manual_seed(1)
+    detector = Detector.from_config(DetectorConfig(prompt=PromptConfig(n_ctx=3)), model, tokenizer)
+    saved = set()
+    for i in range(8):
+        (tmp_path / str(i)).mkdir()
+        saved.add(detector.save(tmp_path / str(i)).read_bytes())
+    assert len(saved) == 1
+    loaded = Detector.load(tmp_path / "0", clip_model=model, tokenizer=tokenizer)
+    assert loaded.config == detector.config
+    for name, value in detector.trainable_state_dict().items():
+        assert torch.equal(loaded.trainable_state_dict()[name], value), name
+
+
 def test_load_refuses_files_that_are_not_saved_detectors(tiny_clip, tmp_path):
     from safetensors.torch import save_file
 

@@ -49,8 +49,10 @@ def test_a_row_never_written_is_declined_and_its_neighbours_map(tmp_path: Path) 
     assert store.mapped_rows("tokens", np.array([8])) is not None
 
 
-def test_clare_mmap_0_turns_mapping_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CLARE_MMAP", "0")
+@pytest.mark.parametrize("off", ["0", "false", "Off", "no"])
+def test_clare_mmap_0_turns_mapping_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        off: str) -> None:
+    monkeypatch.setenv("CLARE_MMAP", off)
     store = _store(tmp_path / "store")
     assert store.mapped_rows("tokens", np.arange(4)) is None
 

@@ -149,6 +149,13 @@ def test_other_weights_than_the_runs_are_refused(world: World, tmp_path: Path) -
 # --------------------------------------------------------------------------- threshold
 
 
+@pytest.mark.parametrize("batch_size", [0, -1])
+def test_a_batch_size_below_one_is_refused_not_replaced(world: World, tmp_path: Path,
+                                                        batch_size: int) -> None:
+    with pytest.raises(ConfigError, match=rf"--batch-size {batch_size}: must be at least 1"):
+        _predict(world, [str(world.data / "alpha")], tmp_path, batch_size=batch_size)
+
+
 def test_threshold_is_the_runs_and_can_be_overridden(world: World, tmp_path: Path) -> None:
     recorded = read_run(world.run_dir).threshold
     assert recorded is not None
@@ -361,6 +368,20 @@ def test_store_holds_the_features_of_the_scored_images_and_verifies(world: World
         ours = store.read_rows(name, images["row"].to_numpy())
         expected = extracted.read_rows(name, theirs.loc[images["sha256"]].to_numpy())
         assert np.allclose(ours, expected, atol=1e-5), name
+
+
+def test_an_output_folder_that_cannot_be_made_fails_before_scoring(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import clare.stages.predict as predict
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("inputs were scored before the output folder was checked")
+
+    monkeypatch.setattr(predict, "_score_with_progress", no_scoring)
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(NotADirectoryError):
+        run_predict(world.run_dir, [str(world.data / "alpha")],
+                    options=PredictOptions(out_dir=tmp_path / "a-file" / "out", quiet=True))
 
 
 def test_store_refuses_a_folder_that_is_not_empty(world: World, tmp_path: Path) -> None:

@@ -105,6 +105,17 @@ def test_info_and_verify_on_a_missing_store_name_the_build_command(tmp_path: Pat
     assert not (tmp_path / "nowhere").exists()
 
 
+@pytest.mark.parametrize("metadata", ["not json", '{"zarr_format": 3, "node_type": "array"}'])
+def test_damaged_array_metadata_is_a_store_error_naming_the_file(
+    reference: dict, tmp_path: Path, metadata: str
+) -> None:
+    # fit, eval and predict open arrays here: this was an "internal error" (exit code 3).
+    _cfg, store_path = _copy(reference, tmp_path)
+    (store_path / "features.zarr" / "tokens" / "zarr.json").write_text(metadata)
+    with pytest.raises(StoreError, match=r"features\.zarr/tokens/zarr\.json is unreadable .*--overwrite"):
+        FeatureStore(store_path).read("tokens", 0, 1)
+
+
 @pytest.mark.parametrize("array", ["tokens", "lare"])
 def test_flipped_bytes_are_found_and_only_that_shard_is_redone(
     reference: dict, tmp_path: Path, array: str
@@ -116,6 +127,7 @@ def test_flipped_bytes_are_found_and_only_that_shard_is_redone(
     result = CliRunner().invoke(app, ["verify", str(store_path)])
     assert result.exit_code == 1, result.output
     assert "damaged shard 1" in result.output
+    assert f"1 of {FeatureStore(store_path).n_shards} damaged: shard(s) 1" in result.output
     assert "damaged shard 0" not in result.output and "damaged shard 2" not in result.output
     assert f"{array}: checksum mismatch" in result.output
 

@@ -36,6 +36,21 @@ MODEL_FORMAT = "clare-detector/1"
 _Part = TypeVar("_Part")
 
 
+def _sorted_metadata(blob: bytes) -> bytes:
+    """`blob`, a serialised safetensors file, with its metadata keys in sorted order.
+
+    Why: safetensors writes the metadata map in hash order, which differs from one save to the
+    next, so the same weights gave files with different bytes and a different `model_sha256`.
+    Only the header's metadata is reordered; the tensors' entries and bytes stay as written.
+    """
+    size = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + size])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    text = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the header is padded to 8 bytes, as safetensors pads it
+    return len(text).to_bytes(8, "little") + text + blob[8 + size :]
+
+
 def _built(part: _Part | None, name: str, module: str) -> _Part:
     """A part `from_config` always builds for this module; None only in a hand-wired detector."""
     if part is None:
@@ -165,7 +180,7 @@ class Detector(nn.Module):
         state = self.trainable_state_dict()
         # Serialised in memory first: a full disk is then an OSError naming the file, not an
         # error from inside the serialiser.
-        atomic_write_bytes(path, save(state, metadata=metadata))
+        atomic_write_bytes(path, _sorted_metadata(save(state, metadata=metadata)))
         return path
 
     @staticmethod
