@@ -39,9 +39,10 @@ def env_switch(name: str) -> bool:
     no/yes alike, and any other value stops the command naming the variable.
     """
     value = os.environ.get(name, "")
-    if value.strip().lower() in _SWITCH_ON:
+    word = value.strip().lower()
+    if word in _SWITCH_ON:
         return True
-    if value.strip().lower() in _SWITCH_OFF:
+    if word in _SWITCH_OFF:
         return False
     raise ConfigError(f"environment variable {name}={short_repr(value, 30)}: expected 0 or 1 "
                       f"(or off/on, false/true, no/yes); set {name}=0 to turn it off, unset it for the default")

@@ -533,16 +533,21 @@ def distinct_images(clean: pd.DataFrame) -> pd.DataFrame:
     return clean.drop_duplicates(key) if "path" in key or "row" in key else clean
 
 
-def worst_errors(clean: pd.DataFrame, threshold: float,
-                 count: int = WORST_ERRORS) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The most confident errors at `threshold`: real images with the highest p(fake) at or
-    above it (false positives) and fakes with the lowest p(fake) below it (false negatives),
-    each image once (`distinct_images`)."""
-    images = distinct_images(clean)
+def _errors(images: pd.DataFrame, threshold: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every error at `threshold`, most confident first: real images at or above it (false
+    positives, highest p(fake) first) and fakes below it (false negatives, lowest first)."""
     real = images[(images["label"] == 0) & (images["p_fake"] >= threshold)]
     fake = images[(images["label"] == 1) & (images["p_fake"] < threshold)]
-    return (real.sort_values("p_fake", ascending=False, kind="stable").head(count),
-            fake.sort_values("p_fake", kind="stable").head(count))
+    return (real.sort_values("p_fake", ascending=False, kind="stable"),
+            fake.sort_values("p_fake", kind="stable"))
+
+
+def worst_errors(clean: pd.DataFrame, threshold: float,
+                 count: int = WORST_ERRORS) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The `count` most confident false positives and false negatives at `threshold`, each
+    image once (`distinct_images`)."""
+    false_pos, false_neg = _errors(distinct_images(clean), threshold)
+    return false_pos.head(count), false_neg.head(count)
 
 
 def _error_maps(picks: pd.DataFrame, read_lare: LareReader | None) -> list[tuple[Any, str]]:
@@ -599,10 +604,10 @@ def _error_items(picks: pd.DataFrame, prefix: str, folder: Path, image_root: Pat
 
 def _error_blocks(clean: pd.DataFrame, point: OperatingPoint, fig_dir: Path,
                   image_root: Path | None, read_lare: LareReader | None) -> list[Block]:
-    false_pos, false_neg = worst_errors(clean, point.value)
-    images = distinct_images(clean)  # the counts below are of images, as the gallery shows them
-    n_fp = int(((images["label"] == 0) & (images["p_fake"] >= point.value)).sum())
-    n_fn = int(((images["label"] == 1) & (images["p_fake"] < point.value)).sum())
+    images = distinct_images(clean)  # counted as images, as the gallery shows them
+    false_pos, false_neg = _errors(images, point.value)
+    n_fp, n_fn = len(false_pos), len(false_neg)
+    false_pos, false_neg = false_pos.head(WORST_ERRORS), false_neg.head(WORST_ERRORS)
     folder = fig_dir / ERRORS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     intro = (f"At threshold {point.value:.4f} ({point.name}): {n_fp} false positive(s) and "
