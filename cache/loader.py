@@ -210,25 +210,27 @@ class StoreLoader:
         damaged one named, by `_decode_array`). Mapped rows need no NaN check: a missing
         shard file or chunk is never mapped."""
         lines: list[np.ndarray] = []
-        at = 0
-        for shard in shards:
-            count = len(self._by_shard[shard])
-            mapped = self.store.mapped_rows(name, rows[at : at + count])
+        for lines_of_shard in self._shard_lines(shards):
+            mapped = self.store.mapped_rows(name, rows[lines_of_shard])
             if mapped is None:
                 return []
             lines.extend(mapped)
-            at += count
         return lines
 
     def _decode_array(self, name: str, shards: list[int], rows: np.ndarray) -> np.ndarray:
         """The window's rows of one array decoded by zarr into a buffer the window owns."""
         buffer = np.empty((len(rows), *self.store.row_shape(name)), dtype=self.store.dtype(name))
+        for lines_of_shard in self._shard_lines(shards):
+            self._read_shard(name, rows[lines_of_shard], buffer[lines_of_shard])
+        return buffer
+
+    def _shard_lines(self, shards: list[int]) -> Iterator[slice]:
+        """The lines of a window (its shards' selected rows, in shard order) of each shard."""
         at = 0
         for shard in shards:
             count = len(self._by_shard[shard])
-            self._read_shard(name, rows[at : at + count], buffer[at : at + count])
+            yield slice(at, at + count)
             at += count
-        return buffer
 
     def _plan(self, epoch: int) -> Iterator[tuple[list[int], np.ndarray | None]]:
         """The shard windows of one epoch and the order of each window's rows, read nothing.
