@@ -100,8 +100,9 @@ def _independent(frame: pd.DataFrame, subsets: list[str], resamples: int, seed: 
     """Before: each subset resampled on its own (its own seed), as `clare compare` did."""
     from clare.bootstrap import bootstrap_auc, subset_seed
 
-    return {s: bootstrap_auc(rows["label"].to_numpy(), rows["p_fake"].to_numpy(), rows["video"].to_numpy(),
-                             n_resamples=resamples, seed=subset_seed(seed, s))
+    return {str(s): bootstrap_auc(rows["label"].to_numpy(), rows["p_fake"].to_numpy(),
+                                  rows["video"].to_numpy(), n_resamples=resamples,
+                                  seed=subset_seed(seed, str(s)))
             for s, rows in frame.groupby("subset", sort=False) if s in subsets}
 
 

@@ -37,6 +37,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -271,7 +272,9 @@ def _prepare(frame: pd.DataFrame, video: np.ndarray, n_runs: int) -> list[dict[s
     scores = frame["p_fake"].to_numpy()
     n_videos = int(video.max()) + 1 if len(video) else 0
     prepared: list[dict[str, SortedScores]] = [{} for _ in range(n_runs)]
-    for (run, subset), rows in frame.groupby(["run", "subset"], sort=False).indices.items():
+    # pandas-stubs type a group key as any Hashable; these keys are (run, subset) pairs
+    groups = cast(dict[tuple[int, str], np.ndarray], frame.groupby(["run", "subset"], sort=False).indices)
+    for (run, subset), rows in groups.items():
         data = sort_coded(labels[rows], scores[rows], video[rows], n_videos)
         if len(data.real_video) and len(data.fake_video):
             prepared[int(run)][str(subset)] = data

@@ -243,8 +243,9 @@ def _failed_rows(run: RunResult) -> int:
 def _membership_line(runs: Sequence[RunResult]) -> str | None:
     """One line naming the subsets whose videos (or frame files) differ between runs."""
     keys = [c for c in ("video", FRAME_COLUMN) if all(c in r.scores.columns for r in runs)]
-    listed = [{subset: frozenset(map(tuple, rows[keys].astype(str).to_numpy()))
-               for subset, rows in run.scores.groupby("subset")} for run in runs]
+    listed: list[dict[str, frozenset[tuple[str, ...]]]] = [
+        {str(subset): frozenset(map(tuple, rows[keys].astype(str).to_numpy()))
+         for subset, rows in run.scores.groupby("subset")} for run in runs]
     differing = []
     for subset in sorted({s for per_run in listed for s in per_run}):
         sets = [per_run[subset] for per_run in listed if subset in per_run]
@@ -562,12 +563,14 @@ def _interval_note(table: CompareTable, key: tuple[str, ...], column: tuple[str,
     the videos it rests on, or the statement that there is no interval."""
     kind = str(table.kind.loc[key, column]) if table.kind is not None else PERCENTILE
     videos = _cell(table.videos, key, column) if table.videos is not None else math.nan
+    low = _cell(table.low, key, column) if table.low is not None else math.nan
+    high = _cell(table.high, key, column) if table.high is not None else math.nan
     per_class = f"{videos:.0f} video{'s' if videos != 1 else ''}/class"
     at_least, at_most = _SIGNS[layout]
     if kind == LOWER_BOUND:
-        return f"{at_least} {_cell(table.low, key, column):.3f}, {per_class}"
+        return f"{at_least} {low:.3f}, {per_class}"
     if kind == UPPER_BOUND:
-        return f"{at_most} {_cell(table.high, key, column):.3f}, {per_class}"
+        return f"{at_most} {high:.3f}, {per_class}"
     return f"no interval, {per_class}"
 
 

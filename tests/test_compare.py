@@ -523,4 +523,9 @@ def test_bench_compare_smoke(tmp_path):
         results["sklearn_per_resample_s"] / results["clare_per_resample_s"])
     assert results["clare_per_resample_s"] == pytest.approx(
         results["clare_bootstrap_s"] / payload["params"]["resamples"])
+    coverage = {k: v for k, v in results.items() if "coverage" in k}
+    assert {"coverage_per_subset", "coverage_mean_shared_reals", "coverage_per_subset_before",
+            "coverage_paired_false_positive_rate"} <= set(coverage)
+    assert all(0.0 <= coverage[k] <= 1.0 for k in coverage if "width" not in k)
+    assert payload["params"]["replicates"] > 0 and payload["params"]["paired_replicates"] > 0
     assert str(out) in done.stdout
