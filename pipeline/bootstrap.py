@@ -361,7 +361,9 @@ def auc_interval(value: float, resampled: np.ndarray, videos: int,
     if float(np.ptp(finite)) > _FLAT and videos >= 2:
         interval = percentile_interval(finite, level)
         assert interval is not None  # finite is not empty
-        return _widen(interval, value, small_sample_scale(videos, level))
+        widened = _widen(interval, value, small_sample_scale(videos, level))
+        if widened.high - widened.low > _FLAT:  # not when 95 % of the resamples agree exactly
+            return widened
     bound = (1.0 - level) ** (1.0 / max(videos, 1))
     if value >= 1.0 - _FLAT:
         return Interval(bound, 1.0, LOWER_BOUND, videos)

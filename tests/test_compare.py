@@ -338,6 +338,24 @@ def test_paired_test_false_positive_rate_under_a_null_and_its_power():
     assert marked((0.0, 3.0), 40, seed=6, shift=3.0) >= 0.8  # AUC about 0.98 against 0.75
 
 
+def test_paired_runs_share_their_draws_and_only_their_shared_videos():
+    """Two runs are resampled on the same draws (identical scores give identical resamples),
+    over the videos both scored (a fake video one run lacks leaves the other's AUC too)."""
+    subsets = ["a_cdf", "b_cdf"]
+    frames = shared_reals(subsets, seed=60)
+    first, second = resample_runs([frames, frames.copy()], subsets, n_resamples=50, seed=0,
+                                  shared_only=True)
+    for subset in subsets:
+        np.testing.assert_array_equal(first.resampled[subset], second.resampled[subset])
+        assert first.resampled[subset].std() > 0
+
+    fewer = frames[frames["video"] != "a_cdf_Fake/v0"]
+    first, _second = resample_runs([frames, fewer], subsets, n_resamples=10, seed=0,
+                                   shared_only=True)
+    rows = fewer[fewer["subset"] == "a_cdf"]
+    assert first.observed["a_cdf"] == pytest.approx(roc_auc_score(rows["label"], rows["p_fake"]))
+
+
 def test_comparability_warnings_one_line_per_problem(tmp_path):
     subsets = ("DiT_cdf", "heygen")
     frames = frames_of(subsets, 1.0, seed=50)
