@@ -274,6 +274,19 @@ class HeadConfig(_Strict):
     pos_init_std: float = Field(default=0.02, gt=0, description="std of positional embeddings")
 
 
+NOT_APPLICABLE = "none"  # a setting the module does not use (strategy of lare, attention of clipping)
+
+
+def effective_spec(module: str, strategy: str, attention: str) -> dict[str, str]:
+    """What a module really uses: `lare` has no prompts and always v1 attention; `clipping` no
+    attention. A setting it does not use is NOT_APPLICABLE, whatever the config said."""
+    if module == "lare":
+        return {"module": module, "strategy": NOT_APPLICABLE, "attention": "v1"}
+    if module == "clipping":
+        return {"module": module, "strategy": strategy, "attention": NOT_APPLICABLE}
+    return {"module": module, "strategy": strategy, "attention": attention}
+
+
 class DetectorConfig(_Strict):
     """Everything that shapes a detector besides the CLIP model it is built on.
 
