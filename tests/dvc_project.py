@@ -56,9 +56,9 @@ def dvc_project(tmp_path_factory) -> DvcProject:
         if (REPO / name).is_file():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, root / name)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["fit"]["epochs"] = 2
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    demo = yaml.safe_load((root / "configs" / "demo.yaml").read_text())
+    demo["fit"]["epochs"] = 2
+    (root / "configs" / "demo.yaml").write_text(yaml.safe_dump(demo, sort_keys=False))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from helpers_extract import make_config, make_image_tree, write_index
 from sklearn.metrics import roc_auc_score
 
@@ -461,3 +462,45 @@ def test_clare_info_shows_the_fingerprint_summary(world: World) -> None:
     recorded = FeatureStore(world.cfg.paths.stores / "test").meta["fingerprint"]
     assert info["fingerprint"] == fp.summary(recorded)
     assert info["fingerprint"]["clip_sha256"] == recorded["weights"]["clip"]["sha256"][:12]
+
+
+def test_report_says_which_step_was_kept_and_draws_it(world: World) -> None:
+    """Issue 26: the report names the kept step, its rule and what decided it, and draws the
+    validation curves with that step marked (also the DVC plot)."""
+    record = yaml.safe_load((world.run_dir / "run.yaml").read_text())
+    chosen = record["selection"]
+    markdown = (world.out_dir / "report.md").read_text()
+    section = markdown[markdown.index("## Training and model selection"):]
+    section = section[:section.index("\n## ")]
+    assert (f"weights of step {chosen['step']} of {record['steps']}, kept by rule "
+            f"`{chosen['rule']}`") in section
+    if chosen["runner_up_step"] is not None:
+        assert f"preferred to step {chosen['runner_up_step']} by {chosen['decided_by']}" in section
+    assert "figures/validation.png" in section
+    for picture in (world.out_dir / "figures" / "validation.png",
+                    world.out_dir / "figures" / "validation.svg",
+                    world.out_dir / "plots" / "validation.png"):
+        assert picture.read_bytes()[:4] in (b"\x89PNG", b"<?xm"), picture
+
+
+def test_score_histogram_axis_fits_the_scores_and_the_thresholds() -> None:
+    from clare.report_figures import score_range
+
+    low, high = score_range(np.array([0.39, 0.45, 0.54]), [0.5, 0.46])
+    assert 0.37 <= low < 0.39 and 0.54 < high <= 0.56  # not the 0-1 axis: a sliver there
+    assert score_range(np.array([0.001, 0.999]), [0.5]) == (0.0, 1.0)  # clipped to [0, 1]
+    assert score_range(np.array([0.2, 0.2]), [0.2]) == pytest.approx((0.19, 0.21))
+    assert score_range(np.array([np.nan]), []) == (0.0, 1.0)
+
+
+def test_validation_figure_marks_the_kept_step_in_both_panels() -> None:
+    from clare.report_figures import validation_figure
+
+    history = [{"step": 3, "val_auc": 0.9, "val_loss": 0.6}, {"step": 6, "val_auc": 1.0, "val_loss": 0.4},
+               {"step": 9, "val_auc": None, "val_loss": float("nan")}]
+    figure = validation_figure(history, 6, "t")
+    for ax in figure.axes:
+        vertical = [line for line in ax.get_lines() if list(line.get_xdata()) == [6, 6]]
+        assert len(vertical) == 1 and vertical[0].get_label() == "kept: step 6"
+        curve = ax.get_lines()[0]
+        assert list(curve.get_xdata()) == [3, 6]  # undefined values are left out, not drawn as 0
