@@ -30,6 +30,7 @@ from matplotlib.figure import Figure
 
 from clare.bootstrap import bootstrap_auc, percentile_interval, subset_seed
 from clare.errors import ClareError
+from clare.provenance import provenance_line
 
 RUN_SPEC_FILE = "run_spec.json"  # written beside metrics.json by `clare.dvc_summary`
 SCORE_COLUMNS = ("subset", "label", "video", "p_fake", "store")
@@ -509,6 +510,11 @@ def _caption(table: CompareTable, n_resamples: int, seed: int) -> str:
             "; best per column in bold")
 
 
+def _made_by(run: RunResult) -> str:
+    """The clare version, commit and library versions its metrics.json records."""
+    return provenance_line(run.metrics.get("provenance"))
+
+
 def write_outputs(runs: Sequence[RunResult], table: CompareTable, out_dir: Path, *,
                   n_resamples: int, seed: int) -> CompareOutputs:
     """compare.md, .csv, .tex, .html and roc.png (+ robustness.tex) in `out_dir`."""
@@ -520,14 +526,18 @@ def write_outputs(runs: Sequence[RunResult], table: CompareTable, out_dir: Path,
     caption = _caption(table, n_resamples, seed)
     context: dict[str, Any] = {
         "caption": caption, "metric": table.metric, "notes": table.notes,
-        "runs": [{"name": r.name, "report": str(r.report_dir)} for r in runs],
+        "runs": [{"name": r.name, "report": str(r.report_dir), "made_by": _made_by(r)}
+                 for r in runs],
         "robustness_title": f"Robustness: mean {table.metric} on clean and perturbed test stores",
     }
     env = template_environment()
     outputs = CompareOutputs(out_dir / "compare.md", out_dir / "compare.csv",
                              out_dir / "compare.tex", out_dir / "compare.html", roc, None)
-    long_table(table).to_csv(outputs.csv, index=False)
-    outputs.latex.write_text(to_latex(table, caption), encoding="utf-8")
+    made_by = {r.name: _made_by(r) for r in runs}
+    long_table(table).assign(made_by=lambda t: t["run"].map(made_by)).to_csv(outputs.csv, index=False)
+    # One comment line per run (a name or a hand-edited record may hold a newline).
+    made_by_tex = "".join(" ".join(f"% {name}: {line}".split()) + "\n" for name, line in made_by.items())
+    outputs.latex.write_text(made_by_tex + to_latex(table, caption), encoding="utf-8")
     if robust is not None:
         outputs.robustness_latex = out_dir / "robustness.tex"
         outputs.robustness_latex.write_text(to_latex(robust, context["robustness_title"]),

@@ -461,3 +461,22 @@ def test_clare_info_shows_the_fingerprint_summary(world: World) -> None:
     recorded = FeatureStore(world.cfg.paths.stores / "test").meta["fingerprint"]
     assert info["fingerprint"] == fp.summary(recorded)
     assert info["fingerprint"]["clip_sha256"] == recorded["weights"]["clip"]["sha256"][:12]
+
+
+def test_run_record_metrics_and_report_name_the_code_that_made_them(world: World) -> None:
+    from importlib.metadata import version
+
+    import yaml
+
+    from clare.provenance import provenance, provenance_line
+
+    expected = provenance()
+    assert expected["clare"] == version("clare")
+    record = yaml.safe_load((world.run_dir / "run.yaml").read_text())
+    metrics = _no_nan_json(world.out_dir / "metrics.json")
+    assert record["provenance"] == expected
+    assert metrics["provenance"] == expected
+    assert set(expected["libraries"]) == {"torch", "open_clip_torch", "diffusers"}
+    assert expected["libraries"]["torch"] == version("torch")
+    header = (world.out_dir / "report.md").read_text().split("\n## ", 1)[0]
+    assert f"Made by {provenance_line(expected)}." in header
