@@ -19,6 +19,8 @@ from clare.errors import StoreError
 from clare.models.clip_input import CLARE_PAPER, OPEN_CLIP, ClipInput, clip_input
 from clare.testing import make_image_tree
 
+REPO = Path(__file__).resolve().parents[1]
+
 # --------------------------------------------------------------------------- the reference steps
 
 
@@ -132,11 +134,11 @@ def two_stores(tmp_path_factory, tiny_models_dir):
     from clare.stages.extract import run_extract
 
     root = tmp_path_factory.mktemp("recipes")
-    make_image_tree(root / "data", 8, seed=5)
+    make_image_tree(root / "data", 16, seed=5)
     configs = {}
     for recipe in (OPEN_CLIP, CLARE_PAPER):
         cfg = make_config(root / recipe, tiny_models_dir, root / "data",
-                          models__clip__input=recipe)
+                          models__clip__input=recipe, fit__device="cpu", fit__val_fraction=0.5)
         run_extract(cfg, split="train", quiet=True)
         configs[recipe] = cfg
     return configs
@@ -161,3 +163,29 @@ def test_a_store_of_one_recipe_is_never_read_as_the_other(two_stores):
     other = paper.model_copy(update={"paths": two_stores[OPEN_CLIP].paths})
     with pytest.raises(StoreError, match="clip.preprocess"):
         run_fit(other, quiet=True)
+
+
+def test_the_paper_layer_trains_with_one_constant_warmup_epoch_then_cosine(two_stores, monkeypatch):
+    import clare.stages.fit as fit_stage
+    from clare.config import load_config
+
+    base = two_stores[CLARE_PAPER].paths.stores.parent / "config.yaml"
+    cfg = load_config([base, REPO / "configs" / "clare-paper.yaml"], ["fit.batch_size=4"])
+    assert (cfg.fit.optimizer, cfg.fit.lr, cfg.fit.momentum, cfg.fit.weight_decay) == (
+        "sgd", 0.002, 0.9, 5e-4)
+    assert (cfg.fit.epochs, cfg.fit.warmup_epochs, cfg.fit.warmup_lr) == (2, 1, 1e-5)
+    assert cfg.models.clip.input == CLARE_PAPER and str(cfg.data.root).endswith("data")
+    rates: dict[int, float] = {}
+    original = fit_stage.learning_rate
+
+    def recorded(base_lr: float, step: int, total: int, warmup: int, warmup_lr: float) -> float:
+        rates[step] = original(base_lr, step, total, warmup, warmup_lr)
+        return rates[step]
+
+    monkeypatch.setattr(fit_stage, "learning_rate", recorded)
+    result = fit_stage.run_fit(cfg, quiet=True)
+    per_epoch = result.steps // 2
+    assert per_epoch >= 2 and sorted(rates) == list(range(result.steps))
+    assert all(rates[step] == 1e-5 for step in range(per_epoch))  # the warm-up epoch
+    assert rates[per_epoch] == pytest.approx(0.002)  # the cosine starts at lr
+    assert all(rates[s + 1] < rates[s] for s in range(per_epoch, result.steps - 1))

@@ -215,3 +215,16 @@ def test_every_config_command_takes_several_config_files():
                 takes.append(sub_name)
                 assert option.multiple, f"{sub_name}: --config is not repeatable"
     assert {"prepare", "extract", "fit", "eval", "predict", "config"} <= set(takes)
+
+
+def test_paper_layer_on_the_demo_and_warmup_in_steps_or_epochs(tmp_path):
+    cfg = load_config([REPO / "configs" / "demo.yaml", REPO / "configs" / "clare-paper.yaml"])
+    demo = load_config(REPO / "configs" / "demo.yaml")
+    assert cfg.models.clip.input == "clare-paper" and demo.models.clip.input == "open_clip"
+    assert cfg.fit.optimizer == "sgd" and cfg.fit.batch_size == 64 and cfg.fit.warmup_epochs == 1
+    # Only the recipe changes: the demo's paths, data and models stay.
+    assert cfg.data == demo.data and cfg.paths == demo.paths
+    assert cfg.models.clip.pretrained == demo.models.clip.pretrained
+    assert demo.fit.warmup_epochs == 0  # the default keeps the old schedule
+    with pytest.raises(ConfigError, match="warmup_steps and fit.warmup_epochs are both set"):
+        load_config(REPO / "configs" / "demo.yaml", ["fit.warmup_steps=5", "fit.warmup_epochs=1"])
