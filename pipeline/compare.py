@@ -1,8 +1,8 @@
 """`clare compare`: several evaluated runs in one table, the shape of DF40's results.
 
 Rows are runs (module, strategy, attention, name); columns are the test subsets, grouped as
-DF40 groups them (the known methods in the other domain, `*_cdf`; the unseen methods), plus the
-mean over subsets. AUC cells carry a 95 % bootstrap interval that resamples videos
+DF40 groups them (the known methods in each domain, `*_ff` and `*_cdf`; the unseen methods),
+and inside a group by DF40 family (FS, FR, EFS, FE), plus the mean over subsets. AUC cells carry a 95 % bootstrap interval that resamples videos
 (`clare.bootstrap`). Outputs, in `--out`: compare.md, compare.csv (one row per run and subset,
 numbers only), compare.tex (booktabs), compare.html (self-contained: the table, ROC overlays of
 the runs per subset, the robustness table) and roc.png.
@@ -29,6 +29,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from clare.bootstrap import bootstrap_auc, percentile_interval, subset_seed
+from clare.data.df40 import DF40_FAMILIES, df40_method
 from clare.errors import ClareError
 from clare.provenance import provenance_line
 
@@ -76,15 +77,30 @@ class RunResult:
         return (self.module, self.strategy, self.attention, self.name)
 
 
-def subset_group(subset: str) -> str:
+def _domain_group(subset: str, method: tuple[str, str, bool] | None) -> str:
     name = subset.lower()
     if name.endswith("_cdf"):
         return KNOWN_CDF
     if name.endswith("_ff"):
         return KNOWN_FF
-    if name in UNSEEN_METHODS:
+    if name in UNSEEN_METHODS or (method is not None and not method[2]):
         return UNSEEN
     return OTHER
+
+
+def subset_group(subset: str) -> str:
+    """The column group: DF40's domain group, then the method's DF40 family (FS, FR, EFS, FE),
+    e.g. `known methods, Celeb-DF domain: FS`; the bare domain group for other names."""
+    method = df40_method(subset)
+    group = _domain_group(subset, method)
+    return f"{group}: {method[0]}" if method is not None and group != OTHER else group
+
+
+def _group_rank(group: str) -> tuple[int, int]:
+    """Domain groups in GROUP_ORDER, families in DF40's order inside each."""
+    domain, _, family = group.partition(": ")
+    return (GROUP_ORDER.index(domain),
+            DF40_FAMILIES.index(family) + 1 if family in DF40_FAMILIES else 0)
 
 
 def clean_scores(metrics: Mapping[str, Any], scores: pd.DataFrame) -> pd.DataFrame:
@@ -242,7 +258,7 @@ def table_columns(runs: Sequence[RunResult]) -> list[tuple[str, str]]:
     for run in runs:
         subsets += [s for s in run.metrics["subsets"] if s not in subsets]
     return sorted(((subset_group(s), s) for s in subsets),
-                  key=lambda col: (GROUP_ORDER.index(col[0]), subsets.index(col[1])))
+                  key=lambda col: (_group_rank(col[0]), subsets.index(col[1])))
 
 
 def check_metric(runs: Sequence[RunResult], metric: str) -> None:

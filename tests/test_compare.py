@@ -102,8 +102,8 @@ def test_table_rows_are_runs_and_columns_are_df40_groups_then_the_mean(two_repor
     assert list(table.values.index) == [("fusion", "coop", "v2", "weak"),
                                         ("lare", "cocoop", "v1", "strong")]
     assert list(table.values.columns) == [
-        (KNOWN_CDF, "DiT_cdf"), (KNOWN_CDF, "StyleGAN2_cdf"),
-        (UNSEEN, "heygen"), (UNSEEN, "whichfaceisreal"), (UNSEEN, "MidJourney"),
+        (f"{KNOWN_CDF}: EFS", "DiT_cdf"), (f"{KNOWN_CDF}: EFS", "StyleGAN2_cdf"),
+        (f"{UNSEEN}: FR", "heygen"), (f"{UNSEEN}: EFS", "whichfaceisreal"), (f"{UNSEEN}: EFS", "MidJourney"),
         (OTHER, "my_own_set"), MEAN_COLUMN,
     ]
     for run in runs:
@@ -130,9 +130,9 @@ def test_a_subset_missing_from_one_run_is_a_gap_and_a_note(tmp_path):
     part = write_report(tmp_path / "part", frames_of(("DiT_cdf",), 2.0, seed=4))
     table = build_table(load_runs([full, part]), n_resamples=50)
     key = ("fusion", "coop", "v2", "part")
-    assert np.isnan(table.values.loc[key, (UNSEEN, "heygen")])
-    assert np.isnan(table.low.loc[key, (UNSEEN, "heygen")])
-    assert table.values.loc[key, MEAN_COLUMN] == table.values.loc[key, (KNOWN_CDF, "DiT_cdf")]
+    assert np.isnan(table.values.loc[key, (f"{UNSEEN}: FR", "heygen")])
+    assert np.isnan(table.low.loc[key, (f"{UNSEEN}: FR", "heygen")])
+    assert table.values.loc[key, MEAN_COLUMN] == table.values.loc[key, (f"{KNOWN_CDF}: EFS", "DiT_cdf")]
     assert any("part: mean over 1 of 2 subsets" in note for note in table.notes)
 
 
@@ -222,7 +222,7 @@ def test_outputs_markdown_csv_booktabs_latex_and_self_contained_html(two_reports
     latex = out.latex.read_text()
     for rule in (r"\toprule", r"\midrule", r"\bottomrule"):
         assert latex.count(rule) == 1, rule
-    assert r"\multicolumn{2}{c}{known methods, Celeb-DF domain}" in latex
+    assert r"\multicolumn{2}{c}{known methods, Celeb-DF domain: EFS}" in latex
     assert r"DiT\_cdf" in latex and r"\bfseries" in latex and r"\scriptsize" in latex
     assert out.robustness_latex is not None and r"\toprule" in out.robustness_latex.read_text()
 
@@ -331,3 +331,18 @@ def test_bench_compare_smoke(tmp_path):
     assert results["clare_per_resample_s"] == pytest.approx(
         results["clare_bootstrap_s"] / payload["params"]["resamples"])
     assert str(out) in done.stdout
+
+
+def test_columns_are_grouped_by_domain_then_df40_family(tmp_path):
+    subsets = ("DiT_cdf", "simswap_cdf", "fomm_ff", "simswap_ff", "e4e", "deepfacelab", "mine")
+    report = write_report(tmp_path / "families", frames_of(subsets, 2.0, seed=5))
+    table = build_table(load_runs([report]), n_resamples=0)
+    assert list(table.values.columns) == [
+        ("known methods, Celeb-DF domain: FS", "simswap_cdf"),
+        ("known methods, Celeb-DF domain: EFS", "DiT_cdf"),
+        ("known methods, FF++ domain: FS", "simswap_ff"),
+        ("known methods, FF++ domain: FR", "fomm_ff"),
+        ("unseen methods: FS", "deepfacelab"),
+        ("unseen methods: FE", "e4e"),
+        (OTHER, "mine"), MEAN_COLUMN,
+    ]
