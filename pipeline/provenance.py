@@ -71,6 +71,8 @@ def provenance_line(record: Any) -> str:
     if not isinstance(record, dict) or not record.get("clare"):
         return "clare version unrecorded"
     commit = f" (commit {record['git_commit']})" if record.get("git_commit") else ""
-    libraries = record.get("libraries") if isinstance(record.get("libraries"), dict) else {}
+    libraries = record.get("libraries")
+    if not isinstance(libraries, dict):
+        libraries = {}
     parts = [f"{name} {value}" for name, value in libraries.items() if value]
     return ", ".join([f"clare {record['clare']}{commit}", *parts])

@@ -88,13 +88,13 @@ def paper_pixels(image: Image.Image, name: str, size: int) -> torch.Tensor:
 def model_input_size(model: Any) -> int:
     """The square side the CLIP image tower takes (224 for ViT-L/14)."""
     size = getattr(model.visual, "image_size", None)
-    side = size if isinstance(size, int) else (size[0] if size else None)
-    if side is None or (not isinstance(size, int) and len(set(size)) != 1):
+    sides = {size} if isinstance(size, int) else set(size or ())
+    if len(sides) != 1:
         from clare.errors import ModelLoadError
 
         raise ModelLoadError(f"models.clip.model: image tower input size {size!r} is not one "
                              "square side; the clare-paper input needs a square input")
-    return int(side)
+    return int(sides.pop())
 
 
 class ClipInput:
