@@ -555,7 +555,10 @@ class ConfigLayers:
         """A later file overrides earlier ones key by key (mappings merge; lists and scalars
         are replaced whole)."""
         self.names.append(str(path))
-        self._merge(self.tree, load_config_dict(path), len(self.names) - 1, "")
+        try:
+            self._merge(self.tree, load_config_dict(path), len(self.names) - 1, "")
+        except RecursionError:
+            raise ConfigError(f"{path}: nested too deeply to be a config file") from None
 
     def add_override(self, text: str) -> None:
         key, value = parse_override(text)
