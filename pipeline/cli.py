@@ -32,7 +32,10 @@ app.add_typer(models_app, name="models")
 _state = {"debug": False}
 
 ConfigOpt = Annotated[
-    Path, typer.Option("--config", "-c", help="YAML config file (see configs/).")
+    list[Path], typer.Option(
+        "--config", "-c",
+        help="YAML config file (see configs/); repeatable: later files override earlier ones "
+             "key by key, e.g. -c configs/df40.yaml -c configs/clare-paper.yaml.")
 ]
 SetOpt = Annotated[
     list[str] | None,
@@ -72,15 +75,26 @@ def _echo(message: str) -> None:
         typer.echo(message)
 
 
-def _load(config: Path, overrides: list[str] | None):
+def _load(config: list[Path], overrides: list[str] | None):
     from clare.config import load_config
 
     return load_config(config, overrides or [])
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        import clare
+
+        typer.echo(f"clare {clare.__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")] = False,
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print the clare version and exit.")] = False,
 ) -> None:
     _state["debug"] = debug
     from clare.config import check_env_switches
@@ -177,8 +191,9 @@ def predict(
     out: Annotated[Path | None, typer.Option(
         help="Output folder (default predictions/<run name>).")] = None,
     list_file: Annotated[Path | None, typer.Option("--list", help="A file with one input path a line.")] = None,
-    config: Annotated[Path | None, typer.Option(
-        "--config", "-c", help="Change settings that do not shape features (device, batch size).")] = None,
+    config: Annotated[list[Path] | None, typer.Option(
+        "--config", "-c", help="Change settings that do not shape features (device, batch size); "
+        "repeatable, later files win.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per model batch.")] = None,
     threshold: Annotated[float | None, typer.Option(
@@ -200,7 +215,7 @@ def predict(
 
     options = PredictOptions(out_dir=out, device=device, batch_size=batch_size,
                              threshold=threshold, explain=explain, faces=faces, store=store)
-    summary = run_predict(run, inputs or [], list_file=list_file, config_file=config,
+    summary = run_predict(run, inputs or [], list_file=list_file, config_files=config or [],
                           overrides=set_ or [], options=options)
     if fail_on_error and summary.failed:
         raise typer.Exit(1)
@@ -348,14 +363,27 @@ def models_check(
 
 @app.command("config")
 def show_config(
-    config: ConfigOpt, set_: SetOpt = None, quiet: QuietOpt = False, verbose: VerboseOpt = False
+    config: ConfigOpt,
+    set_: SetOpt = None,
+    origins: Annotated[bool, typer.Option(
+        help="Print one line per setting with the file, --set or default it came from.")] = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
-    """Validate a config and print it with every default filled in."""
+    """Validate a config (its layers merged) and print it with every default filled in."""
+    import json
+
     import yaml
 
-    from clare.config import config_to_dict
+    from clare.config import config_layers, config_origins, config_to_dict, validate_layers
 
-    _echo(yaml.safe_dump(config_to_dict(_load(config, set_)), sort_keys=False))
+    layers = config_layers(config, set_ or [])
+    cfg = validate_layers(layers)
+    if not origins:
+        _echo(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        return
+    for key, value, origin in config_origins(cfg, layers):
+        _echo(f"{key}: {json.dumps(value)}  # {origin}")
 
 
 # Whole messages are one line of at most this many characters, whatever they quote.

@@ -1,8 +1,8 @@
 """`clare compare`: several evaluated runs in one table, the shape of DF40's results.
 
 Rows are runs (module, strategy, attention, name); columns are the test subsets, grouped as
-DF40 groups them (the known methods in the other domain, `*_cdf`; the unseen methods), plus the
-mean over subsets. AUC cells carry a 95 % bootstrap interval that resamples videos
+DF40 groups them (the known methods in each domain, `*_ff` and `*_cdf`; the unseen methods),
+and inside a group by DF40 family (FS, FR, EFS, FE), plus the mean over subsets. AUC cells carry a 95 % bootstrap interval that resamples videos
 (`clare.bootstrap`). Outputs, in `--out`: compare.md, compare.csv (one row per run and subset,
 numbers only), compare.tex (booktabs), compare.html (self-contained: the table, ROC overlays of
 the runs per subset, the robustness table) and roc.png.
@@ -40,7 +40,9 @@ from clare.bootstrap import (
     separates,
 )
 from clare.config import NOT_APPLICABLE, effective_spec
+from clare.data.df40 import DF40_FAMILIES, df40_method
 from clare.errors import ClareError
+from clare.provenance import provenance_line
 
 RUN_SPEC_FILE = "run_spec.json"  # written beside metrics.json by `clare.dvc_summary`
 SCORE_COLUMNS = ("subset", "label", "video", "p_fake", "store")
@@ -88,15 +90,30 @@ class RunResult:
         return (self.module, self.strategy, self.attention, self.name)
 
 
-def subset_group(subset: str) -> str:
+def _domain_group(subset: str, method: tuple[str, str, bool] | None) -> str:
     name = subset.lower()
     if name.endswith("_cdf"):
         return KNOWN_CDF
     if name.endswith("_ff"):
         return KNOWN_FF
-    if name in UNSEEN_METHODS:
+    if name in UNSEEN_METHODS or (method is not None and not method[2]):
         return UNSEEN
     return OTHER
+
+
+def subset_group(subset: str) -> str:
+    """The column group: DF40's domain group, then the method's DF40 family (FS, FR, EFS, FE),
+    e.g. `known methods, Celeb-DF domain: FS`; the bare domain group for other names."""
+    method = df40_method(subset)
+    group = _domain_group(subset, method)
+    return f"{group}: {method[0]}" if method is not None and group != OTHER else group
+
+
+def _group_rank(group: str) -> tuple[int, int]:
+    """Domain groups in GROUP_ORDER, families in DF40's order inside each."""
+    domain, _, family = group.partition(": ")
+    return (GROUP_ORDER.index(domain),
+            DF40_FAMILIES.index(family) + 1 if family in DF40_FAMILIES else 0)
 
 
 def clean_scores(metrics: Mapping[str, Any], scores: pd.DataFrame) -> pd.DataFrame:
@@ -180,6 +197,14 @@ def _read_scores(report_dir: Path) -> pd.DataFrame:
     return scores[[c for c in (*SCORE_COLUMNS, FRAME_COLUMN) if c in scores.columns]]
 
 
+def _recorded_version(record: Mapping[str, Any]) -> str | None:
+    """The clare version a metrics.json or run.yaml records (`provenance.clare`; a bare
+    `clare_version` in hand-made files), or None."""
+    made_by = record.get("provenance")
+    version = made_by.get("clare") if isinstance(made_by, Mapping) else None
+    return version or record.get("clare_version")
+
+
 def load_run(path: Path) -> RunResult:
     """Read one input folder; any problem is a CompareError naming the file and the fix."""
     report_dir, record = resolve_input(path)
@@ -189,7 +214,7 @@ def load_run(path: Path) -> RunResult:
         raise CompareError(f"{metrics_file}: no 'subsets' table; rerun `clare eval` for this run")
     spec = _spec(report_dir, record)
     name = str(metrics.get("run") or report_dir.name)
-    version = metrics.get("clare_version") or (record or {}).get("clare_version")
+    version = _recorded_version(metrics) or _recorded_version(record or {})
     return RunResult(name, spec["module"], spec["strategy"], spec["attention"], report_dir,
                      metrics, clean_scores(metrics, _read_scores(report_dir)),
                      str(version) if version else None)
@@ -328,7 +353,7 @@ def table_columns(runs: Sequence[RunResult]) -> list[tuple[str, str]]:
     for run in runs:
         subsets += [s for s in run.metrics["subsets"] if s not in subsets]
     return sorted(((subset_group(s), s) for s in subsets),
-                  key=lambda col: (GROUP_ORDER.index(col[0]), subsets.index(col[1])))
+                  key=lambda col: (_group_rank(col[0]), subsets.index(col[1])))
 
 
 def check_metric(runs: Sequence[RunResult], metric: str) -> None:
@@ -703,6 +728,11 @@ def _caption(table: CompareTable, n_resamples: int, seed: int) -> str:
             f"resample varies; in bold: best of its column by a {PAIRED_TEST}")
 
 
+def _made_by(run: RunResult) -> str:
+    """The clare version, commit and library versions its metrics.json records."""
+    return provenance_line(run.metrics.get("provenance"))
+
+
 def write_outputs(runs: Sequence[RunResult], table: CompareTable, out_dir: Path, *,
                   n_resamples: int, seed: int) -> CompareOutputs:
     """compare.md, .csv, .tex, .html and roc.png (+ robustness.tex) in `out_dir`."""
@@ -714,14 +744,18 @@ def write_outputs(runs: Sequence[RunResult], table: CompareTable, out_dir: Path,
     caption = _caption(table, n_resamples, seed)
     context: dict[str, Any] = {
         "caption": caption, "metric": table.metric, "notes": table.notes,
-        "runs": [{"name": r.name, "report": str(r.report_dir)} for r in runs],
+        "runs": [{"name": r.name, "report": str(r.report_dir), "made_by": _made_by(r)}
+                 for r in runs],
         "robustness_title": f"Robustness: mean {table.metric} on clean and perturbed test stores",
     }
     env = template_environment()
     outputs = CompareOutputs(out_dir / "compare.md", out_dir / "compare.csv",
                              out_dir / "compare.tex", out_dir / "compare.html", roc, None)
-    long_table(table).to_csv(outputs.csv, index=False)
-    outputs.latex.write_text(to_latex(table, caption), encoding="utf-8")
+    made_by = {r.name: _made_by(r) for r in runs}
+    long_table(table).assign(made_by=lambda t: t["run"].map(made_by)).to_csv(outputs.csv, index=False)
+    # One comment line per run (a name or a hand-edited record may hold a newline).
+    made_by_tex = "".join(" ".join(f"% {name}: {line}".split()) + "\n" for name, line in made_by.items())
+    outputs.latex.write_text(made_by_tex + to_latex(table, caption), encoding="utf-8")
     if robust is not None:
         outputs.robustness_latex = out_dir / "robustness.tex"
         outputs.robustness_latex.write_text(

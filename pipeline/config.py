@@ -1,13 +1,18 @@
 """Validated configuration: one pydantic schema for every YAML file in `configs/`.
 
-Unknown keys and wrong types are errors that name the key and the file. Every command takes
-`--config FILE` plus repeatable `--set dotted.key=value` overrides, applied before validation
-so that an override is checked exactly like a value in the file.
+Unknown keys and wrong types are errors that name the key and the file that brought it. Every
+command takes one or more `--config FILE` (later files override earlier ones key by key, so a
+file can be a layer such as configs/clare-paper.yaml) plus repeatable `--set dotted.key=value`
+overrides, applied last and before validation so that an override is checked exactly like a
+value in a file.
 """
 
 from __future__ import annotations
 
+import copy
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -164,6 +169,12 @@ class ClipConfig(_Strict):
     model_config_file: Path | None = Field(
         default=None, description="open_clip model config JSON to register (custom/tiny models)"
     )
+    input: Literal["open_clip", "clare-paper"] = Field(
+        default="open_clip",
+        description="CLIP input recipe: the model's own transform (shorter-side bicubic resize, "
+        "centre crop, OpenAI mean/std) or the CLaRE code's (cv2-style read, .png re-encoded as "
+        "JPEG q95 from the BGR array, square cubic resize, mean=std=0.5); part of the fingerprint",
+    )
 
 
 class ModelsConfig(_Strict):
@@ -316,6 +327,11 @@ class FitConfig(DetectorConfig):
     prompt_weight_decay: float | None = Field(default=None, ge=0, description="default: weight_decay")
     momentum: float = Field(default=0.9, ge=0, lt=1)
     warmup_steps: int = Field(default=0, ge=0)
+    warmup_epochs: int = Field(
+        default=0, ge=0,
+        description="whole epochs at warmup_lr before the cosine (the CLaRE code: 1 of 2); "
+        "set this or warmup_steps, not both",
+    )
     warmup_lr: float = Field(default=1e-5, ge=0)
     grad_clip: float | None = Field(default=1.0, gt=0)
     val_fraction: float = Field(default=0.05, gt=0, lt=1)
@@ -340,6 +356,13 @@ class FitConfig(DetectorConfig):
     )
     device: str = "auto"
     amp: bool = True
+
+    @model_validator(mode="after")
+    def _one_warmup(self) -> FitConfig:
+        if self.warmup_steps and self.warmup_epochs:
+            raise ValueError("fit.warmup_steps and fit.warmup_epochs are both set; keep one "
+                             "(warm-up in steps or in whole epochs)")
+        return self
 
     def detector(self) -> DetectorConfig:
         return DetectorConfig.model_validate(self.model_dump(include=set(DetectorConfig.model_fields)))
@@ -515,20 +538,128 @@ def load_config_dict(path: Path) -> dict[str, Any]:
     return read_yaml_mapping(path, "config file", "pass an existing --config FILE")
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read, override and validate a config; any problem raises ConfigError naming file and key."""
-    path = Path(path)
-    tree = load_config_dict(path)
-    for text in overrides:
+# Where a value came from when nobody set it.
+DEFAULT_ORIGIN = "default"
+SET_ORIGIN = "--set"
+
+
+@dataclass
+class ConfigLayers:
+    """Config files and `--set` overrides merged into one tree, remembering which layer gave
+    each value: `origins` maps the dotted path of every leaf set to the index of its layer in
+    `names` (a file path, or `--set <key>`)."""
+
+    tree: dict[str, Any] = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)
+    origins: dict[str, int] = field(default_factory=dict)
+
+    def _claim(self, path: str, value: Any, layer: int) -> None:
+        """`path` now holds `value` from `layer`: whatever lay below it came from elsewhere."""
+        for known in [p for p in self.origins if p == path or p.startswith(path + ".")]:
+            del self.origins[known]
+        if isinstance(value, dict) and value:
+            for key, child in value.items():
+                self._claim(f"{path}.{key}", child, layer)
+        else:
+            self.origins[path] = layer
+
+    def _merge(self, node: dict[str, Any], layer_tree: dict[str, Any], layer: int,
+               prefix: str) -> None:
+        for key, value in layer_tree.items():
+            path = f"{prefix}{key}"
+            if isinstance(value, dict) and isinstance(node.get(key), dict):
+                self._merge(node[key], value, layer, f"{path}.")
+            else:
+                node[key] = copy.deepcopy(value)
+                self._claim(path, value, layer)
+
+    def add_file(self, path: Path) -> None:
+        """A later file overrides earlier ones key by key (mappings merge; lists and scalars
+        are replaced whole)."""
+        self.names.append(str(path))
+        try:
+            self._merge(self.tree, load_config_dict(path), len(self.names) - 1, "")
+        except RecursionError:
+            raise ConfigError(f"{path}: nested too deeply to be a config file") from None
+
+    def add_override(self, text: str) -> None:
         key, value = parse_override(text)
-        _set_dotted(tree, key, value, str(path))
-    source = f"{path}" + (" (with --set overrides)" if overrides else "")
+        self.names.append(f"{SET_ORIGIN} {one_line(key, _SHOWN)}")
+        _set_dotted(self.tree, key, value, self.origin_of(key.rsplit(".", 1)[0]))
+        self._claim(key, value, len(self.names) - 1)
+
+    def origin_of(self, dotted: str) -> str:
+        """The layer that gave `dotted`: its own, else the first layer that gave a key below
+        it (the file that brought an unknown section), else the one that gave the section it
+        is in; `default` when no layer set it."""
+        if dotted in self.origins:
+            return self.names[self.origins[dotted]]
+        below = [i for p, i in self.origins.items() if p.startswith(dotted + ".")]
+        if below:
+            return self.names[min(below)]
+        parts = dotted.split(".")
+        for end in range(len(parts) - 1, 0, -1):
+            above = ".".join(parts[:end])
+            if above in self.origins:
+                return self.names[self.origins[above]]
+        return DEFAULT_ORIGIN
+
+    def source_of_error(self, exc: ValidationError) -> str:
+        """The layer to name for the first validation error (every file for a missing key)."""
+        loc = ".".join(str(p) for p in exc.errors(include_url=False)[0]["loc"])
+        origin = self.origin_of(loc) if loc else DEFAULT_ORIGIN
+        if origin == DEFAULT_ORIGIN:
+            files = [n for n in self.names if not n.startswith(SET_ORIGIN)]
+            return " + ".join(files) or "the config"
+        return origin
+
+
+def config_layers(paths: str | Path | Sequence[str | Path],
+                  overrides: Sequence[str] = ()) -> ConfigLayers:
+    """The files in order, then the overrides in order, merged (not yet validated)."""
+    files = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+    if not files:
+        raise ConfigError("no config given; pass --config FILE (repeatable: later files win)")
+    layers = ConfigLayers()
+    for path in files:
+        layers.add_file(path)
+    for text in overrides:
+        layers.add_override(text)
+    return layers
+
+
+def validate_layers(layers: ConfigLayers) -> Config:
+    """Validate merged layers; an error names the layer that gave the offending key."""
     try:
-        return Config.model_validate(tree)
+        return Config.model_validate(layers.tree)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source)) from None
+        raise ConfigError(format_validation_error(exc, layers.source_of_error(exc))) from None
     except RecursionError:
-        raise ConfigError(f"{source}: a value is nested too deeply to be a setting") from None
+        raise ConfigError(f"{' + '.join(layers.names)}: a value is nested too deeply to be a "
+                          "setting") from None
+
+
+def load_config(paths: str | Path | Sequence[str | Path],
+                overrides: Sequence[str] = ()) -> Config:
+    """Read, layer, override and validate config files; any problem raises ConfigError naming
+    the file (or `--set` key) and the key."""
+    return validate_layers(config_layers(paths, overrides))
+
+
+def config_origins(cfg: Config, layers: ConfigLayers) -> list[tuple[str, Any, str]]:
+    """(dotted key, value, where it came from) for every leaf of a validated config: a file,
+    `--set <key>` or `default`. Lists are one leaf."""
+    rows: list[tuple[str, Any, str]] = []
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for key, child in node.items():
+                walk(child, f"{prefix}.{key}" if prefix else str(key))
+            return
+        rows.append((prefix, node, layers.origin_of(prefix)))
+
+    walk(config_to_dict(cfg), "")
+    return rows
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

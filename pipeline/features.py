@@ -25,6 +25,7 @@ from clare.config import Config
 from clare.data.images import DecodedImage, ImageDecodeError, check_resize, decode_image
 from clare.data.views import Perturbation, derive_seed, make_view
 from clare.errors import one_line
+from clare.models.clip_input import ClipInput
 
 # --------------------------------------------------------------------------- models per process
 
@@ -36,6 +37,7 @@ class FeatureExtractor:
 
     def __init__(self, cfg: Config, device: torch.device) -> None:
         from clare.models.clip_image import ClipImageEncoder
+        from clare.models.clip_input import clip_input
         from clare.models.lare import LareExtractor
         from clare.models.loading import load_clip, load_stable_diffusion
 
@@ -44,7 +46,7 @@ class FeatureExtractor:
         ext = cfg.extract
         self.lare = LareExtractor(sd, cfg.lare, device, ext.precision, ext.channels_last, ext.compile)
         self.clip = ClipImageEncoder(clip.model, device, ext.precision, ext.channels_last)
-        self.clip_preprocess = clip.preprocess
+        self.clip_preprocess = clip_input(cfg.models.clip.input, clip.model, clip.preprocess)
         self.cfg = cfg
 
 
@@ -78,21 +80,6 @@ class Prepared:
         return cls(None, None, None, None, None, error)
 
 
-def clip_resize_side(preprocess: Any) -> int | None:
-    """The shorter side CLIP's preprocessing resizes to (torchvision `Resize(int)`), or None
-    when it resizes to a fixed size (whose output is bounded anyway)."""
-    from torchvision.transforms import Resize
-
-    for step in getattr(preprocess, "transforms", ()):
-        if isinstance(step, Resize):
-            size = step.size
-            if isinstance(size, int):
-                return size
-            if isinstance(size, (list, tuple)) and len(size) == 1:
-                return int(size[0])
-    return None
-
-
 Crop = Callable[[DecodedImage], DecodedImage]
 
 
@@ -109,8 +96,7 @@ class RowPreparer:
 
     cfg: Config
     root: Path
-    clip_preprocess: Any
-    clip_side: int | None
+    clip_preprocess: ClipInput
     perturbation: Perturbation | None
 
     def __call__(self, rel_path: str, view: int, crop: Crop | None = None) -> Prepared:
@@ -118,13 +104,13 @@ class RowPreparer:
         its ImageDecodeError is the row's failure like a decoder's."""
         path = self.root / rel_path
         crop = crop or _whole
-        return self._guarded(path, lambda: self.decoded(crop(self.decode(path)), view))
+        return self._guarded(path, lambda: self.decoded(crop(self.decode(path)), view, rel_path))
 
     def prepare_decoded(self, decoded: DecodedImage, view: int, name: str,
                         crop: Crop | None = None) -> Prepared:
         """The same preparation for an image decoded elsewhere (a video frame); never raises."""
         crop = crop or _whole
-        return self._guarded(Path(name), lambda: self.decoded(crop(decoded), view))
+        return self._guarded(Path(name), lambda: self.decoded(crop(decoded), view, name))
 
     @staticmethod
     def _guarded(path: Path, work: Any) -> Prepared:
@@ -142,18 +128,20 @@ class RowPreparer:
         return decode_image(path, max_pixels=ext.max_image_pixels, min_size=ext.min_image_size,
                             max_aspect_ratio=ext.max_aspect_ratio)
 
-    def decoded(self, decoded: DecodedImage, view: int) -> Prepared:
+    def decoded(self, decoded: DecodedImage, view: int, name: str) -> Prepared:
+        """`name`: the file the image came from (the clare-paper input re-encodes a `.png`)."""
         from clare.models.lare import lare_pixels
 
         ext = self.cfg.extract
         image = make_view(decoded.image, seed=self.cfg.seed, image_sha256=decoded.sha256,
                           view=view, aug=ext.augment, perturbation=self.perturbation)
-        if self.clip_side is not None:
-            check_resize(*image.size, self.clip_side, max_pixels=ext.max_image_pixels)
+        clip_side = self.clip_preprocess.resize_side
+        if clip_side is not None:
+            check_resize(*image.size, clip_side, max_pixels=ext.max_image_pixels)
         # The same (augmented) pixels feed both branches.
         return Prepared(
             lare_pixels(image, self.cfg.lare.image_size),
-            self.clip_preprocess(image),
+            self.clip_preprocess(image, name),
             decoded.sha256,
             decoded.width,
             decoded.height,

@@ -54,6 +54,7 @@ def feature_settings(cfg: Config, *, sd: bool = True) -> dict[str, Any]:
     `sd=False` leaves out the Stable Diffusion weights (hashing them reads gigabytes): for a
     consumer that compares only CLIP, such as scoring a store with a trained head.
     """
+    from clare.models.clip_input import FINGERPRINT_TEXT
     from clare.models.loading import clip_weights_fingerprint, sd_weights_fingerprint
 
     weights = {"clip": clip_weights_fingerprint(cfg.models)}
@@ -63,7 +64,7 @@ def feature_settings(cfg: Config, *, sd: bool = True) -> dict[str, Any]:
         "weights": weights,
         "lare": cfg.lare.model_dump(mode="json"),
         "clip": {"model": cfg.models.clip.model, "pretrained": cfg.models.clip.pretrained,
-                 "preprocess": "open_clip model default (eval)"},
+                 "preprocess": FINGERPRINT_TEXT[cfg.models.clip.input]},
         "precision": cfg.extract.precision,
         "decode": {"min_image_size": cfg.extract.min_image_size,
                    "max_image_pixels": cfg.extract.max_image_pixels,

@@ -40,6 +40,7 @@ from clare.metrics import (
     summarize,
     table_keys,
 )
+from clare.provenance import provenance_line
 
 FIGURE_NAMES = ("roc.png", "scores.png", "calibration.png", "robustness.png", "lare.png",
                 "validation.png")
@@ -761,6 +762,7 @@ def _build(inputs: ReportInputs) -> list[Block]:
 
     blocks: list[Block] = [
         Heading(inputs.title, 1),
+        Paragraph(f"Made by {provenance_line(metrics.get('provenance'))}.", css_class="provenance"),
         Paragraph(_summary_text(subsets, mean, robustness), css_class="summary"),
         Heading("Per-subset metrics"),
         _subset_table(subsets, mean),

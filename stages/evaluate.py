@@ -40,6 +40,7 @@ from clare.dvc_summary import write_dvc_files
 from clare.errors import ConfigError, ModelLoadError, ReportError, StoreError, one_line, short_repr
 from clare.files import atomic_write_metrics_json, atomic_write_parquet
 from clare.metrics import THRESHOLD_ACC
+from clare.provenance import provenance
 from clare.runs import (
     EVAL_LOG,
     RunInfo,
@@ -353,6 +354,7 @@ class Evaluation:
                 }
                 for s in self.scored
             },
+            "provenance": provenance(),
         }
 
 

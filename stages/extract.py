@@ -40,7 +40,6 @@ from clare.features import (
     FeatureExtractor,
     Prepared,
     RowPreparer,
-    clip_resize_side,
     compute_features,
     create_feature_store,
     get_extractor,
@@ -204,7 +203,6 @@ def _compute_shard(job: ExtractJob, index: int, cfg: Config, device: torch.devic
     n = len(rows)
     output = _ShardOutput.empty(n, store.meta["shapes"])
     prepare_row = RowPreparer(cfg, Path(job.data_root), extractor.clip_preprocess,
-                               clip_resize_side(extractor.clip_preprocess),
                                parse_perturbation(job.perturb))
     paths, views = rows["path"].tolist(), [int(v) for v in rows["view"]]
 

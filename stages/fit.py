@@ -7,7 +7,8 @@
   ties broken by the lower validation loss), and run.yaml's `selection` says which and why.
 - Only trainable parameters are optimised (two groups: prompt context and head, each with its
   own learning rate and weight decay); the CLIP and SD weights are frozen.
-- Learning rate per step: `warmup_steps` at `warmup_lr`, then cosine from the group's lr to 0.
+- Learning rate per step: `warmup_steps` (or `warmup_epochs` whole epochs) at `warmup_lr`, then
+  cosine from the group's lr to 0.
   It is a pure function of the step, so resuming needs no scheduler state.
 - `last.ckpt` (weights_only-loadable) is written at every validation point with optimiser,
   RNG state, position and the settings that change the numbers; `--resume` continues from it
@@ -47,6 +48,7 @@ from clare.cache.store import FeatureStore, open_store
 from clare.config import Config, FitConfig
 from clare.errors import CheckpointError, ConfigError, RunError, StoreError, TrainingError
 from clare.files import atomic_write_bytes, file_sha256
+from clare.provenance import provenance
 from clare.runs import (
     CHECKPOINT_FILE,
     FIT_LOG,
@@ -337,6 +339,8 @@ class FitSession:
         steps_per_epoch = -(-len(_training_rows(rows.train, rows.views, 0, cfg.seed)) // fit.batch_size)
         self.total_steps = fit.max_steps or steps_per_epoch * fit.epochs
         self.epochs = -(-self.total_steps // steps_per_epoch)
+        # Steps at the constant warm-up rate: fit.warmup_steps, or whole epochs of them.
+        self.warmup_steps = fit.warmup_steps + fit.warmup_epochs * steps_per_epoch
         self.state = TrainingState()
         self.live: Any = None
 
@@ -426,7 +430,7 @@ class FitSession:
         state, fit = self.state, self.fit
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(group["base_lr"], state.step, self.total_steps,
-                                        fit.warmup_steps, fit.warmup_lr)
+                                        self.warmup_steps, fit.warmup_lr)
         logits = batch_logits(self.detector, batch, self.device, self.amp)
         loss = F.cross_entropy(logits.float(), batch.label.to(self.device))
         if not torch.isfinite(loss):
@@ -530,6 +534,7 @@ class FitSession:
             "trainable_parameters": int(sum(p.numel() for g in self.groups.values() for p in g)),
             "history": state.history,
             "model_sha256": file_sha256(self.work_dir / MODEL_FILE),
+            "provenance": provenance(),
         }
 
     def publish(self, folder: StagedFolder) -> dict[str, Any]:

@@ -44,7 +44,6 @@ from clare.features import (
     FeatureSpill,
     Prepared,
     RowPreparer,
-    clip_resize_side,
     compute_features,
 )
 
@@ -62,7 +61,7 @@ SPILL_DIR = ".predict-spill"  # --store: features wait here until every input is
 
 # Settings that shape a feature (docs/design.md, "Fingerprint"): predict takes them from the run.
 # The weights themselves are checked by content against the run's fingerprint.
-FEATURE_KEYS = ("seed", "lare", "extract.precision", "extract.min_image_size",
+FEATURE_KEYS = ("seed", "lare", "models.clip.input", "extract.precision", "extract.min_image_size",
                 "extract.max_image_pixels", "extract.max_aspect_ratio")
 
 
@@ -85,11 +84,11 @@ def _overlay(tree: dict[str, Any], extra: dict[str, Any], prefix: str = "") -> N
             tree[key] = value
 
 
-def predict_config(run_cfg: Config, config_file: Path | None, overrides: list[str]) -> Config:
-    """The run's config with `--config` and `--set` applied; an override of a setting that
-    shapes the features is refused, naming the key."""
+def predict_config(run_cfg: Config, config_files: list[Path], overrides: list[str]) -> Config:
+    """The run's config with each `--config` (in order) and `--set` applied; an override of a
+    setting that shapes the features is refused, naming the key."""
     tree = run_cfg.model_dump(mode="json")
-    if config_file is not None:
+    for config_file in config_files:
         _overlay(tree, load_config_dict(Path(config_file)))
     for text in overrides:
         key, value = parse_override(text)
@@ -495,8 +494,7 @@ def _load_models(run: Any, cfg: Config, device: torch.device, options: PredictOp
     extractor = get_extractor(cfg, device)
     detector = load_detector(RunInfo(run.path, cfg, run.record), device)
     scorer = Scorer(extractor, detector, device, cfg.seed, options.explain, spill)
-    preparer = RowPreparer(cfg, Path.cwd(), extractor.clip_preprocess,
-                           clip_resize_side(extractor.clip_preprocess), None)
+    preparer = RowPreparer(cfg, Path.cwd(), extractor.clip_preprocess, None)
     return _Models(scorer, _InputPreparer(preparer, cfg, options.faces == "detect"))
 
 
@@ -561,7 +559,7 @@ def _write_store(spill: FeatureSpill, path: Path, cfg: Config, faces: str, conso
 
 
 def run_predict(run_dir: Path, inputs: list[str], *, list_file: Path | None = None,
-                config_file: Path | None = None, overrides: list[str] | None = None,
+                config_files: list[Path] | None = None, overrides: list[str] | None = None,
                 options: PredictOptions | None = None) -> PredictSummary:
     from clare.models.loading import resolve_device
     from clare.runs import read_run
@@ -569,7 +567,7 @@ def run_predict(run_dir: Path, inputs: list[str], *, list_file: Path | None = No
     options = options or PredictOptions()
     console = make_console(quiet=options.quiet)
     run = read_run(Path(run_dir))
-    cfg = predict_config(run.config, config_file, overrides or [])
+    cfg = predict_config(run.config, config_files or [], overrides or [])
     paths = collect_inputs(inputs, list_file)
     threshold = _threshold(run, options.threshold, console)
     batch_size = cfg.extract.batch_size if options.batch_size is None else options.batch_size

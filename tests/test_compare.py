@@ -137,8 +137,8 @@ def test_table_rows_are_runs_and_columns_are_df40_groups_then_the_mean(two_repor
     assert list(table.values.index) == [("fusion", "coop", "v2", "weak"),
                                         ("lare", "—", "v1", "strong")]  # lare has no prompts
     assert list(table.values.columns) == [
-        (KNOWN_CDF, "DiT_cdf"), (KNOWN_CDF, "StyleGAN2_cdf"),
-        (UNSEEN, "heygen"), (UNSEEN, "whichfaceisreal"), (UNSEEN, "MidJourney"),
+        (f"{KNOWN_CDF}: EFS", "DiT_cdf"), (f"{KNOWN_CDF}: EFS", "StyleGAN2_cdf"),
+        (f"{UNSEEN}: FR", "heygen"), (f"{UNSEEN}: EFS", "whichfaceisreal"), (f"{UNSEEN}: EFS", "MidJourney"),
         (OTHER, "my_own_set"), MEAN_COLUMN,
     ]
     for run in runs:
@@ -177,9 +177,9 @@ def test_a_subset_missing_from_one_run_is_a_gap_and_a_note(tmp_path):
     part = write_report(tmp_path / "part", frames_of(("DiT_cdf",), 2.0, seed=4))
     table = build_table(load_runs([full, part]), n_resamples=50)
     key = ("fusion", "coop", "v2", "part")
-    assert np.isnan(table.values.loc[key, (UNSEEN, "heygen")])
-    assert np.isnan(table.low.loc[key, (UNSEEN, "heygen")])
-    assert table.values.loc[key, MEAN_COLUMN] == table.values.loc[key, (KNOWN_CDF, "DiT_cdf")]
+    assert np.isnan(table.values.loc[key, (f"{UNSEEN}: FR", "heygen")])
+    assert np.isnan(table.low.loc[key, (f"{UNSEEN}: FR", "heygen")])
+    assert table.values.loc[key, MEAN_COLUMN] == table.values.loc[key, (f"{KNOWN_CDF}: EFS", "DiT_cdf")]
     assert any("part: mean over 1 of 2 subsets" in note for note in table.notes)
 
 
@@ -429,7 +429,7 @@ def test_outputs_markdown_csv_booktabs_latex_and_self_contained_html(two_reports
     for rule in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{table}", r"\end{table}",
                  r"\caption{AUC per test subset; [95 \% bootstrap interval"):
         assert latex.count(rule) == 1, rule
-    assert r"\multicolumn{2}{c}{known methods, Celeb-DF domain}" in latex
+    assert r"\multicolumn{2}{c}{known methods, Celeb-DF domain: EFS}" in latex
     # rules under the groups: known (columns 5-6), unseen (7-9), other (10); none under the mean
     assert "\\cmidrule(lr){5-6} \\cmidrule(lr){7-9} \\cmidrule(lr){10-10}\n" in latex
     assert r"DiT\_cdf" in latex and r"\bfseries" in latex and r"\scriptsize" in latex
@@ -547,3 +547,18 @@ def test_bench_compare_smoke(tmp_path):
     assert all(0.0 <= coverage[k] <= 1.0 for k in coverage if "width" not in k)
     assert payload["params"]["replicates"] > 0 and payload["params"]["paired_replicates"] > 0
     assert str(out) in done.stdout
+
+
+def test_columns_are_grouped_by_domain_then_df40_family(tmp_path):
+    subsets = ("DiT_cdf", "simswap_cdf", "fomm_ff", "simswap_ff", "e4e", "deepfacelab", "mine")
+    report = write_report(tmp_path / "families", frames_of(subsets, 2.0, seed=5))
+    table = build_table(load_runs([report]), n_resamples=0)
+    assert list(table.values.columns) == [
+        ("known methods, Celeb-DF domain: FS", "simswap_cdf"),
+        ("known methods, Celeb-DF domain: EFS", "DiT_cdf"),
+        ("known methods, FF++ domain: FS", "simswap_ff"),
+        ("known methods, FF++ domain: FR", "fomm_ff"),
+        ("unseen methods: FS", "deepfacelab"),
+        ("unseen methods: FE", "e4e"),
+        (OTHER, "mine"), MEAN_COLUMN,
+    ]

@@ -46,7 +46,7 @@ def test_overrides_are_validated_like_the_file(tmp_path):
     cfg = load_config(path, ["fit.lr=0.5", "fit.prompt.n_ctx=4", "data.train=[a, b]"])
     assert cfg.fit.lr == 0.5 and cfg.fit.prompt.n_ctx == 4
     assert [s.name for s in cfg.data.train] == ["a", "b"]
-    with pytest.raises(ConfigError, match=r"with --set overrides\): unknown key 'fit\.nope'"):
+    with pytest.raises(ConfigError, match=r"^--set fit\.nope: unknown key 'fit\.nope'"):
         load_config(path, ["fit.nope=1"])
     with pytest.raises(ConfigError, match=r"expected dotted\.key=value"):
         load_config(path, ["fit.lr"])
@@ -139,3 +139,92 @@ def test_tiny_models_round_trip_through_the_real_loaders(tiny_models_dir, tmp_pa
     for path in sorted(p for p in tiny_models_dir.rglob("*") if p.is_file()):
         twin = tmp_path / "again" / path.relative_to(tiny_models_dir)
         assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(twin.read_bytes()).digest(), path
+
+
+# --------------------------------------------------------------------------- layered configs
+
+BASE = "data: {root: base, train: [a, b]}\nfit: {lr: 0.01, epochs: 3, prompt: {n_ctx: 4}}\n"
+LAYER = "fit: {lr: 0.002, prompt: {ctx_init: a photo of}}\ndata: {train: [c]}\n"
+
+
+def _files(tmp_path: Path, *texts: str) -> list[Path]:
+    paths = []
+    for number, text in enumerate(texts):
+        path = tmp_path / f"layer{number}.yaml"
+        path.write_text(text)
+        paths.append(path)
+    return paths
+
+
+def test_later_files_override_key_by_key_and_set_comes_last(tmp_path):
+    base, layer = _files(tmp_path, BASE, LAYER)
+    cfg = load_config([base, layer], ["fit.epochs=7"])
+    assert cfg.fit.lr == 0.002  # the later file wins
+    assert cfg.fit.prompt.n_ctx == 4 and cfg.fit.prompt.ctx_init == "a photo of"  # merged
+    assert [s.name for s in cfg.data.train] == ["c"]  # a list is replaced whole
+    assert str(cfg.data.root) == "base"  # kept from the earlier file
+    assert cfg.fit.epochs == 7  # --set after every file
+    assert load_config([layer, base]).fit.lr == 0.01  # order decides
+    assert load_config([base, layer], ["fit.lr=0.5"]).fit.lr == 0.5
+
+
+def test_unknown_key_names_the_layer_that_brought_it(tmp_path):
+    base, good, bad = _files(tmp_path, BASE, LAYER, "fit: {lrr: 0.1}\n")
+    with pytest.raises(ConfigError, match=rf"^{bad}: unknown key 'fit\.lrr'"):
+        load_config([base, bad, good])
+    section = tmp_path / "section.yaml"
+    section.write_text("paperz: {lr: 1}\n")
+    with pytest.raises(ConfigError, match=rf"^{section}: unknown key 'paperz'"):
+        load_config([base, section])
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("fit: {epochs: many}\n")
+    with pytest.raises(ConfigError, match=rf"^{wrong}: key 'fit\.epochs'"):
+        load_config([base, wrong, good])
+    # Nobody set it: every file is named.
+    with pytest.raises(ConfigError, match=rf"^{good} \+ {bad}: required key 'data\.root'"):
+        load_config([good, bad])
+
+
+def test_config_origins_show_which_layer_won(tmp_path):
+    base, layer = _files(tmp_path, BASE, LAYER)
+    result = CliRunner().invoke(app, ["config", "-c", str(base), "-c", str(layer), "--origins",
+                                      "--set", "fit.epochs=9"])
+    assert result.exit_code == 0, result.output
+    lines = dict(line.split(": ", 1) for line in result.output.splitlines())
+    assert lines["fit.lr"] == f"0.002  # {layer}"
+    assert lines["fit.prompt.n_ctx"] == f"4  # {base}"
+    assert lines["fit.prompt.ctx_init"] == f'"a photo of"  # {layer}'
+    assert lines["fit.epochs"] == "9  # --set fit.epochs"
+    assert lines["fit.batch_size"] == "32  # default"
+    assert lines["data.root"] == f'"base"  # {base}'
+    assert lines["data.train"].endswith(f"# {layer}") and '"c"' in lines["data.train"]
+    plain = CliRunner().invoke(app, ["config", "-c", str(base), "-c", str(layer)])
+    assert plain.exit_code == 0 and "lr: 0.002" in plain.output and "#" not in plain.output
+
+
+def test_every_config_command_takes_several_config_files():
+    import typer.main
+
+    command = typer.main.get_command(app)
+    takes = []
+    for name, sub in command.commands.items():  # type: ignore[attr-defined]
+        subs = sub.commands.items() if hasattr(sub, "commands") else [(name, sub)]
+        for sub_name, leaf in subs:
+            option = next((p for p in leaf.params if "--config" in getattr(p, "opts", [])), None)
+            if option is not None:
+                takes.append(sub_name)
+                assert option.multiple, f"{sub_name}: --config is not repeatable"
+    assert {"prepare", "extract", "fit", "eval", "predict", "config"} <= set(takes)
+
+
+def test_paper_layer_on_the_demo_and_warmup_in_steps_or_epochs(tmp_path):
+    cfg = load_config([REPO / "configs" / "demo.yaml", REPO / "configs" / "clare-paper.yaml"])
+    demo = load_config(REPO / "configs" / "demo.yaml")
+    assert cfg.models.clip.input == "clare-paper" and demo.models.clip.input == "open_clip"
+    assert cfg.fit.optimizer == "sgd" and cfg.fit.batch_size == 64 and cfg.fit.warmup_epochs == 1
+    # Only the recipe changes: the demo's paths, data and models stay.
+    assert cfg.data == demo.data and cfg.paths == demo.paths
+    assert cfg.models.clip.pretrained == demo.models.clip.pretrained
+    assert demo.fit.warmup_epochs == 0  # the default keeps the old schedule
+    with pytest.raises(ConfigError, match="warmup_steps and fit.warmup_epochs are both set"):
+        load_config(REPO / "configs" / "demo.yaml", ["fit.warmup_steps=5", "fit.warmup_epochs=1"])

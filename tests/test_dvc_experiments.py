@@ -241,8 +241,8 @@ def test_exp_apply_restores_each_experiment_and_compare_tables_them(experiments,
                                      ("lare", "—", "v1", "lare-cocoop")]  # no prompts, v1 attention
     table = build_table(runs, n_resamples=200)
     assert list(table.values.columns) == [
-        (KNOWN_CDF, "DiT_cdf"), (KNOWN_CDF, "StyleGAN2_cdf"), (KNOWN_CDF, "sd2.1_cdf"),
-        (UNSEEN, "heygen"), (UNSEEN, "whichisreal"), MEAN_COLUMN,
+        (f"{KNOWN_CDF}: EFS", "DiT_cdf"), (f"{KNOWN_CDF}: EFS", "StyleGAN2_cdf"), (f"{KNOWN_CDF}: EFS", "sd2.1_cdf"),
+        (f"{UNSEEN}: FR", "heygen"), (f"{UNSEEN}: EFS", "whichisreal"), MEAN_COLUMN,
     ]
     for run_result, name in zip(runs, EXPERIMENTS, strict=True):
         for subset, auc in found[name][METRICS_FILE]["subset_auc"].items():

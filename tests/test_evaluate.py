@@ -504,3 +504,20 @@ def test_validation_figure_marks_the_kept_step_in_both_panels() -> None:
         assert len(vertical) == 1 and vertical[0].get_label() == "kept: step 6"
         curve = ax.get_lines()[0]
         assert list(curve.get_xdata()) == [3, 6]  # undefined values are left out, not drawn as 0
+
+
+def test_run_record_metrics_and_report_name_the_code_that_made_them(world: World) -> None:
+    from importlib.metadata import version
+
+    from clare.provenance import provenance, provenance_line
+
+    expected = provenance()
+    assert expected["clare"] == version("clare")
+    record = yaml.safe_load((world.run_dir / "run.yaml").read_text())
+    metrics = _no_nan_json(world.out_dir / "metrics.json")
+    assert record["provenance"] == expected
+    assert metrics["provenance"] == expected
+    assert set(expected["libraries"]) == {"torch", "open_clip_torch", "diffusers"}
+    assert expected["libraries"]["torch"] == version("torch")
+    header = (world.out_dir / "report.md").read_text().split("\n## ", 1)[0]
+    assert f"Made by {provenance_line(expected)}." in header
