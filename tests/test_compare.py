@@ -216,7 +216,7 @@ def test_no_zero_width_interval_at_auc_one_or_one_video_per_class(tmp_path):
     report = write_report(tmp_path / "edge", pd.concat([perfect, one_each], ignore_index=True))
     table = build_table(load_runs([report]), n_resamples=200)
     key = table.values.index[0]
-    dit, heygen = (KNOWN_CDF, "DiT_cdf"), (UNSEEN, "heygen")
+    dit, heygen = (f"{KNOWN_CDF}: EFS", "DiT_cdf"), (f"{UNSEEN}: FR", "heygen")
     assert table.values.loc[key, dit] == 1.0
     assert table.kind.loc[key, dit] == LOWER_BOUND
     assert table.low.loc[key, dit] == pytest.approx(0.05 ** (1 / 20))  # 0.861
@@ -430,8 +430,10 @@ def test_outputs_markdown_csv_booktabs_latex_and_self_contained_html(two_reports
                  r"\caption{AUC per test subset; [95 \% bootstrap interval"):
         assert latex.count(rule) == 1, rule
     assert r"\multicolumn{2}{c}{known methods, Celeb-DF domain: EFS}" in latex
-    # rules under the groups: known (columns 5-6), unseen (7-9), other (10); none under the mean
-    assert "\\cmidrule(lr){5-6} \\cmidrule(lr){7-9} \\cmidrule(lr){10-10}\n" in latex
+    # rules under the groups: known EFS (columns 5-6), unseen FR (7), unseen EFS (8-9), other
+    # (10); none under the mean
+    assert ("\\cmidrule(lr){5-6} \\cmidrule(lr){7-7} \\cmidrule(lr){8-9} "
+            "\\cmidrule(lr){10-10}\n") in latex
     assert r"DiT\_cdf" in latex and r"\bfseries" in latex and r"\scriptsize" in latex
     assert out.robustness_latex is not None and r"\toprule" in out.robustness_latex.read_text()
 
