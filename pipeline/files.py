@@ -7,11 +7,13 @@ left by a killed process is what `FeatureStore.remove_partials` cleans up.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import math
 import os
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -76,6 +78,28 @@ def atomic_write_metrics_json(path: Path, payload: Any) -> None:
 
 def atomic_write_parquet(path: Path, frame: Any) -> None:
     atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
+
+
+RECORD_LIMIT = 32 << 20  # bytes: far above any record clare writes, far below a memory problem
+
+
+def read_record_bytes(path: Path, limit: int = RECORD_LIMIT) -> bytes:
+    """The bytes of a small file clare keeps beside the data (run.yaml, metrics.json,
+    store.json, hashes.json, markers), read only when it is a regular file of at most `limit`
+    bytes: a symlink to /dev/zero, a FIFO or a runaway file would otherwise be read whole
+    into memory (or block). Refusals are OSErrors with a strerror that says which."""
+    # O_NONBLOCK: opening a FIFO must not wait for a writer; it changes nothing for a file.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            data = handle.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit >> 20} MiB, not a record clare wrote", str(path))
+    return data
 
 
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
