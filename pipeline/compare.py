@@ -23,13 +23,14 @@ from typing import Any, cast
 
 import numpy as np
 import pandas as pd
-import yaml
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from clare.bootstrap import bootstrap_auc, percentile_interval, subset_seed
 from clare.errors import ClareError
+from clare.files import read_record_bytes
+from clare.records import RUN_FILE, RunRecord
 
 RUN_SPEC_FILE = "run_spec.json"  # written beside metrics.json by `clare.dvc_summary`
 SCORE_COLUMNS = ("subset", "label", "video", "p_fake", "store")
@@ -92,47 +93,37 @@ def clean_scores(metrics: Mapping[str, Any], scores: pd.DataFrame) -> pd.DataFra
     return scores[~scores["store"].astype(str).isin(perturbed)].reset_index(drop=True)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        record = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise CompareError(f"{path}: unreadable ({exc.__class__.__name__}); rerun `clare fit`") from None
-    if not isinstance(record, dict):
-        raise CompareError(f"{path}: not a run record (a mapping); rerun `clare fit`")
-    return record
-
-
 def _read_json(path: Path, fix: str) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return json.loads(read_record_bytes(path).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise CompareError(f"{path}: unreadable ({exc.__class__.__name__}); {fix}") from None
 
 
 def _report_of_run(run_dir: Path) -> tuple[Path, dict[str, Any]]:
-    """The report folder of a run folder: `<config paths.reports>/<run folder name>`."""
-    record = _read_yaml(run_dir / "run.yaml")
-    config = record.get("config")
-    if not isinstance(config, dict):
-        config = {}
-    reports = (config.get("paths") or {}).get("reports", "reports")
+    """The report folder of a run folder: `<config paths.reports>/<run folder name>`; and the
+    run's module, strategy and attention."""
+    record = RunRecord.load(run_dir / RUN_FILE)
+    paths = record.config.get("paths")
+    reports = (paths if isinstance(paths, dict) else {}).get("reports", "reports")
     report_dir = Path(str(reports)) / run_dir.name
     if not (report_dir / "metrics.json").is_file():
         raise CompareError(
             f"{run_dir}: its report {report_dir}/metrics.json is missing; run "
             f"`clare eval --config CONFIG --run {run_dir}` first, or pass the report folder"
         )
-    return report_dir, record
+    return report_dir, record.spec()
 
 
 def resolve_input(path: Path) -> tuple[Path, dict[str, Any] | None]:
-    """A report folder, and the run record when a run folder was given."""
+    """A report folder, and the run's spec (module, strategy, attention) when a run folder
+    was given."""
     path = Path(path)
     if not path.exists():
         raise CompareError(f"{path}: no such folder; pass reports/<run> or runs/<run>")
     if (path / "metrics.json").is_file():
         return path, None
-    if (path / "run.yaml").is_file():
+    if (path / RUN_FILE).is_file():
         return _report_of_run(path)
     raise CompareError(
         f"{path}: neither a report folder (metrics.json) nor a run folder (run.yaml); "
@@ -144,9 +135,9 @@ def _spec(report_dir: Path, record: Mapping[str, Any] | None) -> dict[str, str]:
     """module, strategy and attention: from the run record, else the report's run_spec.json."""
     if record is None and (report_dir / RUN_SPEC_FILE).is_file():
         record = _read_json(report_dir / RUN_SPEC_FILE, "rerun `clare eval`")
-    fit = ((record or {}).get("config") or {}).get("fit") or {}
-    return {key: str((record or {}).get(key) or fit.get(key) or "—")
-            for key in ("module", "strategy", "attention")}
+    if not isinstance(record, Mapping):
+        record = {}
+    return {key: str(record.get(key) or "—") for key in ("module", "strategy", "attention")}
 
 
 def _read_scores(report_dir: Path) -> pd.DataFrame:

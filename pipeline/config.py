@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from clare.errors import ConfigError, one_line, short_repr
+from clare.files import read_record_bytes
 
 # Every on/off environment variable clare reads; the CLI checks them all before a command runs,
 # so a bad value is never met first inside a check that reports failures as findings.
@@ -470,7 +471,7 @@ def read_yaml_mapping(path: Path, what: str, hint: str) -> dict[str, Any]:
     try:
         if not path.is_file():
             raise ConfigError(f"{path}: {what} not found; {hint}")
-        text = path.read_text(encoding="utf-8")
+        text = read_record_bytes(path).decode("utf-8")
         tree = yaml.safe_load(text)
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import (
@@ -39,13 +38,13 @@ from rich.progress import (
 from rich.text import Text
 
 from clare import fingerprint as fp
-from clare.config import Config
+from clare.config import Config, DetectorConfig
 from clare.console import make_console
-from clare.errors import CheckpointError, ClareError, RunError
+from clare.errors import CheckpointError, ClareError, RunError, short_repr
 from clare.files import file_sha256, pid_lock
 from clare.models.detector import MODEL_FILE  # noqa: F401 - its home is the detector
+from clare.records import RUN_FILE, RunRecord
 
-RUN_FILE = "run.yaml"
 CHECKPOINT_FILE = "last.ckpt"
 FIT_LOG = "fit.log"
 EVAL_LOG = "eval.log"
@@ -177,21 +176,21 @@ def exchange_paths(first: Path, second: Path) -> bool:
 class RunInfo:
     path: Path
     config: Config
-    record: dict[str, Any]  # the whole run.yaml
+    record: RunRecord  # the whole run.yaml, validated
 
     @property
     def store_fingerprint(self) -> dict[str, Any]:
-        return self.record["store_fingerprint"]
+        return self.record.store_fingerprint
 
     @property
     def threshold(self) -> float | None:
         """The operating threshold fit chose on validation (None for runs that record none)."""
-        value = (self.record.get("threshold") or {}).get("value")
-        return float(value) if isinstance(value, (int, float)) else None
+        return None if self.record.threshold is None else self.record.threshold.value
 
 
 def read_run(run_dir: Path) -> RunInfo:
-    """A finished run whose model file is the one its run.yaml records (sha256)."""
+    """A finished run whose model file is the one its run.yaml records (sha256) and was built
+    with the detector settings its config names."""
     run_dir = Path(run_dir)
     run_file, model_file = run_dir / RUN_FILE, run_dir / MODEL_FILE
     if not run_file.is_file() or not model_file.is_file():
@@ -199,25 +198,30 @@ def read_run(run_dir: Path) -> RunInfo:
             f"{run_dir}: not a finished run (needs {RUN_FILE} and {MODEL_FILE}); "
             "train one with `clare fit --config CONFIG`"
         )
-    record = _read_record(run_file)
-    check_model_file(model_file, record.get("model_sha256"), run_file)
+    record = RunRecord.load(run_file)
+    check_model_file(model_file, record.model_sha256, run_file)
     try:
-        config = Config.model_validate(record["config"])
+        config = Config.model_validate(record.config)
     except ValidationError as exc:
         raise RunError(f"{run_file}: its config is invalid ({_first_error(exc)}); refit the run") from None
+    _check_detector_matches(model_file, config, run_file)
     return RunInfo(run_dir, config, record)
 
 
-def _read_record(run_file: Path) -> dict[str, Any]:
-    try:
-        record = yaml.safe_load(run_file.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise RunError(f"{run_file}: not valid YAML ({type(exc).__name__}); refit the run") from None
-    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
-        raise RunError(f"{run_file}: malformed run record (no config); rerun `clare fit`")
-    if not isinstance(record.get("store_fingerprint"), dict):
-        raise RunError(f"{run_file}: records no store fingerprint; rerun `clare fit`")
-    return record
+def _check_detector_matches(model_file: Path, config: Config, run_file: Path) -> None:
+    """The detector recorded in the model file must be the one run.yaml's config describes:
+    the model is built from the file, reports and compare label it from the record."""
+    from clare.models.detector import Detector
+
+    built, _ = Detector.read_header(model_file)
+    recorded = config.fit.detector()
+    for key in DetectorConfig.model_fields:
+        if getattr(built, key) != getattr(recorded, key):
+            raise RunError(
+                f"{run_file}: config.fit.{key} is {short_repr(getattr(recorded, key))} but "
+                f"{model_file.name} was trained with {short_repr(getattr(built, key))}; "
+                "restore the run.yaml fit wrote, or refit the run"
+            )
 
 
 def check_model_file(model_file: Path, expected: Any, run_file: Path) -> None:

@@ -38,7 +38,7 @@ from clare.config import Config
 from clare.console import make_console
 from clare.dvc_summary import write_dvc_files
 from clare.errors import ConfigError, ModelLoadError, ReportError, StoreError, one_line, short_repr
-from clare.files import atomic_write_metrics_json, atomic_write_parquet
+from clare.files import atomic_write_metrics_json, atomic_write_parquet, read_record_bytes
 from clare.metrics import THRESHOLD_ACC
 from clare.runs import (
     EVAL_LOG,
@@ -124,7 +124,7 @@ def open_checked(item: StoreToScore, run: RunInfo) -> FeatureStore:
     """Open a store; refuse one built with other frozen models or LaRE settings than the run's."""
     store = open_store(item.path, hint=item.extract_hint)
     fp.require_match(run.store_fingerprint, store.meta.get("fingerprint") or {}, fp.FEATURES,
-                     expected_name=f"the run's train store {run.record.get('store', '')}".rstrip(),
+                     expected_name=f"the run's train store {run.record.store or ''}".rstrip(),
                      actual_name=f"store {store.path}",
                      fix="rebuild one of them with the same models and LaRE settings")
     return store
@@ -430,7 +430,7 @@ def write_report(out_dir: Path, cfg: Config, run: RunInfo, evaluation: Evaluatio
     stores = {s.name: s.store for s in scored}
     render_report(
         out_dir, title=f"CLaRE evaluation: {evaluation.run_name}", metrics=metrics,
-        scores=evaluation.all_scores, config=run.record["config"], fingerprints=fingerprints,
+        scores=evaluation.all_scores, config=run.record.config, fingerprints=fingerprints,
         robustness=evaluation.robustness or None, lare_examples=examples,
         image_root=cfg.data.root,  # the worst errors' thumbnails, from the listed image files
         read_lare=lambda store, rows: read_lare_rows(stores[store], rows),
@@ -503,7 +503,7 @@ def _read_metrics(metrics_file: Path) -> _ShownMetrics:
     """metrics.json, checked; any way it can be unreadable or malformed is one StoreError."""
     rerun = "rerun `clare eval --config CONFIG --report` to rewrite it"
     try:
-        tree = json.loads(metrics_file.read_bytes().decode("utf-8"))
+        tree = json.loads(read_record_bytes(metrics_file).decode("utf-8"))
         return _ShownMetrics.model_validate(tree)
     except OSError as exc:
         problem = f"cannot read it ({exc.strerror or one_line(exc)})"

@@ -37,7 +37,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-import yaml
 
 from clare import fingerprint as fp
 from clare.cache.loader import RowCache, StoreLoader
@@ -45,6 +44,7 @@ from clare.cache.store import FeatureStore, open_store
 from clare.config import Config, FitConfig
 from clare.errors import CheckpointError, ConfigError, RunError, StoreError, TrainingError
 from clare.files import atomic_write_bytes, file_sha256
+from clare.records import RunRecord
 from clare.runs import (
     CHECKPOINT_FILE,
     FIT_LOG,
@@ -524,7 +524,7 @@ class FitSession:
                 "publish; check the validation split (fit.val_fraction)"
             )
         record = self.run_record()
-        atomic_write_bytes(self.work_dir / RUN_FILE, yaml.safe_dump(record, sort_keys=False).encode())
+        RunRecord.save(self.work_dir / RUN_FILE, record)  # checked by the rules every reader applies
         folder.publish()
         return record
 

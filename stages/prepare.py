@@ -19,7 +19,7 @@ from clare.config import Config
 from clare.console import make_console
 from clare.data.df40 import DataIndexError, SubsetCheck, build_index
 from clare.errors import DataError
-from clare.files import atomic_write_bytes, atomic_write_parquet
+from clare.files import atomic_write_bytes, atomic_write_parquet, read_record_bytes
 
 _TABLE_COLUMNS = (
     ("listed", "listed"),
@@ -137,9 +137,9 @@ def _update_checks_json(path: Path, results: dict[str, list[SubsetCheck]]) -> No
     merged: dict[str, dict] = {}
     if path.is_file():
         try:
-            loaded = json.loads(path.read_text(encoding="utf-8"))
+            loaded = json.loads(read_record_bytes(path).decode("utf-8"))
             merged = loaded if isinstance(loaded, dict) else {}
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             merged = {}  # our own output: rebuilding it is always right
     for split, checks in results.items():
         merged[split] = {check.subset: check.counts() for check in checks}

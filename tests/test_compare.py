@@ -252,7 +252,7 @@ def test_run_folder_finds_its_report_through_its_config(tmp_path, monkeypatch):
     run_dir = tmp_path / "runs" / "r1"
     run_dir.mkdir(parents=True)
     record = {"module": "clipping", "strategy": "cocoop", "attention": "v2",
-              "config": {"paths": {"reports": "elsewhere/reports"}}}
+              "config": {"paths": {"reports": "elsewhere/reports"}}, "store_fingerprint": {}}
     (run_dir / "run.yaml").write_text(yaml.safe_dump(record))
     (run, ) = load_runs([Path("runs/r1")])
     assert run.key == ("clipping", "cocoop", "v2", "r1")
@@ -279,7 +279,7 @@ def _bad_inputs(root: Path) -> dict[str, tuple[list[str], str]]:
     orphan_run = root / "runs" / "orphan"
     orphan_run.mkdir(parents=True)
     (orphan_run / "run.yaml").write_text(yaml.safe_dump(
-        {"config": {"paths": {"reports": str(root / "nowhere")}}}))
+        {"config": {"paths": {"reports": str(root / "nowhere")}}, "store_fingerprint": {}}))
     broken_run = root / "runs" / "broken"
     broken_run.mkdir(parents=True)
     (broken_run / "run.yaml").write_text("config: [unclosed")
@@ -292,7 +292,7 @@ def _bad_inputs(root: Path) -> dict[str, tuple[list[str], str]]:
         "bad_parquet": ([str(bad_parquet)], "scores.parquet: unreadable parquet"),
         "no_video": ([str(no_video)], "lacks column(s) video"),
         "orphan_run": ([str(orphan_run)], "its report"),
-        "broken_run": ([str(broken_run)], "run.yaml: unreadable"),
+        "broken_run": ([str(broken_run)], "run.yaml: not valid YAML"),
         "metric": ([str(good), "--metric", "f1"], "--metric f1: not in these metrics.json"),
         "twice": ([str(good), str(good) + "/"], "pass each run once"),
         "bootstrap": ([str(good), "--bootstrap", "-5"], "--bootstrap -5"),

@@ -230,7 +230,7 @@ def test_a_finished_run_is_replaced_only_whole_and_only_with_overwrite(demo_trai
     assert resumed.steps == 6
     info = read_run(resumed.run_dir)  # checks the model file against the recorded sha256
     assert info.config.fit.lr == 0.05
-    assert info.record["model_sha256"] == file_sha256(resumed.run_dir / MODEL_FILE)
+    assert info.record.model_sha256 == file_sha256(resumed.run_dir / MODEL_FILE)
     assert not staged.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".base.lock", "base"]
 
@@ -371,8 +371,9 @@ def test_fit_records_the_eer_threshold_of_its_validation_videos(finished):
     tmp, overrides, run_dir = finished
     cfg = load_config(tmp / "config.yaml", overrides)
     record = read_run(run_dir).record
-    chosen = record["threshold"]
-    assert chosen["step"] == record["best_step"] and "validation" in chosen["rule"]
+    assert record.threshold is not None
+    chosen = record.threshold.model_dump()
+    assert chosen["step"] == record.best_step and "validation" in chosen["rule"]
     # Rescoring the held-out videos with the published weights gives the recorded point.
     rows = select_rows(cfg)
     detector = Detector.load(run_dir)

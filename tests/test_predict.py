@@ -11,6 +11,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -184,6 +185,49 @@ def test_a_run_without_threshold_uses_one_half(world: World, tmp_path: Path) -> 
                           options=PredictOptions(out_dir=tmp_path / "o", quiet=True))
     assert summary.threshold == 0.5
     assert (summary.predictions["threshold"] == 0.5).all()
+
+
+
+def _edited_run(world: World, tmp_path: Path, edit: Any) -> Path:
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(world.run_dir, copy)
+    record = yaml.safe_load((copy / "run.yaml").read_text())
+    edit(record)
+    (copy / "run.yaml").write_text(yaml.safe_dump(record, sort_keys=False))
+    return copy
+
+
+@pytest.mark.parametrize("edit,says", [
+    (lambda r: r["threshold"].update(value=float("nan")), "key 'threshold.value'"),
+    (lambda r: r["threshold"].update(value=7.5), "key 'threshold.value'"),
+    (lambda r: r.update(threshold="high"), "key 'threshold'"),
+    (lambda r: r.update(module="lare"), "module is 'lare' but config.fit.module is 'fusion'"),
+    # Both edited alike: only the model file's own record shows the lie.
+    (lambda r: (r.update(module="lare"), r["config"]["fit"].update(module="lare")),
+     "config.fit.module is 'lare' but model.safetensors was trained with 'fusion'"),
+    (lambda r: r["config"]["fit"]["head"].update(gate_hidden=7), "config.fit.head"),
+])
+def test_a_hand_edited_run_record_is_refused_before_scoring(world: World, tmp_path: Path,
+                                                            edit: Any, says: str) -> None:
+    """Before: a NaN or 7.5 threshold made every verdict "real" with exit 0, "high" was an
+    internal error, and a fusion model was labelled lare."""
+    run = _edited_run(world, tmp_path, edit)
+    with pytest.raises(RunError, match=re.escape(says)):
+        run_predict(run, [str(world.data / "alpha")],
+                    options=PredictOptions(out_dir=tmp_path / "o", quiet=True))
+    assert not (tmp_path / "o").exists()
+
+
+def test_blocks_added_by_others_do_not_break_a_run(world: World, tmp_path: Path) -> None:
+    run = _edited_run(world, tmp_path, lambda r: r.update(
+        provenance={"git": "abc"},
+        selection={"rule": "best val AUC", "step": r["best_step"], "val_auc": 0.9, "val_loss": None,
+                   "decided_by": "val_auc"}))
+    info = read_run(run)
+    assert info.record.selection is not None and info.record.model_extra == {"provenance": {"git": "abc"}}
+    assert info.threshold == read_run(world.run_dir).threshold
 
 
 # --------------------------------------------------------------------------- command line
