@@ -275,6 +275,19 @@ class HeadConfig(_Strict):
     pos_init_std: float = Field(default=0.02, gt=0, description="std of positional embeddings")
 
 
+def reserved_name_problem(name: str, what: str) -> str | None:
+    """Why `name` cannot be the name of a run, report or store folder, or None.
+
+    Names that begin with "." are clare's own: `.<name>.staging`, `.<name>.old`,
+    `.<name>.lock` and `.<name>.publishing` beside a run or report, `.lock` in a store. A run
+    named `.demo.old` would be deleted by the next `clare fit --name demo`.
+    """
+    if name.startswith("."):
+        return (f"{what} '{name}' begins with '.', which clare reserves for its own working "
+                "files (.<name>.staging, .<name>.old, .<name>.lock); choose a name without it")
+    return None
+
+
 class DetectorConfig(_Strict):
     """Everything that shapes a detector besides the CLIP model it is built on.
 
@@ -331,6 +344,9 @@ class FitConfig(DetectorConfig):
                                   or "\0" in value):
             raise ValueError("a run name is one folder name under paths.runs, without '/' or "
                              "'..'; pick a plain name such as fusion-coop")
+        problem = None if value is None else reserved_name_problem(value, "run name")
+        if problem:
+            raise ValueError(problem)
         return value
 
 

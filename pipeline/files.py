@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -100,6 +101,30 @@ def read_record_bytes(path: Path, limit: int = RECORD_LIMIT) -> bytes:
     if len(data) > limit:
         raise OSError(errno.EFBIG, f"larger than {limit >> 20} MiB, not a record clare wrote", str(path))
     return data
+
+
+PARTIAL_MARK = ".clare-partial"
+
+
+def fresh_partial_folder(out: Path) -> Path:
+    """`<out>.partial`: an empty folder to build `out` in, marked as clare's. A leftover of a
+    killed build is removed only when it carries the mark: a user's folder of that name is
+    an OSError naming it, never deleted."""
+    staging = Path(out).with_name(Path(out).name + ".partial")
+    if staging.exists() or staging.is_symlink():
+        if not (staging / PARTIAL_MARK).is_file():
+            raise FileExistsError(errno.EEXIST, "exists but clare did not make it (move it away, "
+                                  "clare deletes only what it made)", str(staging))
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    (staging / PARTIAL_MARK).write_text("made by clare; removed when published\n")
+    return staging
+
+
+def publish_partial_folder(staging: Path, out: Path) -> None:
+    """Rename a finished `fresh_partial_folder` into place, without its mark."""
+    (staging / PARTIAL_MARK).unlink()
+    staging.rename(out)
 
 
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:

@@ -38,7 +38,7 @@ from rich.progress import (
 from rich.text import Text
 
 from clare import fingerprint as fp
-from clare.config import Config, DetectorConfig
+from clare.config import Config, DetectorConfig, reserved_name_problem
 from clare.console import make_console
 from clare.errors import CheckpointError, ClareError, RunError, short_repr
 from clare.files import file_sha256, pid_lock
@@ -96,7 +96,14 @@ class StagedFolder:
     the system allows it (Linux renameat2 RENAME_EXCHANGE), so a reader sees the old folder or
     the new one, never a mix. Elsewhere the swap is two renames through `runs/.base.old`, and
     `recover` finishes one that a kill interrupted. `lock` keeps a second writer out.
+
+    Only what clare made is ever deleted: a staging folder carries STAGING_MARK from its
+    creation until it is published, and `.base.old` is clare's only while the journal file
+    `.base.publishing`, written before the old folder is moved, exists. A folder of those
+    names without its evidence is refused, not removed.
     """
+
+    STAGING_MARK = ".clare-staging"
 
     def __init__(self, final: Path, command: str) -> None:
         self.final = Path(final)
@@ -105,10 +112,16 @@ class StagedFolder:
         self.staging = parent / f".{name}.staging"
         self.old = parent / f".{name}.old"
         self.lock_path = parent / f".{name}.lock"
+        self.journal = parent / f".{name}.publishing"
+        self._error: type[ClareError] = RunError
 
     @contextmanager
     def lock(self, error: type[ClareError] = RunError) -> Iterator[None]:
         """Exclusive for the whole command; the kernel releases it when the process dies."""
+        self._error = error
+        problem = reserved_name_problem(self.final.name, "the folder name")
+        if problem:
+            raise error(f"{self.final}: {problem}")
         self.final.parent.mkdir(parents=True, exist_ok=True)
         handle = open(self.lock_path, "a+")  # noqa: SIM115 - held until the block ends
 
@@ -120,35 +133,62 @@ class StagedFolder:
             self.recover()
             yield
 
+    def _not_ours(self, path: Path) -> ClareError:
+        return self._error(f"{path}: has the name of clare's working folder for {self.final.name} "
+                           "but clare did not make it; move it away (clare deletes only what "
+                           "it made) and rerun")
+
     def recover(self) -> None:
-        """Finish a two-rename publish that was killed half-way (called under the lock)."""
-        if not self.old.exists():
+        """Finish a publish that was killed half-way (called under the lock)."""
+        if not self.journal.is_file():
+            if self.old.exists():
+                raise self._not_ours(self.old)
             return
-        if self.final.exists():
-            shutil.rmtree(self.old)  # the new folder made it; the old one is garbage
-        else:
-            os.rename(self.old, self.final)  # killed between the renames: put the old one back
+        # A publish was under way: what is at the staging name (the new folder or, after an
+        # exchange, the old one) is clare's, whether or not its mark was already removed.
+        if self.staging.exists():
+            self.mark_staging()
+        if self.old.exists():
+            if self.final.exists():
+                shutil.rmtree(self.old)  # the new folder made it; the old one is garbage
+            else:
+                os.rename(self.old, self.final)  # killed between the renames: old one back
+        self.journal.unlink()
 
     def fresh_staging(self) -> Path:
         """An empty staging folder (a leftover of a killed command is removed)."""
         if self.staging.exists():
+            if not self.staged_by_clare():
+                raise self._not_ours(self.staging)
             shutil.rmtree(self.staging)
         self.staging.mkdir(parents=True)
+        self.mark_staging()
         return self.staging
+
+    def staged_by_clare(self) -> bool:
+        """Whether the staging folder is clare's (marked since its creation, see recover)."""
+        return (self.staging / self.STAGING_MARK).is_file()
+
+    def mark_staging(self) -> None:
+        (self.staging / self.STAGING_MARK).write_text("made by clare; removed when published\n")
 
     def publish(self) -> None:
         """Put the staging folder in the final place, replacing what was there as one step."""
+        # The journal first: from here to its removal, recover knows the folders are clare's.
+        self.journal.write_text(f"clare: {self.command} is publishing {self.final.name}\n")
+        (self.staging / self.STAGING_MARK).unlink(missing_ok=True)
         if not self.final.exists():
             os.rename(self.staging, self.final)
         elif exchange_paths(self.staging, self.final):
             # The staging name now holds the old folder: out of the way first, so a resume
             # never mistakes it for work in progress, then deleted (recover finishes a kill).
             os.rename(self.staging, self.old)
-            shutil.rmtree(self.old)
         else:
             os.rename(self.final, self.old)
             os.rename(self.staging, self.final)
+        if self.old.exists():
             shutil.rmtree(self.old)
+        self.journal.unlink()
 
 
 _AT_FDCWD = -100

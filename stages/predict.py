@@ -163,6 +163,20 @@ def collect_inputs(inputs: list[str], list_file: Path | None = None) -> list[Pat
     return list(dict.fromkeys(paths))
 
 
+def check_outputs_outside_inputs(inputs: list[str], outputs: dict[str, Path | None]) -> None:
+    """Refuse an output folder (`--out`, `--store`) inside an input folder: the next predict
+    of that folder would score the images predict wrote there (explain/*.png)."""
+    folders = [Path(text).resolve() for text in inputs if Path(text).is_dir()]
+    for option, out in outputs.items():
+        if out is None:
+            continue
+        target = Path(out).resolve()
+        inside = next((folder for folder in folders if target.is_relative_to(folder)), None)
+        if inside is not None:
+            raise ConfigError(f"{option} {out}: inside the input folder {inside}, so predict's own "
+                              "outputs would become inputs; choose a folder outside it")
+
+
 # --------------------------------------------------------------------------- videos
 
 
@@ -576,6 +590,7 @@ def run_predict(run_dir: Path, inputs: list[str], *, list_file: Path | None = No
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
     out_dir = Path(options.out_dir) if options.out_dir else Path("predictions") / run.path.name
+    check_outputs_outside_inputs(inputs, {"--out": out_dir, "--store": options.store})
     # Made now: an output folder that cannot be written fails before the inputs are scored.
     out_dir.mkdir(parents=True, exist_ok=True)
     check_face_mode(options.faces)

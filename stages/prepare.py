@@ -7,7 +7,6 @@ Outputs, under `data.index_dir`: `train.parquet` and `test.parquet` (one row per
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -19,7 +18,13 @@ from clare.config import Config
 from clare.console import make_console
 from clare.data.df40 import DataIndexError, SubsetCheck, build_index
 from clare.errors import DataError
-from clare.files import atomic_write_bytes, atomic_write_parquet, read_record_bytes
+from clare.files import (
+    atomic_write_bytes,
+    atomic_write_parquet,
+    fresh_partial_folder,
+    publish_partial_folder,
+    read_record_bytes,
+)
 
 _TABLE_COLUMNS = (
     ("listed", "listed"),
@@ -59,10 +64,9 @@ def _build_demo_inputs(cfg: Config, console: Console) -> None:
         out = Path(demo.data_out)
         # Write next to the target and rename at the end, so an interrupted run never
         # leaves a half-written tree that a later run would take as finished.
-        staging = out.with_name(out.name + ".partial")
-        shutil.rmtree(staging, ignore_errors=True)
+        staging = fresh_partial_folder(out)
         summary = write_demo_dataset(staging, seed=cfg.seed)
-        staging.rename(out)
+        publish_partial_folder(staging, out)
         console.print(f"demo: wrote {summary.n_images} images and {summary.n_lists} lists to {out}")
 
 

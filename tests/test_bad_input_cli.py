@@ -107,6 +107,30 @@ def test_a_run_name_that_is_not_one_folder_name(tmp_path: Path, clare, name: str
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]  # nothing written anywhere
 
 
+@pytest.mark.parametrize("name", [".demo.old", ".demo.staging", ".demo.lock", ".demo.publishing"])
+def test_a_run_name_clare_uses_for_its_own_folders(tmp_path: Path, clare, name: str) -> None:
+    """A run named `.demo.old` was accepted, then deleted by the next `clare fit --name demo`."""
+    config = write_config(tmp_path, {"data": {"root": str(tmp_path / "data")},
+                                     "paths": {"runs": str(tmp_path / "runs")}})
+    assert_one_line_error(clare("fit", "--config", config, "--name", name), "fit.name",
+                          "which clare reserves")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
+
+
+def test_clare_replaces_only_folders_it_made(tmp_path: Path, clare) -> None:
+    """`clare models tiny --out` replaced any folder whole, and a `<out>.partial` folder of the
+    user's was deleted as a leftover."""
+    mine = tmp_path / "mine"
+    (mine / "thesis").mkdir(parents=True)
+    assert_one_line_error(clare("models", "tiny", "--out", mine), "mine", "holds more than tiny models")
+    assert (mine / "thesis").is_dir()
+    partial = tmp_path / "new.partial"
+    (partial / "thesis").mkdir(parents=True)
+    assert_one_line_error(clare("models", "tiny", "--out", tmp_path / "new"), "new.partial",
+                          "clare did not make it")
+    assert (partial / "thesis").is_dir() and not (tmp_path / "new").exists()
+
+
 def test_negative_seed_in_the_file(tmp_path: Path, clare) -> None:
     path = write_config(tmp_path, {"seed": -1, "data": {"root": "x"}})
     assert_one_line_error(clare("config", "--config", path), str(path), "'seed'")

@@ -230,6 +230,21 @@ def test_blocks_added_by_others_do_not_break_a_run(world: World, tmp_path: Path)
     assert info.threshold == read_run(world.run_dir).threshold
 
 
+
+@pytest.mark.parametrize("option", ["out_dir", "store"])
+def test_outputs_inside_an_input_folder_are_refused(world: World, tmp_path: Path, option: str) -> None:
+    """The next predict of the folder would score predict's own explain/*.png."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(world.data / "alpha", data)
+    outputs = {"out_dir": tmp_path / "o", option: data / "sub" / "pred"}
+    with pytest.raises(ConfigError, match=rf"^--{'out' if option == 'out_dir' else 'store'} "
+                                          rf"{re.escape(str(data))}/sub/pred: inside the input folder"):
+        run_predict(world.run_dir, [str(data)], options=PredictOptions(quiet=True, **outputs))
+    assert not (data / "sub").exists()
+
+
 # --------------------------------------------------------------------------- command line
 
 
