@@ -157,13 +157,17 @@ class StagedFolder:
 
     def fresh_staging(self) -> Path:
         """An empty staging folder (a leftover of a killed command is removed)."""
+        self.remove_staging()
+        self.staging.mkdir(parents=True)
+        self.mark_staging()
+        return self.staging
+
+    def remove_staging(self) -> None:
+        """Remove a staging folder clare made; one it did not make is refused."""
         if self.staging.exists():
             if not self.staged_by_clare():
                 raise self._not_ours(self.staging)
             shutil.rmtree(self.staging)
-        self.staging.mkdir(parents=True)
-        self.mark_staging()
-        return self.staging
 
     def staged_by_clare(self) -> bool:
         """Whether the staging folder is clare's (marked since its creation, see recover)."""

@@ -591,7 +591,7 @@ def _prepare_resume(folder: StagedFolder, settings: dict[str, Any]) -> tuple[Pat
         return staged, _load_checkpoint(staged, settings)
     published = folder.final / CHECKPOINT_FILE
     payload = _load_checkpoint(published, settings)
-    folder.fresh_staging().rmdir()  # a leftover is removed only when clare made it
+    folder.remove_staging()  # a leftover is removed only when clare made it
     shutil.copytree(folder.final, folder.staging)
     folder.mark_staging()
     return staged, payload
