@@ -26,10 +26,11 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from rich.markup import escape
 
 from clare.bootstrap import bootstrap_auc, percentile_interval, subset_seed
 from clare.errors import ClareError
-from clare.files import read_record_bytes
+from clare.files import atomic_write_csv, read_record_bytes
 from clare.records import RUN_FILE, RunRecord
 
 RUN_SPEC_FILE = "run_spec.json"  # written beside metrics.json by `clare.dvc_summary`
@@ -517,7 +518,7 @@ def write_outputs(runs: Sequence[RunResult], table: CompareTable, out_dir: Path,
     env = template_environment()
     outputs = CompareOutputs(out_dir / "compare.md", out_dir / "compare.csv",
                              out_dir / "compare.tex", out_dir / "compare.html", roc, None)
-    long_table(table).to_csv(outputs.csv, index=False)
+    atomic_write_csv(outputs.csv, long_table(table))
     outputs.latex.write_text(to_latex(table, caption), encoding="utf-8")
     if robust is not None:
         outputs.robustness_latex = out_dir / "robustness.tex"
@@ -558,7 +559,7 @@ def print_table(table: CompareTable, console: Any) -> None:
         shown.add_row(*cells)
     console.print(shown)
     for note in table.notes:
-        console.print(f"  {note}", highlight=False)
+        console.print(f"  {escape(note)}", highlight=False)
 
 
 def run_compare(paths: Sequence[Path], *, metric: str = "auc", n_resamples: int = 1000,
@@ -577,7 +578,7 @@ def run_compare(paths: Sequence[Path], *, metric: str = "auc", n_resamples: int 
     console = make_console(stderr=False, quiet=quiet)
     print_table(table, console)
     if table.low is not None:
-        console.print(f"95 % intervals ({n_resamples} video resamples): {outputs.markdown}")
-    console.print(f"[bold]{outputs.html}[/] (also {outputs.markdown.name}, {outputs.csv.name}, "
+        console.print(f"95 % intervals ({n_resamples} video resamples): {escape(str(outputs.markdown))}")
+    console.print(f"[bold]{escape(str(outputs.html))}[/] (also {outputs.markdown.name}, {outputs.csv.name}, "
                   f"{outputs.latex.name}, {outputs.roc.name})")
     return outputs

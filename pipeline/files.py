@@ -77,6 +77,35 @@ def atomic_write_metrics_json(path: Path, payload: Any) -> None:
     atomic_write_bytes(path, (text + "\n").encode())
 
 
+# OWASP's CSV-injection rule: a spreadsheet runs a cell that begins with one of these as a
+# formula (`=HYPERLINK(...)` in a file name), so such a text cell is written with a leading '.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A text value that a spreadsheet would run as a formula, prefixed with a single quote;
+    anything else unchanged."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def atomic_write_csv(path: Path, frame: Any) -> None:
+    """A table as CSV for spreadsheets: text cells (and headers) escaped by `spreadsheet_safe`;
+    numbers stay numbers (-0.5 is data, not a formula). Every CSV clare writes goes here."""
+    import pandas as pd
+
+    safe = frame.rename(columns=spreadsheet_safe)
+    for column in safe.columns:
+        values = safe[column]
+        if not (pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values)
+                or pd.api.types.is_datetime64_any_dtype(values)):
+            safe[column] = values.astype(object).map(spreadsheet_safe)
+    # CRLF line ends (RFC 4180): the csv writer then quotes any cell holding a CR or LF, which
+    # with "\n" endings a CR in a file name would leave bare and split the row for readers.
+    atomic_write(path, lambda tmp: safe.to_csv(tmp, index=False, lineterminator="\r\n"))
+
+
 def atomic_write_parquet(path: Path, frame: Any) -> None:
     atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
 

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from rich.markup import escape
 
 from clare import fingerprint as fp
 from clare.cache.loader import StoreLoader
@@ -291,7 +292,6 @@ def _cell(metrics: dict[str, Any], key: str, n_subsets: int | None = None) -> st
 
 def _print_table(console: Any, run_name: str, subsets: dict[str, dict[str, Any]],
                  mean: dict[str, Any], robustness: dict[str, dict[str, Any]]) -> None:
-    from rich.markup import escape
     from rich.table import Table
 
     from clare.metrics import CONSOLE_TABLE, describe_undefined, metric_title
@@ -462,7 +462,7 @@ def run_eval(cfg: Config, *, run_dir: Path | None = None, stores: list[str] | No
                      evaluation.robustness)
         folder.publish()
     what = "report" if report else "metrics"
-    console.print(f"[bold]{folder.final}[/]: {what} written in {time.perf_counter() - started:.1f} s")
+    console.print(f"[bold]{escape(str(folder.final))}[/]: {what} written in {time.perf_counter() - started:.1f} s")
     return folder.final
 
 

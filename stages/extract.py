@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from rich.markup import escape
 
 from clare import fingerprint as fp
 from clare.cache.entries import StoreLayout, store_layout
@@ -341,12 +342,12 @@ def _open_or_create(path: Path, cfg: Config, layout: StoreLayout, fingerprint: d
     # The index matches the fingerprint, so it, not store.json, says which rows each shard holds.
     expected = shard_index_digests(rows, store.shard_rows)
     if store.meta.get("index_shards_sha256") != expected:
-        console.print(f"{path}: store.json's shard digests differ from the index; restored from the index")
+        console.print(f"{escape(str(path))}: store.json's shard digests differ from the index; restored from the index")
         store.meta["index_shards_sha256"] = expected
         store.save_meta()
     _restore_entries(store, layout, console)
     for index, problem in store.drop_unsound_shards().items():
-        console.print(f"shard {index} is not sound ({problem}); recomputing it")
+        console.print(f"shard {index} is not sound ({escape(problem)}); recomputing it")
     return store
 
 
@@ -356,7 +357,7 @@ def _restore_entries(store: FeatureStore, layout: StoreLayout, console: Any) -> 
         store.entries()
         return
     except StoreError as exc:
-        console.print(f"{one_line(exc, 160)}; rewritten from the index")
+        console.print(f"{escape(one_line(exc, 160))}; rewritten from the index")
     store.write_entries(layout.entries)
 
 
@@ -439,7 +440,7 @@ def run_extract(
             perturb=perturbation.spec if perturbation else None,
         )
         if done:
-            console.print(f"resuming {path}: {len(done)} of {store.n_shards} shards already complete")
+            console.print(f"resuming {escape(str(path))}: {len(done)} of {store.n_shards} shards already complete")
         reasons: Counter[str] = Counter()
         progress = Progress(
             TextColumn("[bold]extract {task.fields[store]}"),
@@ -488,9 +489,9 @@ def run_extract(
 
 
 def _print_summary(console: Any, summary: ExtractSummary) -> None:
-    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary.reasons.items())) or "none"
+    reasons = escape(", ".join(f"{k}: {v}" for k, v in sorted(summary.reasons.items())) or "none")
     console.print(
-        f"[bold]{summary.store}[/]: {summary.rows} rows ({summary.images} distinct images x "
+        f"[bold]{escape(str(summary.store))}[/]: {summary.rows} rows ({summary.images} distinct images x "
         f"{summary.views} view(s), for {summary.entries} listed entries), {summary.ok} ok, "
         f"{summary.failed} failed ({reasons}); "
         f"{summary.shards_run} of {summary.shards_total} shards computed in {summary.seconds:.1f} s; "

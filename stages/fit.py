@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from rich.markup import escape
 
 from clare import fingerprint as fp
 from clare.cache.loader import RowCache, StoreLoader
@@ -385,7 +386,7 @@ class FitSession:
             history=list(payload.get("history", [])),
             skipped_nonfinite=int(payload.get("skipped_nonfinite", 0)),
         )
-        self.console.print(f"resuming {checkpoint} at step {self.state.step} "
+        self.console.print(f"resuming {escape(str(checkpoint))} at step {self.state.step} "
                            f"(epoch {self.state.epoch})")
 
     # ------------------------------------------------------------------ the train loop
@@ -565,7 +566,7 @@ def run_fit(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     result = session.result(folder.final, record, time.perf_counter() - started)
     best = session.state.best
     console.print(
-        f"[bold]{folder.final}[/]: {result.steps} steps in {result.seconds:.1f} s; best val AUC "
+        f"[bold]{escape(str(folder.final))}[/]: {result.steps} steps in {result.seconds:.1f} s; best val AUC "
         f"{best['auc']:.4f} at step {best['step']}, operating threshold "
         f"{best['threshold']['value']:.4f} (EER on validation); {rows.failed} failed rows skipped"
     )

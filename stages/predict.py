@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 from pydantic import ValidationError
+from rich.markup import escape
 
 from clare import fingerprint as fp
 from clare.config import (
@@ -481,7 +482,7 @@ def _threshold(run: Any, override: float | None, console: Any) -> float:
             raise ConfigError(f"--threshold {override}: must be between 0 and 1")
         return float(override)
     if run.threshold is None:
-        console.print(f"{run.path} records no operating threshold; using {DEFAULT_THRESHOLD} "
+        console.print(f"{escape(str(run.path))} records no operating threshold; using {DEFAULT_THRESHOLD} "
                       "(refit with this clare to record one, or pass --threshold)")
         return DEFAULT_THRESHOLD
     return run.threshold
@@ -568,9 +569,9 @@ def _write_store(spill: FeatureSpill, path: Path, cfg: Config, faces: str, conso
     if store is None:
         if path.is_dir() and not any(path.iterdir()):
             path.rmdir()
-        console.print(f"--store {path}: no store written, no image was scored")
+        console.print(f"--store {escape(str(path))}: no store written, no image was scored")
         return None
-    console.print(f"[bold]{path}[/]: feature store of the {store.n_rows} scored image(s)")
+    console.print(f"[bold]{escape(str(path))}[/]: feature store of the {store.n_rows} scored image(s)")
     return path
 
 
@@ -640,12 +641,12 @@ def _score_with_progress(paths: list[Path], models: _Models, batch_size: int, cf
 
 def _finish(results: list[InputResult], out_dir: Path, threshold: float, seconds: float,
             scored: int, options: PredictOptions, console: Any) -> PredictSummary:
-    from clare.files import atomic_write, atomic_write_parquet
+    from clare.files import atomic_write_csv, atomic_write_parquet
 
     rows = [row for result in results for row in result_rows(result, threshold)]
     frame = predictions_frame(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(out_dir / "predictions.csv", lambda tmp: frame.to_csv(tmp, index=False))
+    atomic_write_csv(out_dir / "predictions.csv", frame)
     atomic_write_parquet(out_dir / "predictions.parquet", frame)
     final = frame[frame["kind"] != "frame"]
     failed = int((final["status"] != "ok").sum())
@@ -673,16 +674,16 @@ def print_table(console: Any, frame: pd.DataFrame) -> None:
         p_text = "" if pd.isna(row["p_fake"]) else f"{row['p_fake']:.4f}"
         status = "ok" if row["status"] == "ok" else f"failed: {one_line(str(row['error']), 60)}"
         label = str(row["input"]) + (" (video)" if row["kind"] == "video" else "")
-        table.add_row(label, frame_text, p_text, str(row["verdict"]), status)
+        table.add_row(escape(label), frame_text, p_text, str(row["verdict"]), escape(status))
     console.print(table)
 
 
 def _print_summary(console: Any, summary: PredictSummary, final: pd.DataFrame) -> None:
     reasons = final.loc[final["status"] != "ok", "error"].map(reason_label).value_counts()
-    why = ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) or "none"
+    why = escape(", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) or "none")
     fake = int((final["verdict"] == "fake").sum())
     console.print(
-        f"[bold]{summary.out_dir / 'predictions.csv'}[/]: {summary.inputs} inputs, {fake} fake at "
+        f"[bold]{escape(str(summary.out_dir / 'predictions.csv'))}[/]: {summary.inputs} inputs, {fake} fake at "
         f"threshold {summary.threshold:.4f}, {summary.failed} failed ({why}); "
         f"{summary.images_scored} images in {summary.seconds:.1f} s "
         f"({summary.images_per_second:.1f} img/s)"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from clare.config import Config
@@ -56,7 +57,7 @@ def _build_demo_inputs(cfg: Config, console: Console) -> None:
     if demo.models_out is not None and not Path(demo.models_out).exists():
         from clare.models.tiny import build_tiny_models  # torch import: only when needed
 
-        console.print(f"demo: writing tiny models to {demo.models_out}")
+        console.print(f"demo: writing tiny models to {escape(str(demo.models_out))}")
         build_tiny_models(Path(demo.models_out), seed=cfg.seed)
     if demo.data_out is not None and not Path(demo.data_out).exists():
         from clare.data.demo import write_demo_dataset
@@ -67,7 +68,7 @@ def _build_demo_inputs(cfg: Config, console: Console) -> None:
         staging = fresh_partial_folder(out)
         summary = write_demo_dataset(staging, seed=cfg.seed)
         publish_partial_folder(staging, out)
-        console.print(f"demo: wrote {summary.n_images} images and {summary.n_lists} lists to {out}")
+        console.print(f"demo: wrote {summary.n_images} images and {summary.n_lists} lists to {escape(str(out))}")
 
 
 def _check_inputs(cfg: Config) -> None:
@@ -190,6 +191,6 @@ def run_prepare(cfg: Config, splits: Iterable[str] = ("train", "test")) -> dict[
         atomic_write_parquet(path, index)
         written[split] = path
         console.print(f"{split}: {len(index)} entries ({index['path'].nunique()} distinct images) in "
-                      f"{len(results[split])} subsets -> {path}")
+                      f"{len(results[split])} subsets -> {escape(str(path))}")
     _update_checks_json(index_dir / "checks.json", results)
     return written

@@ -259,6 +259,22 @@ def test_run_folder_finds_its_report_through_its_config(tmp_path, monkeypatch):
     assert run.report_dir == Path("elsewhere/reports/r1")
 
 
+
+def test_names_reach_the_csv_escaped_and_the_console_as_text(two_reports, tmp_path, capsys):
+    """A run named like a formula is a text cell (OWASP: a leading '), and rich markup in a
+    run or --out name is printed as it is, not parsed (it was an internal error)."""
+    weak, _ = two_reports
+    hostile = write_report(tmp_path / "=HYPERLINK(1)[bold]x", frames_of(SUBSETS, 1.5, seed=8),
+                           spec={"module": "@SUM(A1)", "strategy": "coop", "attention": "v2"})
+    out_dir = tmp_path / "out_[/y]"
+    out = run_compare([weak, hostile], out_dir=out_dir, n_resamples=20, quiet=False)
+    csv = pd.read_csv(out.csv)
+    assert set(csv["run"]) == {weak.name, "'=HYPERLINK(1)[bold]x"}
+    assert "'@SUM(A1)" in set(csv["module"])
+    assert not csv.map(lambda v: isinstance(v, str) and v[:1] in "=+-@\t\r").any().any()
+    assert "out_[/y]" in capsys.readouterr().out.replace("\n", "")
+
+
 # --------------------------------------------------------------------------- bad input
 
 

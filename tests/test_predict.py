@@ -245,6 +245,34 @@ def test_outputs_inside_an_input_folder_are_refused(world: World, tmp_path: Path
     assert not (data / "sub").exists()
 
 
+
+def test_hostile_names_are_escaped_in_the_csv_and_printed_as_text(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """Issue 23: `=1+2.png` or a --list line `=HYPERLINK(...)` landed at the start of a CSV
+    cell; `[/x].png` or `--out 'pred_[/y]'` crashed predict after scoring (MarkupError)."""
+    good = next(iter(sorted((world.data / "alpha").rglob("*.png"))))
+    folder = tmp_path / "in"
+    (folder / "[").mkdir(parents=True)
+    names = ["=1+2.png", "@SUM(A1).png", "+A1.png", "-A1.png", "[/x].png", "[bold]y.png"]
+    for name in names:
+        (folder / name).write_bytes(good.read_bytes())
+    listed = tmp_path / "list.txt"
+    listed.write_text('=HYPERLINK("http://example.invalid","click")\n')
+    monkeypatch.chdir(folder)
+    capsys.readouterr()
+    summary = run_predict(world.run_dir, names, list_file=listed,
+                          options=PredictOptions(out_dir=tmp_path / "pred_[/y]", quiet=False))
+    csv = pd.read_csv(tmp_path / "pred_[/y]" / "predictions.csv")
+    expected = [("'" + n if n[0] in "=@+-" else n) for n in names]
+    hyperlink = str(Path('=HYPERLINK("http://example.invalid","click")'))  # as a path: "//" is "/"
+    assert list(csv["input"]) == [*expected, "'" + hyperlink]
+    raw = pd.read_parquet(tmp_path / "pred_[/y]" / "predictions.parquet")
+    assert list(raw["input"])[:len(names)] == names  # the data file keeps the names as they are
+    assert (summary.predictions["status"].iloc[:len(names)] == "ok").all()
+    printed = capsys.readouterr().err
+    assert "[/x].png" in printed and "[bold]y.png" in printed and "pred_[/y]" in printed.replace("\n", "")
+
+
 # --------------------------------------------------------------------------- command line
 
 
