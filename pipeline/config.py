@@ -8,8 +8,10 @@ so that an override is checked exactly like a value in the file.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -444,6 +446,43 @@ def _yaml_value(raw: str) -> tuple[bool, Any]:
     return (True, value) if flow else (False, None)
 
 
+# The number forms of YAML 1.2's core schema (and of Python's int() and float()), decimal only:
+# YAML 1.1, which PyYAML reads, also takes 010 as octal 8, 0x10 as 16, 1_000 and 1:30 as 90.
+_DECIMAL_INT = re.compile(r"[-+]?[0-9]+")
+_DECIMAL_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?|[-+]?\.(inf|Inf|INF)|\.(nan|NaN|NAN)")
+
+
+def _as_decimal(raw: str, value: Any) -> Any:
+    """A plain scalar that YAML 1.1 read as a number, read as the schema reads numbers: decimal
+    (010 is 10), and any other form (0x10, 1_000, 1:30) kept as the text typed, which a number
+    setting then refuses naming the key."""
+    if _DECIMAL_INT.fullmatch(raw):
+        return int(raw, 10)
+    if _DECIMAL_FLOAT.fullmatch(raw):
+        return value if raw.lstrip("+-").startswith(".") and raw[-1].isalpha() else float(raw)
+    return raw
+
+
+def _unwrap_optional(annotation: Any) -> Any:
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) in (Union, UnionType) and len(args) == 1:
+        return args[0]
+    return annotation
+
+
+def _setting_is_text(dotted: str) -> bool:
+    """Whether the config key `dotted` holds text (a str or a path): `--set lare.prompt=0x10`
+    is then the text "0x10", whatever YAML would make of it."""
+    model: Any = Config
+    annotation: Any = None
+    for key in dotted.split("."):
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or key not in model.model_fields:
+            return False
+        annotation = _unwrap_optional(model.model_fields[key].annotation)
+        model = annotation
+    return annotation in (str, Path)
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """Split `a.b=value`. The value arrives verbatim: numbers, booleans, null, quoted strings
     and [lists] / {mappings} are read as YAML when that keeps every character; any other text
@@ -455,6 +494,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {short_repr(text, _SHOWN)}: empty key; expected dotted.key=value")
     is_yaml, value = _yaml_value(raw)
+    if is_yaml and isinstance(value, (bool, int, float)) and _setting_is_text(key):
+        return key, raw  # a text setting takes the text as typed: lare.prompt=0x10 is "0x10"
+    if is_yaml and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return key, _as_decimal(raw, value)
     if is_yaml:
         return key, value
     if raw.lstrip()[:1] in ("[", "{", '"', "'"):

@@ -131,6 +131,35 @@ def test_clare_replaces_only_folders_it_made(tmp_path: Path, clare) -> None:
     assert (partial / "thesis").is_dir() and not (tmp_path / "new").exists()
 
 
+@pytest.mark.parametrize("setting,shown", [
+    ("seed=010", {"seed": 10}),  # YAML 1.1 made it octal 8
+    ("seed=+7", {"seed": 7}),
+    ("fit.lr=1.5e-3", {"fit": {"lr": 0.0015}}),
+    ("lare.prompt=0x10", {"lare": {"prompt": "0x10"}}),  # was refused "got 16"
+    ("lare.prompt=010", {"lare": {"prompt": "010"}}),
+    ("lare.prompt=true", {"lare": {"prompt": "true"}}),
+    ("fit.name=2024", {"fit": {"name": "2024"}}),
+    ("fit.max_steps=null", {"fit": {"max_steps": None}}),
+])
+def test_set_values_follow_the_settings_type(tmp_path: Path, clare, setting: str, shown: dict) -> None:
+    code, out, err = clare("config", "--config", write_config(tmp_path), "--set", setting)
+    assert code == 0, err
+    tree = yaml.safe_load(out)
+    for section, value in shown.items():
+        assert (tree[section] if not isinstance(value, dict)
+                else {k: tree[section][k] for k in value}) == value
+
+
+@pytest.mark.parametrize("setting,key", [("seed=0x10", "seed"), ("seed=1:30", "seed"),
+                                         ("seed=0o17", "seed"), ("fit.lr=0x10", "fit.lr")])
+def test_yaml_11_number_forms_are_refused_for_numbers(tmp_path: Path, clare, setting: str,
+                                                      key: str) -> None:
+    """0x10 became 16 and 1:30 became 90 (YAML 1.1): a number setting takes decimal only."""
+    raw = setting.split("=", 1)[1]
+    assert_one_line_error(clare("config", "--config", write_config(tmp_path), "--set", setting),
+                          f"'{key}'", f"(got '{raw}')")
+
+
 def test_negative_seed_in_the_file(tmp_path: Path, clare) -> None:
     path = write_config(tmp_path, {"seed": -1, "data": {"root": "x"}})
     assert_one_line_error(clare("config", "--config", path), str(path), "'seed'")
