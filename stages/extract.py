@@ -16,7 +16,9 @@ number of workers. On GPU, cuDNN runs its deterministic algorithms for the same 
 from __future__ import annotations
 
 import errno
+import re
 import time
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -100,6 +102,19 @@ def _batched(items: list[int], size: int) -> Iterator[list[int]]:
         yield items[start : start + size]
 
 
+def worker_slot(worker_name: object) -> int:
+    """A number for a Dask worker's name, the same in every process, that spreads a cluster's
+    workers over the GPUs: the name itself when it is a number (LocalCluster: 0, 1, ...), else
+    its trailing number (dask-jobqueue: `SLURMCluster-3`, `SLURMCluster-0-1`), else its CRC-32.
+    Not `hash()`: Python salts str hashes per process, so two workers could pick differently
+    on every run."""
+    text = str(worker_name)
+    trailing = re.search(r"([0-9]+)$", text)
+    if trailing:
+        return int(trailing.group(1))
+    return zlib.crc32(text.encode("utf-8"))
+
+
 def _resolve_worker_device(name: str) -> torch.device:
     from clare.models.loading import resolve_device
 
@@ -109,9 +124,7 @@ def _resolve_worker_device(name: str) -> torch.device:
         try:
             from dask.distributed import get_worker
 
-            worker_name = get_worker().name
-            slot = int(worker_name) if str(worker_name).isdigit() else hash(worker_name)
-            device = torch.device("cuda", slot % torch.cuda.device_count())
+            device = torch.device("cuda", worker_slot(get_worker().name) % torch.cuda.device_count())
         except (ImportError, ValueError):
             pass
     return device

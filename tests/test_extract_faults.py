@@ -180,3 +180,24 @@ def test_leftovers_of_an_interrupted_overwrite_are_not_taken_for_shards(referenc
     assert summary.shards_run == N_SHARDS
     assert FeatureStore(store_path).meta["fingerprint"]["lare"]["timestep"] == 500
     assert verify_store(store_path).ok
+
+
+def test_a_workers_gpu_is_the_same_in_every_process_and_spread() -> None:
+    """Non-numeric Dask worker names picked their GPU by hash(name), which Python salts per
+    process: the choice changed from run to run. Now: the name's number, else its CRC-32."""
+    import os
+    import subprocess
+    import sys
+
+    from clare.stages.extract import worker_slot
+
+    assert [worker_slot(n) % 4 for n in (0, 1, "2", "SLURMCluster-3", "SLURMCluster-0-5")] == [0, 1, 2, 3, 1]
+    names = [f"gpu-node-{chr(97 + i)}" for i in range(8)]
+    here = [worker_slot(n) for n in names]
+    code = ("import sys; from clare.stages.extract import worker_slot; "
+            "print([worker_slot(n) for n in sys.argv[1:]])")
+    for seed in ("1", "2"):  # other str-hash salts
+        other = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True,
+                               env={**os.environ, "PYTHONHASHSEED": seed}, check=True)
+        assert other.stdout.strip() == str(here)
+    assert len({slot % 2 for slot in here}) == 2  # names without numbers still use both GPUs
