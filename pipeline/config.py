@@ -247,6 +247,11 @@ class ExtractConfig(_Strict):
         "resize would otherwise blow a thin strip up to millions of pixels)",
     )
     max_failures: float = Field(default=1.0, ge=0, le=1)
+    # Dask's own default is 30 s, then retries: an unreachable --scheduler took 40 s to report.
+    connect_timeout: float = Field(
+        default=5.0, gt=0, le=600,
+        description="seconds to wait for a --scheduler to answer before giving up",
+    )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
 

@@ -285,16 +285,21 @@ def _feature_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
     return {"lare": (4, side, side), "cls": (dims["embed"],), "tokens": (dims["tokens"], dims["width"])}
 
 
-def _connect(scheduler: str) -> Any:
-    """A client of a running Dask scheduler; an address that does not answer is the user's."""
+def _connect(scheduler: str, timeout: float) -> Any:
+    """A client of a running Dask scheduler; an address that does not answer within `timeout`
+    seconds (extract.connect_timeout) is the user's."""
+    import dask
     from dask.distributed import Client
 
     try:
-        return Client(scheduler)
+        # Dask retries a connect until its comm timeout, whatever Client's own timeout says.
+        with dask.config.set({"distributed.comm.timeouts.connect": f"{timeout}s"}):
+            return Client(scheduler, timeout=timeout)
     except (OSError, ValueError, TimeoutError) as exc:
         raise ConfigError(
-            f"--scheduler {short_repr(scheduler)}: cannot connect ({one_line(exc, 120)}); start the "
-            "scheduler or fix the address, e.g. tcp://host:8786"
+            f"--scheduler {short_repr(scheduler)}: cannot connect within {timeout:g} s "
+            f"({one_line(exc, 120)}); start the scheduler or fix the address, e.g. tcp://host:8786, "
+            "or raise extract.connect_timeout"
         ) from None
 
 
@@ -318,7 +323,7 @@ def _run_on_dask(job: ExtractJob, pending: list[int], workers: int, scheduler: s
     from dask.distributed import Client, LocalCluster, as_completed
 
     if scheduler is not None:
-        client = _connect(scheduler)
+        client = _connect(scheduler, float(job.config["extract"]["connect_timeout"]))
         cluster = None
     else:
         # silence_logs sets the level of the worker processes' own log handlers.
@@ -427,7 +432,7 @@ def run_extract(
     console = make_console(quiet=quiet)
     if scheduler is not None:
         # Before anything is written: an address that does not answer leaves no store behind.
-        _connect(scheduler).close()
+        _connect(scheduler, cfg.extract.connect_timeout).close()
 
     index = load_index(cfg, split, subsets)
     layout = store_layout(index, views, perturbation.spec if perturbation else None, cfg.seed)
