@@ -20,6 +20,7 @@ together, so the folder never holds a report of one evaluation beside metrics of
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -499,12 +500,52 @@ class _ShownMetrics(BaseModel):
     robustness: dict[str, _ShownRobustness] = Field(default_factory=dict)
 
 
+# Metrics that are fractions (rates, areas, thresholds on p(fake)); counts are the n_* and
+# *_n_subsets keys. Any other value in a metrics table must be a finite number or null.
+_FRACTION_METRICS = frozenset({
+    "auc", "ap", "eer", "acc", "real_acc", "fake_acc", "video_auc", "tpr_at_1fpr",
+    "oracle_best_threshold_acc", "oracle_best_threshold", "acc_at_val_threshold"})
+
+
+def _metric_problem(key: str, value: Any) -> str | None:
+    """Why `value` cannot be the metric `key` that eval writes, or None."""
+    if key == "notes":
+        return None if isinstance(value, dict) else "must be a mapping of notes"
+    if key.startswith("n_") or key.endswith("_n_subsets"):
+        if type(value) is not int or value < 0:
+            return f"must be a count, a whole number from 0 (got {short_repr(value, 20)})"
+        return None
+    if value is None:
+        return None  # an undefined metric is written as null
+    if type(value) not in (int, float) or not math.isfinite(value):
+        return f"must be a finite number or null (got {short_repr(value, 20)})"
+    if key in _FRACTION_METRICS and not 0 <= value <= 1:
+        return f"must be between 0 and 1 (got {short_repr(value, 20)})"
+    return None
+
+
+def _check_metric_values(shown: _ShownMetrics) -> str | None:
+    """'key': why, for the first value clare show would print that eval cannot have written."""
+    tables = [(f"subsets.{name}", table) for name, table in shown.subsets.items()]
+    tables.append(("mean", shown.mean))
+    tables += [(f"robustness.{name}.mean", entry.mean) for name, entry in shown.robustness.items()]
+    for where, table in tables:
+        for key, value in table.items():
+            problem = _metric_problem(str(key), value)
+            if problem:
+                return f"'{one_line(f'{where}.{key}', 80)}' {problem}"
+    return None
+
+
 def _read_metrics(metrics_file: Path) -> _ShownMetrics:
     """metrics.json, checked; any way it can be unreadable or malformed is one StoreError."""
     rerun = "rerun `clare eval --config CONFIG --report` to rewrite it"
     try:
         tree = json.loads(read_record_bytes(metrics_file).decode("utf-8"))
-        return _ShownMetrics.model_validate(tree)
+        shown = _ShownMetrics.model_validate(tree)
+        problem = _check_metric_values(shown)
+        if problem is None:
+            return shown
     except OSError as exc:
         problem = f"cannot read it ({exc.strerror or one_line(exc)})"
     except UnicodeDecodeError:

@@ -340,9 +340,20 @@ def _report(tmp_path: Path, content: bytes) -> Path:
         (b'{"subsets": {}}', "'mean'"),
         (b'{"subsets": {}, "mean": {}, "robustness": {"x": 3}}', "'robustness.x'"),
         (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        # Values a hand edit made up were printed as results.
+        (b'{"subsets": {"a": {"auc": "high"}}, "mean": {}}', "'subsets.a.auc' must be a finite number"),
+        (b'{"subsets": {"a": {"auc": NaN}}, "mean": {}}', "'subsets.a.auc' must be a finite number"),
+        (b'{"subsets": {"a": {"auc": 7.5}}, "mean": {}}', "'subsets.a.auc' must be between 0 and 1"),
+        (b'{"subsets": {"a": {"n_real": -3}}, "mean": {}}', "'subsets.a.n_real' must be a count"),
+        (b'{"subsets": {"a": {"n_fake": 2.5}}, "mean": {}}', "'subsets.a.n_fake' must be a count"),
+        (b'{"subsets": {}, "mean": {"auc_n_subsets": "one"}}', "'mean.auc_n_subsets' must be a count"),
+        (b'{"subsets": {}, "mean": {"eer": Infinity}}', "'mean.eer' must be a finite number"),
+        (b'{"subsets": {}, "mean": {}, "robustness": {"j": {"mean": {"ap": true}}}}',
+         "'robustness.j.mean.ap' must be a finite number"),
     ],
     ids=["bad-json", "latin1", "list", "subsets-list", "subset-number", "no-mean",
-         "robustness-number", "deep"],
+         "robustness-number", "deep", "auc-text", "auc-nan", "auc-7.5", "count-negative",
+         "count-fraction", "count-text", "eer-inf", "ap-bool"],
 )
 def test_show_on_malformed_metrics(tmp_path: Path, clare, content: bytes, says: str) -> None:
     folder = _report(tmp_path, content)
@@ -350,8 +361,9 @@ def test_show_on_malformed_metrics(tmp_path: Path, clare, content: bytes, says: 
 
 
 def test_show_prints_odd_but_valid_metrics(tmp_path: Path, clare) -> None:
-    metrics = {"run": "[/]odd", "subsets": {"[bold]x": {"auc": 0.5, "notes": {"ap": "why [/]"}}},
-               "mean": {"auc": "not a number", "auc_n_subsets": "one"}}
+    metrics = {"run": "[/]odd", "subsets": {"[bold]x": {"auc": 0.5, "ap": None,
+                                                       "notes": {"ap": "why [/]"}}},
+               "mean": {"auc": 0.5, "auc_n_subsets": 1, "future_metric": 12.5}}
     folder = _report(tmp_path, json.dumps(metrics).encode())
     code, out, err = clare("show", folder)
     assert code == 0, err
