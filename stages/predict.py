@@ -379,8 +379,11 @@ class Scorer:
     def _record(self, unit: Unit, features: Any, j: int, p_fake: float,
                 attention: np.ndarray | None) -> None:
         finite = all(np.isfinite(a[j]).all() for a in (features.lare, features.cls, features.tokens))
-        if not finite or not np.isfinite(p_fake):
+        if not finite:
             unit.error = "non-finite features: the model produced NaN or inf"
+            return
+        if not np.isfinite(p_fake):  # finite features: the detector head is at fault
+            unit.error = "non-finite score: the detector produced NaN or inf from finite features"
             return
         unit.p_fake = p_fake
         if self.explain and unit.prepared is not None and unit.prepared.lare_pixels is not None:

@@ -273,6 +273,33 @@ def test_hostile_names_are_escaped_in_the_csv_and_printed_as_text(
     assert "[/x].png" in printed and "[bold]y.png" in printed and "pred_[/y]" in printed.replace("\n", "")
 
 
+
+def test_nan_weights_are_blamed_on_the_model_not_the_images(world: World, tmp_path: Path) -> None:
+    """Every row was "non-finite features", blaming the image; now the model file is refused."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from clare.errors import CheckpointError
+    from clare.files import file_sha256
+
+    def poison(record: dict) -> None:
+        model = copy / "model.safetensors"
+        with safe_open(str(model), framework="pt") as handle:
+            metadata = handle.metadata()
+        state = load_file(str(model))
+        name = sorted(state)[0]
+        state[name] = state[name].clone()
+        state[name].view(-1)[0] = float("nan")
+        save_file(state, str(model), metadata=metadata)
+        record["model_sha256"] = file_sha256(model)
+
+    copy = tmp_path / "run"
+    run = _edited_run(world, tmp_path, poison)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: weight .* holds NaN or inf.*refit"):
+        run_predict(run, [str(world.data / "alpha")],
+                    options=PredictOptions(out_dir=tmp_path / "o", quiet=True))
+
+
 # --------------------------------------------------------------------------- command line
 
 
