@@ -379,13 +379,24 @@ def _restore_entries(store: FeatureStore, layout: StoreLayout, console: Any) -> 
     store.write_entries(layout.entries)
 
 
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """An OSError of a full disk or quota, or the same error from zarrs' Rust codec pipeline,
+    which reaches Python as a RuntimeError ending in Rust's "(os error 28)"."""
+    if isinstance(exc, OSError):
+        return exc.errno in _DISK_FULL
+    return isinstance(exc, RuntimeError) and any(f"(os error {code})" in str(exc) for code in _DISK_FULL)
+
+
 @contextmanager
 def _disk_full_as_store_error(path: Path) -> Iterator[None]:
     # A full disk is the user's to fix; finished shards stay valid, so the rerun resumes.
     try:
         yield
-    except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+    except (OSError, RuntimeError) as exc:
+        if not _is_disk_full(exc):
             raise
         raise StoreError(
             f"no space left on {path}; free space and rerun the same command to resume"
