@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -48,6 +49,7 @@ from clare.features import (
     clip_resize_side,
     compute_features,
 )
+from clare.files import pid_lock
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm"})
@@ -581,7 +583,6 @@ def _write_store(spill: FeatureSpill, path: Path, cfg: Config, faces: str, conso
 def run_predict(run_dir: Path, inputs: list[str], *, list_file: Path | None = None,
                 config_file: Path | None = None, overrides: list[str] | None = None,
                 options: PredictOptions | None = None) -> PredictSummary:
-    from clare.models.loading import resolve_device
     from clare.runs import read_run
 
     options = options or PredictOptions()
@@ -595,11 +596,46 @@ def run_predict(run_dir: Path, inputs: list[str], *, list_file: Path | None = No
         raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
     out_dir = Path(options.out_dir) if options.out_dir else Path("predictions") / run.path.name
     check_outputs_outside_inputs(inputs, {"--out": out_dir, "--store": options.store})
-    # Made now: an output folder that cannot be written fails before the inputs are scored.
-    out_dir.mkdir(parents=True, exist_ok=True)
     check_face_mode(options.faces)
-    _check_store_target(options.store)
     _check_features(run, cfg)
+    with output_locks({"--out": out_dir, "--store": options.store}):
+        # Made now: an output folder that cannot be written fails before the inputs are scored.
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _check_store_target(options.store)  # under the lock: two predicts cannot both find it empty
+        return _predict(run, cfg, paths, _Plan(threshold, batch_size, out_dir), options, console)
+
+
+@contextmanager
+def output_locks(outputs: dict[str, Path | None]) -> Iterator[None]:
+    """Hold `.<folder>.lock` beside each output folder for the whole predict: a second predict
+    into the same --out (whose files would interleave) or --store is refused in one line."""
+    with ExitStack() as stack:
+        for option, folder in outputs.items():
+            if folder is None:
+                continue
+            target = Path(folder).resolve()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(target.parent / f".{target.name}.lock", "a+")  # noqa: SIM115 - held below
+
+            def held(holder: str, option: str = option, folder: Path = Path(folder)) -> ConfigError:
+                return ConfigError(f"{option} {folder}: another clare predict is writing it (pid "
+                                   f"{holder}); wait for it to finish or choose another {option}")
+
+            stack.enter_context(pid_lock(handle, held))
+        yield
+
+
+class _Plan(NamedTuple):
+    threshold: float
+    batch_size: int
+    out_dir: Path
+
+
+def _predict(run: Any, cfg: Config, paths: list[Path], plan: _Plan, options: PredictOptions,
+             console: Any) -> PredictSummary:
+    """Score `paths` and write the outputs (under the output locks)."""
+    from clare.models.loading import resolve_device
+
     device = resolve_device(options.device or cfg.extract.device)
     spill = FeatureSpill(Path(options.store) / SPILL_DIR) if options.store is not None else None
     try:
@@ -609,11 +645,11 @@ def run_predict(run_dir: Path, inputs: list[str], *, list_file: Path | None = No
         try:
             models = _load_models(run, cfg, device, options, spill)
             started = time.perf_counter()
-            results, scored = _score_with_progress(paths, models, batch_size, cfg, console)
+            results, scored = _score_with_progress(paths, models, plan.batch_size, cfg, console)
             seconds = time.perf_counter() - started
         finally:
             torch.set_num_threads(threads)
-        summary = _finish(results, out_dir, threshold, seconds, scored, options, console)
+        summary = _finish(results, plan.out_dir, plan.threshold, seconds, scored, options, console)
         if spill is not None and options.store is not None:
             summary.store = _write_store(spill, Path(options.store), cfg, options.faces, console)
     finally:

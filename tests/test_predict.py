@@ -300,6 +300,26 @@ def test_nan_weights_are_blamed_on_the_model_not_the_images(world: World, tmp_pa
                     options=PredictOptions(out_dir=tmp_path / "o", quiet=True))
 
 
+
+@pytest.mark.parametrize("option", ["--out", "--store"])
+def test_a_second_predict_into_the_same_output_is_refused(world: World, tmp_path: Path,
+                                                          option: str) -> None:
+    """Two predicts into one --out interleaved their files silently, and two into one new
+    --store failed with a spill-file error that hid the race."""
+    import os
+
+    from clare.stages.predict import output_locks
+
+    target = tmp_path / "shared"
+    options = {"out_dir": target} if option == "--out" else {"out_dir": tmp_path / "o", "store": target}
+    with output_locks({option: target}):  # the first predict, still running
+        with pytest.raises(ConfigError, match=rf"^{option} {re.escape(str(target))}: another clare "
+                                              rf"predict is writing it \(pid {os.getpid()}\)"):
+            run_predict(world.run_dir, [str(world.data / "alpha")],
+                        options=PredictOptions(quiet=True, **options))
+    assert not target.exists()  # the second wrote nothing
+
+
 # --------------------------------------------------------------------------- command line
 
 
