@@ -28,13 +28,25 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from rich.markup import escape
 
-from clare.bootstrap import bootstrap_auc, percentile_interval, subset_seed
+from clare.bootstrap import (
+    LOWER_BOUND,
+    NO_INTERVAL,
+    PERCENTILE,
+    UPPER_BOUND,
+    Interval,
+    RunResamples,
+    auc_interval,
+    resample_runs,
+    separates,
+)
+from clare.config import NOT_APPLICABLE, effective_spec
 from clare.errors import ClareError
 from clare.files import atomic_write_csv, read_record_bytes
 from clare.records import RUN_FILE, RunRecord
 
 RUN_SPEC_FILE = "run_spec.json"  # written beside metrics.json by `clare.dvc_summary`
 SCORE_COLUMNS = ("subset", "label", "video", "p_fake", "store")
+FRAME_COLUMN = "path"  # optional: links one video listed by several subsets (clare.bootstrap)
 PNG_METADATA = {"Software": None}  # figure bytes do not depend on the matplotlib build
 
 # DF40's grouping of the test subsets (design.md §4). Matching ignores case.
@@ -70,7 +82,8 @@ class RunResult:
     attention: str
     report_dir: Path
     metrics: dict[str, Any]
-    scores: pd.DataFrame  # clean stores only: SCORE_COLUMNS
+    scores: pd.DataFrame  # clean stores only: SCORE_COLUMNS (+ FRAME_COLUMN where written)
+    clare_version: str | None = None  # as recorded in metrics.json or run.yaml, if at all
 
     @property
     def key(self) -> tuple[str, str, str, str]:
@@ -136,9 +149,12 @@ def _spec(report_dir: Path, record: Mapping[str, Any] | None) -> dict[str, str]:
     """module, strategy and attention: from the run record, else the report's run_spec.json."""
     if record is None and (report_dir / RUN_SPEC_FILE).is_file():
         record = _read_json(report_dir / RUN_SPEC_FILE, "rerun `clare eval`")
-    if not isinstance(record, Mapping):
-        record = {}
-    return {key: str(record.get(key) or "—") for key in ("module", "strategy", "attention")}
+    fit = ((record or {}).get("config") or {}).get("fit") or {}
+    spec = {key: str((record or {}).get(key) or fit.get(key) or NOT_APPLICABLE)
+            for key in ("module", "strategy", "attention")}
+    # A setting the module does not use shows as "—", even where an old record kept the config's.
+    return {key: "—" if value == NOT_APPLICABLE else value
+            for key, value in effective_spec(**spec).items()}
 
 
 def _read_scores(report_dir: Path) -> pd.DataFrame:
@@ -153,7 +169,7 @@ def _read_scores(report_dir: Path) -> pd.DataFrame:
     missing = [c for c in SCORE_COLUMNS if c not in scores.columns]
     if missing:
         raise CompareError(f"{path}: lacks column(s) {', '.join(missing)}; {fix}")
-    return scores[list(SCORE_COLUMNS)]
+    return scores[[c for c in (*SCORE_COLUMNS, FRAME_COLUMN) if c in scores.columns]]
 
 
 def load_run(path: Path) -> RunResult:
@@ -165,8 +181,10 @@ def load_run(path: Path) -> RunResult:
         raise CompareError(f"{metrics_file}: no 'subsets' table; rerun `clare eval` for this run")
     spec = _spec(report_dir, record)
     name = str(metrics.get("run") or report_dir.name)
+    version = metrics.get("clare_version") or (record or {}).get("clare_version")
     return RunResult(name, spec["module"], spec["strategy"], spec["attention"], report_dir,
-                     metrics, clean_scores(metrics, _read_scores(report_dir)))
+                     metrics, clean_scores(metrics, _read_scores(report_dir)),
+                     str(version) if version else None)
 
 
 def load_runs(paths: Sequence[Path]) -> list[RunResult]:
@@ -192,27 +210,96 @@ def load_runs(paths: Sequence[Path]) -> list[RunResult]:
     return runs
 
 
+# --------------------------------------------------------------------------- comparability
+
+
+def _listing(runs: Sequence[RunResult], describe: Any) -> str:
+    return ", ".join(f"{run.name} {describe(run)}" for run in runs)
+
+
+def _store_fingerprints(run: RunResult) -> str:
+    """The fingerprints of the run's clean test stores, shortened (metrics.json `stores`)."""
+    perturbed = set(run.metrics.get("robustness") or {})
+    stores = run.metrics.get("stores") if isinstance(run.metrics.get("stores"), dict) else {}
+    prints = sorted(str(entry.get("fingerprint_sha256") or "unrecorded")[:12]
+                    for name, entry in (stores or {}).items()
+                    if name not in perturbed and isinstance(entry, dict))
+    return "+".join(prints) or "unrecorded"
+
+
+def _failed_rows(run: RunResult) -> int:
+    return int(sum(m.get("n_failed") or 0 for m in run.metrics["subsets"].values()
+                   if isinstance(m, dict) and isinstance(m.get("n_failed"), int)))
+
+
+def _membership_line(runs: Sequence[RunResult]) -> str | None:
+    """One line naming the subsets whose videos (or frame files) differ between runs."""
+    keys = [c for c in ("video", FRAME_COLUMN) if all(c in r.scores.columns for r in runs)]
+    listed: list[dict[str, frozenset[tuple[str, ...]]]] = [
+        {str(subset): frozenset(map(tuple, rows[keys].astype(str).to_numpy()))
+         for subset, rows in run.scores.groupby("subset")} for run in runs]
+    differing = []
+    for subset in sorted({s for per_run in listed for s in per_run}):
+        sets = [per_run[subset] for per_run in listed if subset in per_run]
+        if len(sets) > 1 and len(set(sets)) > 1:
+            counts = ", ".join(f"{run.name} {len(per_run[subset])}"
+                               for run, per_run in zip(runs, listed, strict=True) if subset in per_run)
+            differing.append(f"{subset} ({counts})")
+    if not differing:
+        return None
+    return (f"warning: {len(differing)} subset(s) list different frames in different runs: "
+            + "; ".join(differing) + " — their AUCs are not over the same images")
+
+
+def comparability_warnings(runs: Sequence[RunResult]) -> list[str]:
+    """One line per way the runs are not comparable: test stores, subset membership, failed
+    rows, clare version (only where some report records one)."""
+    if len(runs) < 2:
+        return []
+    lines = []
+    if len({_store_fingerprints(r) for r in runs}) > 1:
+        lines.append("warning: the runs were scored on different test stores (fingerprint "
+                     f"{_listing(runs, _store_fingerprints)})")
+    membership = _membership_line(runs)
+    if membership:
+        lines.append(membership)
+    if len({_failed_rows(r) for r in runs}) > 1:
+        lines.append(f"warning: failed rows differ ({_listing(runs, _failed_rows)}); failed rows "
+                     "are left out of a run's numbers")
+    versions = {r.clare_version for r in runs}
+    if len(versions) > 1 and versions != {None}:
+        lines.append("warning: the runs were evaluated by different clare versions ("
+                     + _listing(runs, lambda r: r.clare_version or "unrecorded") + ")")
+    return lines
+
+
 # --------------------------------------------------------------------------- the table
+
+
+PAIRED_TEST = ("paired video bootstrap z-test against the runner-up of the column, on the "
+               "same resamples of the videos both runs scored (two-sided, 5 %)")
 
 
 @dataclass
 class CompareTable:
-    """Values per run and subset (plus the mean), and AUC intervals where computed."""
+    """Values per run and subset (plus the mean), AUC intervals where computed, and which cells
+    a paired test marks best."""
 
     metric: str
     values: pd.DataFrame  # index RUN_LEVELS, columns (group, subset) then MEAN_COLUMN
     low: pd.DataFrame | None = None
     high: pd.DataFrame | None = None
+    kind: pd.DataFrame | None = None  # how each interval was made (clare.bootstrap kinds, "")
+    videos: pd.DataFrame | None = None  # fewest videos per class behind a bound or a gap
     notes: list[str] = field(default_factory=list)
+    best_flags: pd.DataFrame | None = None  # set where a paired test was run
 
     def best(self) -> pd.DataFrame:
-        """True where a cell holds the best value of its column (ties: all of them)."""
-        flags = pd.DataFrame(False, index=self.values.index, columns=self.values.columns)
-        if len(self.values) < 2 or self.metric in COUNTS:
-            return flags
-        values = self.values.astype(float)
-        target = values.min() if self.metric in LOWER_IS_BETTER else values.max()
-        return values.eq(target, axis="columns") & values.notna()
+        """True where the paired test separates a cell's run from the runner-up of its column.
+        All False where no test was run (another metric than AUC, or no bootstrap)."""
+        if self.best_flags is not None:
+            return self.best_flags
+        return pd.DataFrame(False, index=self.values.index, columns=self.values.columns)
 
 
 def column_pairs(frame: pd.DataFrame) -> list[tuple[str, str]]:
@@ -244,39 +331,83 @@ def check_metric(runs: Sequence[RunResult], metric: str) -> None:
                            + ", ".join(available))
 
 
-def _auc_resamples(run: RunResult, subset: str, n_resamples: int, seed: int) -> np.ndarray:
-    rows = run.scores[run.scores["subset"] == subset]
-    return bootstrap_auc(rows["label"].to_numpy(), rows["p_fake"].to_numpy(),
-                         rows["video"].to_numpy(), n_resamples=n_resamples,
-                         seed=subset_seed(seed, subset))
+def _run_intervals(run: RunResult, columns: list[tuple[str, str]], values: np.ndarray,
+                   n_resamples: int, seed: int) -> list[Interval | None]:
+    """Intervals of one run's cells (the mean last), all from one draw of the run's videos:
+    a video listed by several subsets is drawn once for all of them (clare.bootstrap)."""
+    subsets = [subset for (_group, subset), value in zip(columns, values, strict=False)
+               if math.isfinite(value)]
+    drawn = resample_runs([run.scores], subsets, n_resamples=n_resamples, seed=seed)[0]
+    out: list[Interval | None] = []
+    for (_group, subset), value in zip(columns, values, strict=False):
+        out.append(auc_interval(value, drawn.resampled[subset], drawn.videos[subset])
+                   if math.isfinite(value) and subset in drawn.resampled else None)
+    if subsets and all(subset in drawn.resampled for subset in subsets):
+        out.append(auc_interval(values[-1], drawn.mean(subsets),
+                                min(drawn.videos[subset] for subset in subsets)))
+    else:
+        out.append(None)
+    return out
 
 
-def _intervals(runs: Sequence[RunResult], columns: list[tuple[str, str]], values: np.ndarray,
-               n_resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile intervals per cell (arrays shaped like `values`, the mean last); the mean's
-    interval comes from the mean of the subsets' resamples, which are drawn independently."""
-    low = np.full(values.shape, np.nan)
-    high = np.full(values.shape, np.nan)
+def _interval_frames(runs: Sequence[RunResult], columns: list[tuple[str, str]],
+                     values: np.ndarray, n_resamples: int, seed: int) -> tuple[np.ndarray, ...]:
+    """low, high, kind and videos per cell (arrays shaped like `values`)."""
+    low, high, videos = (np.full(values.shape, np.nan) for _ in range(3))
+    kind = np.full(values.shape, "", dtype=object)
     for i, run in enumerate(runs):
-        resamples: list[np.ndarray] = []
-        for j, (_group, subset) in enumerate(columns):
-            if math.isnan(values[i, j]):
-                continue
-            drawn = _auc_resamples(run, subset, n_resamples, seed)
-            interval = percentile_interval(drawn)
+        for j, interval in enumerate(_run_intervals(run, columns, values[i], n_resamples, seed)):
             if interval is not None:
-                low[i, j], high[i, j] = interval.low, interval.high
-                resamples.append(drawn)
-        if resamples and len(resamples) == int(np.isfinite(values[i, :-1]).sum()):
-            interval = percentile_interval(np.mean(resamples, axis=0))
-            if interval is not None:
-                low[i, -1], high[i, -1] = interval.low, interval.high
-    return low, high
+                low[i, j], high[i, j], kind[i, j] = interval.low, interval.high, interval.kind
+                videos[i, j] = np.nan if interval.videos is None else interval.videos
+    return low, high, kind, videos
+
+
+def _column_subsets(values: np.ndarray, columns: list[tuple[str, str]], j: int,
+                    pair: tuple[int, int]) -> list[str]:
+    """The subsets behind column j for two runs: its own, or for the mean the subsets of both
+    runs (none when their means cover different subsets, which no test can compare)."""
+    if j < len(columns):
+        return [columns[j][1]]
+    present = np.isfinite(values[list(pair), :-1])
+    if not (present[0] == present[1]).all():
+        return []
+    return [subset for (_group, subset), here in zip(columns, present[0], strict=True) if here]
+
+
+def _paired_test(pair: Sequence[RunResamples], subsets: list[str]) -> bool:
+    """Whether the first run beats the second on `subsets` (their mean AUC) in the paired test."""
+    first, second = pair
+    if not subsets or any(s not in first.resampled or s not in second.resampled for s in subsets):
+        return False
+    observed = (float(np.mean([first.observed[s] for s in subsets]))
+                - float(np.mean([second.observed[s] for s in subsets])))
+    return separates(observed, first.mean(subsets) - second.mean(subsets),
+                     min(min(first.videos[s], second.videos[s]) for s in subsets))
+
+
+def _paired_best(runs: Sequence[RunResult], columns: list[tuple[str, str]], values: np.ndarray,
+                 n_resamples: int, seed: int) -> np.ndarray:
+    """True where a run's AUC is highest in its column and the paired test separates it from
+    the runner-up's. The pair is resampled once for all the columns it heads."""
+    flags = np.zeros(values.shape, dtype=bool)
+    drawn: dict[tuple[int, int], list[RunResamples]] = {}
+    subsets = [subset for _group, subset in columns]
+    for j in range(values.shape[1]):
+        ranked = sorted(np.flatnonzero(np.isfinite(values[:, j])), key=lambda i: -values[i, j])
+        if len(ranked) < 2 or values[ranked[0], j] == values[ranked[1], j]:
+            continue
+        pair = (int(ranked[0]), int(ranked[1]))
+        if pair not in drawn:
+            drawn[pair] = resample_runs([runs[pair[0]].scores, runs[pair[1]].scores], subsets,
+                                        n_resamples=n_resamples, seed=seed, shared_only=True)
+        flags[pair[0], j] = _paired_test(drawn[pair], _column_subsets(values, columns, j, pair))
+    return flags
 
 
 def build_table(runs: Sequence[RunResult], metric: str = "auc", *, n_resamples: int = 1000,
                 seed: int = 0) -> CompareTable:
-    """The comparison table; AUC intervals when metric is auc and n_resamples > 0."""
+    """The comparison table; for AUC with n_resamples > 0, intervals and the paired test."""
     check_metric(runs, metric)
     columns = table_columns(runs)
     values = np.array([[_number(run.metrics["subsets"].get(subset, {}).get(metric))
@@ -294,10 +425,11 @@ def build_table(runs: Sequence[RunResult], metric: str = "auc", *, n_resamples: 
     def frame(array: np.ndarray) -> pd.DataFrame:
         return pd.DataFrame(array, index=index, columns=all_columns)
 
-    table = CompareTable(metric, frame(values), notes=notes)
+    table = CompareTable(metric, frame(values), notes=comparability_warnings(runs) + notes)
     if metric == "auc" and n_resamples > 0:
-        low, high = _intervals(runs, columns, values, n_resamples, seed)
-        table.low, table.high = frame(low), frame(high)
+        low, high, kind, videos = _interval_frames(runs, columns, values, n_resamples, seed)
+        table.low, table.high, table.kind, table.videos = frame(low), frame(high), frame(kind), frame(videos)
+        table.best_flags = frame(_paired_best(runs, columns, values, n_resamples, seed))
     return table
 
 
@@ -314,6 +446,9 @@ def long_table(table: CompareTable) -> pd.DataFrame:
                 "value": table.values.loc[key, column],
                 "ci_low": table.low.loc[key, column] if table.low is not None else np.nan,
                 "ci_high": table.high.loc[key, column] if table.high is not None else np.nan,
+                # percentile, lower bound ([ci_low, 1] at AUC 1.0), upper bound or none
+                "ci_kind": table.kind.loc[key, column] if table.kind is not None else "",
+                "ci_videos": table.videos.loc[key, column] if table.videos is not None else np.nan,
                 "best": bool(best.loc[key, column]),
             })
     return pd.DataFrame(rows)
@@ -401,11 +536,12 @@ def _fmt(value: float, metric: str) -> str:
     return f"{value:.0f}" if metric in COUNTS else f"{value:.3f}"
 
 
-_CELL_LAYOUT = {  # how a value and its interval share one cell, per output
-    "text": "{value} [{low}, {high}]",
-    "html": "{value}<br><small>[{low}, {high}]</small>",
-    "latex": "{value} {{\\scriptsize [{low}, {high}]}}",
+_CELL_LAYOUT = {  # how a value and its interval (or what stands for one) share one cell
+    "text": ("{value} [{low}, {high}]", "{value} ({note})"),
+    "html": ("{value}<br><small>[{low}, {high}]</small>", "{value}<br><small>({note})</small>"),
+    "latex": ("{value} {{\\scriptsize [{low}, {high}]}}", "{value} {{\\scriptsize ({note})}}"),
 }
+_SIGNS = {"text": ("≥", "≤"), "html": ("≥", "≤"), "latex": ("$\\geq$", "$\\leq$")}
 
 
 def _cell(frame: pd.DataFrame, key: tuple[str, ...], column: tuple[str, str]) -> float:
@@ -413,14 +549,37 @@ def _cell(frame: pd.DataFrame, key: tuple[str, ...], column: tuple[str, str]) ->
     return cast(float, frame.loc[key, column])
 
 
+def _interval_note(table: CompareTable, key: tuple[str, ...], column: tuple[str, str],
+                   layout: str) -> str:
+    """What stands in for an interval where the resamples do not vary: a one-sided bound with
+    the videos it rests on, or the statement that there is no interval."""
+    kind = str(table.kind.loc[key, column]) if table.kind is not None else PERCENTILE
+    videos = _cell(table.videos, key, column) if table.videos is not None else math.nan
+    low = _cell(table.low, key, column) if table.low is not None else math.nan
+    high = _cell(table.high, key, column) if table.high is not None else math.nan
+    per_class = f"{videos:.0f} video{'s' if videos != 1 else ''}/class"
+    at_least, at_most = _SIGNS[layout]
+    if kind == LOWER_BOUND:
+        return f"{at_least} {low:.3f}, {per_class}"
+    if kind == UPPER_BOUND:
+        return f"{at_most} {high:.3f}, {per_class}"
+    return f"no interval, {per_class}"
+
+
 def cell_text(table: CompareTable, key: tuple[str, ...], column: tuple[str, str],
               layout: str = "text") -> str:
-    """A cell's value, with its interval when there is one. Numbers only, so no escaping."""
+    """A cell's value, with its interval or what stands for one. Numbers only, so no escaping."""
     value = _fmt(_cell(table.values, key, column), table.metric)
-    if table.low is None or table.high is None or math.isnan(_cell(table.low, key, column)):
+    if table.low is None or table.high is None:
         return value
-    low, high = _cell(table.low, key, column), _cell(table.high, key, column)
-    return _CELL_LAYOUT[layout].format(value=value, low=f"{low:.3f}", high=f"{high:.3f}")
+    kind = str(table.kind.loc[key, column]) if table.kind is not None else PERCENTILE
+    interval, note = _CELL_LAYOUT[layout]
+    if kind == PERCENTILE and not math.isnan(_cell(table.low, key, column)):
+        return interval.format(value=value, low=f"{_cell(table.low, key, column):.3f}",
+                               high=f"{_cell(table.high, key, column):.3f}")
+    if kind in (LOWER_BOUND, UPPER_BOUND, NO_INTERVAL):
+        return note.format(value=value, note=_interval_note(table, key, column, layout))
+    return value
 
 
 def display_frame(table: CompareTable, layout: str = "text") -> pd.DataFrame:
@@ -474,13 +633,45 @@ def template_environment() -> Any:
                        trim_blocks=True, lstrip_blocks=True)
 
 
-def to_latex(table: CompareTable, caption: str) -> str:
+_LATEX_TEXT = {"\\": r"\textbackslash{}", "%": r"\%", "&": r"\&", "_": r"\_", "#": r"\#",
+               "$": r"\$", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+               "^": r"\textasciicircum{}", "≥": r"$\geq$", "≤": r"$\leq$"}
+
+
+def latex_text(text: str) -> str:
+    """Plain text for a LaTeX caption: its special characters escaped."""
+    return "".join(_LATEX_TEXT.get(char, char) for char in text)
+
+
+def _group_rules(table: CompareTable) -> str:
+    """\\cmidrule under each named group of the header (LaTeX columns count from 1)."""
+    rules = []
+    column = len(RUN_LEVELS) + 1
+    groups = [group for group, _subset in column_pairs(table.values)]
+    for group in dict.fromkeys(groups):
+        span = groups.count(group)
+        if group:
+            rules.append(f"\\cmidrule(lr){{{column}-{column + span - 1}}}")
+        column += span
+    return " ".join(rules)
+
+
+def to_latex(table: CompareTable, caption: str, label: str = "tab:clare-compare") -> str:
+    """A booktabs table in a `table` float with its caption, rules under the group headers."""
     n_metric = len(table.values.columns)
-    body = styled(table, "latex").to_latex(
+    tabular = styled(table, "latex").to_latex(
         hrules=True, convert_css=True, multicol_align="c",
         column_format="l" * len(RUN_LEVELS) + "r" * n_metric,
     )
-    return f"% {caption}\n% needs \\usepackage{{booktabs}}\n{body}"
+    lines = tabular.splitlines()
+    group_row = lines.index("\\toprule") + 1  # the first header row holds the groups
+    rules = _group_rules(table)
+    if rules:
+        lines.insert(group_row + 1, rules)
+    return "\n".join([
+        "% needs \\usepackage{booktabs}", "\\begin{table}[htbp]", "\\centering",
+        f"\\caption{{{latex_text(caption)}.}}", f"\\label{{{label}}}", *lines, "\\end{table}", "",
+    ])
 
 
 @dataclass
@@ -496,9 +687,12 @@ class CompareOutputs:
 def _caption(table: CompareTable, n_resamples: int, seed: int) -> str:
     what = f"{table.metric.upper() if table.metric in ('auc', 'ap', 'eer') else table.metric} per test subset"
     if table.low is None:
-        return what + "; best per column in bold"
-    return (what + f"; [95 % bootstrap interval over videos, {n_resamples} resamples, seed {seed}]"
-            "; best per column in bold")
+        untested = "--bootstrap 0" if table.metric == "auc" else f"no test for {table.metric}"
+        return what + f"; no cell in bold (best is marked only by the paired test on AUC; {untested})"
+    return (what + f"; [95 % bootstrap interval over videos, {n_resamples} resamples, seed {seed}: "
+            "one resample draws each distinct video once for all the subsets that list it]; "
+            "(≥ x, k videos/class): an exact one-sided 95 % bound where AUC is 1.0 and no "
+            f"resample varies; in bold: best of its column by a {PAIRED_TEST}")
 
 
 def write_outputs(runs: Sequence[RunResult], table: CompareTable, out_dir: Path, *,
@@ -522,8 +716,8 @@ def write_outputs(runs: Sequence[RunResult], table: CompareTable, out_dir: Path,
     outputs.latex.write_text(to_latex(table, caption), encoding="utf-8")
     if robust is not None:
         outputs.robustness_latex = out_dir / "robustness.tex"
-        outputs.robustness_latex.write_text(to_latex(robust, context["robustness_title"]),
-                                            encoding="utf-8")
+        outputs.robustness_latex.write_text(
+            to_latex(robust, context["robustness_title"], "tab:clare-robustness"), encoding="utf-8")
     markdown = env.get_template("compare.md.j2").render(
         **context, table=markdown_table(table), roc=roc.name,
         robustness=markdown_table(robust) if robust is not None else None,
@@ -562,6 +756,14 @@ def print_table(table: CompareTable, console: Any) -> None:
         console.print(f"  {escape(note)}", highlight=False)
 
 
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse to write into a report folder of `clare eval`: compare.* and roc.png would mix
+    with the published evaluation, and its next publish would drop them."""
+    if (out_dir / "metrics.json").is_file() or (out_dir / "scores.parquet").is_file():
+        raise CompareError(f"--out {out_dir}: a report folder of `clare eval` (it holds "
+                           "metrics.json); choose a folder of its own, e.g. reports/compare")
+
+
 def run_compare(paths: Sequence[Path], *, metric: str = "auc", n_resamples: int = 1000,
                 out_dir: Path = Path("reports/compare"), seed: int = 0,
                 quiet: bool = False) -> CompareOutputs:
@@ -572,6 +774,7 @@ def run_compare(paths: Sequence[Path], *, metric: str = "auc", n_resamples: int 
         raise CompareError(f"--bootstrap {n_resamples}: must be 0 (no intervals) or more")
     if seed < 0:  # numpy's generators take no negative seed
         raise CompareError(f"--seed {seed}: must be 0 or more")
+    check_out_dir(Path(out_dir))
     runs = load_runs(paths)
     table = build_table(runs, metric, n_resamples=n_resamples, seed=seed)
     outputs = write_outputs(runs, table, out_dir, n_resamples=n_resamples, seed=seed)

@@ -295,6 +295,19 @@ def reserved_name_problem(name: str, what: str) -> str | None:
     return None
 
 
+NOT_APPLICABLE = "none"  # a setting the module does not use (strategy of lare, attention of clipping)
+
+
+def effective_spec(module: str, strategy: str, attention: str) -> dict[str, str]:
+    """What a module really uses: `lare` has no prompts and always v1 attention; `clipping` no
+    attention. A setting it does not use is NOT_APPLICABLE, whatever the config said."""
+    if module == "lare":
+        return {"module": module, "strategy": NOT_APPLICABLE, "attention": "v1"}
+    if module == "clipping":
+        return {"module": module, "strategy": strategy, "attention": NOT_APPLICABLE}
+    return {"module": module, "strategy": strategy, "attention": attention}
+
+
 class DetectorConfig(_Strict):
     """Everything that shapes a detector besides the CLIP model it is built on.
 
@@ -328,6 +341,15 @@ class FitConfig(DetectorConfig):
     grad_clip: float | None = Field(default=1.0, gt=0)
     val_fraction: float = Field(default=0.05, gt=0, lt=1)
     val_every: int | None = Field(default=None, ge=1, description="steps (None: every epoch)")
+    # Which validation point's weights are kept (clare.selection): auc_loss breaks the ties of
+    # a saturated validation AUC by the validation loss instead of keeping the first point.
+    select: Literal["auc_loss", "loss", "last", "auc_first"] = Field(
+        default="auc_loss",
+        description="checkpoint kept: auc_loss (highest val AUC, then lowest val loss), loss, "
+        "last, or auc_first (the old first-best-AUC rule)",
+    )
+    select_auc_digits: int = Field(default=3, ge=1, le=12,
+                                   description="decimals at which auc_loss compares val AUC")
     # 4, not 2: on DF40 a shard's real frames are listed ~10 times each, and their copies must
     # spread over enough batches (a window of 2 gives a median of 89 videos per batch, 4 gives 108).
     shuffle_window: int = Field(default=4, ge=1, description="shards shuffled together")

@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 
 from clare.compare import RUN_SPEC_FILE, clean_scores, draw_roc, save_png
 from clare.files import atomic_write_metrics_json
+from clare.report_figures import validation_figure
 
 DVC_METRICS_FILE = "dvc_metrics.json"
 PLOTS_DIR = "plots"
@@ -51,21 +52,6 @@ def roc_figure(scores: pd.DataFrame, subsets: list[str], path: Path, title: str)
     return save_png(fig, path)
 
 
-def validation_figure(history: list[Mapping[str, Any]], path: Path, title: str) -> Path:
-    """Validation AUC and loss against the training step (run.yaml's history)."""
-    fig = Figure(figsize=(6.4, 3.2), layout="constrained")
-    auc_ax, loss_ax = fig.subplots(1, 2)
-    steps = [h.get("step") for h in history]
-    for ax, key, label in ((auc_ax, "val_auc", "validation AUC"), (loss_ax, "val_loss", "validation loss")):
-        values = [h.get(key) for h in history]
-        shown = [(s, v) for s, v in zip(steps, values, strict=True) if s is not None and v is not None]
-        ax.plot([s for s, _ in shown], [v for _, v in shown], marker="o", ms=3, lw=1.2)
-        ax.set(xlabel="step", title=label)
-        ax.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=10)
-    return save_png(fig, path)
-
-
 def write_dvc_files(out_dir: Path, metrics: Mapping[str, Any], scores: pd.DataFrame,
                     run: Any) -> None:
     """Write dvc_metrics.json, run_spec.json and plots/ into an evaluation's report folder.
@@ -82,4 +68,4 @@ def write_dvc_files(out_dir: Path, metrics: Mapping[str, Any], scores: pd.DataFr
     plots.mkdir(exist_ok=True)
     clean = clean_scores(metrics, scores)
     roc_figure(clean, list(metrics.get("subsets") or {}), plots / "roc.png", f"{name}: ROC per test subset")
-    validation_figure(record.history, plots / "validation.png", name)
+    save_png(validation_figure(record.history, record.best_step, name), plots / "validation.png")

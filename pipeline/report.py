@@ -42,7 +42,8 @@ from clare.metrics import (
     table_keys,
 )
 
-FIGURE_NAMES = ("roc.png", "scores.png", "calibration.png", "robustness.png", "lare.png")
+FIGURE_NAMES = ("roc.png", "scores.png", "calibration.png", "robustness.png", "lare.png",
+                "validation.png")
 ERRORS_DIR = "errors"  # under figures/: thumbnails and LaRE overlays of the worst errors
 VIDEOS_FILE = "videos.csv"  # every video of the clean test stores, worst first
 LATEX_FILE = "report.tex"
@@ -628,7 +629,8 @@ def _error_blocks(clean: pd.DataFrame, point: OperatingPoint, fig_dir: Path,
 
 
 def _score_blocks(clean: pd.DataFrame, plotted: list[str],
-                  subsets: Mapping[str, Mapping[str, Any]], fig_dir: Path) -> list[Block]:
+                  subsets: Mapping[str, Mapping[str, Any]], fig_dir: Path,
+                  point: OperatingPoint) -> list[Block]:
     auc_of = {name: m.get("auc") for name, m in subsets.items()}
     return [
         Heading("ROC curves"),
@@ -639,10 +641,13 @@ def _score_blocks(clean: pd.DataFrame, plotted: list[str],
         ),
         Heading("Score distributions"),
         Picture(
-            figures.score_histograms(clean, plotted, fig_dir / "scores.png"),
+            figures.score_histograms(clean, plotted, fig_dir / "scores.png",
+                                     point.value if point.from_validation else None),
             "Histograms of p(fake)",
             "p(fake) of real (blue) and fake (orange) images per subset, each class "
-            "normalised to sum 1; dotted: the 0.5 threshold. Also figures/scores.svg.",
+            "normalised to sum 1, on an axis fitted to the scores; dotted: 0.5"
+            + (f"; dashed: the run's operating threshold {point.value:.4f}"
+               if point.from_validation else "") + ". Also figures/scores.svg.",
         ),
     ]
 
@@ -670,6 +675,40 @@ def _lare_blocks(lare_examples: Sequence[Mapping[str, Any]], fig_dir: Path) -> l
             "Latent reconstruction error of real (top) and fake (bottom) examples, mean "
             "over the 4 latent channels, on one shared colour scale. Also figures/lare.svg.",
         ),
+    ]
+
+
+def _selection_text(training: Mapping[str, Any]) -> str:
+    """Which validation point the detector comes from, by which rule and what decided it."""
+    chosen = training.get("selection")
+    steps = training.get("steps")
+    if not isinstance(chosen, Mapping):  # a run made before run.yaml recorded its rule
+        return (f"The detector is the weights of step {training.get('best_step')} of {steps}; "
+                "its run.yaml does not record the selection rule (made by an earlier clare).")
+    text = (f"The detector is the weights of step {chosen.get('step')} of {steps}, kept by rule "
+            f"`{chosen.get('rule')}` ({chosen.get('description')}) among "
+            f"{chosen.get('points')} validation points: validation AUC "
+            f"{_fmt(chosen.get('val_auc'))}, loss {_fmt(chosen.get('val_loss'))}.")
+    if chosen.get("runner_up_step") is not None:
+        text += (f" It was preferred to step {chosen['runner_up_step']} by "
+                 f"{chosen.get('decided_by')}.")
+    if chosen.get("note"):
+        text += f" Note: {chosen['note']}."
+    return text
+
+
+def _training_blocks(training: Mapping[str, Any] | None, fig_dir: Path) -> list[Block]:
+    if not training or not training.get("history"):
+        return []
+    figure = figures.validation_figure(training["history"], training.get("best_step"),
+                                       "validation during training")
+    return [
+        Heading("Training and model selection"),
+        Paragraph(_selection_text(training)),
+        Picture(figures.save_figure(figure, fig_dir / "validation.png"),
+                "Validation AUC and loss per step",
+                "Validation AUC and loss on the run's held-out training videos at each "
+                "validation point; dashed: the kept step. Also figures/validation.svg."),
     ]
 
 
@@ -708,6 +747,7 @@ class ReportInputs:
     lare_examples: Sequence[Mapping[str, Any]] | None
     image_root: Path | None
     read_lare: LareReader | None
+    training: Mapping[str, Any] | None = None  # run.yaml: history, selection, best_step, steps
 
 
 def _build(inputs: ReportInputs) -> list[Block]:
@@ -730,7 +770,7 @@ def _build(inputs: ReportInputs) -> list[Block]:
         _oracle_table(subsets, mean),
     ]
     if plotted:
-        blocks += _score_blocks(clean, plotted, subsets, fig_dir)
+        blocks += _score_blocks(clean, plotted, subsets, fig_dir, point)
         blocks += _calibration_blocks(clean, plotted, fig_dir)
     if robustness:
         blocks += _robustness_blocks(mean, subsets, robustness, fig_dir)
@@ -739,6 +779,7 @@ def _build(inputs: ReportInputs) -> list[Block]:
     if plotted:
         blocks += _video_blocks(clean, plotted, point, inputs.out_dir)
         blocks += _error_blocks(clean, point, fig_dir, inputs.image_root, inputs.read_lare)
+    blocks += _training_blocks(inputs.training, fig_dir)
     return blocks + _config_blocks(inputs.config, inputs.fingerprints)
 
 
@@ -885,6 +926,7 @@ def render_report(
     lare_examples: Sequence[Mapping[str, Any]] | None = None,
     image_root: Path | None = None,
     read_lare: LareReader | None = None,
+    training: Mapping[str, Any] | None = None,
 ) -> tuple[Path, Path]:
     """Write ``report.md``, ``report.html``, ``report.tex``, ``videos.csv`` and ``figures/``
     (each figure as PNG and SVG; thumbnails of the worst errors in ``figures/errors``).
@@ -897,12 +939,14 @@ def render_report(
     ...}``; ``lare_examples`` are dicts with path, subset, label and a (4, 32, 32) ``lare`` map.
     ``image_root``: the folder the scores' paths are relative to (thumbnails of the worst errors);
     ``read_lare(store, rows)``: their LaRE maps. Without them the errors are listed without
-    pictures. Returns the paths of the Markdown and the HTML file.
+    pictures. ``training``: the run record (its ``history``, ``selection``, ``best_step`` and
+    ``steps``), for the section on model selection. Returns the paths of the Markdown and the
+    HTML file.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     blocks = _build(ReportInputs(out_dir, title, metrics, scores, config, fingerprints,
-                                 robustness, lare_examples, image_root, read_lare))
+                                 robustness, lare_examples, image_root, read_lare, training))
     md_path = out_dir / "report.md"
     html_path = out_dir / "report.html"
     md_path.write_text(_render(blocks, title, out_dir, "report.md.j2"), encoding="utf-8")

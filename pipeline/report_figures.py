@@ -95,10 +95,26 @@ def _shared_legend(fig: Figure, axes: np.ndarray) -> None:
                ncols=max(1, len(legend)), frameon=False, fontsize=8)
 
 
-def score_histograms(clean: pd.DataFrame, subsets: list[str], path: Path) -> Path:
+def score_range(values: np.ndarray, marks: Sequence[float]) -> tuple[float, float]:
+    """The x range of the histograms: the scores and the drawn thresholds, padded by 5% of
+    their span (at least 0.01), inside [0, 1]; p(fake) of a barely trained detector spans a
+    few hundredths, which a fixed 0-1 axis would show as one sliver."""
+    points = np.concatenate([np.asarray(values, dtype=np.float64), np.asarray(marks, dtype=np.float64)])
+    points = points[np.isfinite(points)]
+    if points.size == 0:
+        return 0.0, 1.0
+    low, high = float(points.min()), float(points.max())
+    pad = max(0.05 * (high - low), 0.01)
+    return max(0.0, low - pad), min(1.0, high + pad)
+
+
+def score_histograms(clean: pd.DataFrame, subsets: list[str], path: Path,
+                     threshold: float | None = None) -> Path:
+    """p(fake) per subset and class on an axis fitted to the scores; dotted: 0.5, dashed: the
+    run's operating threshold (`threshold`, when it has one)."""
     fig, axes, n_cols = _panel_grid(len(subsets), 3.1, 2.4)
-    low = min(0.0, float(clean["p_fake"].min())) if len(clean) else 0.0
-    high = max(1.0, float(clean["p_fake"].max())) if len(clean) else 1.0
+    marks = [0.5] + ([threshold] if threshold is not None else [])
+    low, high = score_range(clean["p_fake"].to_numpy(), marks)
     bins = np.linspace(low, high, 31)
     for index, (ax, name) in enumerate(zip(axes.flat, subsets, strict=False)):
         rows = clean[clean["subset"] == name]
@@ -113,11 +129,38 @@ def score_histograms(clean: pd.DataFrame, subsets: list[str], path: Path) -> Pat
         if index % n_cols == 0:
             ax.set_ylabel("share of class", fontsize=8)
         ax.axvline(0.5, color="#444444", lw=0.8, ls=":")
+        if threshold is not None:
+            ax.axvline(threshold, color="#2a8a3e", lw=1.0, ls="--", label="operating threshold")
         ax.set_title(f"{name}  ({len(real)} real, {len(fake)} fake)", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.set_xlim(low, high)
     _shared_legend(fig, axes)
     return save_figure(fig, path)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def validation_figure(history: Sequence[Mapping[str, Any]], kept_step: int | None,
+                      title: str) -> Figure:
+    """Validation AUC and loss against the training step (run.yaml's history), the kept
+    step marked in both panels (a vertical line and a ring on its points)."""
+    fig = Figure(figsize=(6.4, 3.2), layout="constrained")
+    auc_ax, loss_ax = fig.subplots(1, 2)
+    for ax, key, label in ((auc_ax, "val_auc", "validation AUC"), (loss_ax, "val_loss", "validation loss")):
+        shown = [(h["step"], h[key]) for h in history
+                 if h.get("step") is not None and is_number(h.get(key)) and math.isfinite(h[key])]
+        ax.plot([s for s, _ in shown], [v for _, v in shown], marker="o", ms=3, lw=1.2)
+        kept = [(s, v) for s, v in shown if s == kept_step]
+        if kept_step is not None:
+            ax.axvline(kept_step, color="#2a8a3e", lw=1.0, ls="--", label=f"kept: step {kept_step}")
+            ax.plot([s for s, _ in kept], [v for _, v in kept], "o", ms=8, mfc="none",
+                    mec="#2a8a3e", mew=1.5)
+            ax.legend(fontsize=7, frameon=False)
+        ax.set(xlabel="step", title=label)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    return fig
 
 
 # --------------------------------------------------------------------------- calibration

@@ -90,6 +90,20 @@ def eer_threshold(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
             "fnr": float(1.0 - tpr[point])}
 
 
+FIXED_THRESHOLD_RULE = ("fixed 0.5: the validation videos scored at the kept step did not "
+                        "hold both classes, so no EER point exists")
+
+
+def validation_threshold(labels: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+    """The threshold run.yaml records for the kept step, with its rule: the EER point of the
+    validation scores, or 0.5 (said so) when the finite scores do not hold both classes."""
+    labels, probs = np.asarray(labels), np.asarray(probs, dtype=np.float64)
+    scored = np.isfinite(probs)
+    if set(labels[scored].tolist()) != {0, 1}:
+        return {"value": 0.5, "fpr": None, "fnr": None, "rule": FIXED_THRESHOLD_RULE}
+    return {**eer_threshold(labels[scored], probs[scored]), "rule": THRESHOLD_RULE}
+
+
 def accuracy_at(labels: np.ndarray, probs: np.ndarray, threshold: float) -> float | None:
     """Accuracy with "fake when p >= threshold"; None without images."""
     if len(labels) == 0:

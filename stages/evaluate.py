@@ -435,6 +435,7 @@ def write_report(out_dir: Path, cfg: Config, run: RunInfo, evaluation: Evaluatio
         robustness=evaluation.robustness or None, lare_examples=examples,
         image_root=cfg.data.root,  # the worst errors' thumbnails, from the listed image files
         read_lare=lambda store, rows: read_lare_rows(stores[store], rows),
+        training=run.record.model_dump(),  # the report reads it as a mapping
     )
 
 

@@ -3,7 +3,8 @@
 - Model selection on held-out *training* videos (never on test): per class, a seeded
   `val_fraction` of the videos (keyed by their frame folder), so the frames of one video never
   straddle train and validation, even when a list repeats a video under several subsets. The
-  checkpoint with the best validation AUC over the run is kept.
+  kept checkpoint is chosen by `fit.select` (clare.selection; default: highest validation AUC,
+  ties broken by the lower validation loss), and run.yaml's `selection` says which and why.
 - Only trainable parameters are optimised (two groups: prompt context and head, each with its
   own learning rate and weight decay); the CLIP and SD weights are frozen.
 - Learning rate per step: `warmup_steps` at `warmup_lr`, then cosine from the group's lr to 0.
@@ -40,6 +41,7 @@ import torch.nn.functional as F
 from rich.markup import escape
 
 from clare import fingerprint as fp
+from clare import selection
 from clare.cache.loader import RowCache, StoreLoader
 from clare.cache.store import FeatureStore, open_store
 from clare.config import Config, FitConfig
@@ -55,9 +57,9 @@ from clare.runs import (
     command_console,
     step_progress,
 )
-from clare.scoring import THRESHOLD_RULE, batch_logits, eer_threshold, entry_scores, score_loader
+from clare.scoring import batch_logits, entry_scores, score_loader, validation_threshold
 
-CHECKPOINT_FORMAT = "clare-fit-checkpoint/2"
+CHECKPOINT_FORMAT = "clare-fit-checkpoint/3"
 CHECKPOINT_KEYS = ("settings", "trainable", "optimizer", "rng", "step", "epoch", "skip", "best")
 
 
@@ -303,7 +305,8 @@ class TrainingState:
     step: int = 0
     epoch: int = 0
     skip: int = 0  # batches of `epoch` already trained
-    best: dict[str, Any] = field(default_factory=lambda: {"auc": -1.0, "step": -1})
+    # the kept validation point (step, val_* figures, threshold); None before the first one
+    best: dict[str, Any] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     train_losses: list[float] = field(default_factory=list)
     skipped_nonfinite: int = 0
@@ -382,7 +385,7 @@ class FitSession:
             ) from None
         self.state = TrainingState(
             step=int(payload["step"]), epoch=int(payload["epoch"]), skip=int(payload["skip"]),
-            best=dict(payload["best"]),
+            best=dict(payload["best"]) if payload["best"] is not None else None,
             history=list(payload.get("history", [])),
             skipped_nonfinite=int(payload.get("skipped_nonfinite", 0)),
         )
@@ -444,7 +447,8 @@ class FitSession:
 
     # ------------------------------------------------------------------ validate
     def validate(self, epoch: int, batches_done: int) -> None:
-        """Score the held-out videos, keep the best weights, write last.ckpt."""
+        """Score the held-out videos, keep the weights when the point beats the kept one under
+        `fit.select`, write last.ckpt."""
         from clare.metrics import compute_metrics
 
         state = self.state
@@ -458,15 +462,17 @@ class FitSession:
                   "val_ap": metrics["ap"], "val_acc": metrics["acc"]}
         state.history.append(record)
         self._log_live(record)
-        auc = metrics["auc"] if metrics["auc"] is not None else -1.0
-        if auc > state.best["auc"]:
-            state.best = {"auc": auc, "step": state.step,
+        if selection.beats(self.fit.select, record, state.best, self.fit.select_auc_digits):
+            state.best = {"step": state.step,
                           **{k: v for k, v in record.items() if k.startswith("val_")},
-                          "threshold": eer_threshold(labels, probs)}
+                          "threshold": validation_threshold(labels, probs)}
             self.detector.save(self.work_dir)
+        kept = state.best
+        assert kept is not None  # the first validation point always beats "none kept yet"
         self.console.print(
-            f"step {state.step}/{self.total_steps} epoch {epoch}: val loss {loss:.4f} auc {auc:.4f} "
-            f"acc {metrics['acc']:.4f} (best auc {state.best['auc']:.4f} @ step {state.best['step']})"
+            f"step {state.step}/{self.total_steps} epoch {epoch}: val loss {_shown(loss)} auc "
+            f"{_shown(metrics['auc'])} acc {_shown(metrics['acc'])} (kept: step {kept['step']}, "
+            f"auc {_shown(kept['val_auc'])}, loss {_shown(kept['val_loss'])})"
         )
         self._checkpoint(epoch, batches_done)
         self.detector.train()
@@ -487,25 +493,36 @@ class FitSession:
             "trainable": self.detector.trainable_state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "rng": torch.get_rng_state(), "step": state.step, "epoch": epoch, "skip": batches_done,
-            "best_auc": float(state.best["auc"]), "best_step": int(state.best["step"]),
             "best": state.best,
             "history": state.history, "skipped_nonfinite": state.skipped_nonfinite,
         })
 
     # ------------------------------------------------------------------ publish
+    def selection_block(self) -> dict[str, Any]:
+        """run.yaml's `selection`: the rule, the kept point and what decided it."""
+        best = self._kept()
+        return selection.explain_choice(self.fit.select, self.state.history, int(best["step"]),
+                                        self.fit.select_auc_digits)
+
+    def _kept(self) -> dict[str, Any]:
+        if self.state.best is None:
+            raise TrainingError(f"{self.work_dir}: no validation point was reached, so there is no "
+                                "model to keep; check fit.epochs and fit.max_steps")
+        return self.state.best
+
     def run_record(self) -> dict[str, Any]:
-        """run.yaml: the config, the store it learned from, the best step and the counts."""
-        cfg, rows, state = self.cfg, self.rows, self.state
+        """run.yaml: the config, the store it learned from, the kept step and the counts."""
+        cfg, rows, state, best = self.cfg, self.rows, self.state, self._kept()
         return {
             "config": cfg.model_dump(mode="json"),
             "module": cfg.fit.module, "strategy": cfg.fit.strategy, "attention": cfg.fit.attention,
             "store": str(rows.store.path),
             "store_fingerprint": rows.store.meta["fingerprint"],
             "store_fingerprint_sha256": rows.store.meta.get("fingerprint_sha256"),
-            "best_step": int(state.best["step"]),
-            "metrics": {k: v for k, v in state.best.items() if k not in ("step", "threshold")},
-            "threshold": {**state.best["threshold"], "rule": THRESHOLD_RULE,
-                          "step": int(state.best["step"])},
+            "best_step": int(best["step"]),
+            "selection": self.selection_block(),
+            "metrics": {k: v for k, v in best.items() if k not in ("step", "threshold")},
+            "threshold": {**best["threshold"], "step": int(best["step"])},
             "steps": state.step,
             "counts": {"train_entries": int(len(_training_rows(rows.train, rows.views, 0, cfg.seed))),
                        "train_rows": int(rows.train["row"].nunique()),
@@ -518,12 +535,7 @@ class FitSession:
         }
 
     def publish(self, folder: StagedFolder) -> dict[str, Any]:
-        """run.yaml beside the best weights, then the whole run folder into its place."""
-        if not (self.work_dir / MODEL_FILE).is_file():
-            raise TrainingError(
-                f"{folder.final}: no validation gave a defined AUC, so there is no best model to "
-                "publish; check the validation split (fit.val_fraction)"
-            )
+        """run.yaml beside the kept weights, then the whole run folder into its place."""
         record = self.run_record()
         RunRecord.save(self.work_dir / RUN_FILE, record)  # checked by the rules every reader applies
         folder.publish()
@@ -531,7 +543,7 @@ class FitSession:
 
     def result(self, run_dir: Path, record: dict[str, Any], seconds: float) -> FitResult:
         state, rows = self.state, self.rows
-        return FitResult(run_dir, int(state.best["step"]), record["metrics"], state.step,
+        return FitResult(run_dir, int(record["best_step"]), record["metrics"], state.step,
                          int(rows.train["row"].nunique()), int(rows.val["row"].nunique()),
                          rows.failed, state.skipped_nonfinite,
                          seconds, state.train_losses)
@@ -564,13 +576,20 @@ def run_fit(cfg: Config, *, resume: bool = False, overwrite: bool = False,
         session.train(resumed=resume)
         record = session.publish(folder)
     result = session.result(folder.final, record, time.perf_counter() - started)
-    best = session.state.best
+    console.print(selection.summary_line(record["selection"]), soft_wrap=True, markup=False)
     console.print(
-        f"[bold]{escape(str(folder.final))}[/]: {result.steps} steps in {result.seconds:.1f} s; best val AUC "
-        f"{best['auc']:.4f} at step {best['step']}, operating threshold "
-        f"{best['threshold']['value']:.4f} (EER on validation); {rows.failed} failed rows skipped"
+        f"[bold]{escape(str(folder.final))}[/]: {result.steps} steps in {result.seconds:.1f} s; kept step "
+        f"{result.best_step} (val AUC {_shown(record['metrics']['val_auc'])}, val loss "
+        f"{_shown(record['metrics']['val_loss'])}), operating threshold "
+        f"{record['threshold']['value']:.4f} ({record['threshold']['rule']}); {rows.failed} failed "
+        "rows skipped"
     )
     return result
+
+
+def _shown(value: Any) -> str:
+    """A validation figure for the console: 4 decimals, or n/a when undefined (one class)."""
+    return f"{value:.4f}" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
 
 
 def _prepare_fresh(folder: StagedFolder, overwrite: bool) -> tuple[Path, None]:

@@ -722,7 +722,7 @@ def _print_summary(console: Any, summary: PredictSummary, final: pd.DataFrame) -
     why = escape(", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) or "none")
     fake = int((final["verdict"] == "fake").sum())
     console.print(
-        f"[bold]{escape(str(summary.out_dir / 'predictions.csv'))}[/]: {summary.inputs} inputs, {fake} fake at "
+        f"[bold]{escape(str(summary.out_dir / 'predictions.csv'))}[/]: {summary.inputs} input{'' if summary.inputs == 1 else 's'}, {fake} fake at "
         f"threshold {summary.threshold:.4f}, {summary.failed} failed ({why}); "
         f"{summary.images_scored} images in {summary.seconds:.1f} s "
         f"({summary.images_per_second:.1f} img/s)"

@@ -73,6 +73,86 @@ def test_fusion_learns_the_planted_artifact(demo_train):
     checkpoint = torch.load(run / CHECKPOINT_FILE, weights_only=True)
     assert checkpoint["step"] == result.steps
     assert (run / "dvclive" / "metrics.json").is_file()
+    _assert_saturation_broken_by_loss(record)
+
+
+def _assert_saturation_broken_by_loss(record: dict) -> None:
+    """The demo's validation AUC saturates early while its loss keeps falling (issue 26): the
+    kept step is the lowest-loss point among the saturated ones, not the first of them."""
+    history, chosen = record["history"], record["selection"]
+    top = max(round(h["val_auc"], 3) for h in history)
+    saturated = [h for h in history if round(h["val_auc"], 3) == top]
+    first, lowest = saturated[0], min(saturated, key=lambda h: (h["val_loss"], -h["step"]))
+    assert top == 1.0 and len(saturated) > 1, history
+    assert lowest["val_loss"] < first["val_loss"], history
+    assert record["best_step"] == chosen["step"] == lowest["step"] != first["step"]
+    assert chosen["rule"] == "auc_loss" and chosen["decided_by"] in ("val_loss", "step")
+    assert record["metrics"]["val_loss"] == lowest["val_loss"]
+    assert record["threshold"]["step"] == lowest["step"]
+
+
+def test_the_tie_rule_holds_across_a_resume(demo_train, monkeypatch):
+    """With every validation AUC tied at 1.0 the loss decides; a fit killed after some of its
+    validation points and resumed keeps the same step and weights as one that ran through."""
+    import clare.metrics
+
+    real_metrics = clare.metrics.compute_metrics
+
+    def saturated(labels, probs, videos=None):
+        return {**real_metrics(labels, probs, videos), "auc": 1.0}
+
+    monkeypatch.setattr(clare.metrics, "compute_metrics", saturated)
+    tmp, _ = demo_train
+    common = ["fit.max_steps=12", "fit.val_every=2", "fit.batch_size=16"]
+    whole = run_fit(load_config(tmp / "config.yaml", [*common, "fit.name=tied-whole"]), quiet=True)
+    record = read_run(whole.run_dir).record.model_dump()
+    losses = {h["step"]: h["val_loss"] for h in record["history"]}
+    assert set(losses) == {2, 4, 6, 8, 10, 12} and all(h["val_auc"] == 1.0 for h in record["history"])
+    lowest = min(losses, key=lambda step: (losses[step], -step))
+    assert whole.best_step == lowest != 2
+    assert record["selection"]["decided_by"] in ("val_loss", "step")
+
+    cfg = load_config(tmp / "config.yaml", [*common, "fit.name=tied-crashed"])
+    real_lr = fit_stage.learning_rate
+
+    def crash_at_step_7(base, step, total, warmup, warmup_lr):
+        if step == 7:
+            raise KeyboardInterrupt("simulated kill")
+        return real_lr(base, step, total, warmup, warmup_lr)
+
+    monkeypatch.setattr(fit_stage, "learning_rate", crash_at_step_7)
+    with pytest.raises(KeyboardInterrupt):
+        run_fit(cfg, quiet=True)
+    monkeypatch.setattr(fit_stage, "learning_rate", real_lr)
+    resumed = run_fit(cfg, resume=True, quiet=True)
+    again = read_run(resumed.run_dir).record.model_dump()
+    assert resumed.best_step == whole.best_step
+    assert again["selection"] == record["selection"]
+    best_a, best_b = load_file(str(whole.run_dir / MODEL_FILE)), load_file(str(resumed.run_dir / MODEL_FILE))
+    assert all(torch.equal(best_a[k], best_b[k]) for k in best_a)
+
+
+def test_a_history_without_a_defined_auc_still_keeps_a_step_and_says_why(demo_train, monkeypatch,
+                                                                         capsys):
+    import clare.metrics
+
+    real_metrics = clare.metrics.compute_metrics
+    monkeypatch.setattr(clare.metrics, "compute_metrics",
+                        lambda labels, probs, videos=None: {**real_metrics(labels, probs, videos),
+                                                            "auc": None})
+    tmp, _ = demo_train
+    cfg = load_config(tmp / "config.yaml", ["fit.max_steps=6", "fit.val_every=2",
+                                            "fit.batch_size=16", "fit.name=no-auc"])
+    result = run_fit(cfg)
+    record = read_run(result.run_dir).record.model_dump()
+    chosen = record["selection"]
+    losses = {h["step"]: h["val_loss"] for h in record["history"]}
+    assert result.best_step == chosen["step"] == min(losses, key=lambda s: (losses[s], -s))
+    assert chosen["val_auc"] is None and "no validation point had a defined AUC" in chosen["note"]
+    assert (result.run_dir / MODEL_FILE).is_file()
+    captured = capsys.readouterr()
+    printed = [line for line in (captured.out + captured.err).splitlines() if line.startswith("kept step")]
+    assert len(printed) == 1 and "rule auc_loss" in printed[0] and "decided by" in printed[0]
 
 
 @pytest.mark.parametrize(
@@ -359,7 +439,8 @@ def test_fit_log_keeps_what_the_console_printed(finished):
     _, _, run_dir = finished
     log = (run_dir / "fit.log").read_text()
     assert log.startswith("=== ")
-    assert "val loss" in log and "best val AUC" in log and str(run_dir) in log
+    assert "val loss" in log and "kept step" in log and "by rule auc_loss" in log
+    assert str(run_dir) in log
     assert "\x1b[" not in log  # plain text, no terminal codes
 
 
@@ -381,6 +462,7 @@ def test_fit_records_the_eer_threshold_of_its_validation_videos(finished):
                          batch_size=cfg.fit.batch_size, seed=cfg.seed, shuffle=False)
     probs, labels, _rows, _loss = score_loader(detector, loader, torch.device("cpu"), amp=False)
     assert eer_threshold(labels, probs) == {k: chosen[k] for k in ("value", "fpr", "fnr")}
+    assert chosen["rule"] == fit_stage.validation_threshold(labels, probs)["rule"]
     predicted = probs >= chosen["value"]
     assert np.mean(predicted[labels == 0]) == pytest.approx(chosen["fpr"])
     assert np.mean(~predicted[labels == 1]) == pytest.approx(chosen["fnr"])
@@ -409,7 +491,7 @@ def test_resume_refuses_checkpoints_of_other_formats_or_incomplete(finished, tmp
     copy = _tampered(run_dir, runs / run_dir.name)
     cfg = load_config(tmp / "config.yaml", [*overrides, f"paths.runs={runs}"])
     payload = torch.load(copy / CHECKPOINT_FILE, weights_only=True)
-    for broken, message in (({**payload, "format": "clare-fit-checkpoint/1"}, "not a clare-fit-checkpoint/2"),
+    for broken, message in (({**payload, "format": "clare-fit-checkpoint/1"}, "not a clare-fit-checkpoint/3"),
                             ({k: v for k, v in payload.items() if k != "rng"}, "checkpoint lacks rng"),
                             ({**payload, "optimizer": {"state": {}, "param_groups": []}}, "damaged optimiser")):
         torch.save(broken, copy / CHECKPOINT_FILE)

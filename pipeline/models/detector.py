@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import Tensor, nn
 
-from clare.config import ClipConfig, DetectorConfig
+from clare.config import ClipConfig, DetectorConfig, effective_spec
 from clare.errors import CheckpointError, ConfigError, ModelLoadError, ShapeMismatchError
 from clare.models.clip_image import ClipDims, clip_dims
 from clare.models.heads import LARE_CHANNELS, FusionFeatures, LareHead
@@ -85,12 +85,8 @@ def detector_config(values: DetectorConfig | Mapping[str, Any], source: str = "f
 
 
 def _effective_spec(config: DetectorConfig) -> dict[str, str]:
-    """What the module really uses: `lare` has no prompts and always v1; `clipping` no attention."""
-    if config.module == "lare":
-        return {"module": "lare", "strategy": "none", "attention": "v1"}
-    if config.module == "clipping":
-        return {"module": "clipping", "strategy": config.strategy, "attention": "none"}
-    return {"module": "fusion", "strategy": config.strategy, "attention": config.attention}
+    """What the module really uses (clare.config.effective_spec)."""
+    return effective_spec(config.module, config.strategy, config.attention)
 
 
 class Detector(nn.Module):
