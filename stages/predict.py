@@ -598,9 +598,10 @@ def run_predict(run_dir: Path, inputs: list[str], *, list_file: Path | None = No
     check_outputs_outside_inputs(inputs, {"--out": out_dir, "--store": options.store})
     check_face_mode(options.faces)
     _check_features(run, cfg)
+    _check_store_target(options.store)  # before it is made: a file there is named as such
+    # The output folders are made now, by the locks: one that cannot be written fails before
+    # the inputs are scored.
     with output_locks({"--out": out_dir, "--store": options.store}):
-        # Made now: an output folder that cannot be written fails before the inputs are scored.
-        out_dir.mkdir(parents=True, exist_ok=True)
         _check_store_target(options.store)  # under the lock: two predicts cannot both find it empty
         return _predict(run, cfg, paths, _Plan(threshold, batch_size, out_dir), options, console)
 
@@ -613,8 +614,8 @@ def output_locks(outputs: dict[str, Path | None]) -> Iterator[None]:
         for option, folder in outputs.items():
             if folder is None:
                 continue
+            Path(folder).mkdir(parents=True, exist_ok=True)  # one that cannot be made fails here
             target = Path(folder).resolve()
-            target.parent.mkdir(parents=True, exist_ok=True)
             handle = open(target.parent / f".{target.name}.lock", "a+")  # noqa: SIM115 - held below
 
             def held(holder: str, option: str = option, folder: Path = Path(folder)) -> ConfigError:

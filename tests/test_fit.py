@@ -418,9 +418,12 @@ def test_readers_refuse_a_model_file_that_is_not_the_recorded_one(finished, tmp_
 
 @pytest.mark.parametrize("edit,message", [
     (lambda r: r.pop("model_sha256"), "records no model_sha256"),
-    (lambda r: r.pop("store_fingerprint"), "records no store fingerprint"),
-    (lambda r: r["config"]["fit"].update(module="vit"), r"its config is invalid \(fit\.module"),
-    (lambda r: r.pop("config"), "malformed run record"),
+    (lambda r: r.pop("store_fingerprint"), "required key 'store_fingerprint' is missing"),
+    # The record's own module disagrees first; with both edited the config is invalid.
+    (lambda r: r["config"]["fit"].update(module="vit"), "module is 'fusion' but config.fit.module is 'vit'"),
+    (lambda r: (r.pop("module"), r["config"]["fit"].update(module="vit")),
+     r"its config is invalid \(fit\.module"),
+    (lambda r: r.pop("config"), "required key 'config' is missing"),
 ])
 def test_readers_refuse_a_damaged_run_record(finished, tmp_path, edit, message):
     _, _, run_dir = finished

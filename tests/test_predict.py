@@ -317,7 +317,7 @@ def test_a_second_predict_into_the_same_output_is_refused(world: World, tmp_path
                                               rf"predict is writing it \(pid {os.getpid()}\)"):
             run_predict(world.run_dir, [str(world.data / "alpha")],
                         options=PredictOptions(quiet=True, **options))
-    assert not target.exists()  # the second wrote nothing
+    assert not any(target.iterdir())  # the second wrote nothing into it
 
 
 # --------------------------------------------------------------------------- command line
