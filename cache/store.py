@@ -52,7 +52,13 @@ from clare.cache.entries import ENTRY_COLUMNS, entry_rows, layout_digest, rows_d
 from clare.cache.mapped import map_rows, mapping_enabled, raw_layout
 from clare.config import env_switch
 from clare.errors import StoreError
-from clare.files import atomic_write_json, atomic_write_parquet, file_sha256, pid_lock
+from clare.files import (
+    atomic_write_json,
+    atomic_write_parquet,
+    file_sha256,
+    pid_lock,
+    read_record_bytes,
+)
 
 FORMAT = "clare-store/3"
 ARRAYS = ("lare", "cls", "tokens")
@@ -186,7 +192,7 @@ def _parse_meta(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise StoreError(f"{path.parent}: feature store not found (no store.json); build it with `{BUILD_HINT}`")
     try:
-        raw = json.loads(path.read_bytes().decode("utf-8"))
+        raw = json.loads(read_record_bytes(path).decode("utf-8"))
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError included
         raise StoreError(
             f"{path}: unreadable store.json ({type(exc).__name__}); rebuild with `{rebuild_command()}`"
@@ -581,7 +587,7 @@ class FeatureStore:
         if not path.is_file():
             return None
         try:
-            marker = json.loads(path.read_bytes().decode("utf-8"))
+            marker = json.loads(read_record_bytes(path).decode("utf-8"))
         except (ValueError, RecursionError):
             raise StoreError(f"{path}: unreadable shard marker; {self.repair_advice()}") from None
         if not isinstance(marker, dict):

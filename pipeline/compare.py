@@ -23,10 +23,10 @@ from typing import Any, cast
 
 import numpy as np
 import pandas as pd
-import yaml
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from rich.markup import escape
 
 from clare.bootstrap import (
     LOWER_BOUND,
@@ -42,7 +42,9 @@ from clare.bootstrap import (
 from clare.config import NOT_APPLICABLE, effective_spec
 from clare.data.df40 import DF40_FAMILIES, df40_method
 from clare.errors import ClareError
+from clare.files import atomic_write_csv, read_record_bytes
 from clare.provenance import provenance_line
+from clare.records import RUN_FILE, RunRecord
 
 RUN_SPEC_FILE = "run_spec.json"  # written beside metrics.json by `clare.dvc_summary`
 SCORE_COLUMNS = ("subset", "label", "video", "p_fake", "store")
@@ -122,47 +124,37 @@ def clean_scores(metrics: Mapping[str, Any], scores: pd.DataFrame) -> pd.DataFra
     return scores[~scores["store"].astype(str).isin(perturbed)].reset_index(drop=True)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        record = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise CompareError(f"{path}: unreadable ({exc.__class__.__name__}); rerun `clare fit`") from None
-    if not isinstance(record, dict):
-        raise CompareError(f"{path}: not a run record (a mapping); rerun `clare fit`")
-    return record
-
-
 def _read_json(path: Path, fix: str) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return json.loads(read_record_bytes(path).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise CompareError(f"{path}: unreadable ({exc.__class__.__name__}); {fix}") from None
 
 
 def _report_of_run(run_dir: Path) -> tuple[Path, dict[str, Any]]:
-    """The report folder of a run folder: `<config paths.reports>/<run folder name>`."""
-    record = _read_yaml(run_dir / "run.yaml")
-    config = record.get("config")
-    if not isinstance(config, dict):
-        config = {}
-    reports = (config.get("paths") or {}).get("reports", "reports")
+    """The report folder of a run folder: `<config paths.reports>/<run folder name>`; and the
+    run's module, strategy and attention."""
+    record = RunRecord.load(run_dir / RUN_FILE)
+    paths = record.config.get("paths")
+    reports = (paths if isinstance(paths, dict) else {}).get("reports", "reports")
     report_dir = Path(str(reports)) / run_dir.name
     if not (report_dir / "metrics.json").is_file():
         raise CompareError(
             f"{run_dir}: its report {report_dir}/metrics.json is missing; run "
             f"`clare eval --config CONFIG --run {run_dir}` first, or pass the report folder"
         )
-    return report_dir, record
+    return report_dir, record.spec()
 
 
 def resolve_input(path: Path) -> tuple[Path, dict[str, Any] | None]:
-    """A report folder, and the run record when a run folder was given."""
+    """A report folder, and the run's spec (module, strategy, attention) when a run folder
+    was given."""
     path = Path(path)
     if not path.exists():
         raise CompareError(f"{path}: no such folder; pass reports/<run> or runs/<run>")
     if (path / "metrics.json").is_file():
         return path, None
-    if (path / "run.yaml").is_file():
+    if (path / RUN_FILE).is_file():
         return _report_of_run(path)
     raise CompareError(
         f"{path}: neither a report folder (metrics.json) nor a run folder (run.yaml); "
@@ -752,7 +744,7 @@ def write_outputs(runs: Sequence[RunResult], table: CompareTable, out_dir: Path,
     outputs = CompareOutputs(out_dir / "compare.md", out_dir / "compare.csv",
                              out_dir / "compare.tex", out_dir / "compare.html", roc, None)
     made_by = {r.name: _made_by(r) for r in runs}
-    long_table(table).assign(made_by=lambda t: t["run"].map(made_by)).to_csv(outputs.csv, index=False)
+    atomic_write_csv(outputs.csv, long_table(table).assign(made_by=lambda t: t["run"].map(made_by)))
     # One comment line per run (a name or a hand-edited record may hold a newline).
     made_by_tex = "".join(" ".join(f"% {name}: {line}".split()) + "\n" for name, line in made_by.items())
     outputs.latex.write_text(made_by_tex + to_latex(table, caption), encoding="utf-8")
@@ -795,7 +787,7 @@ def print_table(table: CompareTable, console: Any) -> None:
         shown.add_row(*cells)
     console.print(shown)
     for note in table.notes:
-        console.print(f"  {note}", highlight=False)
+        console.print(f"  {escape(note)}", highlight=False)
 
 
 def check_out_dir(out_dir: Path) -> None:
@@ -823,7 +815,7 @@ def run_compare(paths: Sequence[Path], *, metric: str = "auc", n_resamples: int 
     console = make_console(stderr=False, quiet=quiet)
     print_table(table, console)
     if table.low is not None:
-        console.print(f"95 % intervals ({n_resamples} video resamples): {outputs.markdown}")
-    console.print(f"[bold]{outputs.html}[/] (also {outputs.markdown.name}, {outputs.csv.name}, "
+        console.print(f"95 % intervals ({n_resamples} video resamples): {escape(str(outputs.markdown))}")
+    console.print(f"[bold]{escape(str(outputs.html))}[/] (also {outputs.markdown.name}, {outputs.csv.name}, "
                   f"{outputs.latex.name}, {outputs.roc.name})")
     return outputs

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -28,6 +30,7 @@ from pydantic import (
 )
 
 from clare.errors import ConfigError, one_line, short_repr
+from clare.files import read_record_bytes
 
 # Every on/off environment variable clare reads; the CLI checks them all before a command runs,
 # so a bad value is never met first inside a check that reports failures as findings.
@@ -255,6 +258,11 @@ class ExtractConfig(_Strict):
         "resize would otherwise blow a thin strip up to millions of pixels)",
     )
     max_failures: float = Field(default=1.0, ge=0, le=1)
+    # Dask's own default is 30 s, then retries: an unreachable --scheduler took 40 s to report.
+    connect_timeout: float = Field(
+        default=5.0, gt=0, le=600,
+        description="seconds to wait for a --scheduler to answer before giving up",
+    )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
 
@@ -283,6 +291,19 @@ class HeadConfig(_Strict):
     )
     gate_hidden: int = Field(default=128, ge=1, description="channel-gate MLP hidden width")
     pos_init_std: float = Field(default=0.02, gt=0, description="std of positional embeddings")
+
+
+def reserved_name_problem(name: str, what: str) -> str | None:
+    """Why `name` cannot be the name of a run, report or store folder, or None.
+
+    Names that begin with "." are clare's own: `.<name>.staging`, `.<name>.old`,
+    `.<name>.lock` and `.<name>.publishing` beside a run or report, `.lock` in a store. A run
+    named `.demo.old` would be deleted by the next `clare fit --name demo`.
+    """
+    if name.startswith("."):
+        return (f"{what} '{name}' begins with '.', which clare reserves for its own working "
+                "files (.<name>.staging, .<name>.old, .<name>.lock); choose a name without it")
+    return None
 
 
 NOT_APPLICABLE = "none"  # a setting the module does not use (strategy of lare, attention of clipping)
@@ -375,6 +396,9 @@ class FitConfig(DetectorConfig):
                                   or "\0" in value):
             raise ValueError("a run name is one folder name under paths.runs, without '/' or "
                              "'..'; pick a plain name such as fusion-coop")
+        problem = None if value is None else reserved_name_problem(value, "run name")
+        if problem:
+            raise ValueError(problem)
         return value
 
 
@@ -472,6 +496,43 @@ def _yaml_value(raw: str) -> tuple[bool, Any]:
     return (True, value) if flow else (False, None)
 
 
+# The number forms of YAML 1.2's core schema (and of Python's int() and float()), decimal only:
+# YAML 1.1, which PyYAML reads, also takes 010 as octal 8, 0x10 as 16, 1_000 and 1:30 as 90.
+_DECIMAL_INT = re.compile(r"[-+]?[0-9]+")
+_DECIMAL_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?|[-+]?\.(inf|Inf|INF)|\.(nan|NaN|NAN)")
+
+
+def _as_decimal(raw: str, value: Any) -> Any:
+    """A plain scalar that YAML 1.1 read as a number, read as the schema reads numbers: decimal
+    (010 is 10), and any other form (0x10, 1_000, 1:30) kept as the text typed, which a number
+    setting then refuses naming the key."""
+    if _DECIMAL_INT.fullmatch(raw):
+        return int(raw, 10)
+    if _DECIMAL_FLOAT.fullmatch(raw):
+        return value if raw.lstrip("+-").startswith(".") and raw[-1].isalpha() else float(raw)
+    return raw
+
+
+def _unwrap_optional(annotation: Any) -> Any:
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) in (Union, UnionType) and len(args) == 1:
+        return args[0]
+    return annotation
+
+
+def _setting_is_text(dotted: str) -> bool:
+    """Whether the config key `dotted` holds text (a str or a path): `--set lare.prompt=0x10`
+    is then the text "0x10", whatever YAML would make of it."""
+    model: Any = Config
+    annotation: Any = None
+    for key in dotted.split("."):
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or key not in model.model_fields:
+            return False
+        annotation = _unwrap_optional(model.model_fields[key].annotation)
+        model = annotation
+    return annotation in (str, Path)
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """Split `a.b=value`. The value arrives verbatim: numbers, booleans, null, quoted strings
     and [lists] / {mappings} are read as YAML when that keeps every character; any other text
@@ -483,6 +544,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {short_repr(text, _SHOWN)}: empty key; expected dotted.key=value")
     is_yaml, value = _yaml_value(raw)
+    if is_yaml and isinstance(value, (bool, int, float)) and _setting_is_text(key):
+        return key, raw  # a text setting takes the text as typed: lare.prompt=0x10 is "0x10"
+    if is_yaml and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return key, _as_decimal(raw, value)
     if is_yaml:
         return key, value
     if raw.lstrip()[:1] in ("[", "{", '"', "'"):
@@ -515,7 +580,7 @@ def read_yaml_mapping(path: Path, what: str, hint: str) -> dict[str, Any]:
     try:
         if not path.is_file():
             raise ConfigError(f"{path}: {what} not found; {hint}")
-        text = path.read_text(encoding="utf-8")
+        text = read_record_bytes(path).decode("utf-8")
         tree = yaml.safe_load(text)
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None

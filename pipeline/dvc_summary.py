@@ -29,10 +29,10 @@ PLOTS_DIR = "plots"
 MEAN_KEYS = ("auc", "ap", "eer", "video_auc")
 
 
-def dvc_metrics(metrics: Mapping[str, Any], run_record: Mapping[str, Any]) -> dict[str, Any]:
-    """The compact metrics: test means, AUC per subset and robustness store, best validation."""
+def dvc_metrics(metrics: Mapping[str, Any], best: Mapping[str, Any]) -> dict[str, Any]:
+    """The compact metrics: test means, AUC per subset and robustness store, and the best
+    validation (`best`: run.yaml's metrics)."""
     mean = metrics.get("mean") or {}
-    best = run_record.get("metrics") or {}
     return {
         **{key: mean.get(key) for key in MEAN_KEYS},
         "val_auc": best.get("val_auc", best.get("auc")),
@@ -61,14 +61,11 @@ def write_dvc_files(out_dir: Path, metrics: Mapping[str, Any], scores: pd.DataFr
     out_dir = Path(out_dir)
     record = run.record
     name = str(metrics.get("run") or out_dir.name)
-    atomic_write_metrics_json(out_dir / DVC_METRICS_FILE, dvc_metrics(metrics, record))
-    fit = (record.get("config") or {}).get("fit") or {}
-    spec = {"run": name, "run_dir": str(run.path),
-            **{key: record.get(key, fit.get(key)) for key in ("module", "strategy", "attention")}}
+    atomic_write_metrics_json(out_dir / DVC_METRICS_FILE, dvc_metrics(metrics, record.metrics))
+    spec = {"run": name, "run_dir": str(run.path), **record.spec()}
     atomic_write_metrics_json(out_dir / RUN_SPEC_FILE, spec)
     plots = out_dir / PLOTS_DIR
     plots.mkdir(exist_ok=True)
     clean = clean_scores(metrics, scores)
     roc_figure(clean, list(metrics.get("subsets") or {}), plots / "roc.png", f"{name}: ROC per test subset")
-    save_png(validation_figure(list(record.get("history") or []), record.get("best_step"), name),
-             plots / "validation.png")
+    save_png(validation_figure(record.history, record.best_step, name), plots / "validation.png")

@@ -7,11 +7,14 @@ left by a killed process is what `FeatureStore.remove_partials` cleans up.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import math
 import os
+import shutil
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,8 +77,83 @@ def atomic_write_metrics_json(path: Path, payload: Any) -> None:
     atomic_write_bytes(path, (text + "\n").encode())
 
 
+# OWASP's CSV-injection rule: a spreadsheet runs a cell that begins with one of these as a
+# formula (`=HYPERLINK(...)` in a file name), so such a text cell is written with a leading '.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A text value that a spreadsheet would run as a formula, prefixed with a single quote;
+    anything else unchanged."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def atomic_write_csv(path: Path, frame: Any) -> None:
+    """A table as CSV for spreadsheets: text cells (and headers) escaped by `spreadsheet_safe`;
+    numbers stay numbers (-0.5 is data, not a formula). Every CSV clare writes goes here."""
+    import pandas as pd
+
+    safe = frame.rename(columns=spreadsheet_safe)
+    for column in safe.columns:
+        values = safe[column]
+        if not (pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values)
+                or pd.api.types.is_datetime64_any_dtype(values)):
+            safe[column] = values.astype(object).map(spreadsheet_safe)
+    # CRLF line ends (RFC 4180): the csv writer then quotes any cell holding a CR or LF, which
+    # with "\n" endings a CR in a file name would leave bare and split the row for readers.
+    atomic_write(path, lambda tmp: safe.to_csv(tmp, index=False, lineterminator="\r\n"))
+
+
 def atomic_write_parquet(path: Path, frame: Any) -> None:
     atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
+
+
+RECORD_LIMIT = 32 << 20  # bytes: far above any record clare writes, far below a memory problem
+
+
+def read_record_bytes(path: Path, limit: int = RECORD_LIMIT) -> bytes:
+    """The bytes of a small file clare keeps beside the data (run.yaml, metrics.json,
+    store.json, hashes.json, markers), read only when it is a regular file of at most `limit`
+    bytes: a symlink to /dev/zero, a FIFO or a runaway file would otherwise be read whole
+    into memory (or block). Refusals are OSErrors with a strerror that says which."""
+    # O_NONBLOCK: opening a FIFO must not wait for a writer; it changes nothing for a file.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            data = handle.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit >> 20} MiB, not a record clare wrote", str(path))
+    return data
+
+
+PARTIAL_MARK = ".clare-partial"
+
+
+def fresh_partial_folder(out: Path) -> Path:
+    """`<out>.partial`: an empty folder to build `out` in, marked as clare's. A leftover of a
+    killed build is removed only when it carries the mark: a user's folder of that name is
+    an OSError naming it, never deleted."""
+    staging = Path(out).with_name(Path(out).name + ".partial")
+    if staging.exists() or staging.is_symlink():
+        if not (staging / PARTIAL_MARK).is_file():
+            raise FileExistsError(errno.EEXIST, "exists but clare did not make it (move it away, "
+                                  "clare deletes only what it made)", str(staging))
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    (staging / PARTIAL_MARK).write_text("made by clare; removed when published\n")
+    return staging
+
+
+def publish_partial_folder(staging: Path, out: Path) -> None:
+    """Rename a finished `fresh_partial_folder` into place, without its mark."""
+    (staging / PARTIAL_MARK).unlink()
+    staging.rename(out)
 
 
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:

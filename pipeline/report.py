@@ -28,6 +28,7 @@ from markupsafe import Markup, escape
 
 from clare import report_figures as figures
 from clare.errors import ClareError, reason_label
+from clare.files import atomic_write_csv
 from clare.metrics import (
     CALIBRATION_BINS,
     ROBUSTNESS_TABLE,
@@ -519,7 +520,7 @@ def _worst_videos(videos: pd.DataFrame) -> Table:
 def _video_blocks(clean: pd.DataFrame, plotted: list[str], point: OperatingPoint,
                   out_dir: Path) -> list[Block]:
     videos = video_table(clean)
-    videos.to_csv(out_dir / VIDEOS_FILE, index=False)
+    atomic_write_csv(out_dir / VIDEOS_FILE, videos)
     return [Heading("Per-video results"), _video_summary(videos, plotted, point),
             _worst_videos(videos)]
 

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import (
@@ -39,13 +38,13 @@ from rich.progress import (
 from rich.text import Text
 
 from clare import fingerprint as fp
-from clare.config import Config
+from clare.config import Config, DetectorConfig, reserved_name_problem
 from clare.console import make_console
-from clare.errors import CheckpointError, ClareError, RunError
+from clare.errors import CheckpointError, ClareError, RunError, short_repr
 from clare.files import file_sha256, pid_lock
 from clare.models.detector import MODEL_FILE  # noqa: F401 - its home is the detector
+from clare.records import RUN_FILE, RunRecord
 
-RUN_FILE = "run.yaml"
 CHECKPOINT_FILE = "last.ckpt"
 FIT_LOG = "fit.log"
 EVAL_LOG = "eval.log"
@@ -97,7 +96,14 @@ class StagedFolder:
     the system allows it (Linux renameat2 RENAME_EXCHANGE), so a reader sees the old folder or
     the new one, never a mix. Elsewhere the swap is two renames through `runs/.base.old`, and
     `recover` finishes one that a kill interrupted. `lock` keeps a second writer out.
+
+    Only what clare made is ever deleted: a staging folder carries STAGING_MARK from its
+    creation until it is published, and `.base.old` is clare's only while the journal file
+    `.base.publishing`, written before the old folder is moved, exists. A folder of those
+    names without its evidence is refused, not removed.
     """
+
+    STAGING_MARK = ".clare-staging"
 
     def __init__(self, final: Path, command: str) -> None:
         self.final = Path(final)
@@ -106,10 +112,16 @@ class StagedFolder:
         self.staging = parent / f".{name}.staging"
         self.old = parent / f".{name}.old"
         self.lock_path = parent / f".{name}.lock"
+        self.journal = parent / f".{name}.publishing"
+        self._error: type[ClareError] = RunError
 
     @contextmanager
     def lock(self, error: type[ClareError] = RunError) -> Iterator[None]:
         """Exclusive for the whole command; the kernel releases it when the process dies."""
+        self._error = error
+        problem = reserved_name_problem(self.final.name, "the folder name")
+        if problem:
+            raise error(f"{self.final}: {problem}")
         self.final.parent.mkdir(parents=True, exist_ok=True)
         handle = open(self.lock_path, "a+")  # noqa: SIM115 - held until the block ends
 
@@ -121,35 +133,66 @@ class StagedFolder:
             self.recover()
             yield
 
+    def _not_ours(self, path: Path) -> ClareError:
+        return self._error(f"{path}: has the name of clare's working folder for {self.final.name} "
+                           "but clare did not make it; move it away (clare deletes only what "
+                           "it made) and rerun")
+
     def recover(self) -> None:
-        """Finish a two-rename publish that was killed half-way (called under the lock)."""
-        if not self.old.exists():
+        """Finish a publish that was killed half-way (called under the lock)."""
+        if not self.journal.is_file():
+            if self.old.exists():
+                raise self._not_ours(self.old)
             return
-        if self.final.exists():
-            shutil.rmtree(self.old)  # the new folder made it; the old one is garbage
-        else:
-            os.rename(self.old, self.final)  # killed between the renames: put the old one back
+        # A publish was under way: what is at the staging name (the new folder or, after an
+        # exchange, the old one) is clare's, whether or not its mark was already removed.
+        if self.staging.exists():
+            self.mark_staging()
+        if self.old.exists():
+            if self.final.exists():
+                shutil.rmtree(self.old)  # the new folder made it; the old one is garbage
+            else:
+                os.rename(self.old, self.final)  # killed between the renames: old one back
+        self.journal.unlink()
 
     def fresh_staging(self) -> Path:
         """An empty staging folder (a leftover of a killed command is removed)."""
-        if self.staging.exists():
-            shutil.rmtree(self.staging)
+        self.remove_staging()
         self.staging.mkdir(parents=True)
+        self.mark_staging()
         return self.staging
+
+    def remove_staging(self) -> None:
+        """Remove a staging folder clare made; one it did not make is refused."""
+        if self.staging.exists():
+            if not self.staged_by_clare():
+                raise self._not_ours(self.staging)
+            shutil.rmtree(self.staging)
+
+    def staged_by_clare(self) -> bool:
+        """Whether the staging folder is clare's (marked since its creation, see recover)."""
+        return (self.staging / self.STAGING_MARK).is_file()
+
+    def mark_staging(self) -> None:
+        (self.staging / self.STAGING_MARK).write_text("made by clare; removed when published\n")
 
     def publish(self) -> None:
         """Put the staging folder in the final place, replacing what was there as one step."""
+        # The journal first: from here to its removal, recover knows the folders are clare's.
+        self.journal.write_text(f"clare: {self.command} is publishing {self.final.name}\n")
+        (self.staging / self.STAGING_MARK).unlink(missing_ok=True)
         if not self.final.exists():
             os.rename(self.staging, self.final)
         elif exchange_paths(self.staging, self.final):
             # The staging name now holds the old folder: out of the way first, so a resume
             # never mistakes it for work in progress, then deleted (recover finishes a kill).
             os.rename(self.staging, self.old)
-            shutil.rmtree(self.old)
         else:
             os.rename(self.final, self.old)
             os.rename(self.staging, self.final)
+        if self.old.exists():
             shutil.rmtree(self.old)
+        self.journal.unlink()
 
 
 _AT_FDCWD = -100
@@ -177,21 +220,21 @@ def exchange_paths(first: Path, second: Path) -> bool:
 class RunInfo:
     path: Path
     config: Config
-    record: dict[str, Any]  # the whole run.yaml
+    record: RunRecord  # the whole run.yaml, validated
 
     @property
     def store_fingerprint(self) -> dict[str, Any]:
-        return self.record["store_fingerprint"]
+        return self.record.store_fingerprint
 
     @property
     def threshold(self) -> float | None:
         """The operating threshold fit chose on validation (None for runs that record none)."""
-        value = (self.record.get("threshold") or {}).get("value")
-        return float(value) if isinstance(value, (int, float)) else None
+        return None if self.record.threshold is None else self.record.threshold.value
 
 
 def read_run(run_dir: Path) -> RunInfo:
-    """A finished run whose model file is the one its run.yaml records (sha256)."""
+    """A finished run whose model file is the one its run.yaml records (sha256) and was built
+    with the detector settings its config names."""
     run_dir = Path(run_dir)
     run_file, model_file = run_dir / RUN_FILE, run_dir / MODEL_FILE
     if not run_file.is_file() or not model_file.is_file():
@@ -199,25 +242,30 @@ def read_run(run_dir: Path) -> RunInfo:
             f"{run_dir}: not a finished run (needs {RUN_FILE} and {MODEL_FILE}); "
             "train one with `clare fit --config CONFIG`"
         )
-    record = _read_record(run_file)
-    check_model_file(model_file, record.get("model_sha256"), run_file)
+    record = RunRecord.load(run_file)
+    check_model_file(model_file, record.model_sha256, run_file)
     try:
-        config = Config.model_validate(record["config"])
+        config = Config.model_validate(record.config)
     except ValidationError as exc:
         raise RunError(f"{run_file}: its config is invalid ({_first_error(exc)}); refit the run") from None
+    _check_detector_matches(model_file, config, run_file)
     return RunInfo(run_dir, config, record)
 
 
-def _read_record(run_file: Path) -> dict[str, Any]:
-    try:
-        record = yaml.safe_load(run_file.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise RunError(f"{run_file}: not valid YAML ({type(exc).__name__}); refit the run") from None
-    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
-        raise RunError(f"{run_file}: malformed run record (no config); rerun `clare fit`")
-    if not isinstance(record.get("store_fingerprint"), dict):
-        raise RunError(f"{run_file}: records no store fingerprint; rerun `clare fit`")
-    return record
+def _check_detector_matches(model_file: Path, config: Config, run_file: Path) -> None:
+    """The detector recorded in the model file must be the one run.yaml's config describes:
+    the model is built from the file, reports and compare label it from the record."""
+    from clare.models.detector import Detector
+
+    built, _ = Detector.read_header(model_file)
+    recorded = config.fit.detector()
+    for key in DetectorConfig.model_fields:
+        if getattr(built, key) != getattr(recorded, key):
+            raise RunError(
+                f"{run_file}: config.fit.{key} is {short_repr(getattr(recorded, key))} but "
+                f"{model_file.name} was trained with {short_repr(getattr(built, key))}; "
+                "restore the run.yaml fit wrote, or refit the run"
+            )
 
 
 def check_model_file(model_file: Path, expected: Any, run_file: Path) -> None:

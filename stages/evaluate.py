@@ -20,6 +20,7 @@ together, so the folder never holds a report of one evaluation beside metrics of
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from rich.markup import escape
 
 from clare import fingerprint as fp
 from clare.cache.loader import StoreLoader
@@ -38,7 +40,7 @@ from clare.config import Config
 from clare.console import make_console
 from clare.dvc_summary import write_dvc_files
 from clare.errors import ConfigError, ModelLoadError, ReportError, StoreError, one_line, short_repr
-from clare.files import atomic_write_metrics_json, atomic_write_parquet
+from clare.files import atomic_write_metrics_json, atomic_write_parquet, read_record_bytes
 from clare.metrics import THRESHOLD_ACC
 from clare.provenance import provenance
 from clare.runs import (
@@ -125,7 +127,7 @@ def open_checked(item: StoreToScore, run: RunInfo) -> FeatureStore:
     """Open a store; refuse one built with other frozen models or LaRE settings than the run's."""
     store = open_store(item.path, hint=item.extract_hint)
     fp.require_match(run.store_fingerprint, store.meta.get("fingerprint") or {}, fp.FEATURES,
-                     expected_name=f"the run's train store {run.record.get('store', '')}".rstrip(),
+                     expected_name=f"the run's train store {run.record.store or ''}".rstrip(),
                      actual_name=f"store {store.path}",
                      fix="rebuild one of them with the same models and LaRE settings")
     return store
@@ -292,7 +294,6 @@ def _cell(metrics: dict[str, Any], key: str, n_subsets: int | None = None) -> st
 
 def _print_table(console: Any, run_name: str, subsets: dict[str, dict[str, Any]],
                  mean: dict[str, Any], robustness: dict[str, dict[str, Any]]) -> None:
-    from rich.markup import escape
     from rich.table import Table
 
     from clare.metrics import CONSOLE_TABLE, describe_undefined, metric_title
@@ -432,11 +433,11 @@ def write_report(out_dir: Path, cfg: Config, run: RunInfo, evaluation: Evaluatio
     stores = {s.name: s.store for s in scored}
     render_report(
         out_dir, title=f"CLaRE evaluation: {evaluation.run_name}", metrics=metrics,
-        scores=evaluation.all_scores, config=run.record["config"], fingerprints=fingerprints,
+        scores=evaluation.all_scores, config=run.record.config, fingerprints=fingerprints,
         robustness=evaluation.robustness or None, lare_examples=examples,
         image_root=cfg.data.root,  # the worst errors' thumbnails, from the listed image files
         read_lare=lambda store, rows: read_lare_rows(stores[store], rows),
-        training=run.record,
+        training=run.record.model_dump(),  # the report reads it as a mapping
     )
 
 
@@ -465,7 +466,7 @@ def run_eval(cfg: Config, *, run_dir: Path | None = None, stores: list[str] | No
                      evaluation.robustness)
         folder.publish()
     what = "report" if report else "metrics"
-    console.print(f"[bold]{folder.final}[/]: {what} written in {time.perf_counter() - started:.1f} s")
+    console.print(f"[bold]{escape(str(folder.final))}[/]: {what} written in {time.perf_counter() - started:.1f} s")
     return folder.final
 
 
@@ -502,12 +503,52 @@ class _ShownMetrics(BaseModel):
     robustness: dict[str, _ShownRobustness] = Field(default_factory=dict)
 
 
+# Metrics that are fractions (rates, areas, thresholds on p(fake)); counts are the n_* and
+# *_n_subsets keys. Any other value in a metrics table must be a finite number or null.
+_FRACTION_METRICS = frozenset({
+    "auc", "ap", "eer", "acc", "real_acc", "fake_acc", "video_auc", "tpr_at_1fpr",
+    "oracle_best_threshold_acc", "oracle_best_threshold", "acc_at_val_threshold"})
+
+
+def _metric_problem(key: str, value: Any) -> str | None:
+    """Why `value` cannot be the metric `key` that eval writes, or None."""
+    if key == "notes":
+        return None if isinstance(value, dict) else "must be a mapping of notes"
+    if key.startswith("n_") or key.endswith("_n_subsets"):
+        if type(value) is not int or value < 0:
+            return f"must be a count, a whole number from 0 (got {short_repr(value, 20)})"
+        return None
+    if value is None:
+        return None  # an undefined metric is written as null
+    if type(value) not in (int, float) or not math.isfinite(value):
+        return f"must be a finite number or null (got {short_repr(value, 20)})"
+    if key in _FRACTION_METRICS and not 0 <= value <= 1:
+        return f"must be between 0 and 1 (got {short_repr(value, 20)})"
+    return None
+
+
+def _check_metric_values(shown: _ShownMetrics) -> str | None:
+    """'key': why, for the first value clare show would print that eval cannot have written."""
+    tables = [(f"subsets.{name}", table) for name, table in shown.subsets.items()]
+    tables.append(("mean", shown.mean))
+    tables += [(f"robustness.{name}.mean", entry.mean) for name, entry in shown.robustness.items()]
+    for where, table in tables:
+        for key, value in table.items():
+            problem = _metric_problem(str(key), value)
+            if problem:
+                return f"'{one_line(f'{where}.{key}', 80)}' {problem}"
+    return None
+
+
 def _read_metrics(metrics_file: Path) -> _ShownMetrics:
     """metrics.json, checked; any way it can be unreadable or malformed is one StoreError."""
     rerun = "rerun `clare eval --config CONFIG --report` to rewrite it"
     try:
-        tree = json.loads(metrics_file.read_bytes().decode("utf-8"))
-        return _ShownMetrics.model_validate(tree)
+        tree = json.loads(read_record_bytes(metrics_file).decode("utf-8"))
+        shown = _ShownMetrics.model_validate(tree)
+        problem = _check_metric_values(shown)
+        if problem is None:
+            return shown
     except OSError as exc:
         problem = f"cannot read it ({exc.strerror or one_line(exc)})"
     except UnicodeDecodeError:

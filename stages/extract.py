@@ -16,7 +16,9 @@ number of workers. On GPU, cuDNN runs its deterministic algorithms for the same 
 from __future__ import annotations
 
 import errno
+import re
 import time
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from rich.markup import escape
 
 from clare import fingerprint as fp
 from clare.cache.entries import StoreLayout, store_layout
@@ -98,6 +101,19 @@ def _batched(items: list[int], size: int) -> Iterator[list[int]]:
         yield items[start : start + size]
 
 
+def worker_slot(worker_name: object) -> int:
+    """A number for a Dask worker's name, the same in every process, that spreads a cluster's
+    workers over the GPUs: the name itself when it is a number (LocalCluster: 0, 1, ...), else
+    its trailing number (dask-jobqueue: `SLURMCluster-3`, `SLURMCluster-0-1`), else its CRC-32.
+    Not `hash()`: Python salts str hashes per process, so two workers could pick differently
+    on every run."""
+    text = str(worker_name)
+    trailing = re.search(r"([0-9]+)$", text)
+    if trailing:
+        return int(trailing.group(1))
+    return zlib.crc32(text.encode("utf-8"))
+
+
 def _resolve_worker_device(name: str) -> torch.device:
     from clare.models.loading import resolve_device
 
@@ -107,9 +123,7 @@ def _resolve_worker_device(name: str) -> torch.device:
         try:
             from dask.distributed import get_worker
 
-            worker_name = get_worker().name
-            slot = int(worker_name) if str(worker_name).isdigit() else hash(worker_name)
-            device = torch.device("cuda", slot % torch.cuda.device_count())
+            device = torch.device("cuda", worker_slot(get_worker().name) % torch.cuda.device_count())
         except (ImportError, ValueError):
             pass
     return device
@@ -269,16 +283,21 @@ def _feature_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
     return {"lare": (4, side, side), "cls": (dims["embed"],), "tokens": (dims["tokens"], dims["width"])}
 
 
-def _connect(scheduler: str) -> Any:
-    """A client of a running Dask scheduler; an address that does not answer is the user's."""
+def _connect(scheduler: str, timeout: float) -> Any:
+    """A client of a running Dask scheduler; an address that does not answer within `timeout`
+    seconds (extract.connect_timeout) is the user's."""
+    import dask
     from dask.distributed import Client
 
     try:
-        return Client(scheduler)
+        # Dask retries a connect until its comm timeout, whatever Client's own timeout says.
+        with dask.config.set({"distributed.comm.timeouts.connect": f"{timeout}s"}):
+            return Client(scheduler, timeout=timeout)
     except (OSError, ValueError, TimeoutError) as exc:
         raise ConfigError(
-            f"--scheduler {short_repr(scheduler)}: cannot connect ({one_line(exc, 120)}); start the "
-            "scheduler or fix the address, e.g. tcp://host:8786"
+            f"--scheduler {short_repr(scheduler)}: cannot connect within {timeout:g} s "
+            f"({one_line(exc, 120)}); start the scheduler or fix the address, e.g. tcp://host:8786, "
+            "or raise extract.connect_timeout"
         ) from None
 
 
@@ -302,7 +321,7 @@ def _run_on_dask(job: ExtractJob, pending: list[int], workers: int, scheduler: s
     from dask.distributed import Client, LocalCluster, as_completed
 
     if scheduler is not None:
-        client = _connect(scheduler)
+        client = _connect(scheduler, float(job.config["extract"]["connect_timeout"]))
         cluster = None
     else:
         # silence_logs sets the level of the worker processes' own log handlers.
@@ -339,12 +358,12 @@ def _open_or_create(path: Path, cfg: Config, layout: StoreLayout, fingerprint: d
     # The index matches the fingerprint, so it, not store.json, says which rows each shard holds.
     expected = shard_index_digests(rows, store.shard_rows)
     if store.meta.get("index_shards_sha256") != expected:
-        console.print(f"{path}: store.json's shard digests differ from the index; restored from the index")
+        console.print(f"{escape(str(path))}: store.json's shard digests differ from the index; restored from the index")
         store.meta["index_shards_sha256"] = expected
         store.save_meta()
     _restore_entries(store, layout, console)
     for index, problem in store.drop_unsound_shards().items():
-        console.print(f"shard {index} is not sound ({problem}); recomputing it")
+        console.print(f"shard {index} is not sound ({escape(problem)}); recomputing it")
     return store
 
 
@@ -354,8 +373,19 @@ def _restore_entries(store: FeatureStore, layout: StoreLayout, console: Any) -> 
         store.entries()
         return
     except StoreError as exc:
-        console.print(f"{one_line(exc, 160)}; rewritten from the index")
+        console.print(f"{escape(one_line(exc, 160))}; rewritten from the index")
     store.write_entries(layout.entries)
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """An OSError of a full disk or quota, or the same error from zarrs' Rust codec pipeline,
+    which reaches Python as a RuntimeError ending in Rust's "(os error 28)"."""
+    if isinstance(exc, OSError):
+        return exc.errno in _DISK_FULL
+    return isinstance(exc, RuntimeError) and any(f"(os error {code})" in str(exc) for code in _DISK_FULL)
 
 
 @contextmanager
@@ -363,8 +393,8 @@ def _disk_full_as_store_error(path: Path) -> Iterator[None]:
     # A full disk is the user's to fix; finished shards stay valid, so the rerun resumes.
     try:
         yield
-    except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+    except (OSError, RuntimeError) as exc:
+        if not _is_disk_full(exc):
             raise
         raise StoreError(
             f"no space left on {path}; free space and rerun the same command to resume"
@@ -411,7 +441,7 @@ def run_extract(
     console = make_console(quiet=quiet)
     if scheduler is not None:
         # Before anything is written: an address that does not answer leaves no store behind.
-        _connect(scheduler).close()
+        _connect(scheduler, cfg.extract.connect_timeout).close()
 
     index = load_index(cfg, split, subsets)
     layout = store_layout(index, views, perturbation.spec if perturbation else None, cfg.seed)
@@ -437,7 +467,7 @@ def run_extract(
             perturb=perturbation.spec if perturbation else None,
         )
         if done:
-            console.print(f"resuming {path}: {len(done)} of {store.n_shards} shards already complete")
+            console.print(f"resuming {escape(str(path))}: {len(done)} of {store.n_shards} shards already complete")
         reasons: Counter[str] = Counter()
         progress = Progress(
             TextColumn("[bold]extract {task.fields[store]}"),
@@ -486,9 +516,9 @@ def run_extract(
 
 
 def _print_summary(console: Any, summary: ExtractSummary) -> None:
-    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary.reasons.items())) or "none"
+    reasons = escape(", ".join(f"{k}: {v}" for k, v in sorted(summary.reasons.items())) or "none")
     console.print(
-        f"[bold]{summary.store}[/]: {summary.rows} rows ({summary.images} distinct images x "
+        f"[bold]{escape(str(summary.store))}[/]: {summary.rows} rows ({summary.images} distinct images x "
         f"{summary.views} view(s), for {summary.entries} listed entries), {summary.ok} ok, "
         f"{summary.failed} failed ({reasons}); "
         f"{summary.shards_run} of {summary.shards_total} shards computed in {summary.seconds:.1f} s; "

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-import yaml
+from rich.markup import escape
 
 from clare import fingerprint as fp
 from clare import selection
@@ -49,6 +49,7 @@ from clare.config import Config, FitConfig
 from clare.errors import CheckpointError, ConfigError, RunError, StoreError, TrainingError
 from clare.files import atomic_write_bytes, file_sha256
 from clare.provenance import provenance
+from clare.records import RunRecord
 from clare.runs import (
     CHECKPOINT_FILE,
     FIT_LOG,
@@ -392,7 +393,7 @@ class FitSession:
             history=list(payload.get("history", [])),
             skipped_nonfinite=int(payload.get("skipped_nonfinite", 0)),
         )
-        self.console.print(f"resuming {checkpoint} at step {self.state.step} "
+        self.console.print(f"resuming {escape(str(checkpoint))} at step {self.state.step} "
                            f"(epoch {self.state.epoch})")
 
     # ------------------------------------------------------------------ the train loop
@@ -471,6 +472,7 @@ class FitSession:
                           "threshold": validation_threshold(labels, probs)}
             self.detector.save(self.work_dir)
         kept = state.best
+        assert kept is not None  # the first validation point always beats "none kept yet"
         self.console.print(
             f"step {state.step}/{self.total_steps} epoch {epoch}: val loss {_shown(loss)} auc "
             f"{_shown(metrics['auc'])} acc {_shown(metrics['acc'])} (kept: step {kept['step']}, "
@@ -540,7 +542,7 @@ class FitSession:
     def publish(self, folder: StagedFolder) -> dict[str, Any]:
         """run.yaml beside the kept weights, then the whole run folder into its place."""
         record = self.run_record()
-        atomic_write_bytes(self.work_dir / RUN_FILE, yaml.safe_dump(record, sort_keys=False).encode())
+        RunRecord.save(self.work_dir / RUN_FILE, record)  # checked by the rules every reader applies
         folder.publish()
         return record
 
@@ -581,7 +583,7 @@ def run_fit(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     result = session.result(folder.final, record, time.perf_counter() - started)
     console.print(selection.summary_line(record["selection"]), soft_wrap=True, markup=False)
     console.print(
-        f"[bold]{folder.final}[/]: {result.steps} steps in {result.seconds:.1f} s; kept step "
+        f"[bold]{escape(str(folder.final))}[/]: {result.steps} steps in {result.seconds:.1f} s; kept step "
         f"{result.best_step} (val AUC {_shown(record['metrics']['val_auc'])}, val loss "
         f"{_shown(record['metrics']['val_loss'])}), operating threshold "
         f"{record['threshold']['value']:.4f} ({record['threshold']['rule']}); {rows.failed} failed "
@@ -614,9 +616,9 @@ def _prepare_resume(folder: StagedFolder, settings: dict[str, Any]) -> tuple[Pat
         return staged, _load_checkpoint(staged, settings)
     published = folder.final / CHECKPOINT_FILE
     payload = _load_checkpoint(published, settings)
-    if folder.staging.exists():
-        shutil.rmtree(folder.staging)
+    folder.remove_staging()  # a leftover is removed only when clare made it
     shutil.copytree(folder.final, folder.staging)
+    folder.mark_staging()
     return staged, payload
 
 

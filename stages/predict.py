@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 from pydantic import ValidationError
+from rich.markup import escape
 
 from clare import fingerprint as fp
 from clare.config import (
@@ -46,6 +48,7 @@ from clare.features import (
     RowPreparer,
     compute_features,
 )
+from clare.files import pid_lock
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm"})
@@ -160,6 +163,20 @@ def collect_inputs(inputs: list[str], list_file: Path | None = None) -> list[Pat
     if not paths:
         raise DataError("no inputs: pass image or video files, folders, globs or --list FILE")
     return list(dict.fromkeys(paths))
+
+
+def check_outputs_outside_inputs(inputs: list[str], outputs: dict[str, Path | None]) -> None:
+    """Refuse an output folder (`--out`, `--store`) inside an input folder: the next predict
+    of that folder would score the images predict wrote there (explain/*.png)."""
+    folders = [Path(text).resolve() for text in inputs if Path(text).is_dir()]
+    for option, out in outputs.items():
+        if out is None:
+            continue
+        target = Path(out).resolve()
+        inside = next((folder for folder in folders if target.is_relative_to(folder)), None)
+        if inside is not None:
+            raise ConfigError(f"{option} {out}: inside the input folder {inside}, so predict's own "
+                              "outputs would become inputs; choose a folder outside it")
 
 
 # --------------------------------------------------------------------------- videos
@@ -363,8 +380,11 @@ class Scorer:
     def _record(self, unit: Unit, features: Any, j: int, p_fake: float,
                 attention: np.ndarray | None) -> None:
         finite = all(np.isfinite(a[j]).all() for a in (features.lare, features.cls, features.tokens))
-        if not finite or not np.isfinite(p_fake):
+        if not finite:
             unit.error = "non-finite features: the model produced NaN or inf"
+            return
+        if not np.isfinite(p_fake):  # finite features: the detector head is at fault
+            unit.error = "non-finite score: the detector produced NaN or inf from finite features"
             return
         unit.p_fake = p_fake
         if self.explain and unit.prepared is not None and unit.prepared.lare_pixels is not None:
@@ -466,7 +486,7 @@ def _threshold(run: Any, override: float | None, console: Any) -> float:
             raise ConfigError(f"--threshold {override}: must be between 0 and 1")
         return float(override)
     if run.threshold is None:
-        console.print(f"{run.path} records no operating threshold; using {DEFAULT_THRESHOLD} "
+        console.print(f"{escape(str(run.path))} records no operating threshold; using {DEFAULT_THRESHOLD} "
                       "(refit with this clare to record one, or pass --threshold)")
         return DEFAULT_THRESHOLD
     return run.threshold
@@ -552,16 +572,15 @@ def _write_store(spill: FeatureSpill, path: Path, cfg: Config, faces: str, conso
     if store is None:
         if path.is_dir() and not any(path.iterdir()):
             path.rmdir()
-        console.print(f"--store {path}: no store written, no image was scored")
+        console.print(f"--store {escape(str(path))}: no store written, no image was scored")
         return None
-    console.print(f"[bold]{path}[/]: feature store of the {store.n_rows} scored image(s)")
+    console.print(f"[bold]{escape(str(path))}[/]: feature store of the {store.n_rows} scored image(s)")
     return path
 
 
 def run_predict(run_dir: Path, inputs: list[str], *, list_file: Path | None = None,
                 config_files: list[Path] | None = None, overrides: list[str] | None = None,
                 options: PredictOptions | None = None) -> PredictSummary:
-    from clare.models.loading import resolve_device
     from clare.runs import read_run
 
     options = options or PredictOptions()
@@ -574,11 +593,48 @@ def run_predict(run_dir: Path, inputs: list[str], *, list_file: Path | None = No
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
     out_dir = Path(options.out_dir) if options.out_dir else Path("predictions") / run.path.name
-    # Made now: an output folder that cannot be written fails before the inputs are scored.
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_outputs_outside_inputs(inputs, {"--out": out_dir, "--store": options.store})
     check_face_mode(options.faces)
-    _check_store_target(options.store)
     _check_features(run, cfg)
+    _check_store_target(options.store)  # before it is made: a file there is named as such
+    # The output folders are made now, by the locks: one that cannot be written fails before
+    # the inputs are scored.
+    with output_locks({"--out": out_dir, "--store": options.store}):
+        _check_store_target(options.store)  # under the lock: two predicts cannot both find it empty
+        return _predict(run, cfg, paths, _Plan(threshold, batch_size, out_dir), options, console)
+
+
+@contextmanager
+def output_locks(outputs: dict[str, Path | None]) -> Iterator[None]:
+    """Hold `.<folder>.lock` beside each output folder for the whole predict: a second predict
+    into the same --out (whose files would interleave) or --store is refused in one line."""
+    with ExitStack() as stack:
+        for option, folder in outputs.items():
+            if folder is None:
+                continue
+            Path(folder).mkdir(parents=True, exist_ok=True)  # one that cannot be made fails here
+            target = Path(folder).resolve()
+            handle = open(target.parent / f".{target.name}.lock", "a+")  # noqa: SIM115 - held below
+
+            def held(holder: str, option: str = option, folder: Path = Path(folder)) -> ConfigError:
+                return ConfigError(f"{option} {folder}: another clare predict is writing it (pid "
+                                   f"{holder}); wait for it to finish or choose another {option}")
+
+            stack.enter_context(pid_lock(handle, held))
+        yield
+
+
+class _Plan(NamedTuple):
+    threshold: float
+    batch_size: int
+    out_dir: Path
+
+
+def _predict(run: Any, cfg: Config, paths: list[Path], plan: _Plan, options: PredictOptions,
+             console: Any) -> PredictSummary:
+    """Score `paths` and write the outputs (under the output locks)."""
+    from clare.models.loading import resolve_device
+
     device = resolve_device(options.device or cfg.extract.device)
     spill = FeatureSpill(Path(options.store) / SPILL_DIR) if options.store is not None else None
     try:
@@ -588,11 +644,11 @@ def run_predict(run_dir: Path, inputs: list[str], *, list_file: Path | None = No
         try:
             models = _load_models(run, cfg, device, options, spill)
             started = time.perf_counter()
-            results, scored = _score_with_progress(paths, models, batch_size, cfg, console)
+            results, scored = _score_with_progress(paths, models, plan.batch_size, cfg, console)
             seconds = time.perf_counter() - started
         finally:
             torch.set_num_threads(threads)
-        summary = _finish(results, out_dir, threshold, seconds, scored, options, console)
+        summary = _finish(results, plan.out_dir, plan.threshold, seconds, scored, options, console)
         if spill is not None and options.store is not None:
             summary.store = _write_store(spill, Path(options.store), cfg, options.faces, console)
     finally:
@@ -623,12 +679,12 @@ def _score_with_progress(paths: list[Path], models: _Models, batch_size: int, cf
 
 def _finish(results: list[InputResult], out_dir: Path, threshold: float, seconds: float,
             scored: int, options: PredictOptions, console: Any) -> PredictSummary:
-    from clare.files import atomic_write, atomic_write_parquet
+    from clare.files import atomic_write_csv, atomic_write_parquet
 
     rows = [row for result in results for row in result_rows(result, threshold)]
     frame = predictions_frame(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(out_dir / "predictions.csv", lambda tmp: frame.to_csv(tmp, index=False))
+    atomic_write_csv(out_dir / "predictions.csv", frame)
     atomic_write_parquet(out_dir / "predictions.parquet", frame)
     final = frame[frame["kind"] != "frame"]
     failed = int((final["status"] != "ok").sum())
@@ -656,16 +712,16 @@ def print_table(console: Any, frame: pd.DataFrame) -> None:
         p_text = "" if pd.isna(row["p_fake"]) else f"{row['p_fake']:.4f}"
         status = "ok" if row["status"] == "ok" else f"failed: {one_line(str(row['error']), 60)}"
         label = str(row["input"]) + (" (video)" if row["kind"] == "video" else "")
-        table.add_row(label, frame_text, p_text, str(row["verdict"]), status)
+        table.add_row(escape(label), frame_text, p_text, str(row["verdict"]), escape(status))
     console.print(table)
 
 
 def _print_summary(console: Any, summary: PredictSummary, final: pd.DataFrame) -> None:
     reasons = final.loc[final["status"] != "ok", "error"].map(reason_label).value_counts()
-    why = ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) or "none"
+    why = escape(", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) or "none")
     fake = int((final["verdict"] == "fake").sum())
     console.print(
-        f"[bold]{summary.out_dir / 'predictions.csv'}[/]: {summary.inputs} input{'' if summary.inputs == 1 else 's'}, {fake} fake at "
+        f"[bold]{escape(str(summary.out_dir / 'predictions.csv'))}[/]: {summary.inputs} input{'' if summary.inputs == 1 else 's'}, {fake} fake at "
         f"threshold {summary.threshold:.4f}, {summary.failed} failed ({why}); "
         f"{summary.images_scored} images in {summary.seconds:.1f} s "
         f"({summary.images_per_second:.1f} img/s)"

@@ -7,19 +7,25 @@ Outputs, under `data.index_dir`: `train.parquet` and `test.parquet` (one row per
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from clare.config import Config
 from clare.console import make_console
 from clare.data.df40 import DataIndexError, SubsetCheck, build_index
 from clare.errors import DataError
-from clare.files import atomic_write_bytes, atomic_write_parquet
+from clare.files import (
+    atomic_write_bytes,
+    atomic_write_parquet,
+    fresh_partial_folder,
+    publish_partial_folder,
+    read_record_bytes,
+)
 
 _TABLE_COLUMNS = (
     ("listed", "listed"),
@@ -51,7 +57,7 @@ def _build_demo_inputs(cfg: Config, console: Console) -> None:
     if demo.models_out is not None and not Path(demo.models_out).exists():
         from clare.models.tiny import build_tiny_models  # torch import: only when needed
 
-        console.print(f"demo: writing tiny models to {demo.models_out}")
+        console.print(f"demo: writing tiny models to {escape(str(demo.models_out))}")
         build_tiny_models(Path(demo.models_out), seed=cfg.seed)
     if demo.data_out is not None and not Path(demo.data_out).exists():
         from clare.data.demo import write_demo_dataset
@@ -59,11 +65,10 @@ def _build_demo_inputs(cfg: Config, console: Console) -> None:
         out = Path(demo.data_out)
         # Write next to the target and rename at the end, so an interrupted run never
         # leaves a half-written tree that a later run would take as finished.
-        staging = out.with_name(out.name + ".partial")
-        shutil.rmtree(staging, ignore_errors=True)
+        staging = fresh_partial_folder(out)
         summary = write_demo_dataset(staging, seed=cfg.seed)
-        staging.rename(out)
-        console.print(f"demo: wrote {summary.n_images} images and {summary.n_lists} lists to {out}")
+        publish_partial_folder(staging, out)
+        console.print(f"demo: wrote {summary.n_images} images and {summary.n_lists} lists to {escape(str(out))}")
 
 
 def _check_inputs(cfg: Config) -> None:
@@ -137,9 +142,9 @@ def _update_checks_json(path: Path, results: dict[str, list[SubsetCheck]]) -> No
     merged: dict[str, dict] = {}
     if path.is_file():
         try:
-            loaded = json.loads(path.read_text(encoding="utf-8"))
+            loaded = json.loads(read_record_bytes(path).decode("utf-8"))
             merged = loaded if isinstance(loaded, dict) else {}
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             merged = {}  # our own output: rebuilding it is always right
     for split, checks in results.items():
         merged[split] = {check.subset: check.counts() for check in checks}
@@ -186,6 +191,6 @@ def run_prepare(cfg: Config, splits: Iterable[str] = ("train", "test")) -> dict[
         atomic_write_parquet(path, index)
         written[split] = path
         console.print(f"{split}: {len(index)} entries ({index['path'].nunique()} distinct images) in "
-                      f"{len(results[split])} subsets -> {path}")
+                      f"{len(results[split])} subsets -> {escape(str(path))}")
     _update_checks_json(index_dir / "checks.json", results)
     return written

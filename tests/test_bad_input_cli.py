@@ -107,6 +107,59 @@ def test_a_run_name_that_is_not_one_folder_name(tmp_path: Path, clare, name: str
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]  # nothing written anywhere
 
 
+@pytest.mark.parametrize("name", [".demo.old", ".demo.staging", ".demo.lock", ".demo.publishing"])
+def test_a_run_name_clare_uses_for_its_own_folders(tmp_path: Path, clare, name: str) -> None:
+    """A run named `.demo.old` was accepted, then deleted by the next `clare fit --name demo`."""
+    config = write_config(tmp_path, {"data": {"root": str(tmp_path / "data")},
+                                     "paths": {"runs": str(tmp_path / "runs")}})
+    assert_one_line_error(clare("fit", "--config", config, "--name", name), "fit.name",
+                          "which clare reserves")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
+
+
+def test_clare_replaces_only_folders_it_made(tmp_path: Path, clare) -> None:
+    """`clare models tiny --out` replaced any folder whole, and a `<out>.partial` folder of the
+    user's was deleted as a leftover."""
+    mine = tmp_path / "mine"
+    (mine / "thesis").mkdir(parents=True)
+    assert_one_line_error(clare("models", "tiny", "--out", mine), "mine", "holds more than tiny models")
+    assert (mine / "thesis").is_dir()
+    partial = tmp_path / "new.partial"
+    (partial / "thesis").mkdir(parents=True)
+    assert_one_line_error(clare("models", "tiny", "--out", tmp_path / "new"), "new.partial",
+                          "clare did not make it")
+    assert (partial / "thesis").is_dir() and not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("setting,shown", [
+    ("seed=010", {"seed": 10}),  # YAML 1.1 made it octal 8
+    ("seed=+7", {"seed": 7}),
+    ("fit.lr=1.5e-3", {"fit": {"lr": 0.0015}}),
+    ("lare.prompt=0x10", {"lare": {"prompt": "0x10"}}),  # was refused "got 16"
+    ("lare.prompt=010", {"lare": {"prompt": "010"}}),
+    ("lare.prompt=true", {"lare": {"prompt": "true"}}),
+    ("fit.name=2024", {"fit": {"name": "2024"}}),
+    ("fit.max_steps=null", {"fit": {"max_steps": None}}),
+])
+def test_set_values_follow_the_settings_type(tmp_path: Path, clare, setting: str, shown: dict) -> None:
+    code, out, err = clare("config", "--config", write_config(tmp_path), "--set", setting)
+    assert code == 0, err
+    tree = yaml.safe_load(out)
+    for section, value in shown.items():
+        assert (tree[section] if not isinstance(value, dict)
+                else {k: tree[section][k] for k in value}) == value
+
+
+@pytest.mark.parametrize("setting,key", [("seed=0x10", "seed"), ("seed=1:30", "seed"),
+                                         ("seed=0o17", "seed"), ("fit.lr=0x10", "fit.lr")])
+def test_yaml_11_number_forms_are_refused_for_numbers(tmp_path: Path, clare, setting: str,
+                                                      key: str) -> None:
+    """0x10 became 16 and 1:30 became 90 (YAML 1.1): a number setting takes decimal only."""
+    raw = setting.split("=", 1)[1]
+    assert_one_line_error(clare("config", "--config", write_config(tmp_path), "--set", setting),
+                          f"'{key}'", f"(got '{raw}')")
+
+
 def test_negative_seed_in_the_file(tmp_path: Path, clare) -> None:
     path = write_config(tmp_path, {"seed": -1, "data": {"root": "x"}})
     assert_one_line_error(clare("config", "--config", path), str(path), "'seed'")
@@ -255,13 +308,12 @@ def test_extract_options_out_of_range(tmp_path: Path, clare, option: str, value:
 
 
 def test_unreachable_scheduler(tmp_path: Path, clare) -> None:
-    import dask
-    import dask.distributed  # noqa: F401 - its defaults must be loaded before config.set
-
+    """The wait is extract.connect_timeout (default 5 s; Dask's 30 s and retries took 40 s)."""
     config = write_config(tmp_path)
-    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
-        assert_one_line_error(clare("extract", "--config", config, "--scheduler",
-                                    "tcp://127.0.0.1:1"), "--scheduler", "tcp://127.0.0.1:1")
+    assert_one_line_error(clare("extract", "--config", config, "--scheduler", "tcp://127.0.0.1:1",
+                                "--set", "extract.connect_timeout=1"),
+                          "--scheduler", "tcp://127.0.0.1:1", "cannot connect within 1 s",
+                          "raise extract.connect_timeout")
     assert_one_line_error(clare("extract", "--config", config, "--scheduler", "nonsense"),
                           "--scheduler")
     assert not (tmp_path / "stores").exists()  # nothing was written before the check
@@ -288,9 +340,20 @@ def _report(tmp_path: Path, content: bytes) -> Path:
         (b'{"subsets": {}}', "'mean'"),
         (b'{"subsets": {}, "mean": {}, "robustness": {"x": 3}}', "'robustness.x'"),
         (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        # Values a hand edit made up were printed as results.
+        (b'{"subsets": {"a": {"auc": "high"}}, "mean": {}}', "'subsets.a.auc' must be a finite number"),
+        (b'{"subsets": {"a": {"auc": NaN}}, "mean": {}}', "'subsets.a.auc' must be a finite number"),
+        (b'{"subsets": {"a": {"auc": 7.5}}, "mean": {}}', "'subsets.a.auc' must be between 0 and 1"),
+        (b'{"subsets": {"a": {"n_real": -3}}, "mean": {}}', "'subsets.a.n_real' must be a count"),
+        (b'{"subsets": {"a": {"n_fake": 2.5}}, "mean": {}}', "'subsets.a.n_fake' must be a count"),
+        (b'{"subsets": {}, "mean": {"auc_n_subsets": "one"}}', "'mean.auc_n_subsets' must be a count"),
+        (b'{"subsets": {}, "mean": {"eer": Infinity}}', "'mean.eer' must be a finite number"),
+        (b'{"subsets": {}, "mean": {}, "robustness": {"j": {"mean": {"ap": true}}}}',
+         "'robustness.j.mean.ap' must be a finite number"),
     ],
     ids=["bad-json", "latin1", "list", "subsets-list", "subset-number", "no-mean",
-         "robustness-number", "deep"],
+         "robustness-number", "deep", "auc-text", "auc-nan", "auc-7.5", "count-negative",
+         "count-fraction", "count-text", "eer-inf", "ap-bool"],
 )
 def test_show_on_malformed_metrics(tmp_path: Path, clare, content: bytes, says: str) -> None:
     folder = _report(tmp_path, content)
@@ -298,8 +361,9 @@ def test_show_on_malformed_metrics(tmp_path: Path, clare, content: bytes, says: 
 
 
 def test_show_prints_odd_but_valid_metrics(tmp_path: Path, clare) -> None:
-    metrics = {"run": "[/]odd", "subsets": {"[bold]x": {"auc": 0.5, "notes": {"ap": "why [/]"}}},
-               "mean": {"auc": "not a number", "auc_n_subsets": "one"}}
+    metrics = {"run": "[/]odd", "subsets": {"[bold]x": {"auc": 0.5, "ap": None,
+                                                       "notes": {"ap": "why [/]"}}},
+               "mean": {"auc": 0.5, "auc_n_subsets": 1, "future_metric": 12.5}}
     folder = _report(tmp_path, json.dumps(metrics).encode())
     code, out, err = clare("show", folder)
     assert code == 0, err

@@ -465,11 +465,27 @@ def test_run_folder_finds_its_report_through_its_config(tmp_path, monkeypatch):
     run_dir = tmp_path / "runs" / "r1"
     run_dir.mkdir(parents=True)
     record = {"module": "clipping", "strategy": "cocoop", "attention": "v2",
-              "config": {"paths": {"reports": "elsewhere/reports"}}}
+              "config": {"paths": {"reports": "elsewhere/reports"}}, "store_fingerprint": {}}
     (run_dir / "run.yaml").write_text(yaml.safe_dump(record))
     (run, ) = load_runs([Path("runs/r1")])
     assert run.key == ("clipping", "cocoop", "—", "r1")  # clipping uses no LaRE attention
     assert run.report_dir == Path("elsewhere/reports/r1")
+
+
+
+def test_names_reach_the_csv_escaped_and_the_console_as_text(two_reports, tmp_path, capsys):
+    """A run named like a formula is a text cell (OWASP: a leading '), and rich markup in a
+    run or --out name is printed as it is, not parsed (it was an internal error)."""
+    weak, _ = two_reports
+    hostile = write_report(tmp_path / "=HYPERLINK(1)[bold]x", frames_of(SUBSETS, 1.5, seed=8),
+                           spec={"module": "@SUM(A1)", "strategy": "coop", "attention": "v2"})
+    out_dir = tmp_path / "out_[/y]"
+    out = run_compare([weak, hostile], out_dir=out_dir, n_resamples=20, quiet=False)
+    csv = pd.read_csv(out.csv)
+    assert set(csv["run"]) == {weak.name, "'=HYPERLINK(1)[bold]x"}
+    assert "'@SUM(A1)" in set(csv["module"])
+    assert not csv.map(lambda v: isinstance(v, str) and v[:1] in "=+-@\t\r").any().any()
+    assert "out_[/y]" in capsys.readouterr().out.replace("\n", "")
 
 
 # --------------------------------------------------------------------------- bad input
@@ -492,7 +508,7 @@ def _bad_inputs(root: Path) -> dict[str, tuple[list[str], str]]:
     orphan_run = root / "runs" / "orphan"
     orphan_run.mkdir(parents=True)
     (orphan_run / "run.yaml").write_text(yaml.safe_dump(
-        {"config": {"paths": {"reports": str(root / "nowhere")}}}))
+        {"config": {"paths": {"reports": str(root / "nowhere")}}, "store_fingerprint": {}}))
     broken_run = root / "runs" / "broken"
     broken_run.mkdir(parents=True)
     (broken_run / "run.yaml").write_text("config: [unclosed")
@@ -505,7 +521,7 @@ def _bad_inputs(root: Path) -> dict[str, tuple[list[str], str]]:
         "bad_parquet": ([str(bad_parquet)], "scores.parquet: unreadable parquet"),
         "no_video": ([str(no_video)], "lacks column(s) video"),
         "orphan_run": ([str(orphan_run)], "its report"),
-        "broken_run": ([str(broken_run)], "run.yaml: unreadable"),
+        "broken_run": ([str(broken_run)], "run.yaml: not valid YAML"),
         "metric": ([str(good), "--metric", "f1"], "--metric f1: not in these metrics.json"),
         "twice": ([str(good), str(good) + "/"], "pass each run once"),
         "bootstrap": ([str(good), "--bootstrap", "-5"], "--bootstrap -5"),

@@ -116,8 +116,8 @@ def test_dvc_metrics_file_is_tens_of_columns_not_hundreds():
                                             "acc": 0.7, "auc_n_subsets": 13},
                "robustness": {"test-jpeg50": {"perturb": "jpeg=50", "subsets": subsets,
                                               "mean": {"auc": 0.7}}}}
-    record = {"metrics": {"auc": 0.93, "val_auc": 0.93, "val_loss": 0.3}}
-    flat = _flatten(dvc_metrics(metrics, record))
+    best = {"auc": 0.93, "val_auc": 0.93, "val_loss": 0.3}
+    flat = _flatten(dvc_metrics(metrics, best))
     assert flat["auc"] == 0.9 and flat["val_auc"] == 0.93 and flat["robust_auc.test-jpeg50"] == 0.7
     assert flat["subset_auc.heygen"] == 0.9
     assert len(flat) == 4 + 2 + 13 + 1

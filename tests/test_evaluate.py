@@ -368,8 +368,9 @@ def test_eval_refuses_a_run_whose_weights_are_not_its_record(world: World, tmp_p
 
 def test_accuracy_at_the_runs_validation_threshold(world: World) -> None:
     record = read_run(world.run_dir).record
-    threshold = record["threshold"]["value"]
-    assert 0.0 <= threshold <= 1.0 and "validation" in record["threshold"]["rule"]
+    assert record.threshold is not None
+    threshold = record.threshold.value
+    assert 0.0 <= threshold <= 1.0 and "validation" in str(record.threshold.rule)
     metrics = _no_nan_json(world.out_dir / "metrics.json")
     assert metrics["threshold"]["value"] == threshold
     clean = _scores(world).query("store == 'test'")

@@ -180,3 +180,47 @@ def test_leftovers_of_an_interrupted_overwrite_are_not_taken_for_shards(referenc
     assert summary.shards_run == N_SHARDS
     assert FeatureStore(store_path).meta["fingerprint"]["lare"]["timestep"] == 500
     assert verify_store(store_path).ok
+
+
+def test_a_workers_gpu_is_the_same_in_every_process_and_spread() -> None:
+    """Non-numeric Dask worker names picked their GPU by hash(name), which Python salts per
+    process: the choice changed from run to run. Now: the name's number, else its CRC-32."""
+    import os
+    import subprocess
+    import sys
+
+    from clare.stages.extract import worker_slot
+
+    assert [worker_slot(n) % 4 for n in (0, 1, "2", "SLURMCluster-3", "SLURMCluster-0-5")] == [0, 1, 2, 3, 1]
+    names = [f"gpu-node-{chr(97 + i)}" for i in range(8)]
+    here = [worker_slot(n) for n in names]
+    code = ("import sys; from clare.stages.extract import worker_slot; "
+            "print([worker_slot(n) for n in sys.argv[1:]])")
+    for seed in ("1", "2"):  # other str-hash salts
+        other = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True,
+                               env={**os.environ, "PYTHONHASHSEED": seed}, check=True)
+        assert other.stdout.strip() == str(here)
+    assert len({slot % 2 for slot in here}) == 2  # names without numbers still use both GPUs
+
+
+@pytest.mark.parametrize("raised,one_line", [
+    # What zarrs' Rust codec pipeline raises on a full disk (seen on a 2 MiB tmpfs).
+    (RuntimeError("No space left on device (os error 28)"), True),
+    (RuntimeError("Disk quota exceeded (os error 122)"), True),
+    (RuntimeError("a bug elsewhere (os error 2)"), False),
+])
+def test_a_full_disk_under_the_zarrs_pipeline_is_one_line(reference: dict, tmp_path: Path, monkeypatch,
+                                                          raised: RuntimeError, one_line: bool) -> None:
+    """It was "internal error ... (os error 28)", exit 3; CLARE_ZARRS=0 gave the one line."""
+    cfg = make_config(tmp_path, reference["models"], reference["root"] / "data")
+
+    def fills_the_disk(self, index, arrays, manifest):
+        raise raised
+
+    monkeypatch.setattr(FeatureStore, "write_shard", fills_the_disk)
+    expected = StoreError if one_line else RuntimeError
+    with pytest.raises(expected) as caught:
+        run_extract(cfg, split="train", quiet=True)
+    if one_line:
+        assert str(caught.value) == (f"no space left on {cfg.paths.stores / 'train'}; free space "
+                                     "and rerun the same command to resume")

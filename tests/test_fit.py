@@ -105,7 +105,7 @@ def test_the_tie_rule_holds_across_a_resume(demo_train, monkeypatch):
     tmp, _ = demo_train
     common = ["fit.max_steps=12", "fit.val_every=2", "fit.batch_size=16"]
     whole = run_fit(load_config(tmp / "config.yaml", [*common, "fit.name=tied-whole"]), quiet=True)
-    record = read_run(whole.run_dir).record
+    record = read_run(whole.run_dir).record.model_dump()
     losses = {h["step"]: h["val_loss"] for h in record["history"]}
     assert set(losses) == {2, 4, 6, 8, 10, 12} and all(h["val_auc"] == 1.0 for h in record["history"])
     lowest = min(losses, key=lambda step: (losses[step], -step))
@@ -125,7 +125,7 @@ def test_the_tie_rule_holds_across_a_resume(demo_train, monkeypatch):
         run_fit(cfg, quiet=True)
     monkeypatch.setattr(fit_stage, "learning_rate", real_lr)
     resumed = run_fit(cfg, resume=True, quiet=True)
-    again = read_run(resumed.run_dir).record
+    again = read_run(resumed.run_dir).record.model_dump()
     assert resumed.best_step == whole.best_step
     assert again["selection"] == record["selection"]
     best_a, best_b = load_file(str(whole.run_dir / MODEL_FILE)), load_file(str(resumed.run_dir / MODEL_FILE))
@@ -144,7 +144,7 @@ def test_a_history_without_a_defined_auc_still_keeps_a_step_and_says_why(demo_tr
     cfg = load_config(tmp / "config.yaml", ["fit.max_steps=6", "fit.val_every=2",
                                             "fit.batch_size=16", "fit.name=no-auc"])
     result = run_fit(cfg)
-    record = read_run(result.run_dir).record
+    record = read_run(result.run_dir).record.model_dump()
     chosen = record["selection"]
     losses = {h["step"]: h["val_loss"] for h in record["history"]}
     assert result.best_step == chosen["step"] == min(losses, key=lambda s: (losses[s], -s))
@@ -310,7 +310,7 @@ def test_a_finished_run_is_replaced_only_whole_and_only_with_overwrite(demo_trai
     assert resumed.steps == 6
     info = read_run(resumed.run_dir)  # checks the model file against the recorded sha256
     assert info.config.fit.lr == 0.05
-    assert info.record["model_sha256"] == file_sha256(resumed.run_dir / MODEL_FILE)
+    assert info.record.model_sha256 == file_sha256(resumed.run_dir / MODEL_FILE)
     assert not staged.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".base.lock", "base"]
 
@@ -418,9 +418,12 @@ def test_readers_refuse_a_model_file_that_is_not_the_recorded_one(finished, tmp_
 
 @pytest.mark.parametrize("edit,message", [
     (lambda r: r.pop("model_sha256"), "records no model_sha256"),
-    (lambda r: r.pop("store_fingerprint"), "records no store fingerprint"),
-    (lambda r: r["config"]["fit"].update(module="vit"), r"its config is invalid \(fit\.module"),
-    (lambda r: r.pop("config"), "malformed run record"),
+    (lambda r: r.pop("store_fingerprint"), "required key 'store_fingerprint' is missing"),
+    # The record's own module disagrees first; with both edited the config is invalid.
+    (lambda r: r["config"]["fit"].update(module="vit"), "module is 'fusion' but config.fit.module is 'vit'"),
+    (lambda r: (r.pop("module"), r["config"]["fit"].update(module="vit")),
+     r"its config is invalid \(fit\.module"),
+    (lambda r: r.pop("config"), "required key 'config' is missing"),
 ])
 def test_readers_refuse_a_damaged_run_record(finished, tmp_path, edit, message):
     _, _, run_dir = finished
@@ -452,8 +455,9 @@ def test_fit_records_the_eer_threshold_of_its_validation_videos(finished):
     tmp, overrides, run_dir = finished
     cfg = load_config(tmp / "config.yaml", overrides)
     record = read_run(run_dir).record
-    chosen = record["threshold"]
-    assert chosen["step"] == record["best_step"] and "validation" in chosen["rule"]
+    assert record.threshold is not None
+    chosen = record.threshold.model_dump()
+    assert chosen["step"] == record.best_step and "validation" in chosen["rule"]
     # Rescoring the held-out videos with the published weights gives the recorded point.
     rows = select_rows(cfg)
     detector = Detector.load(run_dir)

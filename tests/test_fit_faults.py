@@ -129,5 +129,5 @@ def test_sigkilled_replacing_fit_leaves_the_finished_run_whole(setup):
     resumed = _fit(config, "base", env, *short, "--set", "fit.lr=0.05", "--resume")
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
     info = read_run(run_dir)
-    assert info.config.fit.lr == 0.05 and info.record["steps"] == 15
+    assert info.config.fit.lr == 0.05 and info.record.steps == 15
     assert not staged.parent.exists()

@@ -86,6 +86,7 @@ def test_recover_drops_an_old_folder_once_the_new_one_is_in_place(tmp_path: Path
     folder = StagedFolder(tmp_path / "base", "clare eval")
     _fill(folder.final, NEW)
     _fill(folder.old, OLD)
+    folder.journal.write_text("clare: killed after the second rename")  # what publish leaves
     with folder.lock(ReportError):
         pass
     assert _contents(folder.final) == NEW and not folder.old.exists()
@@ -111,3 +112,73 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path: Pat
         assert "\n" not in str(caught.value)
     with folder.lock(error):  # released with the block
         pass
+
+
+# --------------------------------------------------------------------------- what clare owns
+
+
+@pytest.mark.parametrize("name", [".demo.old", ".demo.staging", ".demo.lock", ".hidden"])
+def test_a_folder_with_one_of_clares_own_names_is_refused(tmp_path: Path, name: str) -> None:
+    with pytest.raises(RunError, match=r"begins with '\.', which clare reserves"):
+        with StagedFolder(tmp_path / name, "clare fit").lock():
+            pass
+    assert not any(tmp_path.iterdir())  # not even a lock file
+
+
+def test_a_users_folder_named_like_clares_old_folder_is_never_deleted(tmp_path: Path) -> None:
+    """Issue 23: a run named `.demo.old` was deleted by the next `clare fit --name demo`."""
+    folder = StagedFolder(tmp_path / "demo", "clare fit")
+    _fill(folder.final, OLD)
+    _fill(folder.old, {"model.safetensors": "the user's"})
+    with pytest.raises(RunError, match=r"\.demo\.old: has the name of clare's working folder"
+                                       r".*clare did not make it; move it away"):
+        with folder.lock():
+            pass
+    assert _contents(folder.old) == {"model.safetensors": "the user's"}
+    assert _contents(folder.final) == OLD
+
+
+def test_a_users_folder_named_like_clares_staging_folder_is_never_deleted(tmp_path: Path) -> None:
+    folder = StagedFolder(tmp_path / "demo", "clare eval")
+    _fill(folder.staging, {"notes.txt": "the user's"})
+    with folder.lock(ReportError):
+        with pytest.raises(ReportError, match="clare did not make it"):
+            folder.fresh_staging()
+    assert _contents(folder.staging) == {"notes.txt": "the user's"}
+    # A staging folder clare made (and a killed command left) is still cleaned up.
+    (folder.staging / "notes.txt").unlink()
+    folder.staging.rmdir()
+    with folder.lock(ReportError):
+        _fill(folder.fresh_staging(), {"half": "written"})
+    with folder.lock(ReportError):
+        _fill(folder.fresh_staging(), NEW)
+        folder.publish()
+    assert _contents(folder.final) == NEW  # the mark is not published
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("swap", ["exchange", "two renames"])
+def test_a_kill_during_the_swap_is_still_cleaned_up(tmp_path: Path, monkeypatch, swap: str) -> None:
+    """What a killed swap leaves at the staging name (after an exchange: the old folder) is
+    clare's, the journal says so: the next command removes it."""
+    if swap == "two renames":
+        monkeypatch.setattr(runs, "exchange_paths", lambda first, second: False)
+    folder = StagedFolder(tmp_path / "base", "clare fit")
+    _fill(folder.final, OLD)
+    real_rename = os.rename
+
+    def die(src, dst):
+        raise KeyboardInterrupt("killed during the swap")
+
+    with folder.lock():
+        _fill(folder.fresh_staging(), NEW)
+        monkeypatch.setattr(runs.os, "rename", die)
+        with pytest.raises(KeyboardInterrupt):
+            folder.publish()
+        monkeypatch.setattr(runs.os, "rename", real_rename)
+    assert folder.journal.exists()  # outlives the kill
+    with folder.lock():
+        _fill(folder.fresh_staging(), {"next": "fit"})
+    assert not folder.journal.exists()
+    staged = _contents(folder.staging)
+    assert staged.pop(StagedFolder.STAGING_MARK) and staged == {"next": "fit"}

@@ -6,12 +6,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
 
 from clare import hash_cache
+from clare.files import RECORD_LIMIT, read_record_bytes
 from clare.hash_cache import CACHE_ENV, FileKey, cache_file, weights_sha256
+
+# The racy margin shrunk so that a test file is "settled" after a short sleep (the real one,
+# 2 s, would slow every test); SETTLE is comfortably above it and the kernel clock's tick.
+MARGIN_NS = 50_000_000
+SETTLE_S = 0.12
 
 
 @pytest.fixture
@@ -29,6 +36,7 @@ def reads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[str]:
 
     monkeypatch.setattr(hash_cache, "file_sha256", spy)
     monkeypatch.setattr(hash_cache, "_READ", {})
+    monkeypatch.setattr(hash_cache, "RACY_MARGIN_NS", MARGIN_NS)
     return read
 
 
@@ -37,8 +45,10 @@ def _new_process(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _weights(tmp_path: Path, data: bytes = b"weights" * 1000) -> tuple[Path, str]:
+    """A weights file last changed long enough ago to be cached (not "racy")."""
     path = tmp_path / "unet.safetensors"
     path.write_bytes(data)
+    time.sleep(SETTLE_S)
     return path, hashlib.sha256(data).hexdigest()
 
 
@@ -71,6 +81,62 @@ def test_a_touched_or_rewritten_file_is_hashed_again(reads: list[str], tmp_path:
     _new_process(monkeypatch)
     assert weights_sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()
     assert len(reads) == 3
+
+
+def test_a_file_rewritten_in_place_with_its_mtime_put_back_is_hashed_again(
+        reads: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The attack of issue 23: same size, same inode, `touch -r` restores the mtime; only the
+    ctime (which no program can set) shows the change."""
+    path, expected = _weights(tmp_path)
+    weights_sha256(path)
+    _new_process(monkeypatch)
+    assert weights_sha256(path) == expected and len(reads) == 1  # cached
+    before = path.stat()
+    with open(path, "r+b") as handle:  # in place: the inode stays
+        handle.write(b"X" * before.st_size)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size,
+                                                                before.st_mtime_ns)
+    _new_process(monkeypatch)
+    assert weights_sha256(path) == hashlib.sha256(b"X" * before.st_size).hexdigest()
+    assert len(reads) == 2
+
+
+def test_a_file_changed_just_before_it_was_hashed_is_not_trusted(
+        reads: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """git's racy case: a change within the timestamps' resolution after hashing would keep
+    the key, so a digest taken less than the margin after the last change is re-checked."""
+    path = tmp_path / "fresh.bin"
+    path.write_bytes(b"fresh")
+    weights_sha256(path)  # at once: within the margin of the file's last change
+    entry = json.loads(cache_file().read_text())["files"][str(path.resolve())]
+    assert entry["hashed_ns"] - max(entry["mtime_ns"], entry["ctime_ns"]) < MARGIN_NS
+    _new_process(monkeypatch)
+    weights_sha256(path)
+    assert len(reads) == 2  # racy: read again, and remembered with the later time
+    time.sleep(SETTLE_S)
+    _new_process(monkeypatch)
+    weights_sha256(path)
+    _new_process(monkeypatch)
+    weights_sha256(path)
+    assert len(reads) == 3  # hashed once after it settled, then taken from the cache
+
+
+@pytest.mark.parametrize("hostile", ["dev_zero", "fifo"])
+def test_a_cache_file_that_is_no_record_is_bounded_and_ignored(
+        reads: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hostile: str) -> None:
+    """A symlink to /dev/zero or a FIFO in place of hashes.json is not read
+    whole (or waited on): it is ignored and replaced with a valid cache."""
+    path, expected = _weights(tmp_path)
+    cache = cache_file()
+    cache.parent.mkdir(parents=True)
+    if hostile == "dev_zero":
+        cache.symlink_to("/dev/zero")
+    elif hostile == "fifo":
+        os.mkfifo(cache)
+    assert weights_sha256(path) == expected
+    assert json.loads(cache.read_text())["files"][str(path.resolve())]["sha256"] == expected
 
 
 @pytest.mark.parametrize("damage", ["not json {", '["a list"]', '{"format": "other", "files": {}}',
@@ -122,3 +188,18 @@ def test_the_cache_lives_under_xdg_cache_home_or_home(monkeypatch: pytest.Monkey
     assert cache_file() == tmp_path / ".cache" / "clare" / "hashes.json"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert cache_file() == tmp_path / "xdg" / "clare" / "hashes.json"
+
+
+def test_record_reads_are_bounded(tmp_path: Path) -> None:
+    """The one reader of clare's own small files refuses what is not a regular file of at
+    most the limit, before reading it whole."""
+    big = tmp_path / "big.json"
+    with open(big, "wb") as handle:
+        handle.truncate(RECORD_LIMIT + 1)  # sparse: costs no disk
+    with pytest.raises(OSError, match="larger than"):
+        read_record_bytes(big)
+    assert read_record_bytes(big, limit=RECORD_LIMIT + 1) == bytes(RECORD_LIMIT + 1)
+    with pytest.raises(OSError, match="not a regular file"):
+        read_record_bytes(Path("/dev/zero"))
+    with pytest.raises(OSError, match="not a regular file"):
+        read_record_bytes(tmp_path)

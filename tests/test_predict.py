@@ -11,6 +11,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -186,6 +187,139 @@ def test_a_run_without_threshold_uses_one_half(world: World, tmp_path: Path) -> 
     assert (summary.predictions["threshold"] == 0.5).all()
 
 
+
+def _edited_run(world: World, tmp_path: Path, edit: Any) -> Path:
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(world.run_dir, copy)
+    record = yaml.safe_load((copy / "run.yaml").read_text())
+    edit(record)
+    (copy / "run.yaml").write_text(yaml.safe_dump(record, sort_keys=False))
+    return copy
+
+
+@pytest.mark.parametrize("edit,says", [
+    (lambda r: r["threshold"].update(value=float("nan")), "key 'threshold.value'"),
+    (lambda r: r["threshold"].update(value=7.5), "key 'threshold.value'"),
+    (lambda r: r.update(threshold="high"), "key 'threshold'"),
+    (lambda r: r.update(module="lare"), "module is 'lare' but config.fit.module is 'fusion'"),
+    # Both edited alike: only the model file's own record shows the lie.
+    (lambda r: (r.update(module="lare"), r["config"]["fit"].update(module="lare")),
+     "config.fit.module is 'lare' but model.safetensors was trained with 'fusion'"),
+    (lambda r: r["config"]["fit"]["head"].update(gate_hidden=7), "config.fit.head"),
+])
+def test_a_hand_edited_run_record_is_refused_before_scoring(world: World, tmp_path: Path,
+                                                            edit: Any, says: str) -> None:
+    """Before: a NaN or 7.5 threshold made every verdict "real" with exit 0, "high" was an
+    internal error, and a fusion model was labelled lare."""
+    run = _edited_run(world, tmp_path, edit)
+    with pytest.raises(RunError, match=re.escape(says)):
+        run_predict(run, [str(world.data / "alpha")],
+                    options=PredictOptions(out_dir=tmp_path / "o", quiet=True))
+    assert not (tmp_path / "o").exists()
+
+
+def test_blocks_added_by_others_do_not_break_a_run(world: World, tmp_path: Path) -> None:
+    run = _edited_run(world, tmp_path, lambda r: r.update(
+        provenance={"git": "abc"},
+        selection={"rule": "best val AUC", "step": r["best_step"], "val_auc": 0.9, "val_loss": None,
+                   "decided_by": "val_auc"}))
+    info = read_run(run)
+    assert info.record.selection is not None and info.record.model_extra == {"provenance": {"git": "abc"}}
+    assert info.threshold == read_run(world.run_dir).threshold
+
+
+
+@pytest.mark.parametrize("option", ["out_dir", "store"])
+def test_outputs_inside_an_input_folder_are_refused(world: World, tmp_path: Path, option: str) -> None:
+    """The next predict of the folder would score predict's own explain/*.png."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(world.data / "alpha", data)
+    outputs = {"out_dir": tmp_path / "o", option: data / "sub" / "pred"}
+    with pytest.raises(ConfigError, match=rf"^--{'out' if option == 'out_dir' else 'store'} "
+                                          rf"{re.escape(str(data))}/sub/pred: inside the input folder"):
+        run_predict(world.run_dir, [str(data)], options=PredictOptions(quiet=True, **outputs))
+    assert not (data / "sub").exists()
+
+
+
+def test_hostile_names_are_escaped_in_the_csv_and_printed_as_text(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """Issue 23: `=1+2.png` or a --list line `=HYPERLINK(...)` landed at the start of a CSV
+    cell; `[/x].png` or `--out 'pred_[/y]'` crashed predict after scoring (MarkupError)."""
+    good = next(iter(sorted((world.data / "alpha").rglob("*.png"))))
+    folder = tmp_path / "in"
+    (folder / "[").mkdir(parents=True)
+    names = ["=1+2.png", "@SUM(A1).png", "+A1.png", "-A1.png", "[/x].png", "[bold]y.png"]
+    for name in names:
+        (folder / name).write_bytes(good.read_bytes())
+    listed = tmp_path / "list.txt"
+    listed.write_text('=HYPERLINK("http://example.invalid","click")\n')
+    monkeypatch.chdir(folder)
+    capsys.readouterr()
+    summary = run_predict(world.run_dir, names, list_file=listed,
+                          options=PredictOptions(out_dir=tmp_path / "pred_[/y]", quiet=False))
+    csv = pd.read_csv(tmp_path / "pred_[/y]" / "predictions.csv")
+    expected = [("'" + n if n[0] in "=@+-" else n) for n in names]
+    hyperlink = str(Path('=HYPERLINK("http://example.invalid","click")'))  # as a path: "//" is "/"
+    assert list(csv["input"]) == [*expected, "'" + hyperlink]
+    raw = pd.read_parquet(tmp_path / "pred_[/y]" / "predictions.parquet")
+    assert list(raw["input"])[:len(names)] == names  # the data file keeps the names as they are
+    assert (summary.predictions["status"].iloc[:len(names)] == "ok").all()
+    printed = capsys.readouterr().err
+    assert "[/x].png" in printed and "[bold]y.png" in printed and "pred_[/y]" in printed.replace("\n", "")
+
+
+
+def test_nan_weights_are_blamed_on_the_model_not_the_images(world: World, tmp_path: Path) -> None:
+    """Every row was "non-finite features", blaming the image; now the model file is refused."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from clare.errors import CheckpointError
+    from clare.files import file_sha256
+
+    def poison(record: dict) -> None:
+        model = copy / "model.safetensors"
+        with safe_open(str(model), framework="pt") as handle:
+            metadata = handle.metadata()
+        state = load_file(str(model))
+        name = sorted(state)[0]
+        state[name] = state[name].clone()
+        state[name].view(-1)[0] = float("nan")
+        save_file(state, str(model), metadata=metadata)
+        record["model_sha256"] = file_sha256(model)
+
+    copy = tmp_path / "run"
+    run = _edited_run(world, tmp_path, poison)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: weight .* holds NaN or inf.*refit"):
+        run_predict(run, [str(world.data / "alpha")],
+                    options=PredictOptions(out_dir=tmp_path / "o", quiet=True))
+
+
+
+@pytest.mark.parametrize("option", ["--out", "--store"])
+def test_a_second_predict_into_the_same_output_is_refused(world: World, tmp_path: Path,
+                                                          option: str) -> None:
+    """Two predicts into one --out interleaved their files silently, and two into one new
+    --store failed with a spill-file error that hid the race."""
+    import os
+
+    from clare.stages.predict import output_locks
+
+    target = tmp_path / "shared"
+    options = {"out_dir": target} if option == "--out" else {"out_dir": tmp_path / "o", "store": target}
+    with output_locks({option: target}):  # the first predict, still running
+        with pytest.raises(ConfigError, match=rf"^{option} {re.escape(str(target))}: another clare "
+                                              rf"predict is writing it \(pid {os.getpid()}\)"):
+            run_predict(world.run_dir, [str(world.data / "alpha")],
+                        options=PredictOptions(quiet=True, **options))
+    assert not any(target.iterdir())  # the second wrote nothing into it
+
+
 # --------------------------------------------------------------------------- command line
 
 
@@ -204,7 +338,11 @@ def test_cli_counts_failures_and_fail_on_error_exits_one(world: World, tmp_path:
     done = _clare(*base)
     assert done.returncode == 0, done.stderr
     assert re.search(r"2 inputs, \d+ fake at threshold [0-9.]+, 1 failed", done.stderr)
-    assert "bad.jpg" in done.stderr  # the table names every input
+    # The table names every input. Its input column folds long paths over lines, at a place
+    # that moves with the length of pytest's numbered folder: read the column's lines joined.
+    inputs = "".join(line.split("│")[1].strip() for line in done.stderr.splitlines()
+                     if line.startswith("│"))
+    assert str(bad) in inputs
     assert _clare(*base, "--fail-on-error").returncode == 1
     missing = _clare("predict", "--run", str(tmp_path / "none"), good)
     assert missing.returncode == 2

@@ -422,7 +422,7 @@ def test_run_prepare_builds_demo_inputs_once(demo_data_dir: Path, tmp_path: Path
 
     def fake_demo(out: Path, seed: int = 0):
         calls.append(("data", out, seed))
-        shutil.copytree(demo_data_dir, out)
+        shutil.copytree(demo_data_dir, out, dirs_exist_ok=True)  # prepare made it, marked
         return clare.data.demo.DemoSummary(0, 0, out, out / "lists")
 
     def fake_models(out: Path, seed: int = 0):

@@ -19,6 +19,7 @@ from typing import Any
 
 from clare.config import ClipConfig, ModelsConfig
 from clare.errors import ClareError, ModelLoadError
+from clare.files import read_record_bytes
 from clare.models.hub import (
     CLIP_DIR,
     SD15_DIR,
@@ -50,7 +51,9 @@ def read_json(path: Path) -> Any:
     if not path.is_file():
         raise ModelLoadError(f"{path}: missing")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_record_bytes(path).decode("utf-8"))
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot read it ({exc.strerror or type(exc).__name__})") from None
     except UnicodeDecodeError:
         raise ModelLoadError(f"{path}: not a text file; the download is damaged") from None
     except json.JSONDecodeError as exc:

@@ -242,6 +242,7 @@ class Detector(nn.Module):
             state = load_file(str(path))
         except Exception as exc:  # noqa: BLE001 - a damaged tensor section ends here
             raise CheckpointError(f"{path}: unreadable weights ({_first_line(exc)}); refit the run") from None
+        _require_finite(state, path)
         detector.load_trainable_state_dict(state, source=str(path))
         return detector.to(device).eval()
 
@@ -375,6 +376,14 @@ class Detector(nn.Module):
             f"{source}: weights do not fit a detector with {spec} ({'; '.join(detail)} keys); "
             "load it with the fit settings it was trained with"
         )
+
+
+def _require_finite(state: Mapping[str, Tensor], path: Path) -> None:
+    """Weights with NaN or inf score every image NaN: the model is at fault, not the images."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{path}: weight {name} holds NaN or inf, so every score would be "
+                                  "undefined; the trained model is damaged, refit the run")
 
 
 def _first_line(exc: BaseException, limit: int = 160) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from clare.errors import ModelLoadError
+from clare.files import read_record_bytes
 
 SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 # A named revision, not a commit: the commit it resolves to is recorded in SOURCE.json and
@@ -95,7 +96,7 @@ def read_source_record(folder: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(read_record_bytes(path).decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelLoadError(
             f"{path}: unreadable ({type(exc).__name__}); delete it and run `clare models download` again"

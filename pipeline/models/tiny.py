@@ -14,11 +14,14 @@ are read back through `clare.models.loading`, the same code that loads real weig
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 from pathlib import Path
 
 import torch
+
+from clare.files import fresh_partial_folder, publish_partial_folder
 
 TINY_CLIP_NAME = "clare-tiny-vit"
 TINY_CLIP_CONFIG = {
@@ -169,8 +172,11 @@ def _build_clip(out: Path) -> tuple[Path, Path]:
 def build_tiny_models(out: Path | str, seed: int = 0) -> dict[str, Path]:
     """Write the tiny SD folder and tiny open_clip model under `out`; returns their paths."""
     out = Path(out)
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
+    if out.exists() and not (out.is_dir() and {p.name for p in out.iterdir()} <= {"sd", "clip"}):
+        # It is replaced whole below: only an earlier set of tiny models may be.
+        raise FileExistsError(errno.EEXIST, "exists and holds more than tiny models (sd/, clip/); "
+                              "choose another folder, clare replaces only its own", str(out))
+    staging = fresh_partial_folder(out)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         _build_sd(staging / "sd")
@@ -178,7 +184,7 @@ def build_tiny_models(out: Path | str, seed: int = 0) -> dict[str, Path]:
         config_path, checkpoint = _build_clip(staging / "clip")
     # Publish atomically so an interrupted build never looks like a finished one.
     shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
+    publish_partial_folder(staging, out)
     return {
         "sd": out / "sd",
         "clip_config": out / "clip" / config_path.name,
