@@ -81,7 +81,7 @@ def test_sigkill_at_three_points_then_resume_equals_uninterrupted(setup):
         assert torch.equal(value, got["trainable"][key]), key
     best_want, best_got = load_file(str(whole / MODEL_FILE)), load_file(str(run_dir / MODEL_FILE))
     assert all(torch.equal(best_want[k], best_got[k]) for k in best_want)
-    assert got["best_step"] == want["best_step"]
+    assert got["best"]["step"] == want["best"]["step"]
 
 
 def _run_files(run: Path) -> dict[str, bytes]:
