@@ -91,6 +91,22 @@ def _assert_saturation_broken_by_loss(record: dict) -> None:
     assert record["threshold"]["step"] == lowest["step"]
 
 
+def _killed_then_resumed(cfg, monkeypatch, at_step: int):
+    """Fit `cfg` until a simulated kill at step `at_step`, then `--resume` it to the end."""
+    real_lr = fit_stage.learning_rate
+
+    def crash(base, step, total, warmup, warmup_lr):
+        if step == at_step:
+            raise KeyboardInterrupt("simulated kill")
+        return real_lr(base, step, total, warmup, warmup_lr)
+
+    monkeypatch.setattr(fit_stage, "learning_rate", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_fit(cfg, quiet=True)
+    monkeypatch.setattr(fit_stage, "learning_rate", real_lr)
+    return run_fit(cfg, resume=True, quiet=True)
+
+
 def test_the_tie_rule_holds_across_a_resume(demo_train, monkeypatch):
     """With every validation AUC tied at 1.0 the loss decides; a fit killed after some of its
     validation points and resumed keeps the same step and weights as one that ran through."""
@@ -113,18 +129,7 @@ def test_the_tie_rule_holds_across_a_resume(demo_train, monkeypatch):
     assert record["selection"]["decided_by"] in ("val_loss", "step")
 
     cfg = load_config(tmp / "config.yaml", [*common, "fit.name=tied-crashed"])
-    real_lr = fit_stage.learning_rate
-
-    def crash_at_step_7(base, step, total, warmup, warmup_lr):
-        if step == 7:
-            raise KeyboardInterrupt("simulated kill")
-        return real_lr(base, step, total, warmup, warmup_lr)
-
-    monkeypatch.setattr(fit_stage, "learning_rate", crash_at_step_7)
-    with pytest.raises(KeyboardInterrupt):
-        run_fit(cfg, quiet=True)
-    monkeypatch.setattr(fit_stage, "learning_rate", real_lr)
-    resumed = run_fit(cfg, resume=True, quiet=True)
+    resumed = _killed_then_resumed(cfg, monkeypatch, at_step=7)
     again = read_run(resumed.run_dir).record.model_dump()
     assert resumed.best_step == whole.best_step
     assert again["selection"] == record["selection"]
@@ -180,18 +185,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(demo_train, monkeypatc
     whole = run_fit(load_config(tmp / "config.yaml", [*common, "fit.name=whole"]), quiet=True)
 
     cfg = load_config(tmp / "config.yaml", [*common, "fit.name=crashed"])
-    real_lr = fit_stage.learning_rate
-
-    def crash_at_step_10(base, step, total, warmup, warmup_lr):
-        if step == 10:
-            raise KeyboardInterrupt("simulated kill")
-        return real_lr(base, step, total, warmup, warmup_lr)
-
-    monkeypatch.setattr(fit_stage, "learning_rate", crash_at_step_10)
-    with pytest.raises(KeyboardInterrupt):
-        run_fit(cfg, quiet=True)
-    monkeypatch.setattr(fit_stage, "learning_rate", real_lr)
-    resumed = run_fit(cfg, resume=True, quiet=True)
+    resumed = _killed_then_resumed(cfg, monkeypatch, at_step=10)
 
     assert resumed.steps == whole.steps == 12
     final_a = torch.load(whole.run_dir / CHECKPOINT_FILE, weights_only=True)["trainable"]
