@@ -54,7 +54,9 @@ def reference_input(path: Path, size: int) -> np.ndarray:
         bgr = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
     rgb = bgr[..., ::-1].astype(np.float64)  # cv2.cvtColor(BGR2RGB)
     rows, cols = _resize_matrix(rgb.shape[0], size), _resize_matrix(rgb.shape[1], size)
-    resized = np.einsum("ih,hwc,jw->cij", rows, rgb, cols)
+    # rows, then columns, as two matrix products (a plain three-operand einsum sums over
+    # every (h, w) pair for every output pixel: minutes for one 512-px image)
+    resized = np.stack([rows @ rgb[..., c] @ cols.T for c in range(3)])
     levels = np.clip(np.floor(resized + 0.5), 0, 255).astype(np.uint8)  # cv2's 8-bit output
     tensor = levels.astype(np.float32) / np.float32(255)  # ToTensor
     return (tensor - np.float32(0.5)) / np.float32(0.5)  # Normalize(0.5, 0.5)
