@@ -55,6 +55,18 @@ def test_publish_replaces_the_old_folder_whole(tmp_path: Path, monkeypatch, swap
     assert _leftovers(tmp_path) == []
 
 
+def _publish_killed_by(folder: StagedFolder, monkeypatch, rename) -> None:
+    """Stage NEW over the run and publish it with os.rename replaced by `rename`, which raises
+    KeyboardInterrupt (a kill) somewhere in the swap; os.rename is restored afterwards."""
+    real_rename = os.rename
+    with folder.lock():
+        _fill(folder.fresh_staging(), NEW)
+        monkeypatch.setattr(runs.os, "rename", rename)
+        with pytest.raises(KeyboardInterrupt):
+            folder.publish()
+        monkeypatch.setattr(runs.os, "rename", real_rename)
+
+
 def test_a_kill_between_the_two_renames_is_recovered(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(runs, "exchange_paths", lambda first, second: False)
     folder = StagedFolder(tmp_path / "base", "clare fit")
@@ -68,12 +80,7 @@ def test_a_kill_between_the_two_renames_is_recovered(tmp_path: Path, monkeypatch
             raise KeyboardInterrupt("killed between the renames")
         real_rename(src, dst)
 
-    with folder.lock():
-        _fill(folder.fresh_staging(), NEW)
-        monkeypatch.setattr(runs.os, "rename", rename_then_die)
-        with pytest.raises(KeyboardInterrupt):
-            folder.publish()
-        monkeypatch.setattr(runs.os, "rename", real_rename)
+    _publish_killed_by(folder, monkeypatch, rename_then_die)
     assert not folder.final.exists() and folder.old.is_dir()
     # The next command that takes the lock puts the old run back; the new one stays staged.
     with folder.lock():
@@ -165,17 +172,10 @@ def test_a_kill_during_the_swap_is_still_cleaned_up(tmp_path: Path, monkeypatch,
         monkeypatch.setattr(runs, "exchange_paths", lambda first, second: False)
     folder = StagedFolder(tmp_path / "base", "clare fit")
     _fill(folder.final, OLD)
-    real_rename = os.rename
-
     def die(src, dst):
         raise KeyboardInterrupt("killed during the swap")
 
-    with folder.lock():
-        _fill(folder.fresh_staging(), NEW)
-        monkeypatch.setattr(runs.os, "rename", die)
-        with pytest.raises(KeyboardInterrupt):
-            folder.publish()
-        monkeypatch.setattr(runs.os, "rename", real_rename)
+    _publish_killed_by(folder, monkeypatch, die)
     assert folder.journal.exists()  # outlives the kill
     with folder.lock():
         _fill(folder.fresh_staging(), {"next": "fit"})
