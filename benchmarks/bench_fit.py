@@ -124,7 +124,7 @@ class Trainer:
         import torch
         import torch.nn.functional as F
 
-        from clare.models.lare import autocast_context
+        from clare.models.precision import autocast_context
         from clare.scoring import to_device
         from clare.stages.fit import learning_rate
 

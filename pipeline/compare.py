@@ -23,8 +23,6 @@ from typing import Any, cast
 
 import numpy as np
 import pandas as pd
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from rich.markup import escape
 
@@ -44,12 +42,12 @@ from clare.data.df40 import DF40_FAMILIES, df40_method
 from clare.errors import ClareError
 from clare.files import atomic_write_csv, read_record_bytes
 from clare.provenance import provenance_line
-from clare.records import RUN_FILE, RunRecord
+from clare.records import RUN_FILE, ReportFolder, RunRecord
+from clare.render.figures import draw_roc, save_png
+from clare.render.templates import latex_text, template_environment
 
-RUN_SPEC_FILE = "run_spec.json"  # written beside metrics.json by `clare.dvc_summary`
 SCORE_COLUMNS = ("subset", "label", "video", "p_fake", "store")
 FRAME_COLUMN = "path"  # optional: links one video listed by several subsets (clare.bootstrap)
-PNG_METADATA = {"Software": None}  # figure bytes do not depend on the matplotlib build
 
 # DF40's grouping of the test subsets (design.md §4). Matching ignores case.
 KNOWN_CDF = "known methods, Celeb-DF domain"
@@ -138,9 +136,9 @@ def _report_of_run(run_dir: Path) -> tuple[Path, dict[str, Any]]:
     paths = record.config.get("paths")
     reports = (paths if isinstance(paths, dict) else {}).get("reports", "reports")
     report_dir = Path(str(reports)) / run_dir.name
-    if not (report_dir / "metrics.json").is_file():
+    if not ReportFolder(report_dir).has_report():
         raise CompareError(
-            f"{run_dir}: its report {report_dir}/metrics.json is missing; run "
+            f"{run_dir}: its report {ReportFolder(report_dir).metrics_file} is missing; run "
             f"`clare eval --config CONFIG --run {run_dir}` first, or pass the report folder"
         )
     return report_dir, record.spec()
@@ -152,7 +150,7 @@ def resolve_input(path: Path) -> tuple[Path, dict[str, Any] | None]:
     path = Path(path)
     if not path.exists():
         raise CompareError(f"{path}: no such folder; pass reports/<run> or runs/<run>")
-    if (path / "metrics.json").is_file():
+    if ReportFolder(path).has_report():
         return path, None
     if (path / RUN_FILE).is_file():
         return _report_of_run(path)
@@ -164,8 +162,9 @@ def resolve_input(path: Path) -> tuple[Path, dict[str, Any] | None]:
 
 def _spec(report_dir: Path, record: Mapping[str, Any] | None) -> dict[str, str]:
     """module, strategy and attention: from the run record, else the report's run_spec.json."""
-    if record is None and (report_dir / RUN_SPEC_FILE).is_file():
-        record = _read_json(report_dir / RUN_SPEC_FILE, "rerun `clare eval`")
+    spec_file = ReportFolder(report_dir).run_spec_file
+    if record is None and spec_file.is_file():
+        record = _read_json(spec_file, "rerun `clare eval`")
     fit = ((record or {}).get("config") or {}).get("fit") or {}
     spec = {key: str((record or {}).get(key) or fit.get(key) or NOT_APPLICABLE)
             for key in ("module", "strategy", "attention")}
@@ -175,18 +174,7 @@ def _spec(report_dir: Path, record: Mapping[str, Any] | None) -> dict[str, str]:
 
 
 def _read_scores(report_dir: Path) -> pd.DataFrame:
-    path = report_dir / "scores.parquet"
-    fix = "rerun `clare eval` for this run"
-    if not path.is_file():
-        raise CompareError(f"{path}: missing (needed for intervals and ROC curves); {fix}")
-    try:
-        scores = pd.read_parquet(path)
-    except Exception as exc:  # pyarrow raises several types for a damaged file
-        raise CompareError(f"{path}: unreadable parquet ({exc.__class__.__name__}); {fix}") from None
-    missing = [c for c in SCORE_COLUMNS if c not in scores.columns]
-    if missing:
-        raise CompareError(f"{path}: lacks column(s) {', '.join(missing)}; {fix}")
-    return scores[[c for c in (*SCORE_COLUMNS, FRAME_COLUMN) if c in scores.columns]]
+    return ReportFolder(report_dir).load_scores(SCORE_COLUMNS, (FRAME_COLUMN,))
 
 
 def _recorded_version(record: Mapping[str, Any]) -> str | None:
@@ -198,12 +186,9 @@ def _recorded_version(record: Mapping[str, Any]) -> str | None:
 
 
 def load_run(path: Path) -> RunResult:
-    """Read one input folder; any problem is a CompareError naming the file and the fix."""
+    """Read one input folder; any problem is a one-line ClareError naming the file and the fix."""
     report_dir, record = resolve_input(path)
-    metrics_file = report_dir / "metrics.json"
-    metrics = _read_json(metrics_file, "rerun `clare eval` for this run")
-    if not isinstance(metrics, dict) or not isinstance(metrics.get("subsets"), dict):
-        raise CompareError(f"{metrics_file}: no 'subsets' table; rerun `clare eval` for this run")
+    metrics = ReportFolder(report_dir).load_metrics().model_dump()
     spec = _spec(report_dir, record)
     name = str(metrics.get("run") or report_dir.name)
     version = _recorded_version(metrics) or _recorded_version(record or {})
@@ -506,33 +491,6 @@ def robustness_table(runs: Sequence[RunResult], metric: str = "auc") -> CompareT
 # --------------------------------------------------------------------------- figures
 
 
-def colours(n: int) -> list[Any]:
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab10" if n <= 10 else "tab20"]
-    return [cmap(i % cmap.N) for i in range(n)]
-
-
-def draw_roc(ax: Axes, curves: Sequence[tuple[str, pd.DataFrame]], title: str) -> None:
-    """One ROC line per (label, rows with label and p_fake) on `ax`, and the chance line."""
-    from clare.metrics import roc_points
-
-    ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="#999999")
-    for (label, rows), colour in zip(curves, colours(len(curves)), strict=True):
-        points = roc_points(rows["label"].to_numpy(), rows["p_fake"].to_numpy())
-        if points:
-            ax.plot([p["fpr"] for p in points], [p["tpr"] for p in points], lw=1.3,
-                    color=colour, label=label.replace("$", r"\$"))  # no mathtext from names
-    ax.set(xlim=(0, 1), ylim=(0, 1.01), title=title)
-    ax.grid(alpha=0.3)
-
-
-def save_png(fig: Figure, path: Path) -> Path:
-    FigureCanvasAgg(fig)
-    fig.savefig(path, format="png", dpi=100, metadata=PNG_METADATA)
-    return path
-
-
 def roc_overlay(runs: Sequence[RunResult], subsets: Sequence[str], path: Path) -> Path:
     """A grid with one panel per subset and one ROC line per run in each."""
     n_cols = max(1, min(4, len(subsets)))
@@ -647,25 +605,6 @@ def markdown_table(table: CompareTable) -> dict[str, Any]:
     shown_groups = [g if i == 0 or g != groups[i - 1] else "" for i, g in enumerate(groups)]
     return {"header": [s for _g, s in column_pairs(frame)], "groups": shown_groups, "rows": rows,
             "align": ["---"] * n_run + ["---:"] * (len(frame.columns) - n_run)}
-
-
-def template_environment() -> Any:
-    """Jinja2 for the templates in clare/templates: autoescaped, undefined names an error."""
-    from jinja2 import Environment, FileSystemLoader, StrictUndefined
-
-    return Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
-                       autoescape=True, undefined=StrictUndefined, keep_trailing_newline=True,
-                       trim_blocks=True, lstrip_blocks=True)
-
-
-_LATEX_TEXT = {"\\": r"\textbackslash{}", "%": r"\%", "&": r"\&", "_": r"\_", "#": r"\#",
-               "$": r"\$", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
-               "^": r"\textasciicircum{}", "≥": r"$\geq$", "≤": r"$\leq$"}
-
-
-def latex_text(text: str) -> str:
-    """Plain text for a LaTeX caption: its special characters escaped."""
-    return "".join(_LATEX_TEXT.get(char, char) for char in text)
 
 
 def _group_rules(table: CompareTable) -> str:
@@ -793,7 +732,7 @@ def print_table(table: CompareTable, console: Any) -> None:
 def check_out_dir(out_dir: Path) -> None:
     """Refuse to write into a report folder of `clare eval`: compare.* and roc.png would mix
     with the published evaluation, and its next publish would drop them."""
-    if (out_dir / "metrics.json").is_file() or (out_dir / "scores.parquet").is_file():
+    if ReportFolder(out_dir).holds_results():
         raise CompareError(f"--out {out_dir}: a report folder of `clare eval` (it holds "
                            "metrics.json); choose a folder of its own, e.g. reports/compare")
 

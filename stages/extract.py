@@ -36,7 +36,7 @@ from clare import fingerprint as fp
 from clare.cache.entries import StoreLayout, store_layout
 from clare.cache.store import FeatureStore, shard_index_digests
 from clare.config import Config
-from clare.console import library_log_level, library_logging, make_console
+from clare.console import library_log_level, library_logging, make_console, step_progress
 from clare.data.views import Perturbation, parse_perturbation
 from clare.errors import ConfigError, StoreError, one_line, reason_label, short_repr
 from clare.features import (
@@ -415,13 +415,6 @@ def run_extract(
     overwrite: bool = False,
     quiet: bool = False,
 ) -> ExtractSummary:
-    from rich.progress import (
-        BarColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
     if split not in ("train", "test"):
         raise ConfigError(f"--split '{split}': expected train or test")
@@ -468,30 +461,15 @@ def run_extract(
         )
         if done:
             console.print(f"resuming {escape(str(path))}: {len(done)} of {store.n_shards} shards already complete")
-        reasons: Counter[str] = Counter()
-        progress = Progress(
-            TextColumn("[bold]extract {task.fields[store]}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total} rows"),
-            TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-        )
+        progress = step_progress(console, f"extract {path.name}", "img")
         already = sum(store.shard_bounds(i)[1] - store.shard_bounds(i)[0] for i in done)
         with progress:
-            task = progress.add_task("extract", total=len(rows), completed=already, store=path.name, rate="")
-            run_started = time.perf_counter()
-            computed = 0
+            task = progress.add_task("extract", total=len(rows), completed=already)
 
             def on_done(result: ShardResult) -> None:
-                nonlocal computed
                 start, stop = store.shard_bounds(result.index)
-                computed += stop - start
-                reasons.update(result.reasons)
                 store.record_progress()
-                rate = computed / max(time.perf_counter() - run_started, 1e-9)
-                progress.update(task, advance=stop - start, rate=f"{rate:.1f} img/s")
+                progress.advance(task, stop - start)
 
             _run_shards(job, pending, store, workers, scheduler, on_done)
         manifest = store.finalize()

@@ -46,6 +46,7 @@ from clare import selection
 from clare.cache.loader import RowCache, StoreLoader
 from clare.cache.store import FeatureStore, open_store
 from clare.config import Config, FitConfig
+from clare.console import command_console, step_progress
 from clare.errors import CheckpointError, ConfigError, RunError, StoreError, TrainingError
 from clare.files import atomic_write_bytes, file_sha256
 from clare.provenance import provenance
@@ -56,8 +57,6 @@ from clare.runs import (
     MODEL_FILE,
     RUN_FILE,
     StagedFolder,
-    command_console,
-    step_progress,
 )
 from clare.scoring import batch_logits, entry_scores, score_loader, validation_threshold
 

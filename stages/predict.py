@@ -659,7 +659,7 @@ def _predict(run: Any, cfg: Config, paths: list[Path], plan: _Plan, options: Pre
 
 def _score_with_progress(paths: list[Path], models: _Models, batch_size: int, cfg: Config,
                          console: Any) -> tuple[list[InputResult], int]:
-    from clare.runs import step_progress
+    from clare.console import step_progress
 
     results: list[InputResult] = []
     threads = cfg.extract.decode_threads
