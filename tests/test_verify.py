@@ -6,7 +6,6 @@ import errno
 import json
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -248,18 +247,6 @@ def test_other_os_errors_are_not_disguised(reference: dict, tmp_path: Path, monk
 # a store that verify calls sound is sound; every read of a damaged byte fails loudly.
 
 
-def _cli(args: list[str], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
-    """`clare ARGS` in this process through the real entry point (ClareError -> exit 2)."""
-    from clare.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["clare", *args])
-    with pytest.raises(SystemExit) as caught:
-        main()
-    captured = capsys.readouterr()
-    code = caught.value.code
-    return (0 if code is None else int(code)), captured.out, captured.err
-
-
 def _one_error_line(err: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
@@ -322,7 +309,7 @@ def test_shard_copied_from_another_store_is_damaged_and_redone(
 
 
 @pytest.mark.parametrize("forge_markers", [False, True], ids=["markers-kept", "markers-forged"])
-def test_flipped_labels_are_never_sound(
+def test_flipped_labels_are_never_sound(clare,
     reference: dict, tmp_path: Path, forge_markers: bool, capsys, monkeypatch
 ) -> None:
     cfg, store_path = _copy(reference, tmp_path)
@@ -332,7 +319,7 @@ def test_flipped_labels_are_never_sound(
     with pytest.raises(StoreError, match=r"manifest.parquet: its paths, labels or order differ"):
         FeatureStore(store_path).manifest()
 
-    code, out, _ = _cli(["verify", str(store_path)], capsys, monkeypatch)
+    code, out, _ = clare("verify", str(store_path))
     assert code == 1 and "store is sound" not in out
     expected = "index rows" if forge_markers else "manifest part changed since it was written"
     for index in range(3):
@@ -487,7 +474,7 @@ def test_arrays_without_checksums_fail_verify(reference: dict, tmp_path: Path) -
 
 
 @pytest.mark.parametrize("old", ["clare-store/1", "clare-store/2"])
-def test_old_format_store_is_one_line_naming_format_and_rebuild(
+def test_old_format_store_is_one_line_naming_format_and_rebuild(clare,
     reference: dict, tmp_path: Path, capsys, monkeypatch, old: str
 ) -> None:
     from clare.cache.store import FORMAT
@@ -498,7 +485,7 @@ def test_old_format_store_is_one_line_naming_format_and_rebuild(
     (store_path / "store.json").write_text(json.dumps(meta))
     rebuild = "clare extract --config CONFIG --split train --overwrite"
     for command in ("info", "verify"):
-        code, _, err = _cli([command, str(store_path)], capsys, monkeypatch)
+        code, _, err = clare(command, str(store_path))
         line = _one_error_line(err)
         assert code == 2
         assert f"store format {old} is not {FORMAT}" in line and rebuild in line
@@ -526,7 +513,7 @@ STORE_JSON_EDITS = {
 
 
 @pytest.mark.parametrize("edit", list(STORE_JSON_EDITS), ids=list(STORE_JSON_EDITS))
-def test_store_json_with_wrong_types_is_one_line(
+def test_store_json_with_wrong_types_is_one_line(clare,
     reference: dict, tmp_path: Path, edit: str, capsys, monkeypatch
 ) -> None:
     _, store_path = _copy(reference, tmp_path)
@@ -534,24 +521,24 @@ def test_store_json_with_wrong_types_is_one_line(
     STORE_JSON_EDITS[edit](meta)
     (store_path / "store.json").write_text(json.dumps(meta))
     for command in ("info", "verify"):
-        code, _, err = _cli([command, str(store_path)], capsys, monkeypatch)
+        code, _, err = clare(command, str(store_path))
         line = _one_error_line(err)
         assert code == 2 and f"{store_path / 'store.json'}:" in line and "--overwrite" in line
 
 
 @pytest.mark.parametrize("content", [b"[1, 2]", b"{not json", b"\xff\xfe\x00", b"[" * 100_000],
                          ids=["list", "bad-json", "not-utf8", "deep"])
-def test_unreadable_store_json_is_one_line(reference: dict, tmp_path: Path, content: bytes,
+def test_unreadable_store_json_is_one_line(clare, reference: dict, tmp_path: Path, content: bytes,
                                            capsys, monkeypatch) -> None:
     _, store_path = _copy(reference, tmp_path)
     (store_path / "store.json").write_bytes(content)
-    code, _, err = _cli(["info", str(store_path)], capsys, monkeypatch)
+    code, _, err = clare("info", str(store_path))
     line = _one_error_line(err)
     assert code == 2 and str(store_path / "store.json") in line and len(line) < 300
 
 
 @pytest.mark.parametrize("stray", ["notes.json", "00001.json.bak", "README", "00002.parquet/"])
-def test_stray_file_in_shards_is_one_line(reference: dict, tmp_path: Path, stray: str,
+def test_stray_file_in_shards_is_one_line(clare, reference: dict, tmp_path: Path, stray: str,
                                           capsys, monkeypatch) -> None:
     cfg, store_path = _copy(reference, tmp_path)
     target = store_path / "shards" / stray.rstrip("/")
@@ -561,7 +548,7 @@ def test_stray_file_in_shards_is_one_line(reference: dict, tmp_path: Path, stray
     else:
         target.write_text("hello")
     for command in ("info", "verify"):
-        code, _, err = _cli([command, str(store_path)], capsys, monkeypatch)
+        code, _, err = clare(command, str(store_path))
         line = _one_error_line(err)
         assert code == 2 and f"{target}: not a file of this store" in line and "move it out" in line
     with pytest.raises(StoreError, match="not a file of this store"):
@@ -593,7 +580,7 @@ def _read_only(monkeypatch: pytest.MonkeyPatch, store_path: Path) -> None:
     monkeypatch.setattr(Path, "unlink", guarded_unlink)
 
 
-def test_read_only_store_is_read_and_verified_but_never_written(
+def test_read_only_store_is_read_and_verified_but_never_written(clare,
     reference: dict, tmp_path: Path, capsys, monkeypatch
 ) -> None:
     from clare.cache.loader import StoreLoader
@@ -609,7 +596,7 @@ def test_read_only_store_is_read_and_verified_but_never_written(
     loader = StoreLoader(store, ok["row"].to_numpy()[:4], ok["label"].to_numpy()[:4], batch_size=4, seed=0)
     assert sum(len(b.rows) for b in loader.epoch(0)) == 4
 
-    code, out, _ = _cli(["verify", str(store_path)], capsys, monkeypatch)
+    code, out, _ = clare("verify", str(store_path))
     assert code == 1 and "damaged shard 1" in out and "read-only, so nothing was marked" in out
     with pytest.raises(StoreError) as caught:
         run_extract(cfg, split="train", overwrite=True, quiet=True)
