@@ -24,6 +24,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -107,18 +108,35 @@ def _no_hash_cache_in_home():
         os.environ["CLARE_HASH_CACHE"] = before
 
 
+class CliResult(NamedTuple):
+    """What `clare ARGS` did: exit code, stdout and stderr (a tuple, so it unpacks)."""
+
+    code: int
+    out: str
+    err: str
+
+    @property
+    def exit_code(self) -> int:
+        return self.code
+
+    @property
+    def output(self) -> str:
+        """stdout, then stderr: everything the command printed."""
+        return self.out + self.err
+
+
 @pytest.fixture
 def clare(capsys: pytest.CaptureFixture[str],
-          monkeypatch: pytest.MonkeyPatch) -> Callable[..., tuple[int, str, str]]:
-    """`clare(*args)`: (exit code, stdout, stderr) of `clare ARGS` through the real entry point."""
+          monkeypatch: pytest.MonkeyPatch) -> Callable[..., CliResult]:
+    """`clare(*args)`: exit code, stdout and stderr of `clare ARGS` through the real entry point."""
 
-    def run(*args: object) -> tuple[int, str, str]:
+    def run(*args: object) -> CliResult:
         monkeypatch.setattr(sys, "argv", ["clare", *map(str, args)])
         capsys.readouterr()  # what the test printed before is not the command's
         with pytest.raises(SystemExit) as done:
             cli.main()
         captured = capsys.readouterr()
         code = done.value.code
-        return (0 if code is None else int(code)), captured.out, captured.err
+        return CliResult(0 if code is None else int(code), captured.out, captured.err)
 
     return run

@@ -16,11 +16,9 @@ from helpers_extract import (
     make_config,
     make_image_tree,
 )
-from typer.testing import CliRunner
 
 from clare.cache.checks import store_info, verify_store
 from clare.cache.store import FeatureStore
-from clare.cli import app
 from clare.errors import StoreError
 from clare.files import file_sha256
 from clare.stages.extract import run_extract
@@ -54,7 +52,7 @@ def _flip_bytes(path: Path, count: int = 16) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_healthy_store_verifies_and_info_prints_counts(reference: dict) -> None:
+def test_healthy_store_verifies_and_info_prints_counts(reference: dict, clare) -> None:
     report = verify_store(reference["store"], repair=False)
     assert report.ok, report.checks
     assert not report.damaged and not report.incomplete
@@ -66,18 +64,18 @@ def test_healthy_store_verifies_and_info_prints_counts(reference: dict) -> None:
     assert info["arrays"]["lare"]["shape"] == [N_IMAGES, 4, 32, 32]
     assert info["bytes_per_image"] > 0
 
-    runner = CliRunner()
-    result = runner.invoke(app, ["info", str(reference["store"])])
+    result = clare("info", reference["store"])
     assert result.exit_code == 0, result.output
     assert f"{N_IMAGES} ({N_IMAGES} distinct images x 1 view(s); {N_IMAGES} listed entries)" in result.output
     assert "3/3 complete" in result.output
     assert "float16" in result.output
-    result = runner.invoke(app, ["verify", str(reference["store"])])
+    result = clare("verify", reference["store"])
     assert result.exit_code == 0, result.output
     assert "store is sound" in result.output
 
 
-def test_info_on_an_unfinished_store_reads_the_shard_parts(reference: dict, tmp_path: Path) -> None:
+def test_info_on_an_unfinished_store_reads_the_shard_parts(reference: dict, tmp_path: Path,
+                                                            clare) -> None:
     _, store_path = _copy(reference, tmp_path)
     store = FeatureStore(store_path)
     (store_path / "manifest.parquet").unlink()
@@ -89,7 +87,7 @@ def test_info_on_an_unfinished_store_reads_the_shard_parts(reference: dict, tmp_
     assert info["complete"] is False
     assert info["shards"] == {"total": 3, "complete": 2, "missing": [2]}
     assert info["rows_done"] == 8 and info["ok"] == 8
-    result = CliRunner().invoke(app, ["info", str(store_path)])
+    result = clare("info", store_path)
     assert result.exit_code == 0, result.output
     assert "incomplete" in result.output and "2/3 shards done" in result.output
 
@@ -117,13 +115,13 @@ def test_damaged_array_metadata_is_a_store_error_naming_the_file(
 
 @pytest.mark.parametrize("array", ["tokens", "lare"])
 def test_flipped_bytes_are_found_and_only_that_shard_is_redone(
-    reference: dict, tmp_path: Path, array: str
+    reference: dict, tmp_path: Path, array: str, clare
 ) -> None:
     cfg, store_path = _copy(reference, tmp_path)
     damaged = FeatureStore(store_path).shard_files(1)[array]
     _flip_bytes(damaged)
 
-    result = CliRunner().invoke(app, ["verify", str(store_path)])
+    result = clare("verify", store_path)
     assert result.exit_code == 1, result.output
     assert "damaged shard 1" in result.output
     assert f"1 of {FeatureStore(store_path).n_shards} damaged: shard(s) 1" in result.output
