@@ -31,7 +31,8 @@ from clare.bootstrap import (
     video_codes,
     weighted_auc,
 )
-from clare.compare import (
+from clare.compare import load_runs, run_compare
+from clare.compare_table import (
     KNOWN_CDF,
     MEAN_COLUMN,
     OTHER,
@@ -39,8 +40,6 @@ from clare.compare import (
     CompareError,
     build_table,
     cell_text,
-    load_runs,
-    run_compare,
 )
 from clare.metrics import compute_metrics, summarize
 
