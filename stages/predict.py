@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from rich.markup import escape
 
 from clare import fingerprint as fp
+from clare.cache.spill import FeatureSpill
 from clare.config import (
     Config,
     _set_dotted,
@@ -43,7 +44,6 @@ from clare.data.images import DecodedImage, ImageDecodeError, check_dimensions, 
 from clare.errors import ConfigError, DataError, StoreError, one_line, reason_label
 from clare.features import (
     FeatureExtractor,
-    FeatureSpill,
     Prepared,
     RowPreparer,
     compute_features,

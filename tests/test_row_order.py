@@ -19,6 +19,7 @@ import pytest
 from clare.cache.entries import image_write_order, store_layout
 from clare.cache.loader import BatchMixing, StoreLoader, batch_mixing, by_row
 from clare.cache.store import FeatureStore
+from clare.cache.writer import StoreWriter
 from clare.config import FitConfig
 from clare.stages.fit import video_keys
 
@@ -70,8 +71,8 @@ def entries_in_store_order(index: pd.DataFrame) -> pd.DataFrame:
 def test_df40_shaped_batches_mix_classes_and_videos(df40_index: pd.DataFrame, tmp_path: Path) -> None:
     n = len(df40_index)
     assert n == METHODS * 2 * VIDEOS * FRAMES
-    store = FeatureStore.create(tmp_path / "store", n_rows=n, shapes=TINY_SHAPES,
-                                shard_rows=SHARD_ROWS, meta={})
+    store = StoreWriter.create(tmp_path / "store", n_rows=n, shapes=TINY_SHAPES,
+                               shard_rows=SHARD_ROWS, meta={}).store
     # Before: one row per entry in index order, read with the loader's old window of 2 shards.
     before = mixing_of(in_index_order(df40_index), store, window=2)
     entries = entries_in_store_order(df40_index)
@@ -128,8 +129,8 @@ def test_store_layout_refuses_an_image_listed_with_both_labels() -> None:
 
 def test_epoch_rows_is_the_order_the_batches_read(tmp_path: Path) -> None:
     n, shard_rows = 50, 8
-    store = FeatureStore.create(tmp_path / "store", n_rows=n, shapes=TINY_SHAPES,
-                                shard_rows=shard_rows, meta={})
+    store = StoreWriter.create(tmp_path / "store", n_rows=n, shapes=TINY_SHAPES,
+                               shard_rows=shard_rows, meta={}).store
     for shard in range(store.n_shards):
         start, stop = store.shard_bounds(shard)
         ids = np.arange(start, stop, dtype=np.float32)
