@@ -203,10 +203,11 @@ def mixing(index: pd.DataFrame, work: Path, seed: int) -> dict[str, Any]:
     from clare.cache.loader import StoreLoader, batch_mixing, by_row
     from clare.cache.writer import StoreWriter
     from clare.config import FitConfig
+    from clare.data.df40 import describe_label_conflicts
     from clare.stages.fit import video_keys
 
     started = time.perf_counter()
-    layout = store_layout(index, 1, None, seed)
+    layout = store_layout(index, 1, None, seed, describe_conflicts=describe_label_conflicts)
     digest = layout.digest()
     layout_s = time.perf_counter() - started
     before_rows = index.assign(row=np.arange(len(index), dtype=np.int64))

@@ -5,6 +5,7 @@ store once every input is scored (`FeatureSpill`).
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -62,14 +63,14 @@ class FeatureSpill:
         pairs = zip(records["_batch"], records["_at"], strict=True)
         return np.stack([row(int(batch), int(at)) for batch, at in pairs])
 
-    def write_store(self, path: Path, cfg: Config, *, split: str,
-                    extra: dict[str, Any]) -> FeatureStore | None:
+    def write_store(self, path: Path, cfg: Config, *, split: str, extra: dict[str, Any],
+                    describe_conflicts: Callable[[pd.DataFrame], str]) -> FeatureStore | None:
         """The spilled rows as a finished store at `path` (None when no row was kept); `split`
         and `extra` go into store.json."""
         if not self.rows or self.shapes is None:
             return None
         index = pd.DataFrame.from_records(self.rows)  # one entry per scored input
-        layout = store_layout(index, 1, None, cfg.seed)
+        layout = store_layout(index, 1, None, cfg.seed, describe_conflicts=describe_conflicts)
         # The features of each distinct image (an input given twice was scored twice alike),
         # in the layout's row order.
         records = index.drop_duplicates("path").set_index("path").loc[layout.rows["path"]]

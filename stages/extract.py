@@ -38,6 +38,7 @@ from clare.cache.store import FeatureStore
 from clare.cache.writer import StoreWriter, open_or_create, store_meta
 from clare.config import Config
 from clare.console import library_log_level, library_logging, make_console
+from clare.data.df40 import describe_label_conflicts
 from clare.data.views import Perturbation, parse_perturbation
 from clare.errors import ConfigError, StoreError, one_line, reason_label, short_repr
 from clare.features import (
@@ -399,7 +400,8 @@ def run_extract(
         _connect(scheduler, cfg.extract.connect_timeout).close()
 
     index = load_index(cfg, split, subsets)
-    layout = store_layout(index, views, perturbation.spec if perturbation else None, cfg.seed)
+    layout = store_layout(index, views, perturbation.spec if perturbation else None, cfg.seed,
+                          describe_conflicts=describe_label_conflicts)
     rows = layout.rows
     fingerprint = fp.store_fingerprint(cfg, index_sha256=layout.digest(), views=views,
                                        perturb=perturbation.spec if perturbation else None)
