@@ -480,6 +480,17 @@ def measure_identity_cost(work: Path, args: argparse.Namespace) -> dict[str, Any
     timed = time_alternating(fns, warmup=max(args.warmup, 1), repeats=args.checksum_repeats)
     out: dict[str, Any] = {"rows": args.n, "shards": stores["checked"].n_shards,
                            "seconds": {k: v for k, v in timed.items()}}
+    # The check alone, over every shard file of the three arrays (what a fresh store pays once
+    # per file), against an unchecked fresh epoch: steadier than the end-to-end ratio when other
+    # work shares the machine, like read_seq_crc_share.
+    from clare.cache.mapped import chunk_checksums
+
+    files = [stores["checked"].shard_file(name, shard) for name in DTYPES
+             for shard in range(stores["checked"].n_shards)]
+    check = time_call(lambda: [chunk_checksums(f, args.shard_rows) for f in files], warmup=1,
+                      repeats=max(args.checksum_repeats, 3))
+    out["check_every_shard_file_s"] = check.min_s
+    out["check_share_of_an_epoch"] = check.min_s / timed["fit epoch, fresh store: unchecked"]["min"]
     for what in ("fit epoch, fresh store", "fit epoch, open store", "random rows"):
         checked, unchecked = timed[f"{what}: checked"], timed[f"{what}: unchecked"]
         # Above 1: the check costs time (checked seconds / unchecked seconds).
@@ -589,6 +600,8 @@ def _report_identity(args: argparse.Namespace, results: dict[str, Any]) -> None:
                 ["read", "median", "best"],
                 [[what.removesuffix(": time ratio"), f"{r['median']:.3f}", f"{r['best']:.3f}"]
                  for what, r in identity.items() if what.endswith("time ratio")])
+    print(f"the check alone over every shard file: {identity['check_every_shard_file_s'] * 1e3:.2f} ms, "
+          f"{identity['check_share_of_an_epoch']:.2%} of an unchecked epoch (fastest runs)")
     print(f"results: {args.out}")
 
 
