@@ -13,7 +13,10 @@ only: the sharding codec with its index at the end of the file, inner chunks of 
 every problem it meets (a missing file or inner chunk, a checksum that does not match, sizes
 that disagree), it declines by returning None and the caller reads through zarr, which raises
 the store's usual error naming the array and shard. So a damaged store reads exactly as before;
-a sound one reads the same values faster (tests/test_mapped.py compares the two).
+a sound one reads the same values faster (tests/test_mapped.py compares the two). Given the
+crc32c each row was written with (its shard marker's record), a row whose stored crc32c is
+another declines too: the bytes are intact but another shard's (`chunk_checksums` reads the
+record's values from a shard file when it is written).
 
 The checksum is computed by the `crc32c` package, which releases the GIL: the page faults that
 bring a shard in from disk happen inside it, in the loader's read-ahead thread, while the

@@ -16,12 +16,14 @@ Layout of a store directory (format clare-store/3):
                           the digest of each shard's rows, the sha256 of manifest and entries
     shards/NNNNN.parquet  the manifest rows of one shard
     shards/NNNNN.json     the shard's commit marker: sha256 of its array files and its manifest
-                          part, the store fingerprint digest it was written under, counts
+                          part, the crc32c of each row's chunk, the store fingerprint digest it
+                          was written under, counts
     .lock                 held (flock) by the one process writing the store; never deleted
 
-A shard is written with one assignment per array, then its manifest part, then its marker: a
-shard without a marker is not done and is recomputed on resume. Different shards live in
-different files, so writers that own whole shards never collide.
+A shard is written (`clare.cache.writer`) with one assignment per array, then its manifest
+part, then its marker: a shard without a marker is not done and is recomputed on resume.
+Different shards live in different files, so writers that own whole shards never collide.
+This module reads and checks; store.json's schema is `clare.cache.meta`'s.
 
 Which rows a store holds is fixed when it is created: the fingerprint records the digest of
 the layout (rows: path, label, view in order; entries: what points at them) and store.json the
