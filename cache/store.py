@@ -281,7 +281,8 @@ class FeatureStore:
         marker = self.shard_marker(shard)
         if marker is None and self.meta["shards"]["state"] != "complete":
             return {}  # not written yet: nothing to compare with
-        problem = self._marker_problem(shard, marker)
+        problem = ("missing, though store.json says the store is complete" if marker is None
+                   else self._marker_problem(shard, marker))
         if problem or marker is None:
             raise StoreError(f"{self.marker_path(shard)}: {problem}; {self.repair_advice()}")
         recorded = marker.get("chunk_crc32c")
@@ -307,13 +308,15 @@ class FeatureStore:
         token rows (`mapped_rows`) are compared on the very bytes they are read from."""
         for shard in range(start // self.shard_rows, max(start, stop - 1) // self.shard_rows + 1):
             expected = self.recorded_crcs(name, shard)
+            if expected is None:
+                continue
             file = self.shard_file(name, shard)
             try:
                 stat = file.stat()
             except OSError:
                 continue  # a missing file reads as NaN, which the loader names
             key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
-            if expected is None or self._verified.get((name, shard)) == key:
+            if self._verified.get((name, shard)) == key:
                 continue
             found = chunk_checksums(file, self.shard_rows)
             if found is None:

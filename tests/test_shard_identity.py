@@ -126,3 +126,16 @@ def test_a_forged_record_of_row_crc32c_is_refused(written: tuple[Path, dict[str,
         open_store(path).read("cls", 0, 4)
     assert str(caught.value).startswith(f"{store.marker_path(0)}: chunk_crc32c of cls is not one "
                                         "crc32c per row; run `clare verify")
+
+
+def test_a_finished_store_that_lost_a_marker_is_refused_on_read(
+        written: tuple[Path, dict[str, np.ndarray]]) -> None:
+    """Deleting the record must not turn the check off: store.json says every shard has one."""
+    path, _ = written
+    store = open_store(path)
+    store.marker_path(2).unlink()
+    with pytest.raises(StoreError) as caught:
+        open_store(path).read("tokens", 8, 12)
+    assert str(caught.value).startswith(
+        f"{store.marker_path(2)}: missing, though store.json says the store is complete; "
+        f"run `clare verify {path}`")
