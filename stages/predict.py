@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from rich.markup import escape
 
 from clare import fingerprint as fp
+from clare.cache.spill import FeatureSpill
 from clare.config import (
     Config,
     _set_dotted,
@@ -38,12 +39,12 @@ from clare.config import (
     parse_override,
 )
 from clare.console import make_console
+from clare.data.df40 import describe_label_conflicts
 from clare.data.faces import FaceBox, FaceCrop, check_face_mode
 from clare.data.images import DecodedImage, ImageDecodeError, check_dimensions, pixels_sha256
 from clare.errors import ConfigError, DataError, StoreError, one_line, reason_label
 from clare.features import (
     FeatureExtractor,
-    FeatureSpill,
     Prepared,
     RowPreparer,
     compute_features,
@@ -567,7 +568,8 @@ def _check_store_target(path: Path | None) -> None:
 
 def _write_store(spill: FeatureSpill, path: Path, cfg: Config, faces: str, console: Any) -> Path | None:
     """The features of every scored image as a store at `path`; None when none scored."""
-    store = spill.write_store(path, cfg, split=STORE_SUBSET, extra={"faces": faces})
+    store = spill.write_store(path, cfg, split=STORE_SUBSET, extra={"faces": faces},
+                              describe_conflicts=describe_label_conflicts)
     spill.close()
     if store is None:
         if path.is_dir() and not any(path.iterdir()):

@@ -19,6 +19,7 @@ from helpers_extract import (
 
 from clare.cache.checks import store_info, verify_store
 from clare.cache.store import FeatureStore
+from clare.cache.writer import StoreWriter
 from clare.errors import StoreError
 from clare.files import file_sha256
 from clare.stages.extract import run_extract
@@ -79,9 +80,9 @@ def test_info_on_an_unfinished_store_reads_the_shard_parts(reference: dict, tmp_
     _, store_path = _copy(reference, tmp_path)
     store = FeatureStore(store_path)
     (store_path / "manifest.parquet").unlink()
-    store.invalidate_shard(2)
+    StoreWriter(store).invalidate_shard(2)
     store.meta["shards"]["state"] = "incomplete"
-    store.save_meta()
+    StoreWriter(store).save_meta()
 
     info = store_info(store_path)
     assert info["complete"] is False
@@ -180,7 +181,7 @@ def test_edited_fingerprint_and_broken_manifest_are_reported(reference: dict, tm
     cfg, store_path = _copy(reference, tmp_path)
     store = FeatureStore(store_path)
     store.meta["fingerprint"]["seed"] = 99  # edited by hand: the digest no longer matches
-    store.save_meta()
+    StoreWriter(store).save_meta()
     report = verify_store(store_path, repair=False)
     failed = {c.name for c in report.checks if not c.ok}
     assert failed == {"fingerprint"}
@@ -201,19 +202,19 @@ def test_full_disk_is_a_clear_error_and_the_store_resumes(
     reference: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg = make_config(tmp_path, reference["models"], reference["root"] / "data")
-    original = FeatureStore.write_shard
+    original = StoreWriter.write_shard
     calls = {"n": 0}
 
     def fills_the_disk(self, index, arrays, manifest):
         calls["n"] += 1
         if calls["n"] == 2:
             # Half a shard reaches the disk, then the device is full.
-            start, stop = self.shard_bounds(index)
-            self.array("lare", write=True)[start:stop] = arrays["lare"]
+            start, stop = self.store.shard_bounds(index)
+            self.store.array("lare", write=True)[start:stop] = arrays["lare"]
             raise OSError(errno.ENOSPC, "No space left on device")
         return original(self, index, arrays, manifest)
 
-    monkeypatch.setattr(FeatureStore, "write_shard", fills_the_disk)
+    monkeypatch.setattr(StoreWriter, "write_shard", fills_the_disk)
     with pytest.raises(StoreError) as caught:
         run_extract(cfg, split="train", quiet=True)
     store_path = cfg.paths.stores / "train"
@@ -222,7 +223,7 @@ def test_full_disk_is_a_clear_error_and_the_store_resumes(
     )
     assert FeatureStore(store_path).completed_shards() == {0}
 
-    monkeypatch.setattr(FeatureStore, "write_shard", original)
+    monkeypatch.setattr(StoreWriter, "write_shard", original)
     summary = run_extract(cfg, split="train", quiet=True)
     assert summary.shards_run == 2
     assert_stores_equal(store_path, reference["store"])
@@ -235,7 +236,7 @@ def test_other_os_errors_are_not_disguised(reference: dict, tmp_path: Path, monk
     def broken(self, index, arrays, manifest):
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(FeatureStore, "write_shard", broken)
+    monkeypatch.setattr(StoreWriter, "write_shard", broken)
     with pytest.raises(OSError) as caught:
         run_extract(cfg, split="train", quiet=True)
     assert caught.value.errno == errno.EIO and not isinstance(caught.value, StoreError)
@@ -291,7 +292,7 @@ def test_shard_copied_from_another_store_is_damaged_and_redone(
     for source in (foreign.marker_path(0), foreign.part_path(0)):
         shutil.copy2(source, store_path / "shards" / source.name)
     target.meta["shards"]["state"] = "incomplete"  # as if the copy happened before finalize
-    target.save_meta()
+    StoreWriter(target).save_meta()
     (store_path / "manifest.parquet").unlink()
 
     if repair_with == "verify":
@@ -339,7 +340,7 @@ def test_edited_shard_digests_in_store_json_fail_the_index_check(reference: dict
     store.meta["index_shards_sha256"] = [rows_digest(pd.read_parquet(store.part_path(i)))
                                          for i in range(store.n_shards)]
     store.meta["manifest_sha256"] = file_sha256(store.manifest_path)
-    store.save_meta()
+    StoreWriter(store).save_meta()
 
     report = verify_store(store_path, repair=False)
     failed = {c.name: c.detail for c in report.checks if not c.ok}
@@ -360,9 +361,9 @@ def test_finalize_refuses_a_part_that_does_not_match_the_index(
     store = FeatureStore(store_path)
     store.manifest_path.unlink()
     store.meta["shards"]["state"] = "incomplete"
-    store.save_meta()
+    StoreWriter(store).save_meta()
     # Skip the resume check, as if the parts changed while the run was going.
-    monkeypatch.setattr(FeatureStore, "drop_unsound_shards", lambda self: {})
+    monkeypatch.setattr(StoreWriter, "drop_unsound_shards", lambda self: {})
     with pytest.raises(StoreError) as caught:
         run_extract(cfg, split="train", quiet=True)
     assert str(caught.value).startswith(f"{store_path}: shard 0: its rows are not the store's index rows")
@@ -475,7 +476,7 @@ def test_arrays_without_checksums_fail_verify(reference: dict, tmp_path: Path) -
 def test_old_format_store_is_one_line_naming_format_and_rebuild(clare,
     reference: dict, tmp_path: Path, capsys, monkeypatch, old: str
 ) -> None:
-    from clare.cache.store import FORMAT
+    from clare.cache.meta import FORMAT
 
     cfg, store_path = _copy(reference, tmp_path)
     meta = json.loads((store_path / "store.json").read_text())
@@ -558,7 +559,7 @@ def _read_only(monkeypatch: pytest.MonkeyPatch, store_path: Path) -> None:
     import builtins
 
     from clare import files as files_module
-    from clare.cache import store as store_module
+    from clare.cache import writer as writer_module
 
     real_open = builtins.open
 
@@ -573,7 +574,7 @@ def _read_only(monkeypatch: pytest.MonkeyPatch, store_path: Path) -> None:
         return real_unlink(self, missing_ok=missing_ok)
 
     real_unlink = Path.unlink
-    monkeypatch.setattr(store_module, "open", guarded_open, raising=False)
+    monkeypatch.setattr(writer_module, "open", guarded_open, raising=False)
     monkeypatch.setattr(files_module, "open", guarded_open, raising=False)
     monkeypatch.setattr(Path, "unlink", guarded_unlink)
 

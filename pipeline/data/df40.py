@@ -540,6 +540,12 @@ def conflict_message(conflicts: pd.DataFrame, sources: dict[str, str] | None = N
             "data.on_label_conflict: skip to drop such images and count them")
 
 
+def describe_label_conflicts(index: pd.DataFrame) -> str:
+    """`conflict_message` for an index that lists an image with both labels (the words
+    `clare.cache.entries.store_layout` refuses such an index with)."""
+    return conflict_message(label_conflicts(index))
+
+
 def _drop_label_conflicts(index: pd.DataFrame, checks: list[SubsetCheck], sources: dict[str, str],
                           how: str) -> pd.DataFrame:
     """Refuse (how="error") or drop and count (how="skip") images listed with both labels."""

@@ -74,11 +74,6 @@ class LareExtractor:
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"unsupported scheduler prediction_type {self.prediction_type!r}")
 
-    def latent_shape(self) -> tuple[int, int, int]:
-        factor = 2 ** (len(self.parts.vae.config.block_out_channels) - 1)
-        side = self.cfg.image_size // factor
-        return (int(self.parts.vae.config.latent_channels), side, side)
-
     @torch.no_grad()
     def __call__(self, pixels: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
         """pixels (B, 3, S, S) in [-1, 1]; one CPU generator per image -> (B, 4, h, w) float32."""
