@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from clare.config import Config
-from clare.errors import CheckpointError, ClareError, ModelLoadError, RunError
+from clare.errors import CheckpointError, ExportError, ModelLoadError, RunError
 from clare.files import atomic_write_bytes, file_sha256, read_record_bytes
 from clare.models.hub import CLIP_DIR, SD15_DIR, SD15_REPO, checkpoint_origin, read_source_record
 
@@ -41,10 +41,6 @@ EXPORT_FORMAT = "clare-export/1"
 WEIGHTS_DIR = "./weights"
 DOWNLOAD_FIX = "`clare models download --out weights`"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-class ExportError(ClareError):
-    """An export that cannot be written or an exported folder that cannot be trusted."""
 
 
 # --------------------------------------------------------------------------- opening a source

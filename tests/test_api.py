@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 import clare
 from clare.cli import app
-from clare.errors import CheckpointError, FingerprintError, ModelLoadError, RunError
+from clare.errors import CheckpointError, ExportError, FingerprintError, ModelLoadError, RunError
 from clare.predictor import PREDICTION_COLUMNS
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -229,3 +229,19 @@ def test_hub_id_loads_offline_from_a_filled_cache(world: World, tmp_path: Path,
     capsys.readouterr()  # the loads' progress lines so far
     assert_one_line_error(run_clare(["predict", "--run", "someone/not-cached", world.image],
                                     capsys, monkeypatch), str(cache), "huggingface-cli download")
+
+
+def test_export_refuses_a_used_folder_and_an_export_without_its_manifest(
+        world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "notes.txt").write_text("mine")
+    assert_one_line_error(run_clare(["export", world.run_dir, used], capsys, monkeypatch),
+                          str(used), "not an empty folder")
+    assert [p.name for p in used.iterdir()] == ["notes.txt"]
+    copy = tmp_path / "copy"
+    shutil.copytree(world.exported, copy)
+    (copy / "SHA256SUMS").unlink()
+    with pytest.raises(ExportError, match=r"SHA256SUMS: missing or unreadable"):
+        clare.load(copy)
