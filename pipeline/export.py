@@ -180,8 +180,10 @@ def _fetch_hint(weights: dict[str, Any]) -> str:
     their identity is recorded."""
     sd = weights.get("sd") or {}
     clip = weights.get("clip") or {}
-    standard = sd.get("pretrained") in (SD15_REPO, f"{WEIGHTS_DIR}/{SD15_DIR}") or str(
-        clip.get("pretrained") or "").startswith(f"{WEIGHTS_DIR}/{CLIP_DIR}")
+    # SD 1.5 and OpenAI's CLIP, by hub id or by their folders in a download layout.
+    sd_place = str(sd.get("pretrained") or "").rstrip("/")
+    standard = sd_place == SD15_REPO or sd_place.endswith(f"/{SD15_DIR}") or (
+        f"{CLIP_DIR}/" in str(clip.get("pretrained") or ""))
     where = ("or point models.sd.pretrained / models.clip.pretrained at them "
              "(--set models.sd.pretrained=DIR)")
     if standard:

@@ -245,3 +245,27 @@ def test_export_refuses_a_used_folder_and_an_export_without_its_manifest(
     (copy / "SHA256SUMS").unlink()
     with pytest.raises(ExportError, match=r"SHA256SUMS: missing or unreadable"):
         clare.load(copy)
+
+
+def test_missing_standard_backbones_name_the_download_command(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from clare.config import Config
+    from clare.export import require_backbones
+
+    monkeypatch.chdir(tmp_path)
+    models = {"sd": {"pretrained": "./weights/sd15"},
+              "clip": {"model": "ViT-L-14-quickgelu",
+                       "pretrained": "./weights/clip/ViT-L-14-openai/open_clip_model.safetensors"},
+              "local_files_only": True}
+    cfg = Config.model_validate({"data": {"root": "data"}, "models": models})
+    run = SimpleNamespace(store_fingerprint={"weights": {
+        "sd": {"pretrained": "./weights/sd15", "files": {"unet/config.json": "0" * 64}},
+        "clip": {"pretrained": models["clip"]["pretrained"], "sha256": "1" * 64}}})
+    with pytest.raises(ModelLoadError) as caught:
+        require_backbones(run, cfg)
+    message = str(caught.value)
+    assert "in weights/sd15: model_index.json, unet/config.json" in message
+    assert "weights/clip/ViT-L-14-openai/open_clip_model.safetensors" in message
+    assert "run `clare models download --out weights` in this folder" in message
