@@ -102,23 +102,36 @@ def is_export(folder: Path) -> bool:
 
 
 def verify_manifest(folder: Path) -> None:
-    """Every file SHA256SUMS lists has the recorded sha256: an edited export is refused."""
+    """The files that make the scores (weights, record, identity, CLIP config) are listed in
+    SHA256SUMS with the sha256 they have: an edited or unlisted one is refused. The model card
+    and licence are listed for `sha256sum -c` but not required to match (a hub page's card is
+    often edited online)."""
     manifest = Path(folder) / MANIFEST_FILE
     try:
         lines = read_record_bytes(manifest).decode("utf-8").splitlines()
     except (OSError, UnicodeDecodeError):
         raise ExportError(f"{manifest}: missing or unreadable, so the folder cannot be checked; "
                           "export the run again with `clare export`") from None
+    recorded: dict[str, str] = {}  # file name -> sha256, from `<sha256>  <name>` lines
     for line in filter(None, (entry.strip() for entry in lines)):
-        expected, _, name = line.partition("  ")
+        digest, _, name = line.partition("  ")
+        recorded[name] = digest
+    from clare.models.detector import MODEL_FILE
+    from clare.records import RUN_FILE
+
+    for name in (MODEL_FILE, RUN_FILE, EXPORT_FILE, CLIP_CONFIG_FILE):
         path = Path(folder) / name
-        if "/" in name or name.startswith(".") or not path.is_file():
-            raise ExportError(f"{manifest}: lists {name!r}, which is not a file of the export; "
-                              "export the run again with `clare export`")
+        if name not in recorded:
+            if not path.exists():
+                continue  # clip-model.json: only for a custom CLIP; read_run names the others
+            raise ExportError(f"{path}: not listed in {MANIFEST_FILE}, so it cannot be checked; "
+                              "get the export again")
+        if not path.is_file():
+            raise ExportError(f"{path}: listed in {MANIFEST_FILE} but missing; get the export again")
         actual = file_sha256(path)
-        if actual != expected:
+        if actual != recorded[name]:
             raise CheckpointError(
-                f"{path}: sha256 {actual[:12]}... differs from the {expected[:12]}... that "
+                f"{path}: sha256 {actual[:12]}... differs from the {recorded[name][:12]}... that "
                 f"{MANIFEST_FILE} records; the exported files were changed, get the export again"
             )
 

@@ -269,3 +269,22 @@ def test_missing_standard_backbones_name_the_download_command(tmp_path: Path,
     assert "in weights/sd15: model_index.json, unet/config.json" in message
     assert "weights/clip/ViT-L-14-openai/open_clip_model.safetensors" in message
     assert "run `clare models download --out weights` in this folder" in message
+
+
+def test_an_edited_record_is_refused_and_an_edited_card_is_not(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _weights_here(tmp_path, world.models)
+    monkeypatch.chdir(tmp_path)
+    copy = tmp_path / "copy"
+    shutil.copytree(world.exported, copy)
+    (copy / "README.md").write_text("# my own card\n")  # a card edited on the hub page
+    clare.Predictor.open(copy)  # loads: the card does not make the scores
+    record = copy / "run.yaml"
+    record.write_text(record.read_text().replace("value: ", "value: 0.0 #", 1))
+    with pytest.raises(CheckpointError, match=r"run\.yaml: sha256 .* SHA256SUMS records"):
+        clare.Predictor.open(copy)
+    sums = copy / "SHA256SUMS"
+    sums.write_text("".join(line + "\n" for line in sums.read_text().splitlines()
+                            if not line.endswith("run.yaml")))
+    with pytest.raises(ExportError, match=r"run\.yaml: not listed in SHA256SUMS"):
+        clare.Predictor.open(copy)
