@@ -10,8 +10,8 @@ An exported folder holds:
   and the clare version;
 - `README.md`, a model card; `LICENSE.txt`, the licence notice; the open_clip model config when
   the CLIP is a custom one (`clip-model.json`);
-- `SHA256SUMS`: the sha256 of every other file (`sha256sum -c SHA256SUMS` checks it). A folder
-  whose files differ from it is refused when it is loaded.
+- `SHA256SUMS`: the sha256 of every other file (`sha256sum -c SHA256SUMS` checks it). Loading
+  refuses an export whose weights, record, identity or CLIP config differ from it.
 
 Loading resolves the backbones from the current folder (or from `models.*` overrides), and the
 run's fingerprint refuses any whose content differs, as for a run folder.
