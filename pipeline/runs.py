@@ -249,5 +249,9 @@ def load_detector(info: RunInfo, device: Any) -> Any:
                      expected_name=f"the CLIP run {info.path} was trained with",
                      actual_name="the CLIP its config names now",
                      fix="restore the original checkpoint file or retrain the run")
-    return Detector.load(info.path, device=device,
-                         local_files_only=info.config.models.local_files_only)
+    from clare.models.loading import load_clip
+
+    # The CLIP the config names (checked above), not the file's header: an exported run
+    # records a portable location that only the config resolves (clare.export).
+    parts = load_clip(info.config.models.clip, local_files_only=info.config.models.local_files_only)
+    return Detector.load(info.path, device=device, clip_model=parts.model, tokenizer=parts.tokenizer)
