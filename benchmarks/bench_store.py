@@ -36,6 +36,7 @@ from benchmarks.common import (
     peak_rss_mib,
     print_table,
     seed_everything,
+    time_alternating,
     time_call,
     write_results,
 )
@@ -251,26 +252,6 @@ def measure_format(name: str, path: Path, features: dict[str, np.ndarray], args:
         "read_random_mb_s": random_bytes / MB / random.median_s,
         "read_random_rows_s": random_count / random.median_s,
     }
-
-
-def time_alternating(fns: dict[str, Any], *, warmup: int, repeats: int) -> dict[str, dict[str, float]]:
-    """Median and fastest seconds of each fn, the fns run in turn (order reversed every round).
-
-    The fastest run is the one least disturbed by other work on a shared machine; on a quiet
-    one the two agree.
-    """
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    runs: dict[str, list[float]] = {name: [] for name in fns}
-    for round_ in range(max(1, repeats)):
-        names = list(fns) if round_ % 2 == 0 else list(reversed(fns))
-        for name in names:
-            start = time.perf_counter()
-            fns[name]()
-            runs[name].append(time.perf_counter() - start)
-    return {name: {"median": float(np.median(times)), "min": float(np.min(times))}
-            for name, times in runs.items()}
 
 
 def crc32c_mb_s(path: Path, shard_rows: int) -> float:

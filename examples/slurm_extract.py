@@ -66,7 +66,7 @@ def extract_on_cluster(start: ClusterFactory, config: Path, split: str, *,
     Returns the extract's summary (clare.stages.extract.ExtractSummary)."""
     from dask.distributed import Client
 
-    from clare.config import load_config
+    from clare.config_files import load_config
     from clare.stages.extract import run_extract
 
     cfg = load_config(config, list(overrides))  # a bad config fails before any job is queued

@@ -76,7 +76,7 @@ def _echo(message: str) -> None:
 
 
 def _load(config: list[Path], overrides: list[str] | None):
-    from clare.config import load_config
+    from clare.config_files import load_config
 
     return load_config(config, overrides or [])
 
@@ -394,7 +394,7 @@ def show_config(
 
     import yaml
 
-    from clare.config import config_layers, config_origins, config_to_dict, validate_layers
+    from clare.config_files import config_layers, config_origins, config_to_dict, validate_layers
 
     layers = config_layers(config, set_ or [])
     cfg = validate_layers(layers)

@@ -30,7 +30,7 @@ from clare.bootstrap import (
     resample_runs,
     separates,
 )
-from clare.data.df40 import DF40_FAMILIES, df40_method
+from clare.data.df40_methods import DF40_FAMILIES, df40_method
 from clare.errors import ClareError
 from clare.render.templates import latex_text
 

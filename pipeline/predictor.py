@@ -33,8 +33,8 @@ from pydantic import ValidationError
 
 from clare import fingerprint as fp
 from clare.cache.spill import FeatureSpill
-from clare.config import (
-    Config,
+from clare.config import Config
+from clare.config_files import (
     _set_dotted,
     format_validation_error,
     load_config_dict,

@@ -25,7 +25,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from clare.config import format_validation_error
+from clare.config_files import format_validation_error
 from clare.errors import ReportError, RunError, one_line, short_repr
 from clare.files import (
     atomic_write_bytes,

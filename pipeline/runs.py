@@ -29,7 +29,6 @@ from clare.files import file_sha256, pid_lock
 from clare.models.detector import MODEL_FILE  # noqa: F401 - its home is the detector
 from clare.records import RUN_FILE, RunRecord
 
-CHECKPOINT_FILE = "last.ckpt"
 FIT_LOG = "fit.log"
 EVAL_LOG = "eval.log"
 

@@ -481,7 +481,7 @@ def _check_clean_subsets(opened: list[tuple[StoreToScore, FeatureStore]]) -> Non
 
 def report_dir_from_params(params: Path) -> Path:
     """`<reports>/<run>` as named by a DVC params file (keys `reports` and `run`)."""
-    from clare.config import read_yaml_mapping
+    from clare.config_files import read_yaml_mapping
 
     values = read_yaml_mapping(
         params, "DVC params file", "pass the report folder, e.g. `clare show reports/demo`"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from clare.cli import app
-from clare.config import load_config
+from clare.config_files import load_config
 from clare.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from helpers_hub import FakeHub, folder_files
 
-from clare.config import ClipConfig, ModelsConfig, load_config
+from clare.config import ClipConfig, ModelsConfig
+from clare.config_files import load_config
 from clare.errors import ModelLoadError
 from clare.models.check import check_target
 from clare.models.download import SD15_OPTIONAL, SD15_REQUIRED, download_weights

@@ -62,3 +62,16 @@ def test_the_three_lists_are_read_in_full() -> None:
     assert "clare.cache.mapped" in _design_modules()
     for package in ("clare.render.", "clare.models.", "clare.data.", "clare.stages.", "clare.cache."):
         assert any(name.startswith(package) for name in _readme_modules()), package
+
+
+MAX_LINES = 600  # a module longer than this holds more than one concept (issue 24)
+
+
+def test_no_source_file_is_longer_than_600_lines() -> None:
+    too_long = {}
+    for folder in (*FOLDERS, "benchmarks", "examples"):
+        for path in (REPO / folder).rglob("*.py"):
+            lines = path.read_text(encoding="utf-8").count("\n")
+            if lines > MAX_LINES:
+                too_long[path.relative_to(REPO).as_posix()] = lines
+    assert not too_long, f"split these modules: {too_long}"

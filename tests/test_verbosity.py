@@ -15,7 +15,7 @@ import typer
 from helpers_extract import assert_stores_equal
 
 from clare.cli import app
-from clare.config import load_config
+from clare.config_files import load_config
 from clare.console import Verbosity, get_verbosity, library_logging, make_console, verbosity
 from clare.stages.extract import run_extract
 from clare.testing import make_config, make_image_tree
