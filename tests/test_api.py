@@ -12,17 +12,16 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from helpers_extract import make_config, make_image_tree
-from test_bad_input_cli import assert_one_line_error, run_clare
-from typer.testing import CliRunner
+from test_bad_input_cli import assert_one_line_error
 
 import clare
-from clare.cli import app
 from clare.errors import CheckpointError, ExportError, FingerprintError, ModelLoadError, RunError
 from clare.predictor import PREDICTION_COLUMNS
 
@@ -38,6 +37,13 @@ class World:
     exported: Path
     models: Path  # the tiny models (sd/, clip/)
     image: Path
+    report: Path  # the run's evaluation report
+
+
+@pytest.fixture
+def cli(clare: Any) -> Any:
+    """The `clare` command-line fixture, under another name: `clare` here is the package."""
+    return clare
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +64,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path) -> Wo
     run_dir = run_fit(cfg, quiet=True).run_dir
     run_eval(cfg, quiet=True)
     exported = root / "exported" / "demo"
-    result = CliRunner().invoke(app, ["export", str(run_dir), str(exported),
-                                      "--report", str(cfg.paths.reports / "demo")])
-    assert result.exit_code == 0, result.output
+    clare.export_run(run_dir, exported, report_dir=cfg.paths.reports / "demo")
     image = sorted(data.rglob("*.png"))[0]
-    return World(root, data, run_dir, exported, tiny_models_dir, image)
+    return World(root, data, run_dir, exported, tiny_models_dir, image, cfg.paths.reports / "demo")
 
 
 def _readme_example() -> str:
@@ -80,9 +84,9 @@ def _weights_here(folder: Path, models: Path) -> None:
     (folder / "weights" / "clip" / checkpoint.name).symlink_to(checkpoint)
 
 
-def _cli_predictions(run: str, image: Path, out: Path) -> pd.DataFrame:
-    result = CliRunner().invoke(app, ["predict", "--run", run, str(image), "--out", str(out),
-                                      "--device", "cpu", "--quiet"])
+def _cli_predictions(cli: Any, run: str, image: Path, out: Path) -> pd.DataFrame:
+    """`clare predict` through the `clare` fixture (`cli`), its predictions read back."""
+    result = cli("predict", "--run", run, image, "--out", out, "--device", "cpu", "--quiet")
     assert result.exit_code == 0, result.output
     return pd.read_parquet(out / "predictions.parquet")
 
@@ -109,13 +113,14 @@ def test_readme_example_runs_as_written(world: World, tmp_path: Path,
     assert np.asarray(scope["attention"]).shape == (8, 8)  # the tiny CLIP's patch grid
 
 
-def test_api_scores_equal_clare_predict_and_failures_are_rows(world: World, tmp_path: Path) -> None:
+def test_api_scores_equal_clare_predict_and_failures_are_rows(world: World, tmp_path: Path,
+                                                             cli: Any) -> None:
     detector = clare.load(world.run_dir, device="cpu")
     broken = tmp_path / "broken.png"
     broken.write_text("not an image")
     frame = detector.predict([world.image, broken, np.zeros((4, 4, 2), dtype=np.uint8)])
-    cli = _cli_predictions(str(world.run_dir), world.image, tmp_path / "out")
-    assert frame["p_fake"][0] == pytest.approx(cli["p_fake"][0], abs=1e-7)
+    by_cli = _cli_predictions(cli, str(world.run_dir), world.image, tmp_path / "out")
+    assert frame["p_fake"][0] == pytest.approx(by_cli["p_fake"][0], abs=1e-7)
     assert list(frame["status"]) == ["ok", "failed", "failed"]
     assert frame["error"][1].startswith("not an image")
     assert frame["error"][2].startswith("not an image: array of shape (4, 4, 2)")
@@ -126,13 +131,16 @@ def test_api_scores_equal_clare_predict_and_failures_are_rows(world: World, tmp_
 
 
 def test_export_predicts_what_the_run_predicts_from_another_folder(
-        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    expected = _cli_predictions(str(world.run_dir), world.image, tmp_path / "from-run")
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli: Any) -> None:
+    exported = tmp_path / "exported"
+    assert cli("export", world.run_dir, exported, "--report",
+                 world.report).code == 0
+    expected = _cli_predictions(cli, str(world.run_dir), world.image, tmp_path / "from-run")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     _weights_here(elsewhere, world.models)
     monkeypatch.chdir(elsewhere)
-    got = _cli_predictions(str(world.exported), world.image, tmp_path / "from-export")
+    got = _cli_predictions(cli, str(exported), world.image, tmp_path / "from-export")
     assert abs(got["p_fake"][0] - expected["p_fake"][0]) <= 1e-6
     assert got["threshold"][0] == expected["threshold"][0]
 
@@ -155,7 +163,7 @@ def test_export_holds_no_local_path_and_a_model_card(world: World) -> None:
     assert sorted(line.split("  ")[1] for line in listed) == sorted(names - {"SHA256SUMS"})
 
 
-def test_edited_export_is_refused_by_its_sha256(world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+def test_edited_export_is_refused_by_its_sha256(cli, world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(world.exported, copy)
@@ -164,11 +172,11 @@ def test_edited_export_is_refused_by_its_sha256(world: World, tmp_path: Path, ca
     (copy / "model.safetensors").write_bytes(bytes(weights))
     with pytest.raises(CheckpointError, match=r"model\.safetensors: sha256 .* SHA256SUMS records"):
         clare.load(copy)
-    assert_one_line_error(run_clare(["predict", "--run", copy, world.image], capsys, monkeypatch),
+    assert_one_line_error(cli("predict", "--run", copy, world.image),
                           "model.safetensors", "SHA256SUMS")
 
 
-def test_missing_backbones_are_named_with_the_command(world: World, tmp_path: Path,
+def test_missing_backbones_are_named_with_the_command(cli, world: World, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str],
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
@@ -181,8 +189,7 @@ def test_missing_backbones_are_named_with_the_command(world: World, tmp_path: Pa
     assert all(name in message for name in sd_files), message  # each file named
     assert "weights/clip/open_clip_model.safetensors" in message
     assert "--set models.sd.pretrained=DIR" in message and "\n" not in message
-    assert_one_line_error(run_clare(["predict", "--run", world.exported, world.image], capsys,
-                                    monkeypatch), "in weights/sd: ", "backbone files missing")
+    assert_one_line_error(cli("predict", "--run", world.exported, world.image), "in weights/sd: ", "backbone files missing")
 
 
 def test_other_backbones_are_refused_by_the_fingerprint(world: World, tmp_path: Path,
@@ -208,7 +215,7 @@ def _fill_cache(cache: Path, repo_id: str, folder: Path) -> None:
     shutil.copytree(folder, repo / "snapshots" / COMMIT)
 
 
-def test_hub_id_loads_offline_from_a_filled_cache(world: World, tmp_path: Path,
+def test_hub_id_loads_offline_from_a_filled_cache(cli, world: World, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     cache = tmp_path / "hub-cache"
@@ -227,17 +234,17 @@ def test_hub_id_loads_offline_from_a_filled_cache(world: World, tmp_path: Path,
     assert str(cache) in str(caught.value)
     assert "huggingface-cli download someone/not-cached" in str(caught.value)
     capsys.readouterr()  # the loads' progress lines so far
-    assert_one_line_error(run_clare(["predict", "--run", "someone/not-cached", world.image],
-                                    capsys, monkeypatch), str(cache), "huggingface-cli download")
+    assert_one_line_error(cli("predict", "--run", "someone/not-cached", world.image), str(cache), "huggingface-cli download")
 
 
 def test_export_refuses_a_used_folder_and_an_export_without_its_manifest(
+        cli: Any,
         world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
     used = tmp_path / "used"
     used.mkdir()
     (used / "notes.txt").write_text("mine")
-    assert_one_line_error(run_clare(["export", world.run_dir, used], capsys, monkeypatch),
+    assert_one_line_error(cli("export", world.run_dir, used),
                           str(used), "not an empty folder")
     assert [p.name for p in used.iterdir()] == ["notes.txt"]
     copy = tmp_path / "copy"
