@@ -19,7 +19,7 @@ one untimed call each.
 The baseline is the detector `--faces detect` used before: scikit-image's LBP frontal-face
 cascade on the image scaled to 640 px, looking for faces from 10% of the shorter side up.
 
-    python -m benchmarks.bench_faces            # 160 scenes, a few minutes on 2 cores
+    python -m benchmarks.bench_faces            # 164 scenes, about 7 minutes on 2 cores
     python -m benchmarks.bench_faces --smoke    # seconds (CI)
 """
 

@@ -37,7 +37,8 @@ FACE_MODES = ("none", "detect")
 # detector is meant to reach, so that a face of 5% still sits above the pyramid's floor.
 MIN_FACE_FRACTION = 0.04
 MIN_FACE_PX = 12  # MTCNN's input window: it cannot see a face smaller than this
-DETECT_SIDE = 640  # the first search sees the image scaled down to this longer side (speed)
+DETECT_SIDE = 960  # the first search sees the image scaled down to this longer side (speed;
+# at 640 a face of 5% rolled 30 degrees was missed 1 time in 4, BENCHMARKS.md §9)
 # The landmarks of the face kept are measured again in its first aligned crop, where the face
 # is upright and about 60% of CROP_SIDE: the smallest face looked for there, as a fraction.
 REFINE_MIN_FACE = 0.3
@@ -154,7 +155,7 @@ def find_faces(image: Image.Image) -> list[FoundFace]:
 def refine_landmarks(image: Image.Image, landmarks: np.ndarray) -> np.ndarray:
     """Landmarks measured again on the crop the first ones give, mapped back to `image`: there
     the face is upright and about 150 px wide, where MTCNN places them best (the first ones
-    may come from a 20 px face, tilted, in the scaled-down image). The first ones when the
+    may come from a 30 px face, tilted, in the scaled-down image). The first ones when the
     second look finds no face."""
     first = align_face(image, landmarks)
     if first is None:
