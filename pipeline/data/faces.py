@@ -7,15 +7,16 @@ a whole scene is cut down to its largest face first, by DF40's own rule (docs/de
    is MTCNN from `facenet-pytorch` (MIT licence; its three small networks, 2 MB, ship inside
    the wheel and load as plain state dicts, so nothing downloads or runs as code). It looks
    for faces down to `MIN_FACE_FRACTION` of the image's shorter side.
-2. Keep the largest box (DF40 keeps the biggest face too).
+2. Keep the largest box (DF40 keeps the biggest face too) and measure its landmarks again in
+   the crop they give, where the face is upright and large (`refine_landmarks`).
 3. Fit the similarity transform (rotation, one scale, shift; least squares) that carries the
    five landmarks onto the five-point reference of face-recognition alignment, drawn on a
    `CROP_SIDE` square with the face shrunk by `CROP_MARGIN` about the centre, and resample
    the image through it. The face comes out upright (the eye line horizontal) whatever its
    roll, at DF40's size; parts of the square outside the image are black, as in DF40.
 
-Both steps are an optional extra (`pip install 'clare[faces]'`): facenet-pytorch for step 1,
-scikit-image's transform estimate for step 3.
+Both libraries come with an optional extra (`pip install 'clare[faces]'`): facenet-pytorch
+finds the faces, scikit-image estimates the transform.
 """
 
 from __future__ import annotations
