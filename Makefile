@@ -52,7 +52,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check pipeline stages cache tests benchmarks
+	$(BIN)/ruff check pipeline stages cache tests benchmarks examples
 	$(MAKE) typecheck
 
 # mypy finds a package by folder name, and clare's folders are named otherwise (pipeline/ is

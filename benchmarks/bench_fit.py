@@ -124,7 +124,7 @@ class Trainer:
         import torch
         import torch.nn.functional as F
 
-        from clare.models.lare import autocast_context
+        from clare.models.precision import autocast_context
         from clare.scoring import to_device
         from clare.stages.fit import learning_rate
 
@@ -174,12 +174,14 @@ def build_random_store(path: Path, n: int, dims: dict[str, int], lare_side: int,
     """A finished FeatureStore of random features: half real, half fake, 8 frames per video."""
     import pandas as pd
 
-    from clare.cache.store import MANIFEST_COLUMNS, FeatureStore
+    from clare.cache.store import MANIFEST_COLUMNS
+    from clare.cache.writer import StoreWriter
 
     shapes = {"lare": (4, lare_side, lare_side), "cls": (dims["embed"],),
               "tokens": (dims["tokens"], dims["width"])}
-    store = FeatureStore.create(path, n_rows=n, shapes=shapes, shard_rows=shard_rows,
+    writer = StoreWriter.create(path, n_rows=n, shapes=shapes, shard_rows=shard_rows,
                                 meta={"benchmark": NAME})
+    store = writer.store
     rng = np.random.default_rng(seed)
     for index in range(store.n_shards):
         start, stop = store.shard_bounds(index)
@@ -200,8 +202,8 @@ def build_random_store(path: Path, n: int, dims: dict[str, int], lare_side: int,
             "perturb": "", "status": "ok", "error": "", "sha256": "0" * 64,
             "width": np.full(count, 256, np.int32), "height": np.full(count, 256, np.int32),
         })[list(MANIFEST_COLUMNS)]
-        store.write_shard(index, arrays, manifest)
-    store.finalize()
+        writer.write_shard(index, arrays, manifest)
+    writer.finalize()
     return store
 
 
@@ -342,7 +344,7 @@ def measure_end_to_end(trainer: Trainer, clip: Any, store: Any, args: argparse.N
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from clare.cache.store import default_shard_rows
+    from clare.cache.writer import default_shard_rows
     from clare.models.clip_image import clip_dims
     from clare.models.loading import resolve_device
 

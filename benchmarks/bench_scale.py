@@ -201,19 +201,20 @@ def mixing(index: pd.DataFrame, work: Path, seed: int) -> dict[str, Any]:
     to lay out the store; through clare's StoreLoader over a store with tiny arrays."""
     from clare.cache.entries import store_layout
     from clare.cache.loader import StoreLoader, batch_mixing, by_row
-    from clare.cache.store import FeatureStore
+    from clare.cache.writer import StoreWriter
     from clare.config import FitConfig
+    from clare.data.df40 import describe_label_conflicts
     from clare.stages.fit import video_keys
 
     started = time.perf_counter()
-    layout = store_layout(index, 1, None, seed)
+    layout = store_layout(index, 1, None, seed, describe_conflicts=describe_label_conflicts)
     digest = layout.digest()
     layout_s = time.perf_counter() - started
     before_rows = index.assign(row=np.arange(len(index), dtype=np.int64))
     after_rows = layout.entries.assign(row=layout.entries["image"])
-    store = FeatureStore.create(work / "mixing-store", n_rows=len(index),
-                                shapes={"lare": (1, 1, 1), "cls": (1,), "tokens": (1, 1)},
-                                shard_rows=SHARD_ROWS, meta={})
+    store = StoreWriter.create(work / "mixing-store", n_rows=len(index),
+                               shapes={"lare": (1, 1, 1), "cls": (1,), "tokens": (1, 1)},
+                               shard_rows=SHARD_ROWS, meta={}).store
     out: dict[str, Any] = {"layout_s": layout_s, "index_sha256": digest[:12],
                            "rows_after": layout.n_images}
     for name, rows, window in (("before", before_rows, 2),

@@ -1,7 +1,7 @@
 """Feature store on disk: size, file count, write and read speed against two baselines.
 
 - store:  clare's FeatureStore (sharded Zarr v3, lz4 + shuffle, one row per inner chunk),
-          written with FeatureStore.create + write_shard, read with read / read_rows.
+          written with StoreWriter.create + write_shard, read with read / read_rows.
 - pt:     one torch.save file per image holding {lare, cls, tokens} as float32 (the CLaRE
           research code's cache format).
 - memmap: plain NumPy memmaps holding the same bytes as the store (tokens float16), uncompressed.
@@ -36,6 +36,7 @@ from benchmarks.common import (
     peak_rss_mib,
     print_table,
     seed_everything,
+    time_alternating,
     time_call,
     write_results,
 )
@@ -71,6 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="rows of the training-epoch comparison (enough shards for several "
                         "shuffle windows, as at DF40 size)")
     parser.add_argument("--work-dir", type=Path, help="where the three copies go (default: temp)")
+    parser.add_argument("--identity-only", action="store_true",
+                        help="measure only what the shard identity check costs a read")
     args = parser.parse_args(argv)
     fill_defaults(args, DEFAULTS)
     return args
@@ -112,19 +115,19 @@ def bench_manifest(n: int) -> Any:
 
 def write_store(path: Path, features: dict[str, np.ndarray], shard_rows: int, *,
                 checksum: bool = True, uncompressed: frozenset[str] | None = None) -> None:
-    from clare.cache.store import UNCOMPRESSED, FeatureStore
+    from clare.cache.writer import UNCOMPRESSED, StoreWriter
 
     shutil.rmtree(path, ignore_errors=True)
     manifest = bench_manifest(len(features["cls"]))
     shapes = {name: tuple(array.shape[1:]) for name, array in features.items()}
-    store = FeatureStore.create(path, n_rows=len(manifest), shapes=shapes, shard_rows=shard_rows,
+    writer = StoreWriter.create(path, n_rows=len(manifest), shapes=shapes, shard_rows=shard_rows,
                                 meta={"benchmark": True}, index=manifest, checksum=checksum,
                                 uncompressed=UNCOMPRESSED if uncompressed is None else uncompressed)
-    for shard in range(store.n_shards):
-        start, stop = store.shard_bounds(shard)
-        store.write_shard(shard, {k: v[start:stop] for k, v in features.items()},
-                          manifest.iloc[start:stop].reset_index(drop=True))
-    store.finalize()
+    for shard in range(writer.store.n_shards):
+        start, stop = writer.store.shard_bounds(shard)
+        writer.write_shard(shard, {k: v[start:stop] for k, v in features.items()},
+                           manifest.iloc[start:stop].reset_index(drop=True))
+    writer.finalize()
 
 
 def write_pt(path: Path, features: dict[str, np.ndarray]) -> None:
@@ -249,26 +252,6 @@ def measure_format(name: str, path: Path, features: dict[str, np.ndarray], args:
         "read_random_mb_s": random_bytes / MB / random.median_s,
         "read_random_rows_s": random_count / random.median_s,
     }
-
-
-def time_alternating(fns: dict[str, Any], *, warmup: int, repeats: int) -> dict[str, dict[str, float]]:
-    """Median and fastest seconds of each fn, the fns run in turn (order reversed every round).
-
-    The fastest run is the one least disturbed by other work on a shared machine; on a quiet
-    one the two agree.
-    """
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    runs: dict[str, list[float]] = {name: [] for name in fns}
-    for round_ in range(max(1, repeats)):
-        names = list(fns) if round_ % 2 == 0 else list(reversed(fns))
-        for name in names:
-            start = time.perf_counter()
-            fns[name]()
-            runs[name].append(time.perf_counter() - start)
-    return {name: {"median": float(np.median(times)), "min": float(np.min(times))}
-            for name, times in runs.items()}
 
 
 def crc32c_mb_s(path: Path, shard_rows: int) -> float:
@@ -445,6 +428,59 @@ def measure_loader(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def measure_identity_cost(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """What checking each shard file's identity costs a read (`FeatureStore.check_identity`):
+    the same store read with the check and with a FeatureStore that skips it, alternated.
+
+    "fresh store" opens the store anew for every epoch, so every shard file is checked again
+    (its index and 4 bytes per row); "open store" reuses one, as fit's epochs do, where a file
+    whose stat did not change is not checked again; random rows are eval/explain's read_rows."""
+    from clare.cache.store import FeatureStore
+
+    class UncheckedStore(FeatureStore):
+        def recorded_crcs(self, name: str, shard: int) -> None:
+            return None
+
+    args = argparse.Namespace(**{**vars(args), "n": args.loader_n})
+    features = random_features(args, np.random.default_rng(args.seed + 3))
+    write_store(work / "identity", features, args.shard_rows)
+    batch, window = 32, 4
+    stores = {"checked": FeatureStore(work / "identity"), "unchecked": UncheckedStore(work / "identity")}
+    kinds = {"checked": FeatureStore, "unchecked": UncheckedStore}
+    rng = np.random.default_rng(args.seed + 4)
+    picks = [np.sort(rng.choice(args.n, size=min(args.read_batch, args.n), replace=False))
+             for _ in range(args.random_batches)]
+    fns = {}
+    for name in stores:
+        fns[f"fit epoch, fresh store: {name}"] = (lambda k=kinds[name]: loader_epoch(
+            k(work / "identity"), batch, args.seed, shuffle=True, window=window))
+        fns[f"fit epoch, open store: {name}"] = (lambda s=stores[name]: loader_epoch(
+            s, batch, args.seed, shuffle=True, window=window))
+        fns[f"random rows: {name}"] = (lambda s=stores[name]: [s.read_rows(n, p) for p in picks
+                                                                for n in DTYPES])
+    timed = time_alternating(fns, warmup=max(args.warmup, 1), repeats=args.checksum_repeats)
+    out: dict[str, Any] = {"rows": args.n, "shards": stores["checked"].n_shards,
+                           "seconds": {k: v for k, v in timed.items()}}
+    # The check alone, over every shard file of the three arrays (what a fresh store pays once
+    # per file), against an unchecked fresh epoch: steadier than the end-to-end ratio when other
+    # work shares the machine, like read_seq_crc_share.
+    from clare.cache.mapped import chunk_checksums
+
+    files = [stores["checked"].shard_file(name, shard) for name in DTYPES
+             for shard in range(stores["checked"].n_shards)]
+    check = time_call(lambda: [chunk_checksums(f, args.shard_rows) for f in files], warmup=1,
+                      repeats=max(args.checksum_repeats, 3))
+    out["check_every_shard_file_s"] = check.min_s
+    out["check_share_of_an_epoch"] = check.min_s / timed["fit epoch, fresh store: unchecked"]["min"]
+    for what in ("fit epoch, fresh store", "fit epoch, open store", "random rows"):
+        checked, unchecked = timed[f"{what}: checked"], timed[f"{what}: unchecked"]
+        # Above 1: the check costs time (checked seconds / unchecked seconds).
+        out[f"{what}: time ratio"] = {"median": checked["median"] / unchecked["median"],
+                                      "best": checked["min"] / unchecked["min"]}
+    shutil.rmtree(work / "identity", ignore_errors=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     seed_everything(args.seed)
@@ -454,6 +490,11 @@ def main(argv: list[str] | None = None) -> int:
         temp = tempfile.TemporaryDirectory(prefix="clare-bench-store-")
         args.work_dir = Path(temp.name)
     work = Path(args.work_dir)
+    if args.identity_only:
+        _report_identity(args, {"identity": measure_identity_cost(work, args)})
+        if temp is not None:
+            temp.cleanup()
+        return 0
     started = time.perf_counter()
     features = random_features(args, rng)
     random_rows = [np.sort(rng.choice(args.n, size=min(args.read_batch, args.n), replace=False))
@@ -464,6 +505,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work / name, ignore_errors=True)  # keep at most one copy on disk
     results["checksum"] = measure_checksum_cost(work, features, args, random_rows)
     results["loader"] = measure_loader(work, args)
+    results["identity"] = measure_identity_cost(work, args)
     store, pt, memmap = results["store"], results["pt"], results["memmap"]
     results["store_vs_pt_bytes"] = store["bytes_per_image"] / pt["bytes_per_image"]
     results["store_vs_memmap_read_seq"] = store["read_seq_mb_s"] / memmap["read_seq_mb_s"]
@@ -526,6 +568,22 @@ def main(argv: list[str] | None = None) -> int:
     if temp is not None:
         temp.cleanup()
     return 0
+
+
+def _report_identity(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    identity = results["identity"]
+    write_results(args.out, NAME, {"loader_n": args.loader_n, "shard_rows": args.shard_rows,
+                                   "tokens": args.tokens, "width": args.width, "seed": args.seed,
+                                   "checksum_repeats": args.checksum_repeats, "smoke": args.smoke},
+                  {"identity": identity}, ["identity only: checked / unchecked seconds, alternated"])
+    print_table(f"shard identity check, {identity['rows']} rows in {identity['shards']} shards "
+                "(timed alternately, same run): checked / unchecked seconds",
+                ["read", "median", "best"],
+                [[what.removesuffix(": time ratio"), f"{r['median']:.3f}", f"{r['best']:.3f}"]
+                 for what, r in identity.items() if what.endswith("time ratio")])
+    print(f"the check alone over every shard file: {identity['check_every_shard_file_s'] * 1e3:.2f} ms, "
+          f"{identity['check_share_of_an_epoch']:.2%} of an unchecked epoch (fastest runs)")
+    print(f"results: {args.out}")
 
 
 if __name__ == "__main__":

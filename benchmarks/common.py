@@ -106,6 +106,26 @@ def time_call(fn: Callable[[], Any], *, warmup: int, repeats: int,
     return Timing(statistics.median(runs), min(runs), runs)
 
 
+def time_alternating(fns: dict[str, Any], *, warmup: int, repeats: int) -> dict[str, dict[str, float]]:
+    """Median and fastest seconds of each fn, the fns run in turn (order reversed every round).
+
+    The fastest run is the one least disturbed by other work on a shared machine; on a quiet
+    one the two agree.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    runs: dict[str, list[float]] = {name: [] for name in fns}
+    for round_ in range(max(1, repeats)):
+        names = list(fns) if round_ % 2 == 0 else list(reversed(fns))
+        for name in names:
+            start = time.perf_counter()
+            fns[name]()
+            runs[name].append(time.perf_counter() - start)
+    return {name: {"median": float(np.median(times)), "min": float(np.min(times))}
+            for name, times in runs.items()}
+
+
 def peak_rss_mib() -> float:
     """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

@@ -26,16 +26,16 @@ import numpy as np
 import pandas as pd
 
 from clare import fingerprint as fp
+from clare.cache.meta import BUILD_HINT
 from clare.cache.store import (
     ARRAYS,
-    BUILD_HINT,
     DTYPES,
     MANIFEST_COLUMNS,
     FeatureStore,
-    StoreReadOnlyError,
     decode_failure,
     has_checksum,
 )
+from clare.cache.writer import StoreReadOnlyError, StoreWriter
 from clare.errors import StoreError, reason_label
 from clare.files import file_sha256
 
@@ -364,8 +364,9 @@ def _check_completion(store: FeatureStore, report: VerifyReport) -> None:
 
 def _repair(store: FeatureStore, report: VerifyReport, manifest_ok: bool) -> None:
     """Mark damaged shards undone (and drop a bad or stale manifest) so extract redoes them."""
+    writer = StoreWriter(store)
     for index in sorted(report.damaged):
-        store.invalidate_shard(index)
+        writer.invalidate_shard(index)
         report.invalidated.append(index)
     if store.manifest_path.is_file() and (report.damaged or not manifest_ok):
         # The manifest is rebuilt from the parts when the rerun finishes.
@@ -374,7 +375,7 @@ def _repair(store: FeatureStore, report: VerifyReport, manifest_ok: bool) -> Non
     meta = store.meta
     meta["shards"]["state"] = "incomplete"
     meta["shards"]["completed"] = sorted(store.completed_shards())
-    store.save_meta()
+    writer.save_meta()
 
 
 def _verify(store: FeatureStore, report: VerifyReport, *, repair: bool) -> None:
@@ -399,7 +400,7 @@ def verify_store(path: Path | str, *, repair: bool = True) -> VerifyReport:
     report = VerifyReport(store.path)
     if repair and os.access(store.path, os.W_OK):
         try:
-            with store.lock():  # no extract may write while shards are checked and invalidated
+            with StoreWriter(store).lock():  # no extract may write while shards are checked and invalidated
                 _verify(store, report, repair=True)
             return report
         except StoreReadOnlyError:

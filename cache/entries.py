@@ -19,12 +19,12 @@ writes; one image listed with two labels is a data error (or dropped and counted
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from clare.data.df40 import conflict_message, label_conflicts
 from clare.errors import DataError
 
 ENTRY_COLUMNS = ("entry", "path", "subset", "label", "video", "frame", "image")
@@ -91,20 +91,22 @@ class StoreLayout:
         return layout_digest(self.rows, self.entries)
 
 
-def store_layout(index: pd.DataFrame, views: int, perturb: str | None, seed: int) -> StoreLayout:
+def store_layout(index: pd.DataFrame, views: int, perturb: str | None, seed: int, *,
+                 describe_conflicts: Callable[[pd.DataFrame], str]) -> StoreLayout:
     """Lay out a store for an index of entries: one row per distinct image × view.
 
     Distinct images (by path, in order of first listing) come in `image_write_order`; the
     `views` views of an image stay adjacent, so row = image * views + view. An index that
-    lists one path with two labels is refused: `clare prepare` resolves those.
+    lists one path with two labels is refused, in the words of `describe_conflicts(index)`
+    (the data layer's, e.g. `clare.data.df40.describe_label_conflicts`): `clare prepare`
+    resolves those.
     """
-    conflicts = label_conflicts(index)
-    if len(conflicts):
-        raise DataError(f"{conflict_message(conflicts)} (then rerun `clare prepare --config CONFIG`)")
     codes, paths = pd.factorize(index["path"].astype(str), sort=False)
     labels = index["label"].to_numpy().astype(np.int8)
     image_label = np.empty(len(paths), dtype=np.int8)
-    image_label[codes] = labels  # the entries of one image agree on its label (checked above)
+    image_label[codes] = labels
+    if not np.array_equal(image_label[codes], labels):  # the entries of an image disagree
+        raise DataError(f"{describe_conflicts(index)} (then rerun `clare prepare --config CONFIG`)")
     order = image_write_order(len(paths), seed)
     position = np.empty(len(paths), dtype=np.int64)
     position[order] = np.arange(len(paths), dtype=np.int64)

@@ -13,7 +13,10 @@ only: the sharding codec with its index at the end of the file, inner chunks of 
 every problem it meets (a missing file or inner chunk, a checksum that does not match, sizes
 that disagree), it declines by returning None and the caller reads through zarr, which raises
 the store's usual error naming the array and shard. So a damaged store reads exactly as before;
-a sound one reads the same values faster (tests/test_mapped.py compares the two).
+a sound one reads the same values faster (tests/test_mapped.py compares the two). Given the
+crc32c each row was written with (its shard marker's record), a row whose stored crc32c is
+another declines too: the bytes are intact but another shard's (`chunk_checksums` reads the
+record's values from a shard file when it is written).
 
 The checksum is computed by the `crc32c` package, which releases the GIL: the page faults that
 bring a shard in from disk happen inside it, in the loader's read-ahead thread, while the
@@ -77,8 +80,7 @@ def _crc_ok(piece: np.ndarray) -> bool:
     """Whether the last 4 bytes of `piece` are the crc32c of the rest (zarr's crc32c codec)."""
     import crc32c
 
-    stored = int.from_bytes(piece[-_CRC_BYTES:].tobytes(), "little")
-    return int(crc32c.crc32c(piece[:-_CRC_BYTES].data)) == stored
+    return int(crc32c.crc32c(piece[:-_CRC_BYTES].data)) == _stored_crc(piece)
 
 
 def _map(path: Path) -> np.ndarray | None:
@@ -92,28 +94,64 @@ def _map(path: Path) -> np.ndarray | None:
     return np.frombuffer(mapped, dtype=np.uint8)
 
 
+def _index_table(data: np.ndarray | None, shard_rows: int) -> np.ndarray | None:
+    """The (offset, length) of every inner chunk, from the index at the end of a shard file's
+    bytes after its crc32c is checked; None when the bytes hold no sound index."""
+    index_bytes = shard_rows * _INDEX_ENTRY_BYTES + _CRC_BYTES
+    if data is None or len(data) < index_bytes or not _crc_ok(data[-index_bytes:]):
+        return None
+    return data[-index_bytes:-_CRC_BYTES].view("<u8").reshape(shard_rows, 2)
+
+
+def _stored_crc(chunk: np.ndarray) -> int:
+    return int.from_bytes(chunk[-_CRC_BYTES:].tobytes(), "little")
+
+
+def chunk_checksums(path: Path, shard_rows: int) -> list[int | None] | None:
+    """The crc32c stored at the end of each inner chunk of a shard file (None for a chunk never
+    written), for any inner codecs that end in crc32c; None when the file is missing or its
+    index is unsound. Reads the index and 4 bytes per chunk, never the chunks themselves."""
+    data = _map(path)
+    table = _index_table(data, shard_rows)
+    if data is None or table is None:
+        return None
+    body = len(data) - (shard_rows * _INDEX_ENTRY_BYTES + _CRC_BYTES)
+    found: list[int | None] = []
+    for offset, length in table.tolist():
+        if offset == _MISSING:
+            found.append(None)
+        elif length < _CRC_BYTES or offset + length > body:
+            return None
+        else:
+            found.append(_stored_crc(data[offset : offset + length]))
+    return found
+
+
 def map_rows(path: Path, local_rows: np.ndarray, *, shard_rows: int, row_shape: tuple[int, ...],
-             dtype: np.dtype) -> list[np.ndarray] | None:
+             dtype: np.dtype, expected_crcs: np.ndarray | None = None) -> list[np.ndarray] | None:
     """Rows `local_rows` (positions inside the shard, repeats allowed) of the shard file `path`
-    as read-only arrays over its mapping, each row's crc32c checked; None on any problem."""
+    as read-only arrays over its mapping, each row's crc32c checked; None on any problem.
+
+    `expected_crcs` (the crc32c each row of the shard was written with): a row whose stored
+    crc32c differs, though its bytes match it, is another shard's row, and is declined too."""
     local_rows = np.asarray(local_rows, dtype=np.int64)
     wanted = np.unique(local_rows)
     if len(wanted) == 0 or wanted[0] < 0 or wanted[-1] >= shard_rows:
         return None
     data = _map(path)
-    index_bytes = shard_rows * _INDEX_ENTRY_BYTES + _CRC_BYTES
-    if data is None or len(data) < index_bytes or not _crc_ok(data[-index_bytes:]):
+    table = _index_table(data, shard_rows)
+    if data is None or table is None:
         return None
-    table = data[-index_bytes:-_CRC_BYTES].view("<u8").reshape(shard_rows, 2)
     chunk_bytes = int(np.prod(row_shape)) * dtype.itemsize + _CRC_BYTES
-    body = len(data) - index_bytes
+    body = len(data) - (shard_rows * _INDEX_ENTRY_BYTES + _CRC_BYTES)
     rows: dict[int, np.ndarray] = {}
     for local in wanted.tolist():
         offset, length = (int(v) for v in table[local])
         if offset == _MISSING or length != chunk_bytes or offset + length > body:
             return None
         chunk = data[offset : offset + length]
-        if not _crc_ok(chunk):
+        if not _crc_ok(chunk) or (expected_crcs is not None
+                                  and _stored_crc(chunk) != int(expected_crcs[local])):
             return None
         rows[local] = chunk[:-_CRC_BYTES].view(dtype).reshape(row_shape)
     return [rows[local] for local in local_rows.tolist()]

@@ -16,12 +16,14 @@ Layout of a store directory (format clare-store/3):
                           the digest of each shard's rows, the sha256 of manifest and entries
     shards/NNNNN.parquet  the manifest rows of one shard
     shards/NNNNN.json     the shard's commit marker: sha256 of its array files and its manifest
-                          part, the store fingerprint digest it was written under, counts
+                          part, the crc32c of each row's chunk, the store fingerprint digest it
+                          was written under, counts
     .lock                 held (flock) by the one process writing the store; never deleted
 
-A shard is written with one assignment per array, then its manifest part, then its marker: a
-shard without a marker is not done and is recomputed on resume. Different shards live in
-different files, so writers that own whole shards never collide.
+A shard is written (`clare.cache.writer`) with one assignment per array, then its manifest
+part, then its marker: a shard without a marker is not done and is recomputed on resume.
+Different shards live in different files, so writers that own whole shards never collide.
+This module reads and checks; store.json's schema is `clare.cache.meta`'s.
 
 Which rows a store holds is fixed when it is created: the fingerprint records the digest of
 the layout (rows: path, label, view in order; entries: what points at them) and store.json the
@@ -32,75 +34,28 @@ edited in place, are named and recomputed rather than trusted.
 
 from __future__ import annotations
 
-import datetime as _dt
-import errno
 import json
-import os
 import re
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from clare.cache.entries import ENTRY_COLUMNS, entry_rows, layout_digest, rows_digest
-from clare.cache.mapped import map_rows, mapping_enabled, raw_layout
+from clare.cache.mapped import chunk_checksums, map_rows, mapping_enabled, raw_layout
+from clare.cache.meta import BUILD_HINT, read_meta, rebuild_command
 from clare.config import env_switch
 from clare.errors import StoreError
-from clare.files import (
-    atomic_write_json,
-    atomic_write_parquet,
-    file_sha256,
-    pid_lock,
-    read_record_bytes,
-)
+from clare.files import file_sha256, read_record_bytes
 
-FORMAT = "clare-store/3"
 ARRAYS = ("lare", "cls", "tokens")
 DTYPES = {"lare": "float32", "cls": "float32", "tokens": "float16"}
 MANIFEST_COLUMNS = (
     "row", "path", "label", "view", "perturb", "status", "error", "sha256", "width", "height",
 )
-TOKENS_SHARD_BYTES = 64 * 2**20
-BUILD_HINT = "clare extract --config CONFIG --split SPLIT"
 _SHARD_FILE = re.compile(r"^(\d{5,})\.(json|parquet)$")
-
-
-def default_shard_rows(tokens: int, width: int) -> int:
-    """About 64 MB of float16 tokens per shard (128 rows for ViT-L/14's 256 x 1024)."""
-    return max(1, TOKENS_SHARD_BYTES // (tokens * width * 2))
-
-
-def shard_index_digests(rows: pd.DataFrame, shard_rows: int) -> list[str]:
-    """rows_digest of each shard's slice of the rows."""
-    return [rows_digest(rows.iloc[start : start + shard_rows])
-            for start in range(0, len(rows), shard_rows)]
-
-
-# Arrays stored without compression: fp16 CLIP tokens are 97% of a row's bytes and lz4 saved
-# only 7% of them while taking most of a read's CPU time (BENCHMARKS.md section 2).
-UNCOMPRESSED = frozenset({"tokens"})
-
-
-def array_codecs(name: str, *, checksum: bool = True,
-                 uncompressed: frozenset[str] = UNCOMPRESSED) -> tuple[Any, ...]:
-    """Bytes codecs of every inner chunk of array `name`: lz4 with byte shuffle (none for the
-    tokens), then crc32c.
-
-    crc32c is checked before decompression, so a flipped bit anywhere in a row fails that
-    row's read. `checksum=False` and `uncompressed` exist for bench_store, which measures what
-    they cost.
-    """
-    from zarr.codecs import BloscCodec, Crc32cCodec
-
-    codecs: tuple[Any, ...] = () if name in uncompressed else (
-        BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
-    return (*codecs, Crc32cCodec()) if checksum else codecs
 
 
 def codec_pipeline() -> dict[str, Any]:
@@ -135,100 +90,6 @@ def decode_failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:120]}" if text else type(exc).__name__
 
 
-class StoreReadOnlyError(StoreError):
-    """The store cannot be written (permissions or a read-only file system)."""
-
-
-# --------------------------------------------------------------------------- store.json
-
-
-class _ShardState(BaseModel):
-    model_config = ConfigDict(strict=True, extra="allow")
-    total: int = Field(ge=1)
-    completed: list[int]
-    state: Literal["complete", "incomplete"]
-
-
-class _Shapes(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
-    lare: list[int]
-    cls: list[int]
-    tokens: list[int]
-
-
-class _StoreMeta(BaseModel):
-    """What clare reads from store.json; other keys are kept as they are."""
-
-    model_config = ConfigDict(strict=True, extra="allow")
-    format: str
-    n_rows: int = Field(ge=1)
-    shard_rows: int = Field(ge=1)
-    shapes: _Shapes
-    shards: _ShardState
-    fingerprint: dict[str, Any] | None = None
-    fingerprint_sha256: str | None = None
-    index_shards_sha256: list[str] | None = None
-    manifest_sha256: str | None = None
-    views: int = Field(default=1, ge=1)
-    n_images: int | None = None
-    split: str | None = None
-    perturb: str | None = None
-    subsets: list[str] | None = None
-
-
-def rebuild_command(meta: dict[str, Any] | None = None, *, overwrite: bool = True) -> str:
-    """The `clare extract` command that builds a store like this one (from what store.json says)."""
-    meta = meta if isinstance(meta, dict) else {}
-    split = meta.get("split") if meta.get("split") in ("train", "test") else "SPLIT"
-    command = f"clare extract --config CONFIG --split {split}"
-    perturb = meta.get("perturb")
-    if isinstance(perturb, str) and perturb:
-        command += f" --perturb {perturb}"
-    return command + (" --overwrite" if overwrite else "")
-
-
-def _parse_meta(path: Path) -> dict[str, Any]:
-    """store.json as a mapping of this clare's format, else a StoreError naming the file and fix."""
-    if not path.is_file():
-        raise StoreError(f"{path.parent}: feature store not found (no store.json); build it with `{BUILD_HINT}`")
-    try:
-        raw = json.loads(read_record_bytes(path).decode("utf-8"))
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError included
-        raise StoreError(
-            f"{path}: unreadable store.json ({type(exc).__name__}); rebuild with `{rebuild_command()}`"
-        ) from None
-    if not isinstance(raw, dict):
-        raise StoreError(f"{path}: store.json must hold a mapping; rebuild with `{rebuild_command()}`")
-    if raw.get("format") != FORMAT:
-        found = raw.get("format")
-        shown = found if isinstance(found, str) and len(found) <= 40 else "unknown"
-        raise StoreError(
-            f"{path}: store format {shown} is not {FORMAT}, the format this clare reads; "
-            f"rebuild the store with `{rebuild_command(raw)}`"
-        )
-    return raw
-
-
-def _read_meta(path: Path) -> dict[str, Any]:
-    """Parse and check store.json; every problem is one StoreError naming the file and the fix."""
-    raw = _parse_meta(path)
-    try:
-        checked = _StoreMeta.model_validate(raw)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        raise StoreError(
-            f"{path}: key '{key}': {error['msg']}; rebuild with `{rebuild_command(raw)}`"
-        ) from None
-    n_shards = -(-checked.n_rows // checked.shard_rows)
-    digests = checked.index_shards_sha256
-    if checked.shards.total != n_shards or (digests is not None and len(digests) != n_shards):
-        raise StoreError(
-            f"{path}: shard counts disagree with n_rows and shard_rows; rebuild with `{rebuild_command(raw)}`"
-        )
-    return raw
-
-
 # --------------------------------------------------------------------------- the store
 
 
@@ -248,6 +109,19 @@ class FeatureStore:
         self._meta: dict[str, Any] | None = None
         self._arrays: dict[tuple[str, str], Any] = {}
         self._mappable: dict[str, bool] = {}
+        # Per shard: each array's row crc32c its marker records (`recorded_crcs`).
+        self._recorded: dict[int, dict[str, np.ndarray]] = {}
+        # (array, shard) -> the stat of the shard file whose row crc32c last matched them.
+        self._verified: dict[tuple[str, int], tuple[int, ...]] = {}
+
+    def reset(self, meta: dict[str, Any] | None = None) -> None:
+        """Forget what was read from the store's files, which a writer changed; `meta`: the
+        store.json the writer is about to save."""
+        self._meta = meta
+        self._arrays.clear()
+        self._mappable.clear()
+        self._recorded.clear()
+        self._verified.clear()
 
     # ------------------------------------------------------------------ paths and metadata
     @property
@@ -280,12 +154,8 @@ class FeatureStore:
     @property
     def meta(self) -> dict[str, Any]:
         if self._meta is None:
-            self._meta = _read_meta(self.meta_path)
+            self._meta = read_meta(self.meta_path)
         return self._meta
-
-    def save_meta(self) -> None:
-        with _writable(self.path):
-            atomic_write_json(self.meta_path, self.meta)
 
     @property
     def n_rows(self) -> int:
@@ -324,97 +194,6 @@ class FeatureStore:
         return (f"run `clare verify {self.path}`, then rerun the `clare extract` command that built "
                 "it to recompute the damaged shards")
 
-    # ------------------------------------------------------------------ creation
-    @classmethod
-    def create(
-        cls,
-        path: Path | str,
-        *,
-        n_rows: int,
-        shapes: dict[str, tuple[int, ...]],
-        shard_rows: int,
-        meta: dict[str, Any],
-        index: pd.DataFrame | None = None,
-        entries: pd.DataFrame | None = None,
-        checksum: bool = True,
-        uncompressed: frozenset[str] = UNCOMPRESSED,
-    ) -> FeatureStore:
-        """Pre-allocate every array to n_rows (filled with NaN), write entries and store.json.
-
-        `index` (the rows' path, label and view, in order) fixes which rows each shard must
-        hold, `entries` the listed frames that point at them (one per row when None); stores
-        built by `clare extract` always pass both.
-        """
-        import zarr
-
-        if n_rows < 1:
-            raise StoreError(f"{path}: cannot create an empty store (0 rows)")
-        if index is not None and len(index) != n_rows:
-            raise ValueError(f"index has {len(index)} rows, the store {n_rows}")
-        store = cls(path)
-        with _writable(store.path):
-            store.path.mkdir(parents=True, exist_ok=True)
-            # Leftovers of a store whose store.json is gone (an interrupted --overwrite) must
-            # not pass for finished shards of this one.
-            store.manifest_path.unlink(missing_ok=True)
-            if store.shards_dir.is_dir():
-                shutil.rmtree(store.shards_dir)
-            store.shards_dir.mkdir()
-            group = zarr.open_group(store.zarr_path, mode="w", zarr_format=3)
-            for name in ARRAYS:
-                group.create_array(
-                    name,
-                    shape=(n_rows, *shapes[name]),
-                    chunks=(1, *shapes[name]),
-                    shards=(shard_rows, *shapes[name]),
-                    dtype=DTYPES[name],
-                    fill_value=np.nan,
-                    compressors=array_codecs(name, checksum=checksum, uncompressed=uncompressed),
-                )
-        store._meta = {
-            **meta,
-            "format": FORMAT,
-            "n_rows": n_rows,
-            "shard_rows": shard_rows,
-            "shapes": {k: list(v) for k, v in shapes.items()},
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "shards": {"total": -(-n_rows // shard_rows), "completed": [], "state": "incomplete"},
-        }
-        if index is not None:
-            store._meta["index_shards_sha256"] = shard_index_digests(index, shard_rows)
-            store.write_entries(entries if entries is not None else one_entry_per_row(index))
-        store.save_meta()
-        return store
-
-    def write_entries(self, entries: pd.DataFrame) -> None:
-        """Write entries.parquet and record its sha256 in store.json."""
-        with _writable(self.path):
-            atomic_write_parquet(self.entries_path, entries[list(ENTRY_COLUMNS)])
-        self.meta["entries_sha256"] = file_sha256(self.entries_path)
-        self.save_meta()
-
-    def destroy(self) -> None:
-        """Delete the store's contents for --overwrite, but not `.lock`.
-
-        The lock file stays so that the writer holding it keeps excluding every other writer:
-        deleting it would let a second extract lock a fresh file and write the same store.
-        store.json goes first, so an interrupted delete leaves no half-store that looks valid.
-        """
-        if not self.path.is_dir():
-            return
-        with _writable(self.path):
-            self.meta_path.unlink(missing_ok=True)
-            for entry in self.path.iterdir():
-                if entry.name == self.lock_path.name:
-                    continue
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry)
-                else:
-                    entry.unlink()
-        self._meta = None
-        self._arrays.clear()
-        self._mappable.clear()
-
     # ------------------------------------------------------------------ arrays
     def array(self, name: str, *, write: bool = False) -> Any:
         """The Zarr array `name`, opened read-only unless `write`."""
@@ -446,6 +225,7 @@ class FeatureStore:
 
     def read(self, name: str, start: int, stop: int) -> np.ndarray:
         """Rows start..stop-1 of one array; a damaged shard raises a StoreError naming it."""
+        self.check_identity(name, start, stop)
         try:
             return self.array(name)[start:stop]
         except (ValueError, RuntimeError) as exc:  # crc32c mismatch, undecodable bytes
@@ -455,6 +235,7 @@ class FeatureStore:
         """`read`, decoded straight into `out` (C-contiguous, the array's dtype): no extra copy."""
         from zarr.core.buffer.cpu import NDBuffer
 
+        self.check_identity(name, start, stop)
         try:
             self.array(name).get_basic_selection(slice(start, stop),
                                                  out=NDBuffer.from_numpy_array(out))
@@ -480,7 +261,74 @@ class FeatureStore:
         if int(rows.min()) < start or int(rows.max()) >= stop:
             raise ValueError(f"rows span more than shard {shard}")
         return map_rows(self.shard_file(name, shard), rows - start, shard_rows=self.shard_rows,
-                        row_shape=self.row_shape(name), dtype=self.dtype(name))
+                        row_shape=self.row_shape(name), dtype=self.dtype(name),
+                        expected_crcs=self.recorded_crcs(name, shard))
+
+    # ------------------------------------------------------------------ shard identity
+    def recorded_crcs(self, name: str, shard: int) -> np.ndarray | None:
+        """The crc32c of each row's chunk in a shard file of array `name`, as the shard's marker
+        recorded them when it was written (-1: no chunk); None when it records none (an
+        unfinished store's unmarked shard, a store written without them).
+
+        The crc32c codec proves a chunk's bytes are intact, not that they are this shard's:
+        another shard's file is intact too. Comparing the stored crc32c of every row read with
+        the recorded ones refuses a shard file replaced by another's (`check_identity`)."""
+        if shard not in self._recorded:
+            self._recorded[shard] = self._marker_crcs(shard)
+        return self._recorded[shard].get(name)
+
+    def _marker_crcs(self, shard: int) -> dict[str, np.ndarray]:
+        marker = self.shard_marker(shard)
+        if marker is None and self.meta["shards"]["state"] != "complete":
+            return {}  # not written yet: nothing to compare with
+        problem = ("missing, though store.json says the store is complete" if marker is None
+                   else self._marker_problem(shard, marker))
+        if problem or marker is None:
+            raise StoreError(f"{self.marker_path(shard)}: {problem}; {self.repair_advice()}")
+        recorded = marker.get("chunk_crc32c")
+        start, stop = self.shard_bounds(shard)
+        crcs: dict[str, np.ndarray] = {}
+        for name, values in (recorded.items() if isinstance(recorded, dict) else ()):
+            if values is None:
+                continue
+            if (not isinstance(values, list) or len(values) != stop - start
+                    or not all(v is None or (isinstance(v, int) and 0 <= v < 2**32) for v in values)):
+                raise StoreError(f"{self.marker_path(shard)}: chunk_crc32c of {name} is not one "
+                                 f"crc32c per row; {self.repair_advice()}")
+            crcs[name] = np.array([-1 if v is None else v for v in values], dtype=np.int64)
+        return crcs
+
+    def check_identity(self, name: str, start: int, stop: int) -> None:
+        """Refuse a shard file of rows start..stop-1 whose rows' stored crc32c are not the ones
+        its marker recorded: one StoreError naming the file and the fix.
+
+        A file is checked again whenever its stat changes (a replaced file has a new inode,
+        one rewritten in place a new ctime); checking reads its index and 4 bytes per row. A
+        file replaced between this check and zarr's own open of it is not seen; the mapped
+        token rows (`mapped_rows`) are compared on the very bytes they are read from."""
+        for shard in range(start // self.shard_rows, max(start, stop - 1) // self.shard_rows + 1):
+            expected = self.recorded_crcs(name, shard)
+            if expected is None:
+                continue
+            file = self.shard_file(name, shard)
+            try:
+                stat = file.stat()
+            except OSError:
+                continue  # a missing file reads as NaN, which the loader names
+            key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+            if self._verified.get((name, shard)) == key:
+                continue
+            found = chunk_checksums(file, self.shard_rows)
+            if found is None:
+                continue  # a damaged index: zarr's read fails its checksum and names the shard
+            stored = np.array([-1 if v is None else v for v in found[: len(expected)]], np.int64)
+            if not np.array_equal(stored, expected):
+                raise StoreError(
+                    f"{file}: not the file shard {shard} of array {name} was written as (its rows' "
+                    f"crc32c differ from those {self.marker_path(shard).relative_to(self.path)} "
+                    "records: copied or moved in from another shard or store); "
+                    + self.repair_advice())
+            self._verified[(name, shard)] = key
 
     def read_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
         """Arbitrary rows, in the order given.
@@ -554,33 +402,6 @@ class FeatureStore:
         markers, parts = self._shard_entries()
         return markers & parts
 
-    def write_shard(self, index: int, arrays: dict[str, np.ndarray], manifest: pd.DataFrame) -> dict:
-        """Write one whole shard: one assignment per array, then its manifest part and marker."""
-        start, stop = self.shard_bounds(index)
-        if len(manifest) != stop - start or list(manifest["row"]) != list(range(start, stop)):
-            raise StoreError(f"{self.path}: manifest rows of shard {index} do not match {start}..{stop}")
-        problem = self._index_problem(index, manifest)
-        if problem:
-            raise StoreError(f"{self.path}: shard {index}: {problem}; rebuild with `{self.rebuild_command()}`")
-        self.marker_path(index).unlink(missing_ok=True)
-        # Zarr merges a write into an existing shard file by reading it first; a damaged file
-        # (the reason a shard is redone) would make that read fail, so start from none.
-        for path in self.shard_files(index).values():
-            path.unlink(missing_ok=True)
-        for name in ARRAYS:
-            self.array(name, write=True)[start:stop] = arrays[name]
-        # Zarr writes no file for a shard that is all fill value (every row failed): None.
-        checksums = {name: file_sha256(path) if path.is_file() else None
-                     for name, path in self.shard_files(index).items()}
-        atomic_write_parquet(self.part_path(index), manifest[list(MANIFEST_COLUMNS)])
-        failed = int((manifest["status"] != "ok").sum())
-        marker = {"shard": index, "rows": [start, stop], "checksums": checksums,
-                  "manifest_sha256": file_sha256(self.part_path(index)),
-                  "fingerprint_sha256": self.fingerprint_sha256,
-                  "ok": int(len(manifest) - failed), "failed": failed}
-        atomic_write_json(self.marker_path(index), marker)
-        return marker
-
     def shard_marker(self, index: int) -> dict[str, Any] | None:
         """The marker of a shard; None when absent; StoreError when unreadable."""
         path = self.marker_path(index)
@@ -594,7 +415,7 @@ class FeatureStore:
             raise StoreError(f"{path}: a shard marker must hold a mapping; {self.repair_advice()}")
         return marker
 
-    def _index_problem(self, index: int, part: pd.DataFrame) -> str:
+    def index_problem(self, index: int, part: pd.DataFrame) -> str:
         """'' when the part holds this shard's rows of the index store.json records."""
         digests = self.meta.get("index_shards_sha256")
         if digests is None:
@@ -642,73 +463,7 @@ class FeatureStore:
         failed = int((part["status"] != "ok").sum())
         if marker.get("ok") != len(part) - failed or marker.get("failed") != failed:
             return "ok/failed counts of the marker and the manifest part disagree"
-        return self._index_problem(index, part)
-
-    def invalidate_shard(self, index: int) -> None:
-        with _writable(self.path):
-            self.marker_path(index).unlink(missing_ok=True)
-
-    def drop_unsound_shards(self) -> dict[int, str]:
-        """Mark undone every finished shard whose marker or manifest part fails check_part.
-
-        Cheap (markers and parts only, no array bytes): a resumed extract runs it so that a
-        shard copied in from another store, or edited in place, is recomputed, not kept.
-        """
-        dropped = {}
-        for index in sorted(self.completed_shards()):
-            problem = ("beyond the store's rows" if index >= self.n_shards
-                       else self.check_part(index).problem)
-            if problem:
-                self.invalidate_shard(index)
-                dropped[index] = problem
-        return dropped
-
-    def remove_partials(self) -> int:
-        """Delete orphaned temporary files of interrupted writes (Zarr's and ours)."""
-        removed = 0
-        for path in self.path.rglob("*.partial"):
-            path.unlink(missing_ok=True)
-            removed += 1
-        return removed
-
-    def finalize(self, extra: dict[str, Any] | None = None) -> pd.DataFrame:
-        """Join the shard manifests into manifest.parquet once every shard is done.
-
-        Every part is checked against its marker and the index first; a bad one loses its
-        marker (so the same extract redoes it) and nothing is written from it.
-        """
-        done = self.completed_shards()
-        missing = sorted(set(range(self.n_shards)) - done)
-        if missing:
-            raise StoreError(f"{self.path}: shards {missing[:5]} are not written; rerun extract")
-        parts = []
-        for index in range(self.n_shards):
-            checked = self.check_part(index)
-            if checked.problem:
-                self.invalidate_shard(index)
-                raise StoreError(
-                    f"{self.path}: shard {index}: {checked.problem}; it is marked for recomputation: "
-                    "rerun the same `clare extract` command"
-                )
-            parts.append(checked.part)
-        manifest = pd.concat(parts, ignore_index=True)
-        problem = self.index_mismatch(manifest)
-        if problem:
-            raise StoreError(f"{self.path}: {problem}; rebuild with `{self.rebuild_command()}`")
-        with _writable(self.path):
-            atomic_write_parquet(self.manifest_path, manifest)
-        meta = self.meta
-        meta["manifest_sha256"] = file_sha256(self.manifest_path)
-        meta["shards"] = {"total": self.n_shards, "completed": list(range(self.n_shards)),
-                          "state": "complete"}
-        meta["counts"] = {
-            "rows": int(len(manifest)),
-            "ok": int((manifest["status"] == "ok").sum()),
-            "failed": int((manifest["status"] != "ok").sum()),
-        }
-        meta.update(extra or {})
-        self.save_meta()
-        return manifest
+        return self.index_problem(index, part)
 
     def index_mismatch(self, manifest: pd.DataFrame) -> str:
         """'' when rows and entries match the layout digest the fingerprint records (or none is)."""
@@ -718,12 +473,6 @@ class FeatureStore:
             return ""
         return ("the rows of the manifest parts and entries.parquet do not match the layout digest "
                 "the fingerprint records (store.json edited?)")
-
-    def record_progress(self) -> None:
-        """Refresh the completion state in store.json (driver only: one writer of store.json)."""
-        meta = self.meta
-        meta["shards"]["completed"] = sorted(self.completed_shards())
-        self.save_meta()
 
     def is_complete(self) -> bool:
         return self.meta["shards"]["state"] == "complete" and self.manifest_path.is_file()
@@ -782,51 +531,6 @@ class FeatureStore:
         `manifest()` a caller already holds to read and check it once."""
         rows = self.manifest() if manifest is None else manifest
         return entry_rows(self.entries(), rows, int(self.meta.get("views", 1)), view)
-
-    # ------------------------------------------------------------------ locking
-    @contextmanager
-    def lock(self) -> Iterator[None]:
-        """Exclusive writer lock; released by the kernel if the process dies."""
-        with _writable(self.path):
-            self.path.mkdir(parents=True, exist_ok=True)
-            handle = open(self.lock_path, "a+")  # noqa: SIM115 - held open for the whole block
-
-        def held(holder: str) -> StoreError:
-            return StoreError(f"{self.path}: another extract is writing this store (pid {holder}); "
-                              "wait for it to finish or stop it")
-
-        with pid_lock(handle, held):
-            yield
-
-
-def one_entry_per_row(rows: pd.DataFrame) -> pd.DataFrame:
-    """Entries for a store written without a list (benchmarks): one per view-0 row."""
-    first = rows[rows["view"].astype(int) == 0].reset_index(drop=True)
-    views = max(len(rows) // max(len(first), 1), 1)
-    return pd.DataFrame({
-        "entry": np.arange(len(first), dtype=np.int64), "path": first["path"].astype(str),
-        "subset": first["subset"].astype(str) if "subset" in first else "",
-        "label": first["label"].astype(np.int8),
-        "video": first["video"].astype(str) if "video" in first else first["path"].astype(str),
-        "frame": first["frame"].astype(np.int32) if "frame" in first else 0,
-        "image": first["row"].to_numpy(dtype=np.int64) // views if "row" in first
-        else np.arange(len(first), dtype=np.int64),
-    })
-
-
-@contextmanager
-def _writable(path: Path) -> Iterator[None]:
-    """A read-only store (permissions or file system) is one line, not a traceback."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise
-        raise StoreReadOnlyError(
-            f"{path}: cannot write to the store ({os.strerror(exc.errno)}); make it writable, "
-            "or point paths.stores at a writable folder"
-        ) from None
-
 
 def open_store(path: Path | str, *, hint: str = "") -> FeatureStore:
     """Open a finished store or raise a StoreError that names the command that builds it."""

@@ -76,7 +76,7 @@ def _echo(message: str) -> None:
 
 
 def _load(config: list[Path], overrides: list[str] | None):
-    from clare.config import load_config
+    from clare.config_files import load_config
 
     return load_config(config, overrides or [])
 
@@ -185,7 +185,8 @@ def evaluate(
 
 @app.command()
 def predict(
-    run: Annotated[Path, typer.Option(help="A trained run folder, e.g. runs/demo.")],
+    run: Annotated[Path, typer.Option(
+        help="A trained run folder (runs/demo), a `clare export` folder or a hub id owner/name.")],
     inputs: Annotated[list[str] | None, typer.Argument(
         help="Image or video files, folders (recursive) or glob patterns.")] = None,
     out: Annotated[Path | None, typer.Option(
@@ -220,6 +221,24 @@ def predict(
                           overrides=set_ or [], options=options)
     if fail_on_error and summary.failed:
         raise typer.Exit(1)
+
+
+@app.command("export")
+def export_(
+    run: Annotated[Path, typer.Argument(help="A trained run folder, e.g. runs/demo.")],
+    out: Annotated[Path, typer.Argument(help="A new folder for the shareable detector.")],
+    report: Annotated[Path | None, typer.Option(
+        help="Its evaluation (default reports/<run name>): the model card's metrics.")] = None,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Package a run for sharing (Hugging Face Hub ready): weights, path-free record, model card."""
+    from clare.console import make_console
+    from clare.export import export_run
+
+    folder = export_run(run, out, report_dir=report)
+    make_console(quiet=quiet).print(f"{folder}: exported; upload it with `huggingface-cli upload "
+                                    f"OWNER/NAME {folder}`, load it with `clare predict --run`")
 
 
 @app.command()
@@ -376,7 +395,7 @@ def show_config(
 
     import yaml
 
-    from clare.config import config_layers, config_origins, config_to_dict, validate_layers
+    from clare.config_files import config_layers, config_origins, config_to_dict, validate_layers
 
     layers = config_layers(config, set_ or [])
     cfg = validate_layers(layers)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from enum import IntEnum
@@ -20,6 +22,17 @@ from pathlib import Path
 
 from rich.console import Console, ConsoleRenderable, RenderHook
 from rich.control import Control
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 # Logs, CI and pipes are not terminals: rich would squeeze tables into 80 columns there.
 PIPE_WIDTH = 160
@@ -146,3 +159,36 @@ class LogFileHook(RenderHook):
         if printed:
             self.console.print(*printed)
         return renderables
+
+
+def command_console(log_file: Path, *, quiet: bool) -> Console:
+    """The command's console; everything it prints is also appended to `log_file`.
+
+    Each command starts its part of the log with the time and its command line.
+    """
+    log_file = Path(log_file)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "a", encoding="utf-8") as handle:
+        command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+        handle.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {command}\n")
+    return make_console(quiet=quiet, log_file=log_file)
+
+
+class RateColumn(ProgressColumn):
+    """Items per second over rich's recent window (blank until it has a sample)."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        speed = task.speed
+        return Text("" if speed is None else f"{speed:.2f} {self.unit}/s")
+
+
+def step_progress(console: Console, label: str, unit: str) -> Progress:
+    """A progress bar with count, rate and time left, like `clare extract`'s."""
+    return Progress(
+        TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
+        RateColumn(unit), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+    )

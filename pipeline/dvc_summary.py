@@ -20,11 +20,11 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from clare.compare import RUN_SPEC_FILE, clean_scores, draw_roc, save_png
+from clare.compare import clean_scores
 from clare.files import atomic_write_metrics_json
-from clare.report_figures import validation_figure
+from clare.records import ReportFolder
+from clare.render.figures import draw_roc, save_png, validation_figure
 
-DVC_METRICS_FILE = "dvc_metrics.json"
 PLOTS_DIR = "plots"
 MEAN_KEYS = ("auc", "ap", "eer", "video_auc")
 
@@ -61,9 +61,9 @@ def write_dvc_files(out_dir: Path, metrics: Mapping[str, Any], scores: pd.DataFr
     out_dir = Path(out_dir)
     record = run.record
     name = str(metrics.get("run") or out_dir.name)
-    atomic_write_metrics_json(out_dir / DVC_METRICS_FILE, dvc_metrics(metrics, record.metrics))
+    atomic_write_metrics_json(ReportFolder(out_dir).dvc_metrics_file, dvc_metrics(metrics, record.metrics))
     spec = {"run": name, "run_dir": str(run.path), **record.spec()}
-    atomic_write_metrics_json(out_dir / RUN_SPEC_FILE, spec)
+    atomic_write_metrics_json(ReportFolder(out_dir).run_spec_file, spec)
     plots = out_dir / PLOTS_DIR
     plots.mkdir(exist_ok=True)
     clean = clean_scores(metrics, scores)

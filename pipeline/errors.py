@@ -40,6 +40,10 @@ class CheckpointError(RunError):
     """A model file or training checkpoint is unreadable, damaged, or made with other settings."""
 
 
+class ExportError(RunError):
+    """`clare export` cannot write its folder, or an exported folder cannot be trusted."""
+
+
 class ReportError(ClareError):
     """A report folder is held by another evaluation."""
 

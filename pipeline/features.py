@@ -15,12 +15,8 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-import pandas as pd
 import torch
 
-from clare import fingerprint as fp
-from clare.cache.entries import StoreLayout, store_layout
-from clare.cache.store import FeatureStore, default_shard_rows
 from clare.config import Config
 from clare.data.images import DecodedImage, ImageDecodeError, check_resize, decode_image
 from clare.data.views import Perturbation, derive_seed, make_view
@@ -181,99 +177,3 @@ def compute_features(extractor: FeatureExtractor, seed: int, views: list[int],
     return BatchFeatures(good, lare.astype(np.float32, copy=False),
                          cls.numpy().astype(np.float32, copy=False),
                          tokens.numpy().astype(np.float16))
-
-
-# --------------------------------------------------------------------------- a new store
-
-
-def store_meta(cfg: Config, *, split: str, layout: StoreLayout,
-               perturb: str | None) -> dict[str, Any]:
-    """What store.json records beside the fingerprint, for a store laid out as `layout`."""
-    return {"split": split, "views": layout.views, "n_images": layout.n_images,
-            "n_entries": len(layout.entries), "perturb": perturb,
-            # In index (config) order: reports list subsets in this order.
-            "subsets": [str(s) for s in pd.unique(layout.entries["subset"])],
-            "libraries": {"torch": torch.__version__},
-            "cpu_threads": cfg.extract.cpu_threads}
-
-
-def create_feature_store(path: Path, cfg: Config, layout: StoreLayout, fingerprint: dict[str, Any],
-                         *, shapes: dict[str, tuple[int, ...]], meta: dict[str, Any]) -> FeatureStore:
-    """A new, empty store laid out as `layout` (its rows and entries), recording its fingerprint."""
-    shard_rows = cfg.extract.shard_rows or default_shard_rows(*shapes["tokens"])
-    return FeatureStore.create(
-        path, n_rows=len(layout.rows), shapes=shapes, shard_rows=shard_rows, index=layout.rows,
-        entries=layout.entries,
-        meta={"fingerprint": fingerprint, "fingerprint_sha256": fp.digest(fingerprint), **meta},
-    )
-
-
-class FeatureSpill:
-    """Features computed outside `clare extract` (by `clare predict --store`), kept on disk one
-    batch at a time and written as a store once every batch is in: only then is it known which
-    rows scored, and a store holds its rows in the seeded write order (`row_skeleton`).
-
-    `add` takes a batch's features and, for each row to keep, its position in the batch and
-    its manifest identity (path, subset, label, video, frame, sha256, width, height)."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.rows: list[dict[str, Any]] = []
-        self.batches = 0
-        self.shapes: dict[str, tuple[int, ...]] | None = None
-        self._open: dict[tuple[str, int], np.ndarray] = {}
-
-    def add(self, features: BatchFeatures, keep: list[tuple[int, dict[str, Any]]]) -> None:
-        if not keep:
-            return
-        arrays = {"lare": features.lare, "cls": features.cls, "tokens": features.tokens}
-        for name, values in arrays.items():
-            np.save(self.folder / f"{name}-{self.batches:06d}.npy", values)
-        self.shapes = {name: tuple(values.shape[1:]) for name, values in arrays.items()}
-        self.rows.extend({**identity, "_batch": self.batches, "_at": j} for j, identity in keep)
-        self.batches += 1
-
-    def _rows_of(self, name: str, records: pd.DataFrame) -> np.ndarray:
-        def row(batch: int, at: int) -> np.ndarray:
-            if (name, batch) not in self._open:
-                file = self.folder / f"{name}-{batch:06d}.npy"
-                self._open[(name, batch)] = np.load(file, mmap_mode="r")
-            return self._open[(name, batch)][at]
-
-        pairs = zip(records["_batch"], records["_at"], strict=True)
-        return np.stack([row(int(batch), int(at)) for batch, at in pairs])
-
-    def write_store(self, path: Path, cfg: Config, *, split: str,
-                    extra: dict[str, Any]) -> FeatureStore | None:
-        """The spilled rows as a finished store at `path` (None when no row was kept); `split`
-        and `extra` go into store.json."""
-        if not self.rows or self.shapes is None:
-            return None
-        index = pd.DataFrame.from_records(self.rows)  # one entry per scored input
-        layout = store_layout(index, 1, None, cfg.seed)
-        # The features of each distinct image (an input given twice was scored twice alike),
-        # in the layout's row order.
-        records = index.drop_duplicates("path").set_index("path").loc[layout.rows["path"]]
-        records = records.reset_index()
-        fingerprint = fp.store_fingerprint(cfg, index_sha256=layout.digest(), views=1, perturb=None)
-        with FeatureStore(path).lock():
-            store = create_feature_store(
-                path, cfg, layout, fingerprint, shapes=self.shapes,
-                meta={**store_meta(cfg, split=split, layout=layout, perturb=None), **extra})
-            for shard in range(store.n_shards):
-                start, stop = store.shard_bounds(shard)
-                part = records.iloc[start:stop]
-                manifest = layout.rows.iloc[start:stop].assign(
-                    status="ok", error="", sha256=part["sha256"].to_numpy(),
-                    width=part["width"].to_numpy(np.int32), height=part["height"].to_numpy(np.int32))
-                store.write_shard(shard, {name: self._rows_of(name, part) for name in self.shapes},
-                                  manifest)
-            store.finalize()
-        return store
-
-    def close(self) -> None:
-        import shutil
-
-        self._open.clear()
-        shutil.rmtree(self.folder, ignore_errors=True)

@@ -2,7 +2,7 @@
 
 A write goes to a sibling `<name>.partial` file that is renamed into place, so a reader, or a
 run resumed after a kill, sees the old file or the new one and never a torn one. A `.partial`
-left by a killed process is what `FeatureStore.remove_partials` cleans up.
+left by a killed process is what `StoreWriter.remove_partials` cleans up.
 """
 
 from __future__ import annotations

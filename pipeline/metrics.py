@@ -461,3 +461,72 @@ def expected_calibration_error(labels: Any, p_fake: Any,
         return None
     gaps = (bins["fraction_fake"] - bins["confidence"]).abs()
     return float((bins["count"] / total * gaps).sum())
+
+
+# --------------------------------------------------------------------------- per image and per video
+
+WORST_ERRORS = 8  # false positives and false negatives a report shows, each
+
+
+def subset_ece(clean: pd.DataFrame, subsets: Sequence[str]) -> dict[str, float | None]:
+    """Expected calibration error of every subset's clean scores (p_fake clipped to [0, 1])."""
+    out: dict[str, float | None] = {}
+    for name in subsets:
+        rows = clean[clean["subset"] == name]
+        out[name] = expected_calibration_error(rows["label"].to_numpy(),
+                                               rows["p_fake"].to_numpy().clip(0.0, 1.0))
+    return out
+
+
+def video_table(clean: pd.DataFrame) -> pd.DataFrame:
+    """One row per video of the clean scores: subset, video, label, frames and the mean, lowest
+    and highest p(fake), worst first (`error`: distance of the mean from the label). A frame
+    without a video id is its own video, named by its path."""
+    frames = clean.assign(video=_video_ids(clean))
+    table = (frames.groupby(["subset", "video"], sort=False)
+             .agg(label=("label", "max"), frames=("p_fake", "size"), p_fake_mean=("p_fake", "mean"),
+                  p_fake_min=("p_fake", "min"), p_fake_max=("p_fake", "max"))
+             .reset_index())
+    table["error"] = np.where(table["label"] == 1, 1.0 - table["p_fake_mean"], table["p_fake_mean"])
+    return table.sort_values("error", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def _video_ids(clean: pd.DataFrame) -> pd.Series:
+    path = clean["path"].astype(str) if "path" in clean.columns else pd.Series(
+        [f"frame {i}" for i in range(len(clean))], index=clean.index)
+    if "video" not in clean.columns:
+        return path
+    video = clean["video"]
+    missing = video.isna() | (video.astype(str) == "")
+    return video.astype(str).where(~missing, path)
+
+
+def video_accuracy(videos: pd.DataFrame, threshold: float) -> pd.Series:
+    called_fake = videos["p_fake_mean"] >= threshold
+    return (called_fake == (videos["label"] == 1)).groupby(videos["subset"], sort=False).mean()
+
+
+def distinct_images(clean: pd.DataFrame) -> pd.DataFrame:
+    """One line per image of the clean scores: an image listed by several subsets (its entries
+    share one score) once, under its first listing. The listed path names the image (the same
+    file in every store); without paths, its store row."""
+    key = ["path"] if "path" in clean.columns else [c for c in ("store", "row") if c in clean.columns]
+    return clean.drop_duplicates(key) if "path" in key or "row" in key else clean
+
+
+def classification_errors(images: pd.DataFrame,
+                          threshold: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every error at `threshold`, most confident first: real images at or above it (false
+    positives, highest p(fake) first) and fakes below it (false negatives, lowest first)."""
+    real = images[(images["label"] == 0) & (images["p_fake"] >= threshold)]
+    fake = images[(images["label"] == 1) & (images["p_fake"] < threshold)]
+    return (real.sort_values("p_fake", ascending=False, kind="stable"),
+            fake.sort_values("p_fake", kind="stable"))
+
+
+def worst_errors(clean: pd.DataFrame, threshold: float,
+                 count: int = WORST_ERRORS) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The `count` most confident false positives and false negatives at `threshold`, each
+    image once (`distinct_images`)."""
+    false_pos, false_neg = classification_errors(distinct_images(clean), threshold)
+    return false_pos.head(count), false_neg.head(count)

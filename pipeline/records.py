@@ -1,4 +1,5 @@
-"""run.yaml as a typed record: written by `clare fit`, validated on every read.
+"""The records clare writes and reads back, each named and validated here: run.yaml (a run,
+written by `clare fit`) and the report folder (`clare eval`: metrics.json, scores.parquet, ...).
 
 A run record is read by `clare eval`, `predict`, `compare` and the DVC summary; each of them
 once trusted what it found (a hand-edited `threshold: .nan` made every verdict "real" with
@@ -13,18 +14,35 @@ blocks (`provenance`, ...) that an older reader must pass through rather than re
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
+import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from clare.config import format_validation_error
-from clare.errors import RunError
-from clare.files import atomic_write_bytes, read_record_bytes
+from clare.config_files import format_validation_error
+from clare.errors import ReportError, RunError, one_line, short_repr
+from clare.files import (
+    atomic_write_bytes,
+    atomic_write_metrics_json,
+    atomic_write_parquet,
+    read_record_bytes,
+)
 
 RUN_FILE = "run.yaml"
+# A report folder (`clare eval`): the full metrics, every score, the ROC points, and the small
+# files DVC experiments read (`clare.dvc_summary`).
+METRICS_FILE = "metrics.json"
+SCORES_FILE = "scores.parquet"
+ROC_FILE = "roc.json"
+RUN_SPEC_FILE = "run_spec.json"
+DVC_METRICS_FILE = "dvc_metrics.json"
+RERUN_EVAL = "rerun `clare eval --config CONFIG --report` to rewrite it"
 REFIT = "refit the run with `clare fit --overwrite` (or restore the run.yaml it wrote)"
 
 # Strict: a YAML string ("high") or boolean is never read as a number; NaN is never a value.
@@ -131,3 +149,156 @@ class RunRecord(_Block):
         checked = cls.parse(record, Path(path))
         atomic_write_bytes(Path(path), yaml.safe_dump(dict(record), sort_keys=False).encode())
         return checked
+
+
+class RobustnessRecord(_Block):
+    """One perturbed store's entry of metrics.json: its perturbation and its mean metrics."""
+
+    perturb: str | None = None
+    mean: dict[str, Any]
+
+
+class MetricsRecord(_Block):
+    """metrics.json, written by `clare eval`: per-subset and mean metrics, robustness."""
+
+    run: str | None = None
+    subsets: dict[str, dict[str, Any]]
+    mean: dict[str, Any]
+    robustness: dict[str, RobustnessRecord] = Field(default_factory=dict)
+
+
+# Metrics that are fractions (rates and areas); counts are the n_* and *_n_subsets keys. Any
+# other value in a metrics table must be a finite number or null: the oracle threshold is on
+# the score's own scale, which `clare compare` does not assume to be a probability.
+_FRACTION_METRICS = frozenset({
+    "auc", "ap", "eer", "acc", "real_acc", "fake_acc", "video_auc", "tpr_at_1fpr",
+    "oracle_best_threshold_acc", "acc_at_val_threshold"})
+
+
+def _metric_problem(key: str, value: Any) -> str | None:
+    """Why `value` cannot be the metric `key` that eval writes, or None."""
+    if key == "notes":
+        return None if isinstance(value, dict) else "must be a mapping of notes"
+    if key.startswith("n_") or key.endswith("_n_subsets"):
+        if type(value) is not int or value < 0:
+            return f"must be a count, a whole number from 0 (got {short_repr(value, 20)})"
+        return None
+    if value is None:
+        return None  # an undefined metric is written as null
+    if type(value) not in (int, float) or not math.isfinite(value):
+        return f"must be a finite number or null (got {short_repr(value, 20)})"
+    if key in _FRACTION_METRICS and not 0 <= value <= 1:
+        return f"must be between 0 and 1 (got {short_repr(value, 20)})"
+    return None
+
+
+def _check_metric_values(shown: MetricsRecord) -> str | None:
+    """'key': why, for the first value clare show would print that eval cannot have written."""
+    tables = [(f"subsets.{name}", table) for name, table in shown.subsets.items()]
+    tables.append(("mean", shown.mean))
+    tables += [(f"robustness.{name}.mean", entry.mean) for name, entry in shown.robustness.items()]
+    for where, table in tables:
+        for key, value in table.items():
+            problem = _metric_problem(str(key), value)
+            if problem:
+                return f"'{one_line(f'{where}.{key}', 80)}' {problem}"
+    return None
+
+
+
+def _metrics_problem(tree: Any) -> tuple[MetricsRecord | None, str | None]:
+    """The record of a parsed metrics.json, or why it cannot be one that eval wrote."""
+    if isinstance(tree, Mapping) and not isinstance(tree.get("subsets"), Mapping):
+        return None, "no 'subsets' table (per-subset metrics)"
+    try:
+        record = MetricsRecord.model_validate(tree)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        key = one_line(".".join(str(part) for part in err["loc"]), 80) or "the top level"
+        return None, f"'{key}': {one_line(err['msg'], 120)}"
+    problem = _check_metric_values(record)
+    return (record, None) if problem is None else (None, problem)
+
+
+def load_metrics(metrics_file: Path) -> MetricsRecord:
+    """metrics.json, read (bounded) and checked; any way it can be unreadable or malformed is
+    one ReportError naming the file."""
+    problem: str | None
+    try:
+        tree = json.loads(read_record_bytes(metrics_file).decode("utf-8"))
+    except OSError as exc:
+        problem = f"unreadable, cannot read it ({exc.strerror or one_line(exc)})"
+    except UnicodeDecodeError:
+        problem = "unreadable, not UTF-8 text"
+    except json.JSONDecodeError as exc:
+        problem = f"unreadable, not valid JSON (line {exc.lineno}, column {exc.colno})"
+    except RecursionError:
+        problem = "unreadable, JSON nested too deeply"
+    else:
+        record, problem = _metrics_problem(tree)
+        if record is not None:
+            return record
+    raise ReportError(f"{metrics_file}: {problem}; {RERUN_EVAL}")
+
+
+# --------------------------------------------------------------------------- report folder
+
+
+@dataclass(frozen=True)
+class ReportFolder:
+    """What `clare eval` writes into `reports/<run>`, each file named here and nowhere else."""
+
+    path: Path
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def scores_file(self) -> Path:
+        return self.path / SCORES_FILE
+
+    @property
+    def roc_file(self) -> Path:
+        return self.path / ROC_FILE
+
+    @property
+    def run_spec_file(self) -> Path:
+        return self.path / RUN_SPEC_FILE
+
+    @property
+    def dvc_metrics_file(self) -> Path:
+        return self.path / DVC_METRICS_FILE
+
+    def has_report(self) -> bool:
+        """Whether the folder holds an evaluation (its metrics.json)."""
+        return self.metrics_file.is_file()
+
+    def holds_results(self) -> bool:
+        """Whether the folder holds an evaluation's results (metrics.json or scores.parquet)."""
+        return self.metrics_file.is_file() or self.scores_file.is_file()
+
+    def load_metrics(self) -> MetricsRecord:
+        return load_metrics(self.metrics_file)
+
+    def load_scores(self, required: Sequence[str], optional: Sequence[str] = ()) -> pd.DataFrame:
+        """scores.parquet's `required` columns (each must be there) and those of `optional`
+        that are; any problem is one ReportError naming the file."""
+        path = self.scores_file
+        if not path.is_file():
+            raise ReportError(f"{path}: missing (needed for intervals and ROC curves); {RERUN_EVAL}")
+        try:
+            scores = pd.read_parquet(path)
+        except Exception as exc:  # pyarrow raises several types for a damaged file
+            raise ReportError(f"{path}: unreadable parquet ({exc.__class__.__name__}); "
+                              f"{RERUN_EVAL}") from None
+        missing = [c for c in required if c not in scores.columns]
+        if missing:
+            raise ReportError(f"{path}: lacks column(s) {', '.join(missing)}; {RERUN_EVAL}")
+        return scores[[c for c in (*required, *optional) if c in scores.columns]]
+
+    def save(self, metrics: Mapping[str, Any], scores: pd.DataFrame, roc: Any) -> None:
+        """metrics.json (strict JSON), scores.parquet and roc.json, each written atomically."""
+        atomic_write_metrics_json(self.metrics_file, metrics)
+        atomic_write_parquet(self.scores_file, scores)
+        atomic_write_metrics_json(self.roc_file, roc)

@@ -13,10 +13,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import shlex
 import shutil
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,66 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
 
 from clare import fingerprint as fp
 from clare.config import Config, DetectorConfig, reserved_name_problem
-from clare.console import make_console
 from clare.errors import CheckpointError, ClareError, RunError, short_repr
 from clare.files import file_sha256, pid_lock
 from clare.models.detector import MODEL_FILE  # noqa: F401 - its home is the detector
 from clare.records import RUN_FILE, RunRecord
 
-CHECKPOINT_FILE = "last.ckpt"
 FIT_LOG = "fit.log"
 EVAL_LOG = "eval.log"
-
-
-# --------------------------------------------------------------------------- console and log
-
-
-def command_console(log_file: Path, *, quiet: bool) -> Console:
-    """The command's console; everything it prints is also appended to `log_file`.
-
-    Each command starts its part of the log with the time and its command line.
-    """
-    log_file = Path(log_file)
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "a", encoding="utf-8") as handle:
-        command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
-        handle.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {command}\n")
-    return make_console(quiet=quiet, log_file=log_file)
-
-
-class RateColumn(ProgressColumn):
-    """Items per second over rich's recent window (blank until it has a sample)."""
-
-    def __init__(self, unit: str) -> None:
-        super().__init__()
-        self.unit = unit
-
-    def render(self, task: Task) -> Text:
-        speed = task.speed
-        return Text("" if speed is None else f"{speed:.2f} {self.unit}/s")
-
-
-def step_progress(console: Console, label: str, unit: str) -> Progress:
-    """A progress bar with count, rate and time left, like `clare extract`'s."""
-    return Progress(
-        TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
-        RateColumn(unit), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
-    )
 
 
 # --------------------------------------------------------------------------- runs
@@ -301,5 +248,9 @@ def load_detector(info: RunInfo, device: Any) -> Any:
                      expected_name=f"the CLIP run {info.path} was trained with",
                      actual_name="the CLIP its config names now",
                      fix="restore the original checkpoint file or retrain the run")
-    return Detector.load(info.path, device=device,
-                         local_files_only=info.config.models.local_files_only)
+    from clare.models.loading import load_clip
+
+    # The CLIP the config names (checked above), not the file's header: an exported run
+    # records a portable location that only the config resolves (clare.export).
+    parts = load_clip(info.config.models.clip, local_files_only=info.config.models.local_files_only)
+    return Detector.load(info.path, device=device, clip_model=parts.model, tokenizer=parts.tokenizer)

@@ -26,6 +26,11 @@ class Scores(NamedTuple):
     loss: float
 
 
+def fake_probability(logits: torch.Tensor) -> torch.Tensor:
+    """p(fake) of logits (B, 2): softmax over the two classes in float32, the fake column."""
+    return logits.float().softmax(dim=-1)[:, 1]
+
+
 def to_device(tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
     """A batch tensor on the device as float32: the loader keeps tokens float16 on the host
     (half the bytes to move), and the cast runs on the device after the copy."""
@@ -34,7 +39,7 @@ def to_device(tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor
 
 def batch_logits(detector: torch.nn.Module, batch: Any, device: torch.device, amp: bool) -> torch.Tensor:
     """Logits (B, 2) of one loader batch; bf16 autocast when `amp` (CUDA only)."""
-    from clare.models.lare import autocast_context
+    from clare.models.precision import autocast_context
 
     with autocast_context(device, "bf16" if amp else "fp32"):
         return detector(to_device(batch.cls, device), to_device(batch.tokens, device),
@@ -51,7 +56,7 @@ def score_loader(detector: torch.nn.Module, loader: StoreLoader, device: torch.d
         logits = batch_logits(detector, batch, device, amp).float()
         loss_sum += float(F.cross_entropy(logits, batch.label.to(device), reduction="sum"))
         count += len(batch.rows)
-        probs.append(logits.softmax(-1)[:, 1].cpu().numpy())
+        probs.append(fake_probability(logits).cpu().numpy())
         labels.append(batch.label.numpy())
         rows.append(batch.rows)
         if on_batch is not None:

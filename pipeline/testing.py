@@ -21,7 +21,8 @@ import pandas as pd
 import yaml
 from PIL import Image
 
-from clare.config import Config, _set_dotted, load_config
+from clare.config import Config
+from clare.config_files import _set_dotted, load_config
 
 INDEX_COLUMNS = ("path", "subset", "label", "video", "frame", "split")
 # make_image_tree leaves a copy of its index here, so make_config finds it without being told.

@@ -19,8 +19,6 @@ together, so the folder never holds a report of one evaluation beside metrics of
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,27 +28,24 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich.markup import escape
 
 from clare import fingerprint as fp
 from clare.cache.loader import StoreLoader
 from clare.cache.store import FeatureStore, open_store
 from clare.config import Config
-from clare.console import make_console
+from clare.console import command_console, make_console, step_progress
 from clare.dvc_summary import write_dvc_files
-from clare.errors import ConfigError, ModelLoadError, ReportError, StoreError, one_line, short_repr
-from clare.files import atomic_write_metrics_json, atomic_write_parquet, read_record_bytes
+from clare.errors import ConfigError, ModelLoadError, ReportError, StoreError, short_repr
 from clare.metrics import THRESHOLD_ACC
 from clare.provenance import provenance
+from clare.records import ReportFolder
 from clare.runs import (
     EVAL_LOG,
     RunInfo,
     StagedFolder,
-    command_console,
     load_detector,
     read_run,
-    step_progress,
 )
 from clare.scoring import THRESHOLD_RULE, accuracy_at, entry_scores, score_loader
 
@@ -412,11 +407,10 @@ def summarize_stores(run_name: str, scored: list[ScoredStore],
 
 
 def write_outputs(out_dir: Path, evaluation: Evaluation, run: RunInfo) -> dict[str, Any]:
-    """metrics.json, scores.parquet, roc.json and the DVC files; returns the metrics written."""
+    """The report folder's records and the DVC files; returns the metrics written."""
     metrics = evaluation.metrics()
-    atomic_write_metrics_json(out_dir / "metrics.json", metrics)
-    atomic_write_parquet(out_dir / "scores.parquet", evaluation.all_scores)
-    atomic_write_metrics_json(out_dir / "roc.json", roc_rows(evaluation.clean_scores, evaluation.clean_order))
+    ReportFolder(out_dir).save(metrics, evaluation.all_scores,
+                               roc_rows(evaluation.clean_scores, evaluation.clean_order))
     write_dvc_files(out_dir, metrics, evaluation.all_scores, run)  # compact metrics, plots for DVC
     return metrics
 
@@ -485,88 +479,9 @@ def _check_clean_subsets(opened: list[tuple[StoreToScore, FeatureStore]]) -> Non
             seen[subset] = item.name
 
 
-class _ShownRobustness(BaseModel):
-    """The part of a robustness entry of metrics.json that `clare show` prints."""
-
-    model_config = ConfigDict(extra="allow")
-    perturb: str | None = None
-    mean: dict[str, Any]
-
-
-class _ShownMetrics(BaseModel):
-    """The part of metrics.json that `clare show` prints (written by run_eval)."""
-
-    model_config = ConfigDict(extra="allow")
-    run: str | None = None
-    subsets: dict[str, dict[str, Any]]
-    mean: dict[str, Any]
-    robustness: dict[str, _ShownRobustness] = Field(default_factory=dict)
-
-
-# Metrics that are fractions (rates, areas, thresholds on p(fake)); counts are the n_* and
-# *_n_subsets keys. Any other value in a metrics table must be a finite number or null.
-_FRACTION_METRICS = frozenset({
-    "auc", "ap", "eer", "acc", "real_acc", "fake_acc", "video_auc", "tpr_at_1fpr",
-    "oracle_best_threshold_acc", "oracle_best_threshold", "acc_at_val_threshold"})
-
-
-def _metric_problem(key: str, value: Any) -> str | None:
-    """Why `value` cannot be the metric `key` that eval writes, or None."""
-    if key == "notes":
-        return None if isinstance(value, dict) else "must be a mapping of notes"
-    if key.startswith("n_") or key.endswith("_n_subsets"):
-        if type(value) is not int or value < 0:
-            return f"must be a count, a whole number from 0 (got {short_repr(value, 20)})"
-        return None
-    if value is None:
-        return None  # an undefined metric is written as null
-    if type(value) not in (int, float) or not math.isfinite(value):
-        return f"must be a finite number or null (got {short_repr(value, 20)})"
-    if key in _FRACTION_METRICS and not 0 <= value <= 1:
-        return f"must be between 0 and 1 (got {short_repr(value, 20)})"
-    return None
-
-
-def _check_metric_values(shown: _ShownMetrics) -> str | None:
-    """'key': why, for the first value clare show would print that eval cannot have written."""
-    tables = [(f"subsets.{name}", table) for name, table in shown.subsets.items()]
-    tables.append(("mean", shown.mean))
-    tables += [(f"robustness.{name}.mean", entry.mean) for name, entry in shown.robustness.items()]
-    for where, table in tables:
-        for key, value in table.items():
-            problem = _metric_problem(str(key), value)
-            if problem:
-                return f"'{one_line(f'{where}.{key}', 80)}' {problem}"
-    return None
-
-
-def _read_metrics(metrics_file: Path) -> _ShownMetrics:
-    """metrics.json, checked; any way it can be unreadable or malformed is one StoreError."""
-    rerun = "rerun `clare eval --config CONFIG --report` to rewrite it"
-    try:
-        tree = json.loads(read_record_bytes(metrics_file).decode("utf-8"))
-        shown = _ShownMetrics.model_validate(tree)
-        problem = _check_metric_values(shown)
-        if problem is None:
-            return shown
-    except OSError as exc:
-        problem = f"cannot read it ({exc.strerror or one_line(exc)})"
-    except UnicodeDecodeError:
-        problem = "not UTF-8 text"
-    except json.JSONDecodeError as exc:
-        problem = f"not valid JSON (line {exc.lineno}, column {exc.colno})"
-    except RecursionError:
-        problem = "JSON nested too deeply"
-    except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        key = one_line(".".join(str(part) for part in err["loc"]), 80) or "the top level"
-        problem = f"'{key}': {one_line(err['msg'], 120)}"
-    raise StoreError(f"{metrics_file}: {problem}; {rerun}")
-
-
 def report_dir_from_params(params: Path) -> Path:
     """`<reports>/<run>` as named by a DVC params file (keys `reports` and `run`)."""
-    from clare.config import read_yaml_mapping
+    from clare.config_files import read_yaml_mapping
 
     values = read_yaml_mapping(
         params, "DVC params file", "pass the report folder, e.g. `clare show reports/demo`"
@@ -582,10 +497,11 @@ def report_dir_from_params(params: Path) -> Path:
 
 def show_report(report_dir: Path) -> None:
     """Print the per-subset table of a finished evaluation and where its report is."""
-    metrics_file = Path(report_dir) / "metrics.json"
-    if not metrics_file.is_file():
+    folder = ReportFolder(Path(report_dir))
+    metrics_file = folder.metrics_file
+    if not folder.has_report():
         raise StoreError(f"{metrics_file}: not found; run `clare eval --config CONFIG --report` first")
-    metrics = _read_metrics(metrics_file)
+    metrics = folder.load_metrics()
     console = make_console(stderr=False)
     robustness = {name: entry.model_dump() for name, entry in metrics.robustness.items()}
     _print_table(console, metrics.run or Path(report_dir).name, metrics.subsets, metrics.mean,

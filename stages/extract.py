@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +33,12 @@ import torch
 from rich.markup import escape
 
 from clare import fingerprint as fp
-from clare.cache.entries import StoreLayout, store_layout
-from clare.cache.store import FeatureStore, shard_index_digests
+from clare.cache.entries import store_layout
+from clare.cache.store import FeatureStore
+from clare.cache.writer import StoreWriter, open_or_create, store_meta
 from clare.config import Config
-from clare.console import library_log_level, library_logging, make_console
+from clare.console import library_log_level, library_logging, make_console, step_progress
+from clare.data.df40 import describe_label_conflicts
 from clare.data.views import Perturbation, parse_perturbation
 from clare.errors import ConfigError, StoreError, one_line, reason_label, short_repr
 from clare.features import (
@@ -44,9 +46,7 @@ from clare.features import (
     Prepared,
     RowPreparer,
     compute_features,
-    create_feature_store,
     get_extractor,
-    store_meta,
 )
 
 # --------------------------------------------------------------------------- job description
@@ -69,7 +69,6 @@ class ShardResult:
     index: int
     ok: int
     failed: int
-    reasons: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -87,10 +86,6 @@ class ExtractSummary:
     shards_run: int
     seconds: float
     bytes_per_row: float
-
-    @property
-    def rows_per_second(self) -> float:
-        return self.rows / self.seconds if self.seconds > 0 else float("nan")
 
 
 # --------------------------------------------------------------------------- one shard
@@ -228,10 +223,9 @@ def _compute_shard(job: ExtractJob, index: int, cfg: Config, device: torch.devic
         for k, item in enumerate(prepared):
             output.record_prepared(batch[k], item)
         _run_models(extractor, cfg.seed, [views[i] for i in batch], batch, prepared, output)
-    store.write_shard(index, output.out, output.manifest(rows))
-    reasons = Counter(reason_label(err) for err in output.errors if err)
+    StoreWriter(store).write_shard(index, output.out, output.manifest(rows))
     failed = int(sum(1 for s in output.status if s != "ok"))
-    return ShardResult(index, n - failed, failed, dict(reasons), time.perf_counter() - started)
+    return ShardResult(index, n - failed, failed, time.perf_counter() - started)
 
 
 # --------------------------------------------------------------------------- driver
@@ -339,44 +333,6 @@ def _run_on_dask(job: ExtractJob, pending: list[int], workers: int, scheduler: s
             cluster.close()
 
 
-def _open_or_create(path: Path, cfg: Config, layout: StoreLayout, fingerprint: dict[str, Any], *,
-                    overwrite: bool, console: Any, meta: dict[str, Any]) -> FeatureStore:
-    """The store to extend (same settings, unsound shards dropped) or a new one; under the lock."""
-    store = FeatureStore(path)
-    rows = layout.rows
-    if store.exists() and overwrite:
-        store.destroy()
-    if not store.exists():
-        return create_feature_store(path, cfg, layout, fingerprint, shapes=_feature_shapes(cfg),
-                                    meta=meta)
-    fp.require_match(store.meta.get("fingerprint") or {}, fingerprint, fp.STORE,
-                     expected_name=f"store {path}", actual_name="this extraction's settings",
-                     fix="use --overwrite to rebuild it or another paths.stores")
-    removed = store.remove_partials()
-    if removed:
-        console.print(f"removed {removed} orphaned *.partial file(s) of an interrupted write")
-    # The index matches the fingerprint, so it, not store.json, says which rows each shard holds.
-    expected = shard_index_digests(rows, store.shard_rows)
-    if store.meta.get("index_shards_sha256") != expected:
-        console.print(f"{escape(str(path))}: store.json's shard digests differ from the index; restored from the index")
-        store.meta["index_shards_sha256"] = expected
-        store.save_meta()
-    _restore_entries(store, layout, console)
-    for index, problem in store.drop_unsound_shards().items():
-        console.print(f"shard {index} is not sound ({escape(problem)}); recomputing it")
-    return store
-
-
-def _restore_entries(store: FeatureStore, layout: StoreLayout, console: Any) -> None:
-    """entries.parquet follows from the index the fingerprint matched: rewrite it if lost."""
-    try:
-        store.entries()
-        return
-    except StoreError as exc:
-        console.print(f"{escape(one_line(exc, 160))}; rewritten from the index")
-    store.write_entries(layout.entries)
-
-
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -415,13 +371,6 @@ def run_extract(
     overwrite: bool = False,
     quiet: bool = False,
 ) -> ExtractSummary:
-    from rich.progress import (
-        BarColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
     if split not in ("train", "test"):
         raise ConfigError(f"--split '{split}': expected train or test")
@@ -444,18 +393,22 @@ def run_extract(
         _connect(scheduler, cfg.extract.connect_timeout).close()
 
     index = load_index(cfg, split, subsets)
-    layout = store_layout(index, views, perturbation.spec if perturbation else None, cfg.seed)
+    layout = store_layout(index, views, perturbation.spec if perturbation else None, cfg.seed,
+                          describe_conflicts=describe_label_conflicts)
     rows = layout.rows
     fingerprint = fp.store_fingerprint(cfg, index_sha256=layout.digest(), views=views,
                                        perturb=perturbation.spec if perturbation else None)
     path = store_dir(cfg, split, perturbation)
     started = time.perf_counter()
-    with FeatureStore(path).lock(), _disk_full_as_store_error(path):
-        store = _open_or_create(
-            path, cfg, layout, fingerprint, overwrite=overwrite, console=console,
+    with StoreWriter(path).lock(), _disk_full_as_store_error(path):
+        writer = open_or_create(
+            path, layout, fingerprint, shapes=lambda: _feature_shapes(cfg),
+            shard_rows=cfg.extract.shard_rows, overwrite=overwrite,
+            notify=lambda line: console.print(escape(line)),
             meta=store_meta(cfg, split=split, layout=layout,
                             perturb=perturbation.spec if perturbation else None),
         )
+        store = writer.store
         done = store.completed_shards()
         pending = [i for i in range(store.n_shards) if i not in done]
         job = ExtractJob(
@@ -468,33 +421,18 @@ def run_extract(
         )
         if done:
             console.print(f"resuming {escape(str(path))}: {len(done)} of {store.n_shards} shards already complete")
-        reasons: Counter[str] = Counter()
-        progress = Progress(
-            TextColumn("[bold]extract {task.fields[store]}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total} rows"),
-            TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-        )
+        progress = step_progress(console, f"extract {path.name}", "img")
         already = sum(store.shard_bounds(i)[1] - store.shard_bounds(i)[0] for i in done)
         with progress:
-            task = progress.add_task("extract", total=len(rows), completed=already, store=path.name, rate="")
-            run_started = time.perf_counter()
-            computed = 0
+            task = progress.add_task("extract", total=len(rows), completed=already)
 
             def on_done(result: ShardResult) -> None:
-                nonlocal computed
                 start, stop = store.shard_bounds(result.index)
-                computed += stop - start
-                reasons.update(result.reasons)
-                store.record_progress()
-                rate = computed / max(time.perf_counter() - run_started, 1e-9)
-                progress.update(task, advance=stop - start, rate=f"{rate:.1f} img/s")
+                writer.record_progress()
+                progress.advance(task, stop - start)
 
             _run_shards(job, pending, store, workers, scheduler, on_done)
-        manifest = store.finalize()
+        manifest = writer.finalize()
     seconds = time.perf_counter() - started
     failed_rows = manifest[manifest["status"] != "ok"]
     all_reasons = Counter(reason_label(e) for e in failed_rows["error"])

@@ -25,12 +25,10 @@ The steps: `select_rows` (store checks, validation split), `FitSession` (build; 
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,24 +43,26 @@ from clare import fingerprint as fp
 from clare import selection
 from clare.cache.loader import RowCache, StoreLoader
 from clare.cache.store import FeatureStore, open_store
+from clare.checkpoint import (
+    CHECKPOINT_FILE,
+    CHECKPOINT_FORMAT,
+    fit_settings,
+    load_checkpoint,
+    save_checkpoint,
+)
 from clare.config import Config, FitConfig
+from clare.console import command_console, step_progress
 from clare.errors import CheckpointError, ConfigError, RunError, StoreError, TrainingError
-from clare.files import atomic_write_bytes, file_sha256
+from clare.files import file_sha256
 from clare.provenance import provenance
 from clare.records import RunRecord
 from clare.runs import (
-    CHECKPOINT_FILE,
     FIT_LOG,
     MODEL_FILE,
     RUN_FILE,
     StagedFolder,
-    command_console,
-    step_progress,
 )
 from clare.scoring import batch_logits, entry_scores, score_loader, validation_threshold
-
-CHECKPOINT_FORMAT = "clare-fit-checkpoint/3"
-CHECKPOINT_KEYS = ("settings", "trainable", "optimizer", "rng", "step", "epoch", "skip", "best")
 
 
 @dataclass
@@ -165,21 +165,6 @@ def make_optimizer(fit: FitConfig, groups: dict[str, list[torch.nn.Parameter]]) 
     return torch.optim.AdamW(param_groups)
 
 
-# --------------------------------------------------------------------------- checkpoint
-
-
-def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    # torch.save into a file reports a full disk as a RuntimeError from its zip writer;
-    # serialised in memory, the write is an OSError that names the checkpoint.
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-# fit settings that do not change the numbers a fit produces; every other one does
-RESULT_NEUTRAL_FIT_KEYS = frozenset({"name", "device", "prefetch", "cache"})
-
-
 # fit.cache auto holds the rows in RAM when they take at most this share of the available
 # memory; fit.cache ram refuses above RAM_CACHE_LIMIT (the rest is the model, batches, the OS).
 RAM_AUTO_SHARE = 0.5
@@ -196,64 +181,6 @@ def available_memory() -> int:
     except OSError:
         pass
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def fit_settings(cfg: Config, store: FeatureStore) -> dict[str, Any]:
-    """Every setting that changes the weights a fit ends with, flat: fit.*, seed, the store."""
-    values = cfg.fit.model_dump(mode="json", exclude=set(RESULT_NEUTRAL_FIT_KEYS))
-    settings = dict(_flatten("fit", values))
-    settings["seed"] = cfg.seed
-    settings["store.fingerprint_sha256"] = store.meta.get("fingerprint_sha256")
-    return settings
-
-
-def _flatten(prefix: str, values: dict[str, Any]) -> Iterator[tuple[str, Any]]:
-    for key, value in values.items():
-        if isinstance(value, dict):
-            yield from _flatten(f"{prefix}.{key}", value)
-        else:
-            yield f"{prefix}.{key}", value
-
-
-def _describe_settings(settings: dict[str, Any], keys: list[str]) -> str:
-    shown = ", ".join(f"{key}={settings.get(key)!r}"[:80] for key in keys[:3])
-    return shown + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
-
-
-def _load_checkpoint(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint to resume from, refused when it was made with other `settings`."""
-    payload = _read_checkpoint(path)
-    stored = payload["settings"] if isinstance(payload["settings"], dict) else {}
-    differing = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
-    if differing:
-        raise CheckpointError(
-            f"{path}: checkpoint is for {_describe_settings(stored, differing)} but the config "
-            f"asks for {_describe_settings(settings, differing)}; resume with the settings it "
-            "was started with, or start afresh with --overwrite"
-        )
-    return payload
-
-
-def _read_checkpoint(path: Path) -> dict[str, Any]:
-    """Plain tensors and containers only (weights_only), of this format, with every part."""
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no checkpoint to resume from; run without --resume")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - pickle payloads and corrupt files end here
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"{path}: refused to load checkpoint ({first}); only plain tensors are accepted, "
-            "start afresh with --overwrite"
-        ) from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint; start afresh with "
-                              "--overwrite")
-    missing = [key for key in CHECKPOINT_KEYS if key not in payload]
-    if missing:
-        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}; start afresh with "
-                              "--overwrite")
-    return payload
 
 
 # --------------------------------------------------------------------------- the steps of a fit
@@ -492,7 +419,7 @@ class FitSession:
 
     def _checkpoint(self, epoch: int, batches_done: int) -> None:
         state = self.state
-        _save_checkpoint(self.work_dir / CHECKPOINT_FILE, {
+        save_checkpoint(self.work_dir / CHECKPOINT_FILE, {
             "format": CHECKPOINT_FORMAT, "settings": self.settings,
             "trainable": self.detector.trainable_state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -613,9 +540,9 @@ def _prepare_resume(folder: StagedFolder, settings: dict[str, Any]) -> tuple[Pat
     staging, so the run stays as it is until the resumed fit publishes)."""
     staged = folder.staging / CHECKPOINT_FILE
     if staged.is_file():
-        return staged, _load_checkpoint(staged, settings)
+        return staged, load_checkpoint(staged, settings)
     published = folder.final / CHECKPOINT_FILE
-    payload = _load_checkpoint(published, settings)
+    payload = load_checkpoint(published, settings)
     folder.remove_staging()  # a leftover is removed only when clare made it
     shutil.copytree(folder.final, folder.staging)
     folder.mark_staging()

@@ -5,6 +5,10 @@ Session-scoped fixtures build their inputs once per pytest session, whichever te
   the folder holding `sd/` and `clip/`;
 - `demo_data_dir`: the synthetic mini-DF40 (seed 0), lists in `<root>/lists`;
 - `tiny_clip`: the tiny open_clip model object and its tokenizer.
+The `clare` fixture is the one way a test runs the command line in its own process:
+`clare(*args)` calls the real entry point, `clare.cli.main()`, with that argv and returns
+(exit code, stdout, stderr), so main()'s last-resort guard is part of what is tested. A test that
+needs a separate process (a signal, a kill, a fresh interpreter) runs `python -m clare.cli`.
 Treat what they return as read-only (copy first if a test must change files).
 
 The test machines have 2 cores shared with other work; tiny tensors run faster and more
@@ -17,12 +21,16 @@ built once; the longest modules are scheduled first.
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import torch
 from dvc_project import dvc_project  # noqa: F401 - shared session fixture
 
+from clare import cli
 from clare.testing import tiny_models
 
 
@@ -98,3 +106,37 @@ def _no_hash_cache_in_home():
         os.environ.pop("CLARE_HASH_CACHE", None)
     else:
         os.environ["CLARE_HASH_CACHE"] = before
+
+
+class CliResult(NamedTuple):
+    """What `clare ARGS` did: exit code, stdout and stderr (a tuple, so it unpacks)."""
+
+    code: int
+    out: str
+    err: str
+
+    @property
+    def exit_code(self) -> int:
+        return self.code
+
+    @property
+    def output(self) -> str:
+        """stdout, then stderr: everything the command printed."""
+        return self.out + self.err
+
+
+@pytest.fixture
+def clare(capsys: pytest.CaptureFixture[str],
+          monkeypatch: pytest.MonkeyPatch) -> Callable[..., CliResult]:
+    """`clare(*args)`: exit code, stdout and stderr of `clare ARGS` through the real entry point."""
+
+    def run(*args: object) -> CliResult:
+        monkeypatch.setattr(sys, "argv", ["clare", *map(str, args)])
+        capsys.readouterr()  # what the test printed before is not the command's
+        with pytest.raises(SystemExit) as done:
+            cli.main()
+        captured = capsys.readouterr()
+        code = done.value.code
+        return CliResult(0 if code is None else int(code), captured.out, captured.err)
+
+    return run

@@ -1,7 +1,7 @@
 """Every bad input is one line on stderr and exit code 2, never a traceback (issue 12, class 5).
 
-Each test runs the real entry point, `clare.cli.main()`, in this process with its own argv, so
-the last-resort guard of `main()` is part of what is tested. A test asserts the exit code, that
+Each test runs the real entry point, `clare.cli.main()`, in this process with its own argv (the
+`clare` fixture of conftest.py), so the last-resort guard of `main()` is part of what is tested. A test asserts the exit code, that
 stderr is exactly one line starting with "error:", and that the line names the file or key.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,17 +17,6 @@ import yaml
 from clare import cli
 
 LONG_NAME = "n" * 300  # one path component above the usual 255-byte limit
-
-
-def run_clare(args: list[str], capsys: pytest.CaptureFixture[str],
-              monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of `clare ARGS` through the real entry point."""
-    monkeypatch.setattr(sys, "argv", ["clare", *map(str, args)])
-    with pytest.raises(SystemExit) as done:
-        cli.main()
-    captured = capsys.readouterr()
-    code = done.value.code
-    return (0 if code is None else int(code)), captured.out, captured.err
 
 
 def assert_one_line_error(result: tuple[int, str, str], *names: str) -> str:
@@ -47,11 +35,6 @@ def write_config(tmp_path: Path, tree: dict | None = None, name: str = "c.yaml")
     path = tmp_path / name
     path.write_text(yaml.safe_dump(tree), encoding="utf-8")
     return path
-
-
-@pytest.fixture
-def clare(capsys, monkeypatch):
-    return lambda *args: run_clare(list(args), capsys, monkeypatch)
 
 
 # --------------------------------------------------------------------------- config files

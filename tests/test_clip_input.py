@@ -169,7 +169,7 @@ def test_a_store_of_one_recipe_is_never_read_as_the_other(two_stores):
 
 def test_the_paper_layer_trains_with_one_constant_warmup_epoch_then_cosine(two_stores, monkeypatch):
     import clare.stages.fit as fit_stage
-    from clare.config import load_config
+    from clare.config_files import load_config
 
     base = two_stores[CLARE_PAPER].paths.stores.parent / "config.yaml"
     cfg = load_config([base, REPO / "configs" / "clare-paper.yaml"], ["fit.batch_size=4"])

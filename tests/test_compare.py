@@ -31,8 +31,8 @@ from clare.bootstrap import (
     video_codes,
     weighted_auc,
 )
-from clare.cli import main
-from clare.compare import (
+from clare.compare import load_runs, run_compare
+from clare.compare_table import (
     KNOWN_CDF,
     MEAN_COLUMN,
     OTHER,
@@ -40,8 +40,6 @@ from clare.compare import (
     CompareError,
     build_table,
     cell_text,
-    load_runs,
-    run_compare,
 )
 from clare.metrics import compute_metrics, summarize
 
@@ -380,14 +378,11 @@ def test_comparability_warnings_one_line_per_problem(tmp_path):
     assert "one 0.3.0, moved unrecorded" in version
 
 
-def test_out_refuses_a_report_folder_of_clare_eval(tmp_path, monkeypatch, capsys):
+def test_out_refuses_a_report_folder_of_clare_eval(tmp_path, clare):
     report = write_report(tmp_path / "r", frames_of(("DiT_cdf",), 1.0, seed=51))
     before = sorted(p.name for p in report.iterdir())
-    monkeypatch.setattr(sys, "argv", ["clare", "compare", str(report), "--out", str(report)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and err.count("\n") == 1
+    code, _out, err = clare("compare", report, "--out", report)
+    assert code == 2 and err.count("\n") == 1
     assert f"--out {report}: a report folder of `clare eval`" in err
     assert sorted(p.name for p in report.iterdir()) == before
     with pytest.raises(CompareError):
@@ -529,13 +524,10 @@ def _bad_inputs(root: Path) -> dict[str, tuple[list[str], str]]:
     }
 
 
-def test_bad_inputs_exit_2_with_one_line_naming_the_path(tmp_path, monkeypatch, capsys):
+def test_bad_inputs_exit_2_with_one_line_naming_the_path(tmp_path, clare):
     for name, (args, expected) in _bad_inputs(tmp_path).items():
-        monkeypatch.setattr(sys, "argv", ["clare", "compare", *args, "--out", str(tmp_path / "o")])
-        with pytest.raises(SystemExit) as exit_info:
-            main()
-        err = capsys.readouterr().err
-        assert exit_info.value.code == 2, (name, err)
+        code, _out, err = clare("compare", *args, "--out", tmp_path / "o")
+        assert code == 2, (name, err)
         assert err.startswith("error: ") and err.count("\n") == 1, (name, err)
         assert expected in err, (name, err)
     assert not (tmp_path / "o").exists()  # nothing written on bad input

@@ -7,10 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from clare.cli import app
-from clare.config import load_config
+from clare.config_files import load_config
 from clare.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,8 +85,8 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
-def test_help_lists_every_command():
-    result = CliRunner().invoke(app, ["--help"])
+def test_help_lists_every_command(clare):
+    result = clare("--help")
     assert result.exit_code == 0
     for command in ("prepare", "extract", "fit", "eval", "show", "info", "verify", "models",
                     "demo-data", "config"):
@@ -185,10 +184,9 @@ def test_unknown_key_names_the_layer_that_brought_it(tmp_path):
         load_config([good, bad])
 
 
-def test_config_origins_show_which_layer_won(tmp_path):
+def test_config_origins_show_which_layer_won(tmp_path, clare):
     base, layer = _files(tmp_path, BASE, LAYER)
-    result = CliRunner().invoke(app, ["config", "-c", str(base), "-c", str(layer), "--origins",
-                                      "--set", "fit.epochs=9"])
+    result = clare("config", "-c", base, "-c", layer, "--origins", "--set", "fit.epochs=9")
     assert result.exit_code == 0, result.output
     lines = dict(line.split(": ", 1) for line in result.output.splitlines())
     assert lines["fit.lr"] == f"0.002  # {layer}"
@@ -198,7 +196,7 @@ def test_config_origins_show_which_layer_won(tmp_path):
     assert lines["fit.batch_size"] == "32  # default"
     assert lines["data.root"] == f'"base"  # {base}'
     assert lines["data.train"].endswith(f"# {layer}") and '"c"' in lines["data.train"]
-    plain = CliRunner().invoke(app, ["config", "-c", str(base), "-c", str(layer)])
+    plain = clare("config", "-c", base, "-c", layer)
     assert plain.exit_code == 0 and "lr: 0.002" in plain.output and "#" not in plain.output
 
 

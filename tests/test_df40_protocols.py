@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from clare.config import load_config
-from clare.data.df40 import DF40_KNOWN, DF40_UNKNOWN, df40_method
+from clare.config_files import load_config
+from clare.data.df40_methods import DF40_KNOWN, DF40_UNKNOWN, df40_method
 from clare.stages.prepare import run_prepare
 
 REPO = Path(__file__).resolve().parents[1]

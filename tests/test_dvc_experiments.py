@@ -22,7 +22,8 @@ import yaml
 from dvc_project import DVC, DvcProject, copy_project, run, stages_run
 
 from clare.cache.checks import verify_store
-from clare.compare import KNOWN_CDF, MEAN_COLUMN, UNSEEN, build_table, load_runs, run_compare
+from clare.compare import load_runs, run_compare
+from clare.compare_table import KNOWN_CDF, MEAN_COLUMN, UNSEEN, build_table
 from clare.dvc_summary import dvc_metrics
 
 REPO = Path(__file__).resolve().parents[1]

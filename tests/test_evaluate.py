@@ -389,7 +389,7 @@ def test_accuracy_at_the_runs_validation_threshold(world: World) -> None:
 
 
 def test_report_shows_worst_errors_with_image_and_lare_map_from_the_store(world: World) -> None:
-    from clare.report import worst_errors
+    from clare.metrics import worst_errors
 
     threshold = _no_nan_json(world.out_dir / "metrics.json")["threshold"]["value"]
     false_pos, false_neg = worst_errors(_scores(world).query("store == 'test'"), threshold)
@@ -485,7 +485,7 @@ def test_report_says_which_step_was_kept_and_draws_it(world: World) -> None:
 
 
 def test_score_histogram_axis_fits_the_scores_and_the_thresholds() -> None:
-    from clare.report_figures import score_range
+    from clare.render.figures import score_range
 
     low, high = score_range(np.array([0.39, 0.45, 0.54]), [0.5, 0.46])
     assert 0.37 <= low < 0.39 and 0.54 < high <= 0.56  # not the 0-1 axis: a sliver there
@@ -495,7 +495,7 @@ def test_score_histogram_axis_fits_the_scores_and_the_thresholds() -> None:
 
 
 def test_validation_figure_marks_the_kept_step_in_both_panels() -> None:
-    from clare.report_figures import validation_figure
+    from clare.render.figures import validation_figure
 
     history = [{"step": 3, "val_auc": 0.9, "val_loss": 0.6}, {"step": 6, "val_auc": 1.0, "val_loss": 0.4},
                {"step": 9, "val_auc": None, "val_loss": float("nan")}]

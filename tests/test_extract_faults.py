@@ -21,6 +21,7 @@ from helpers_extract import (
 
 from clare.cache.checks import verify_store
 from clare.cache.store import FeatureStore
+from clare.cache.writer import StoreWriter
 from clare.errors import StoreError
 from clare.stages.extract import run_extract
 
@@ -104,7 +105,7 @@ def test_sigkill_at_three_points_then_resume_is_bit_identical(reference: dict, t
 def test_second_concurrent_extract_is_refused(reference: dict, tmp_path: Path) -> None:
     cfg = make_config(tmp_path, reference["models"], reference["root"] / "data")
     store_path = cfg.paths.stores / "train"
-    with FeatureStore(store_path).lock():
+    with StoreWriter(store_path).lock():
         with pytest.raises(StoreError) as caught:
             run_extract(cfg, split="train", quiet=True)
     message = str(caught.value)
@@ -146,7 +147,7 @@ def test_overwrite_keeps_the_writer_lock(reference: dict, tmp_path: Path, monkey
     store_path = cfg.paths.stores / "train"
     shutil.copytree(reference["store"], store_path)
     lock_inode = (store_path / ".lock").stat().st_ino
-    original = FeatureStore.write_shard
+    original = StoreWriter.write_shard
     refused: list[str] = []
 
     def second_writer_meanwhile(self, index, arrays, manifest):
@@ -155,18 +156,18 @@ def test_overwrite_keeps_the_writer_lock(reference: dict, tmp_path: Path, monkey
                 run_extract(cfg, split="train", overwrite=True, quiet=True)
             refused.append(str(caught.value))
         with pytest.raises(StoreError) as caught:  # any writer, e.g. clare verify's repair
-            with FeatureStore(store_path).lock():
+            with StoreWriter(store_path).lock():
                 pass
         refused.append(str(caught.value))
         assert (store_path / ".lock").stat().st_ino == lock_inode
         return original(self, index, arrays, manifest)
 
-    monkeypatch.setattr(FeatureStore, "write_shard", second_writer_meanwhile)
+    monkeypatch.setattr(StoreWriter, "write_shard", second_writer_meanwhile)
     summary = run_extract(cfg, split="train", overwrite=True, quiet=True)
     assert summary.shards_run == N_SHARDS and len(refused) == N_SHARDS + 1
     assert all(m.startswith(f"{store_path}: another extract is writing this store") for m in refused)
     assert FeatureStore(store_path).meta["fingerprint"]["lare"]["timestep"] == 500
-    monkeypatch.setattr(FeatureStore, "write_shard", original)
+    monkeypatch.setattr(StoreWriter, "write_shard", original)
     assert verify_store(store_path).ok
 
 
@@ -217,7 +218,7 @@ def test_a_full_disk_under_the_zarrs_pipeline_is_one_line(reference: dict, tmp_p
     def fills_the_disk(self, index, arrays, manifest):
         raise raised
 
-    monkeypatch.setattr(FeatureStore, "write_shard", fills_the_disk)
+    monkeypatch.setattr(StoreWriter, "write_shard", fills_the_disk)
     expected = StoreError if one_line else RuntimeError
     with pytest.raises(expected) as caught:
         run_extract(cfg, split="train", quiet=True)

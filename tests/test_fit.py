@@ -16,10 +16,11 @@ from safetensors.torch import load_file
 import clare.stages.fit as fit_stage
 from clare.cache.loader import StoreLoader
 from clare.cache.store import FeatureStore
-from clare.config import load_config
+from clare.checkpoint import CHECKPOINT_FILE
+from clare.config_files import load_config
 from clare.errors import CheckpointError, ClareError, ConfigError, RunError, StoreError
 from clare.files import file_sha256
-from clare.runs import CHECKPOINT_FILE, MODEL_FILE, RUN_FILE, StagedFolder, read_run
+from clare.runs import MODEL_FILE, RUN_FILE, StagedFolder, read_run
 from clare.stages.extract import run_extract
 from clare.stages.fit import run_fit, split_videos, video_keys
 from clare.stages.prepare import run_prepare

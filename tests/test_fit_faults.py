@@ -16,7 +16,8 @@ import torch
 from helpers_extract import make_config, make_image_tree
 from safetensors.torch import load_file
 
-from clare.runs import CHECKPOINT_FILE, MODEL_FILE, StagedFolder
+from clare.checkpoint import CHECKPOINT_FILE
+from clare.runs import MODEL_FILE, StagedFolder
 from clare.stages.extract import run_extract
 
 FIT_ARGS = ["--set", "fit.max_steps=60", "--set", "fit.val_every=5", "--set", "fit.batch_size=8",

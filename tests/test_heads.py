@@ -18,6 +18,7 @@ from clare.models.heads import (
     LareCrossAttention,
     LareHead,
 )
+from clare.scoring import fake_probability
 
 E, W, GRID, P = 32, 64, 8, 64
 # Every distinct detector: strategy and attention do not apply to `lare`, attention not to `clipping`.
@@ -177,7 +178,7 @@ def test_detector_shapes_every_combination(tiny_clip, module, strategy, attentio
     cls, tokens, lare = _inputs(4)
     logits = detector(cls, tokens, lare)
     assert logits.shape == (4, 2) and torch.isfinite(logits).all()
-    p_fake = detector.fake_probability(logits)
+    p_fake = fake_probability(logits)
     torch.testing.assert_close(p_fake, logits.softmax(-1)[:, 1])
     if module != "lare":
         # cosine logits are bounded by CLIP's temperature

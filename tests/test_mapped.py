@@ -10,6 +10,7 @@ import pytest
 
 from clare.cache.loader import RowCache, StoreLoader
 from clare.cache.store import FeatureStore
+from clare.cache.writer import StoreWriter
 
 N, SHARD_ROWS = 10, 4  # shards of 4, 4 and 2 rows
 SHAPES = {"lare": (2, 3, 3), "cls": (5,), "tokens": (3, 7)}
@@ -18,7 +19,7 @@ SHAPES = {"lare": (2, 3, 3), "cls": (5,), "tokens": (3, 7)}
 def _store(path: Path, written: int = N) -> FeatureStore:
     """A store whose rows hold distinct random values; rows from `written` on are never written."""
     rng = np.random.default_rng(11)
-    store = FeatureStore.create(path, n_rows=N, shapes=SHAPES, shard_rows=SHARD_ROWS, meta={})
+    store = StoreWriter.create(path, n_rows=N, shapes=SHAPES, shard_rows=SHARD_ROWS, meta={}).store
     for name, shape in SHAPES.items():
         values = rng.standard_normal((written, *shape)).astype(store.dtype(name))
         store.array(name, write=True)[:written] = values

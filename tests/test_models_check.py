@@ -6,7 +6,6 @@ import json
 import re
 import shutil
 import struct
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -188,25 +187,12 @@ def test_config_naming_uncached_hub_ids_says_check_never_downloads(tmp_path, mon
                for p in report.problems)
 
 
-def _run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    from clare.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["clare", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def test_cli_prints_ok_lines_fingerprint_and_exit_2_on_problems(tiny_models_dir, sd_copy, tmp_path,
+def test_cli_prints_ok_lines_fingerprint_and_exit_2_on_problems(clare, tiny_models_dir, sd_copy, tmp_path,
                                                                monkeypatch, capsys):
     models = _models(tiny_models_dir, sd_copy).model_dump(mode="json")
     config = tmp_path / "c.yaml"
     config.write_text(json.dumps({"data": {"root": "x"}, "models": models}))
-    code, out, err = _run_cli(monkeypatch, capsys, "models", "check", str(config))
+    code, out, err = clare("models", "check", str(config))
     assert code == 0, err
     assert f"ok: {sd_copy / UNET}: tensors match unet/config.json" in out
     fingerprint = json.loads(out.split("fingerprint stores will record:\n", 1)[1])
@@ -214,7 +200,7 @@ def test_cli_prints_ok_lines_fingerprint_and_exit_2_on_problems(tiny_models_dir,
     _no_unet(sd_copy)
     _truncate_text = sd_copy / TEXT
     _truncate_text.write_bytes(_truncate_text.read_bytes()[:100])
-    code, out, err = _run_cli(monkeypatch, capsys, "models", "check", str(config))
+    code, out, err = clare("models", "check", str(config))
     lines = err.strip().splitlines()
     assert code == 2
     assert [line.split(":")[0] for line in lines] == ["problem", "problem", "error"]

@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 from helpers_hub import FakeHub, folder_files
 
-from clare.config import ClipConfig, ModelsConfig, load_config
+from clare.config import ClipConfig, ModelsConfig
+from clare.config_files import load_config
 from clare.errors import ModelLoadError
 from clare.models.check import check_target
 from clare.models.download import SD15_OPTIONAL, SD15_REQUIRED, download_weights
@@ -55,27 +55,14 @@ def hub(remote, monkeypatch) -> FakeHub:
     return fake
 
 
-def _run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    from clare.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["clare", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_download_fetches_exactly_the_needed_files_and_documents_them(
+def test_download_fetches_exactly_the_needed_files_and_documents_them(clare,
         hub, remote, tmp_path, monkeypatch, capsys):
     out = tmp_path / "weights"
-    code, stdout, err = _run_cli(monkeypatch, capsys, "models", "download", "--out", str(out))
+    code, stdout, err = clare("models", "download", "--out", str(out))
     assert code == 0, err
     wanted = {*SD15_REQUIRED, "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json"}
     assert set(SD15_OPTIONAL) <= wanted
@@ -111,7 +98,7 @@ def test_df40_config_points_at_the_download_layout():
     assert shipped == ModelsConfig.model_validate(downloaded_models(Path("weights")))
 
 
-def test_downloaded_folder_checks_and_loads_with_quickgelu(hub, tmp_path, monkeypatch, capsys):
+def test_downloaded_folder_checks_and_loads_with_quickgelu(clare, hub, tmp_path, monkeypatch, capsys):
     from clare.models.loading import load_clip, load_stable_diffusion
     from clare.models.tiny import TINY_CLIP_NAME, register_tiny_clip_config
 
@@ -123,7 +110,7 @@ def test_downloaded_folder_checks_and_loads_with_quickgelu(hub, tmp_path, monkey
     clip_file = out / CLIP_DIR / "open_clip_model.safetensors"
     with pytest.raises(ModelLoadError, match=r"ViT-L-14/openai weights .*trained with QuickGELU, but 'clare-tiny-vit' builds plain GELU; set "):
         load_clip(ClipConfig(model=TINY_CLIP_NAME, pretrained=str(clip_file)))
-    code, stdout, err = _run_cli(monkeypatch, capsys, "models", "check", str(out / SD15_DIR))
+    code, stdout, err = clare("models", "check", str(out / SD15_DIR))
     assert code == 0, err
     assert f"ok: {out / SD15_DIR / 'SOURCE.json'}: every file has its recorded sha256" in stdout
     sd = load_stable_diffusion(ModelsConfig.model_validate(downloaded_models(out)).sd)
@@ -137,11 +124,11 @@ def test_downloaded_folder_checks_and_loads_with_quickgelu(hub, tmp_path, monkey
     assert sum(line.endswith("tensors match unet/config.json") for line in report.ok) == 1
 
 
-def test_interrupted_file_resumes_and_finished_files_are_kept(hub, remote, tmp_path, monkeypatch, capsys):
+def test_interrupted_file_resumes_and_finished_files_are_kept(clare, hub, remote, tmp_path, monkeypatch, capsys):
     out = tmp_path / "weights"
     half = (remote["sd"] / UNET).stat().st_size // 2
     hub.cut_after[UNET] = half
-    code, _, err = _run_cli(monkeypatch, capsys, "models", "download", "--out", str(out))
+    code, _, err = clare("models", "download", "--out", str(out))
     assert code == 2
     assert err.strip().splitlines() == [
         f"error: download of {SD15_REPO}/{UNET} stopped (connection reset by peer); run the same "
@@ -152,7 +139,7 @@ def test_interrupted_file_resumes_and_finished_files_are_kept(hub, remote, tmp_p
     first_calls = [name for _, name, _ in hub.calls]
     assert first_calls == [*before, UNET]
     hub.calls.clear()
-    code, stdout, err = _run_cli(monkeypatch, capsys, "models", "download", "--out", str(out))
+    code, stdout, err = clare("models", "download", "--out", str(out))
     assert code == 0, err
     second_calls = [name for _, name, _ in hub.calls]
     assert second_calls[0] == UNET and not set(before) & set(second_calls)

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from clare.config import Config, load_config
+from clare.config import Config
+from clare.config_files import load_config
 from clare.data.df40 import DataIndexError, build_index, sample_frame_indices
 from clare.errors import DataError
 from clare.stages.prepare import run_prepare

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from importlib.metadata import version
 from pathlib import Path
 
 import pandas as pd
-import pytest
 from test_compare import SUBSETS, frames_of, write_report
 
-from clare.cli import main
 from clare.compare import run_compare
 from clare.provenance import git_commit, provenance_line
 
@@ -21,12 +18,10 @@ RECORD = {"clare": "9.8.7", "git_commit": "abcdef123456",
           "libraries": {"torch": "2.4.1", "open_clip_torch": "2.26.1", "diffusers": "0.30.0"}}
 
 
-def test_version_option_prints_the_package_metadata_version(monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["clare", "--version"])
-    with pytest.raises(SystemExit) as stop:
-        main()
-    assert stop.value.code == 0
-    assert capsys.readouterr().out.strip() == f"clare {version('clare')}"
+def test_version_option_prints_the_package_metadata_version(clare):
+    code, out, _err = clare("--version")
+    assert code == 0
+    assert out.strip() == f"clare {version('clare')}"
 
 
 def _git(folder: Path, *args: str) -> str:

@@ -15,8 +15,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from clare.metrics import compute_metrics, expected_calibration_error, summarize
-from clare.report import _error_blocks, operating_point, render_report, video_table, worst_errors
+from clare.metrics import (
+    compute_metrics,
+    expected_calibration_error,
+    summarize,
+    video_table,
+    worst_errors,
+)
+from clare.report import _error_blocks, render_report
+from clare.report_tables import operating_point
 from clare.scoring import THRESHOLD_RULE, accuracy_at
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -19,7 +19,9 @@ import pytest
 from clare.cache.entries import image_write_order, store_layout
 from clare.cache.loader import BatchMixing, StoreLoader, batch_mixing, by_row
 from clare.cache.store import FeatureStore
+from clare.cache.writer import StoreWriter
 from clare.config import FitConfig
+from clare.data.df40 import describe_label_conflicts
 from clare.stages.fit import video_keys
 
 METHODS, VIDEOS, FRAMES, SHARD_ROWS, BATCH = 10, 719, 32, 128, 128
@@ -63,15 +65,15 @@ def mixing_of(rows: pd.DataFrame, store: FeatureStore, window: int) -> BatchMixi
 
 def entries_in_store_order(index: pd.DataFrame) -> pd.DataFrame:
     """Every entry with the store row of its image (one view), as fit's epoch lists them."""
-    layout = store_layout(index, 1, None, seed=0)
+    layout = store_layout(index, 1, None, seed=0, describe_conflicts=describe_label_conflicts)
     return layout.entries.assign(row=layout.entries["image"])
 
 
 def test_df40_shaped_batches_mix_classes_and_videos(df40_index: pd.DataFrame, tmp_path: Path) -> None:
     n = len(df40_index)
     assert n == METHODS * 2 * VIDEOS * FRAMES
-    store = FeatureStore.create(tmp_path / "store", n_rows=n, shapes=TINY_SHAPES,
-                                shard_rows=SHARD_ROWS, meta={})
+    store = StoreWriter.create(tmp_path / "store", n_rows=n, shapes=TINY_SHAPES,
+                               shard_rows=SHARD_ROWS, meta={}).store
     # Before: one row per entry in index order, read with the loader's old window of 2 shards.
     before = mixing_of(in_index_order(df40_index), store, window=2)
     entries = entries_in_store_order(df40_index)
@@ -90,7 +92,7 @@ def test_df40_shaped_batches_mix_classes_and_videos(df40_index: pd.DataFrame, tm
 
 def test_store_layout_holds_each_image_once_in_a_seeded_order_with_views_adjacent() -> None:
     index = df40_shaped_index(methods=2, videos=5, frames=4)
-    layout = store_layout(index, 3, "jpeg=50", seed=7)
+    layout = store_layout(index, 3, "jpeg=50", seed=7, describe_conflicts=describe_label_conflicts)
     rows, entries = layout.rows, layout.entries
     distinct = index["path"].nunique()
     assert distinct == 3 * 5 * 4 < len(index)  # the reals are listed by both methods
@@ -112,9 +114,9 @@ def test_store_layout_holds_each_image_once_in_a_seeded_order_with_views_adjacen
     expected = first_listed[image_write_order(distinct, 7)]
     assert list(rows.loc[rows["view"] == 0, "path"]) == list(expected)
     assert list(expected) != list(first_listed)
-    again = store_layout(index, 3, "jpeg=50", seed=7)
+    again = store_layout(index, 3, "jpeg=50", seed=7, describe_conflicts=describe_label_conflicts)
     pd.testing.assert_frame_equal(rows, again.rows)
-    assert layout.digest() == again.digest() != store_layout(index, 3, "jpeg=50", seed=8).digest()
+    assert layout.digest() == again.digest() != store_layout(index, 3, "jpeg=50", seed=8, describe_conflicts=describe_label_conflicts).digest()
 
 
 def test_store_layout_refuses_an_image_listed_with_both_labels() -> None:
@@ -123,13 +125,13 @@ def test_store_layout_refuses_an_image_listed_with_both_labels() -> None:
     index = df40_shaped_index(methods=2, videos=2, frames=2)
     index.loc[len(index) - 1, "path"] = index.loc[0, "path"]  # a fake entry naming a real image
     with pytest.raises(DataError, match=r"listed as real by method0_ff, method1_ff and as fake by method1_ff"):
-        store_layout(index, 1, None, seed=0)
+        store_layout(index, 1, None, seed=0, describe_conflicts=describe_label_conflicts)
 
 
 def test_epoch_rows_is_the_order_the_batches_read(tmp_path: Path) -> None:
     n, shard_rows = 50, 8
-    store = FeatureStore.create(tmp_path / "store", n_rows=n, shapes=TINY_SHAPES,
-                                shard_rows=shard_rows, meta={})
+    store = StoreWriter.create(tmp_path / "store", n_rows=n, shapes=TINY_SHAPES,
+                               shard_rows=shard_rows, meta={}).store
     for shard in range(store.n_shards):
         start, stop = store.shard_bounds(shard)
         ids = np.arange(start, stop, dtype=np.float32)

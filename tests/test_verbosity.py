@@ -13,10 +13,9 @@ from typing import Any
 import pytest
 import typer
 from helpers_extract import assert_stores_equal
-from typer.testing import CliRunner
 
 from clare.cli import app
-from clare.config import load_config
+from clare.config_files import load_config
 from clare.console import Verbosity, get_verbosity, library_logging, make_console, verbosity
 from clare.stages.extract import run_extract
 from clare.testing import make_config, make_image_tree
@@ -53,12 +52,11 @@ def tiny_config(tmp_path_factory, tiny_models_dir) -> Path:
     return root / "work" / "config.yaml"
 
 
-def test_quiet_silences_output_and_is_restored_after_the_command(tiny_config):
-    runner = CliRunner()
+def test_quiet_silences_output_and_is_restored_after_the_command(tiny_config, clare):
     root_level = logging.getLogger().level
-    shown = runner.invoke(app, ["config", "--config", str(tiny_config)])
+    shown = clare("config", "--config", tiny_config)
     assert shown.exit_code == 0 and "shard_rows: 2" in shown.output
-    quiet = runner.invoke(app, ["config", "--config", str(tiny_config), "--quiet"])
+    quiet = clare("config", "--config", tiny_config, "--quiet")
     assert quiet.exit_code == 0, quiet.output
     assert quiet.output == ""
     # The level belongs to one command: the next one (and Python callers) print again.

@@ -6,7 +6,6 @@ import errno
 import json
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +16,10 @@ from helpers_extract import (
     make_config,
     make_image_tree,
 )
-from typer.testing import CliRunner
 
 from clare.cache.checks import store_info, verify_store
 from clare.cache.store import FeatureStore
-from clare.cli import app
+from clare.cache.writer import StoreWriter
 from clare.errors import StoreError
 from clare.files import file_sha256
 from clare.stages.extract import run_extract
@@ -55,7 +53,7 @@ def _flip_bytes(path: Path, count: int = 16) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_healthy_store_verifies_and_info_prints_counts(reference: dict) -> None:
+def test_healthy_store_verifies_and_info_prints_counts(reference: dict, clare) -> None:
     report = verify_store(reference["store"], repair=False)
     assert report.ok, report.checks
     assert not report.damaged and not report.incomplete
@@ -67,30 +65,30 @@ def test_healthy_store_verifies_and_info_prints_counts(reference: dict) -> None:
     assert info["arrays"]["lare"]["shape"] == [N_IMAGES, 4, 32, 32]
     assert info["bytes_per_image"] > 0
 
-    runner = CliRunner()
-    result = runner.invoke(app, ["info", str(reference["store"])])
+    result = clare("info", reference["store"])
     assert result.exit_code == 0, result.output
     assert f"{N_IMAGES} ({N_IMAGES} distinct images x 1 view(s); {N_IMAGES} listed entries)" in result.output
     assert "3/3 complete" in result.output
     assert "float16" in result.output
-    result = runner.invoke(app, ["verify", str(reference["store"])])
+    result = clare("verify", reference["store"])
     assert result.exit_code == 0, result.output
     assert "store is sound" in result.output
 
 
-def test_info_on_an_unfinished_store_reads_the_shard_parts(reference: dict, tmp_path: Path) -> None:
+def test_info_on_an_unfinished_store_reads_the_shard_parts(reference: dict, tmp_path: Path,
+                                                            clare) -> None:
     _, store_path = _copy(reference, tmp_path)
     store = FeatureStore(store_path)
     (store_path / "manifest.parquet").unlink()
-    store.invalidate_shard(2)
+    StoreWriter(store).invalidate_shard(2)
     store.meta["shards"]["state"] = "incomplete"
-    store.save_meta()
+    StoreWriter(store).save_meta()
 
     info = store_info(store_path)
     assert info["complete"] is False
     assert info["shards"] == {"total": 3, "complete": 2, "missing": [2]}
     assert info["rows_done"] == 8 and info["ok"] == 8
-    result = CliRunner().invoke(app, ["info", str(store_path)])
+    result = clare("info", store_path)
     assert result.exit_code == 0, result.output
     assert "incomplete" in result.output and "2/3 shards done" in result.output
 
@@ -118,13 +116,13 @@ def test_damaged_array_metadata_is_a_store_error_naming_the_file(
 
 @pytest.mark.parametrize("array", ["tokens", "lare"])
 def test_flipped_bytes_are_found_and_only_that_shard_is_redone(
-    reference: dict, tmp_path: Path, array: str
+    reference: dict, tmp_path: Path, array: str, clare
 ) -> None:
     cfg, store_path = _copy(reference, tmp_path)
     damaged = FeatureStore(store_path).shard_files(1)[array]
     _flip_bytes(damaged)
 
-    result = CliRunner().invoke(app, ["verify", str(store_path)])
+    result = clare("verify", store_path)
     assert result.exit_code == 1, result.output
     assert "damaged shard 1" in result.output
     assert f"1 of {FeatureStore(store_path).n_shards} damaged: shard(s) 1" in result.output
@@ -183,7 +181,7 @@ def test_edited_fingerprint_and_broken_manifest_are_reported(reference: dict, tm
     cfg, store_path = _copy(reference, tmp_path)
     store = FeatureStore(store_path)
     store.meta["fingerprint"]["seed"] = 99  # edited by hand: the digest no longer matches
-    store.save_meta()
+    StoreWriter(store).save_meta()
     report = verify_store(store_path, repair=False)
     failed = {c.name for c in report.checks if not c.ok}
     assert failed == {"fingerprint"}
@@ -204,19 +202,19 @@ def test_full_disk_is_a_clear_error_and_the_store_resumes(
     reference: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg = make_config(tmp_path, reference["models"], reference["root"] / "data")
-    original = FeatureStore.write_shard
+    original = StoreWriter.write_shard
     calls = {"n": 0}
 
     def fills_the_disk(self, index, arrays, manifest):
         calls["n"] += 1
         if calls["n"] == 2:
             # Half a shard reaches the disk, then the device is full.
-            start, stop = self.shard_bounds(index)
-            self.array("lare", write=True)[start:stop] = arrays["lare"]
+            start, stop = self.store.shard_bounds(index)
+            self.store.array("lare", write=True)[start:stop] = arrays["lare"]
             raise OSError(errno.ENOSPC, "No space left on device")
         return original(self, index, arrays, manifest)
 
-    monkeypatch.setattr(FeatureStore, "write_shard", fills_the_disk)
+    monkeypatch.setattr(StoreWriter, "write_shard", fills_the_disk)
     with pytest.raises(StoreError) as caught:
         run_extract(cfg, split="train", quiet=True)
     store_path = cfg.paths.stores / "train"
@@ -225,7 +223,7 @@ def test_full_disk_is_a_clear_error_and_the_store_resumes(
     )
     assert FeatureStore(store_path).completed_shards() == {0}
 
-    monkeypatch.setattr(FeatureStore, "write_shard", original)
+    monkeypatch.setattr(StoreWriter, "write_shard", original)
     summary = run_extract(cfg, split="train", quiet=True)
     assert summary.shards_run == 2
     assert_stores_equal(store_path, reference["store"])
@@ -238,7 +236,7 @@ def test_other_os_errors_are_not_disguised(reference: dict, tmp_path: Path, monk
     def broken(self, index, arrays, manifest):
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(FeatureStore, "write_shard", broken)
+    monkeypatch.setattr(StoreWriter, "write_shard", broken)
     with pytest.raises(OSError) as caught:
         run_extract(cfg, split="train", quiet=True)
     assert caught.value.errno == errno.EIO and not isinstance(caught.value, StoreError)
@@ -246,18 +244,6 @@ def test_other_os_errors_are_not_disguised(reference: dict, tmp_path: Path, monk
 
 # --------------------------------------------------------------------------- issue 12, class 3:
 # a store that verify calls sound is sound; every read of a damaged byte fails loudly.
-
-
-def _cli(args: list[str], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
-    """`clare ARGS` in this process through the real entry point (ClareError -> exit 2)."""
-    from clare.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["clare", *args])
-    with pytest.raises(SystemExit) as caught:
-        main()
-    captured = capsys.readouterr()
-    code = caught.value.code
-    return (0 if code is None else int(code)), captured.out, captured.err
 
 
 def _one_error_line(err: str) -> str:
@@ -306,7 +292,7 @@ def test_shard_copied_from_another_store_is_damaged_and_redone(
     for source in (foreign.marker_path(0), foreign.part_path(0)):
         shutil.copy2(source, store_path / "shards" / source.name)
     target.meta["shards"]["state"] = "incomplete"  # as if the copy happened before finalize
-    target.save_meta()
+    StoreWriter(target).save_meta()
     (store_path / "manifest.parquet").unlink()
 
     if repair_with == "verify":
@@ -322,7 +308,7 @@ def test_shard_copied_from_another_store_is_damaged_and_redone(
 
 
 @pytest.mark.parametrize("forge_markers", [False, True], ids=["markers-kept", "markers-forged"])
-def test_flipped_labels_are_never_sound(
+def test_flipped_labels_are_never_sound(clare,
     reference: dict, tmp_path: Path, forge_markers: bool, capsys, monkeypatch
 ) -> None:
     cfg, store_path = _copy(reference, tmp_path)
@@ -332,7 +318,7 @@ def test_flipped_labels_are_never_sound(
     with pytest.raises(StoreError, match=r"manifest.parquet: its paths, labels or order differ"):
         FeatureStore(store_path).manifest()
 
-    code, out, _ = _cli(["verify", str(store_path)], capsys, monkeypatch)
+    code, out, _ = clare("verify", str(store_path))
     assert code == 1 and "store is sound" not in out
     expected = "index rows" if forge_markers else "manifest part changed since it was written"
     for index in range(3):
@@ -354,7 +340,7 @@ def test_edited_shard_digests_in_store_json_fail_the_index_check(reference: dict
     store.meta["index_shards_sha256"] = [rows_digest(pd.read_parquet(store.part_path(i)))
                                          for i in range(store.n_shards)]
     store.meta["manifest_sha256"] = file_sha256(store.manifest_path)
-    store.save_meta()
+    StoreWriter(store).save_meta()
 
     report = verify_store(store_path, repair=False)
     failed = {c.name: c.detail for c in report.checks if not c.ok}
@@ -375,9 +361,9 @@ def test_finalize_refuses_a_part_that_does_not_match_the_index(
     store = FeatureStore(store_path)
     store.manifest_path.unlink()
     store.meta["shards"]["state"] = "incomplete"
-    store.save_meta()
+    StoreWriter(store).save_meta()
     # Skip the resume check, as if the parts changed while the run was going.
-    monkeypatch.setattr(FeatureStore, "drop_unsound_shards", lambda self: {})
+    monkeypatch.setattr(StoreWriter, "drop_unsound_shards", lambda self: {})
     with pytest.raises(StoreError) as caught:
         run_extract(cfg, split="train", quiet=True)
     assert str(caught.value).startswith(f"{store_path}: shard 0: its rows are not the store's index rows")
@@ -487,10 +473,10 @@ def test_arrays_without_checksums_fail_verify(reference: dict, tmp_path: Path) -
 
 
 @pytest.mark.parametrize("old", ["clare-store/1", "clare-store/2"])
-def test_old_format_store_is_one_line_naming_format_and_rebuild(
+def test_old_format_store_is_one_line_naming_format_and_rebuild(clare,
     reference: dict, tmp_path: Path, capsys, monkeypatch, old: str
 ) -> None:
-    from clare.cache.store import FORMAT
+    from clare.cache.meta import FORMAT
 
     cfg, store_path = _copy(reference, tmp_path)
     meta = json.loads((store_path / "store.json").read_text())
@@ -498,7 +484,7 @@ def test_old_format_store_is_one_line_naming_format_and_rebuild(
     (store_path / "store.json").write_text(json.dumps(meta))
     rebuild = "clare extract --config CONFIG --split train --overwrite"
     for command in ("info", "verify"):
-        code, _, err = _cli([command, str(store_path)], capsys, monkeypatch)
+        code, _, err = clare(command, str(store_path))
         line = _one_error_line(err)
         assert code == 2
         assert f"store format {old} is not {FORMAT}" in line and rebuild in line
@@ -526,7 +512,7 @@ STORE_JSON_EDITS = {
 
 
 @pytest.mark.parametrize("edit", list(STORE_JSON_EDITS), ids=list(STORE_JSON_EDITS))
-def test_store_json_with_wrong_types_is_one_line(
+def test_store_json_with_wrong_types_is_one_line(clare,
     reference: dict, tmp_path: Path, edit: str, capsys, monkeypatch
 ) -> None:
     _, store_path = _copy(reference, tmp_path)
@@ -534,24 +520,24 @@ def test_store_json_with_wrong_types_is_one_line(
     STORE_JSON_EDITS[edit](meta)
     (store_path / "store.json").write_text(json.dumps(meta))
     for command in ("info", "verify"):
-        code, _, err = _cli([command, str(store_path)], capsys, monkeypatch)
+        code, _, err = clare(command, str(store_path))
         line = _one_error_line(err)
         assert code == 2 and f"{store_path / 'store.json'}:" in line and "--overwrite" in line
 
 
 @pytest.mark.parametrize("content", [b"[1, 2]", b"{not json", b"\xff\xfe\x00", b"[" * 100_000],
                          ids=["list", "bad-json", "not-utf8", "deep"])
-def test_unreadable_store_json_is_one_line(reference: dict, tmp_path: Path, content: bytes,
+def test_unreadable_store_json_is_one_line(clare, reference: dict, tmp_path: Path, content: bytes,
                                            capsys, monkeypatch) -> None:
     _, store_path = _copy(reference, tmp_path)
     (store_path / "store.json").write_bytes(content)
-    code, _, err = _cli(["info", str(store_path)], capsys, monkeypatch)
+    code, _, err = clare("info", str(store_path))
     line = _one_error_line(err)
     assert code == 2 and str(store_path / "store.json") in line and len(line) < 300
 
 
 @pytest.mark.parametrize("stray", ["notes.json", "00001.json.bak", "README", "00002.parquet/"])
-def test_stray_file_in_shards_is_one_line(reference: dict, tmp_path: Path, stray: str,
+def test_stray_file_in_shards_is_one_line(clare, reference: dict, tmp_path: Path, stray: str,
                                           capsys, monkeypatch) -> None:
     cfg, store_path = _copy(reference, tmp_path)
     target = store_path / "shards" / stray.rstrip("/")
@@ -561,7 +547,7 @@ def test_stray_file_in_shards_is_one_line(reference: dict, tmp_path: Path, stray
     else:
         target.write_text("hello")
     for command in ("info", "verify"):
-        code, _, err = _cli([command, str(store_path)], capsys, monkeypatch)
+        code, _, err = clare(command, str(store_path))
         line = _one_error_line(err)
         assert code == 2 and f"{target}: not a file of this store" in line and "move it out" in line
     with pytest.raises(StoreError, match="not a file of this store"):
@@ -573,7 +559,7 @@ def _read_only(monkeypatch: pytest.MonkeyPatch, store_path: Path) -> None:
     import builtins
 
     from clare import files as files_module
-    from clare.cache import store as store_module
+    from clare.cache import writer as writer_module
 
     real_open = builtins.open
 
@@ -588,12 +574,12 @@ def _read_only(monkeypatch: pytest.MonkeyPatch, store_path: Path) -> None:
         return real_unlink(self, missing_ok=missing_ok)
 
     real_unlink = Path.unlink
-    monkeypatch.setattr(store_module, "open", guarded_open, raising=False)
+    monkeypatch.setattr(writer_module, "open", guarded_open, raising=False)
     monkeypatch.setattr(files_module, "open", guarded_open, raising=False)
     monkeypatch.setattr(Path, "unlink", guarded_unlink)
 
 
-def test_read_only_store_is_read_and_verified_but_never_written(
+def test_read_only_store_is_read_and_verified_but_never_written(clare,
     reference: dict, tmp_path: Path, capsys, monkeypatch
 ) -> None:
     from clare.cache.loader import StoreLoader
@@ -609,7 +595,7 @@ def test_read_only_store_is_read_and_verified_but_never_written(
     loader = StoreLoader(store, ok["row"].to_numpy()[:4], ok["label"].to_numpy()[:4], batch_size=4, seed=0)
     assert sum(len(b.rows) for b in loader.epoch(0)) == 4
 
-    code, out, _ = _cli(["verify", str(store_path)], capsys, monkeypatch)
+    code, out, _ = clare("verify", str(store_path))
     assert code == 1 and "damaged shard 1" in out and "read-only, so nothing was marked" in out
     with pytest.raises(StoreError) as caught:
         run_extract(cfg, split="train", overwrite=True, quiet=True)

@@ -385,7 +385,7 @@ def check_models(models: ModelsConfig) -> CheckReport:
 
 def check_target(target: Path, overrides: list[str] | None = None) -> CheckReport:
     """A config file, a `clare models download` folder, or a diffusers SD folder."""
-    from clare.config import load_config
+    from clare.config_files import load_config
 
     target = Path(target)
     if target.is_file():

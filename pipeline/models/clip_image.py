@@ -12,6 +12,7 @@ from typing import Any, TypedDict
 import torch
 
 from clare.errors import ModelLoadError
+from clare.models.precision import autocast_context
 
 
 class ClipDims(TypedDict):
@@ -76,10 +77,6 @@ class ClipImageEncoder:
     @torch.no_grad()
     def __call__(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """pixels (B, 3, S, S), already normalised -> cls (B, E) float32, tokens (B, P, W) fp16."""
-        # Imported here: clare.models.loading imports this module for clip_dims, and lare
-        # imports loading.
-        from clare.models.lare import autocast_context
-
         with autocast_context(self.device, self.precision):
             pooled = self.visual(pixels.to(self.device))
         block_out = self._captured

@@ -90,7 +90,7 @@ def _effective_spec(config: DetectorConfig) -> dict[str, str]:
 
 
 class Detector(nn.Module):
-    """forward(cls, tokens, lare) -> logits (B, 2); p(fake) = softmax(logits)[:, 1]."""
+    """forward(cls, tokens, lare) -> logits (B, 2); p(fake) is `clare.scoring.fake_probability`."""
 
     logit_scale: Tensor  # buffer, registered in __init__
 
@@ -310,10 +310,6 @@ class Detector(nn.Module):
         _pooled, weights = features.attention(tokens.to(dtype), lare, return_attention=True)
         patches = weights.mean(dim=1)[:, 1:]  # (B, P)
         return patches.reshape(-1, self.grid, self.grid)
-
-    @staticmethod
-    def fake_probability(logits: Tensor) -> Tensor:
-        return logits.float().softmax(dim=-1)[:, 1]
 
     # ------------------------------------------------------------------ trainable state
     def _frozen_prefixes(self) -> tuple[str, ...]:

@@ -14,16 +14,13 @@ drawn on the CPU, so a map is the same on any device, batch composition or order
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import torch
 from PIL import Image
 
 from clare.config import LareConfig
 from clare.models.loading import StableDiffusionParts
-
-_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+from clare.models.precision import autocast_context
 
 
 def lare_pixels(image: Image.Image, size: int) -> torch.Tensor:
@@ -31,13 +28,6 @@ def lare_pixels(image: Image.Image, size: int) -> torch.Tensor:
     resized = image.resize((size, size), Image.Resampling.BICUBIC)
     array = np.asarray(resized, dtype=np.float32)
     return torch.from_numpy(array).permute(2, 0, 1).div(127.5).sub(1.0)
-
-
-def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Mixed precision only on GPU: on CPU fp32 is both faster and exact."""
-    if precision == "fp32" or device.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type="cuda", dtype=_AUTOCAST_DTYPES[precision])
 
 
 def encode_prompt(parts: StableDiffusionParts, prompt: str, device: torch.device) -> torch.Tensor:
@@ -83,11 +73,6 @@ class LareExtractor:
         self.prediction_type = parts.scheduler.config.prediction_type
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"unsupported scheduler prediction_type {self.prediction_type!r}")
-
-    def latent_shape(self) -> tuple[int, int, int]:
-        factor = 2 ** (len(self.parts.vae.config.block_out_channels) - 1)
-        side = self.cfg.image_size // factor
-        return (int(self.parts.vae.config.latent_channels), side, side)
 
     @torch.no_grad()
     def __call__(self, pixels: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:

@@ -1,10 +1,11 @@
-"""The figures of the evaluation report (`clare.report`), each written as PNG and SVG.
+"""Every figure clare draws: the evaluation report's, `clare compare`'s ROC overlay, the DVC
+plots and `predict --explain`'s panels.
 
 Figures use matplotlib's Agg canvas directly (no pyplot), which leaves the process-wide backend
-alone. The PNG goes into the HTML as a data URI and into the Markdown as a relative link; the
-SVG beside it is for papers and slides. ROC curves are drawn by `clare.compare.draw_roc` and
-LaRE maps over their image by `clare.explain.draw_lare_overlay`, so every ROC and every LaRE
-overlay that clare draws looks the same.
+alone. A report figure is written as PNG and SVG (`save_figure`): the PNG goes into the HTML as
+a data URI and into the Markdown as a relative link, the SVG is for papers and slides. Every
+ROC line is drawn by `draw_roc` and every LaRE map over its image by `draw_lare_overlay`, so the
+same thing looks the same on every page.
 """
 
 from __future__ import annotations
@@ -17,17 +18,98 @@ from typing import Any
 import matplotlib
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from clare.compare import draw_roc, save_png
 from clare.data.views import PERTURBATION_KINDS, parse_perturbation
 from clare.errors import ConfigError
-from clare.explain import draw_lare_overlay, lare_channel_mean
-from clare.metrics import CALIBRATION_BINS, calibration_bins, is_number
+from clare.metrics import CALIBRATION_BINS, calibration_bins, is_number, roc_points
 
 REAL_COLOUR, FAKE_COLOUR = "#3b75af", "#d9622b"
 THUMBNAIL_SIDE = 112  # pixels, the longer side of an error thumbnail
+PNG_METADATA = {"Software": None}  # figure bytes do not depend on the matplotlib build
+
+
+def colours(n: int) -> list[Any]:
+    """`n` distinguishable line colours (tab10, or tab20 beyond ten)."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def draw_roc(ax: Axes, curves: Sequence[tuple[str, pd.DataFrame]], title: str) -> None:
+    """One ROC line per (label, rows with label and p_fake) on `ax`, and the chance line."""
+    ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="#999999")
+    for (label, rows), colour in zip(curves, colours(len(curves)), strict=True):
+        points = roc_points(rows["label"].to_numpy(), rows["p_fake"].to_numpy())
+        if points:
+            ax.plot([p["fpr"] for p in points], [p["tpr"] for p in points], lw=1.3,
+                    color=colour, label=label.replace("$", r"\$"))  # no mathtext from names
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), title=title)
+    ax.grid(alpha=0.3)
+
+
+def save_png(fig: Figure, path: Path) -> Path:
+    """The figure as a PNG whose bytes depend on the figure only."""
+    FigureCanvasAgg(fig)
+    fig.savefig(path, format="png", dpi=100, metadata=PNG_METADATA)
+    return path
+
+
+def _image(pixels: np.ndarray) -> np.ndarray:
+    """(3, H, W) in [-1, 1] -> (H, W, 3) uint8."""
+    return np.clip((pixels.transpose(1, 2, 0) + 1.0) * 127.5, 0, 255).astype(np.uint8)
+
+
+def _upsample(values: np.ndarray, size: int, resample: Image.Resampling) -> np.ndarray:
+    image = Image.fromarray(values.astype(np.float32), mode="F")
+    return np.asarray(image.resize((size, size), resample), dtype=np.float32)
+
+
+def lare_channel_mean(lare: np.ndarray, where: object = "LaRE map") -> np.ndarray:
+    """A (C, H, W) LaRE map as one (H, W) map, the mean over its latent channels."""
+    values = np.asarray(lare, dtype=np.float32)
+    if values.ndim == 3:
+        return values.mean(axis=0)
+    if values.ndim == 2:
+        return values
+    raise ValueError(f"{where}: expected a (C, H, W) LaRE map, got shape {values.shape}")
+
+
+def draw_lare_overlay(axis: Any, picture: np.ndarray | None, lare: np.ndarray) -> None:
+    """A (H, W) LaRE map upsampled over a square (H, H, 3) picture; the map alone without one.
+    The one drawing of a LaRE map over its image (`predict --explain` and the eval report)."""
+    if picture is None:
+        axis.imshow(lare, cmap="magma")
+        return
+    axis.imshow(picture)
+    axis.imshow(_upsample(lare, picture.shape[0], Image.Resampling.BILINEAR), cmap="magma", alpha=0.6)
+
+
+def explanation_png(path: Path, explain: dict[str, np.ndarray], title: str) -> None:
+    """The three-panel figure of one image (`predict --explain`)."""
+    picture = _image(explain["pixels"])
+    side = picture.shape[0]
+    attention = explain.get("attention")
+    panels = 3 if attention is not None else 2
+    figure = Figure(figsize=(3.0 * panels, 3.4), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, panels)
+    axes[0].imshow(picture)
+    axes[0].set_title("as the model saw it", fontsize=9)
+    draw_lare_overlay(axes[1], picture, explain["lare"])
+    axes[1].set_title("LaRE map (mean of 4 channels)", fontsize=9)
+    if attention is not None:
+        axes[2].imshow(picture)
+        axes[2].imshow(_upsample(attention, side, Image.Resampling.NEAREST), cmap="viridis", alpha=0.6)
+        axes[2].set_title("head attention over patches", fontsize=9)
+    for axis in axes:
+        axis.set_axis_off()
+    figure.suptitle(title, fontsize=9)
+    figure.savefig(path, format="png", bbox_inches="tight", pad_inches=0.05)
 
 
 def save_figure(fig: Figure, path: Path) -> Path:
