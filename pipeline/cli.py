@@ -203,7 +203,8 @@ def predict(
         help="Write a PNG per input (LaRE map, attention) and gallery.html.")] = False,
     faces: Annotated[str, typer.Option(
         help="none: the inputs are face crops already (like DF40's); detect: crop each to its "
-             "largest face (needs pip install 'clare[faces]').")] = "none",
+             "largest face, aligned by its landmarks as DF40's crops are (needs pip install "
+             "'clare[faces]').")] = "none",
     store: Annotated[Path | None, typer.Option(
         help="Also write the computed features as a feature store in this new folder.")] = None,
     fail_on_error: Annotated[bool, typer.Option(help="Exit 1 when any input failed.")] = False,

@@ -220,3 +220,27 @@ def test_bench_predict_smoke(tmp_path: Path) -> None:
     hashing = results["hash_cache"]
     assert hashing["megabytes"] == 8
     assert math.isclose(hashing["speedup"], hashing["first_s"] / hashing["second_s"], rel_tol=1e-9)
+
+
+def test_bench_faces_smoke(tmp_path: Path) -> None:
+    payload = run_script("bench_faces.py", tmp_path / "faces.json")
+    results, params = payload["results"], payload["params"]
+    rows = results["scenes"]
+    sizes = [int(v) for v in params["sizes"].split(",")]
+    angles = [int(v) for v in params["angles"].split(",")]
+    faces = [row for row in rows if row["face"]]
+    # One scene per size, roll, portrait and background, and one bare background each.
+    assert len(faces) == len(sizes) * len(angles) * params["sources"] * params["backgrounds"]
+    assert results["no_face_scenes"] == params["backgrounds"] == len(rows) - len(faces)
+    for key, column in (("by_size", "size_percent"), ("by_angle", "angle")):
+        assert [row[column] for row in results[key]] == sorted({row[column] for row in faces})
+        for summary in results[key]:
+            group = [row for row in faces if row[column] == summary[column]]
+            assert summary["new_recall"] == sum(row["new_hit"] for row in group) / len(group)
+            assert summary["old_recall"] == sum(row["old_hit"] for row in group) / len(group)
+    # The smoke scenes' faces (10% of the shorter side) are all found, upright to a few degrees.
+    assert all(row["new_hit"] for row in faces)
+    assert all(row["new_roll_error"] < 5 for row in faces)
+    assert results["new_vs_old_time"] == pytest.approx(
+        results["new_s_per_image"] / results["old_s_per_image"])
+    assert positive(results["new_s_per_image"]) and positive(results["old_s_per_image"])

@@ -443,26 +443,29 @@ def test_faces_detect_crops_a_photograph_to_its_face_and_fails_a_blank_image(
     assert face["status"] == "ok" and (face["width"], face["height"]) == (512, 512)
     box = tuple(int(face[c]) for c in ("face_x0", "face_y0", "face_x1", "face_y1"))
     x0, y0, x1, y1 = box
-    # Eileen Collins' face is centred near (220, 115) of the 512 x 512 photograph; the crop is
-    # the detected box enlarged 1.3x to a square, well inside the image here.
-    assert x0 < 220 < x1 and y0 < 115 < y1
-    assert x1 - x0 == y1 - y0 and 90 <= x1 - x0 <= 260
+    # Eileen Collins' face is centred near (224, 117) of the 512 x 512 photograph; the box is
+    # the aligned crop's square mapped back into it (the face with DF40's margin).
+    assert x0 < 224 < x1 and y0 < 117 < y1
+    assert 90 <= x1 - x0 <= 300 and 90 <= y1 - y0 <= 300
     none = rows.loc[str(blank)]
     assert none["status"] == "failed" and none["error"].startswith("no face")
     assert pd.isna(none["p_fake"]) and pd.isna(none["face_x0"])
     # Stage one saw the crop: the store's row is the crop's pixels and size.
     from clare.cache.store import open_store
+    from clare.data.faces import CROP_SIDE, largest_aligned_face
     from clare.data.images import pixels_sha256
 
     row = open_store(tmp_path / "store").manifest().iloc[0]
     with Image.open(photo) as image:
-        assert row["sha256"] == pixels_sha256(image.convert("RGB").crop(box))
-    assert (row["width"], row["height"]) == (x1 - x0, y1 - y0)
+        aligned = largest_aligned_face(image.convert("RGB"))
+    assert aligned is not None and aligned.box == box
+    assert row["sha256"] == pixels_sha256(aligned.crop)
+    assert (row["width"], row["height"]) == (CROP_SIDE, CROP_SIDE)
 
 
 def test_faces_detect_without_the_extra_is_one_line_naming_it(world: World, tmp_path: Path) -> None:
     good = str(next(iter(sorted((world.data / "alpha").rglob("*.png")))))
-    code = ("import sys; sys.modules['skimage'] = None; from clare.cli import main; "
+    code = ("import sys; sys.modules['facenet_pytorch'] = None; from clare.cli import main; "
             "sys.argv = ['clare', *sys.argv[1:]]; main()")
     done = subprocess.run([sys.executable, "-c", code, "predict", "--run", str(world.run_dir),
                            "--out", str(tmp_path), "--faces", "detect", good],
