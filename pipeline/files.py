@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from clare.errors import ClareError
+
 
 def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
     """Call `write(tmp)` on a sibling temporary path, then rename it over `path`."""
@@ -162,6 +164,24 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def open_lock_file(path: Path, error: type[ClareError]) -> IO[str]:
+    """A lock file for `pid_lock`, created when missing. Never opened through a symlink nor
+    as anything but a regular file: the pid written into it truncates what it is, so a `.lock`
+    planted as a link (a copied store, a shared folder) destroyed the file it pointed at, even
+    for `clare verify`. Such a path is `error`, one line naming it."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise error(f"{path}: a symbolic link where clare keeps its lock file (it never writes "
+                    "through one); delete the link") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise error(f"{path}: not a regular file, where clare keeps its lock file; move it away")
+    return os.fdopen(fd, "r+")
 
 
 @contextmanager

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -258,3 +259,43 @@ def test_compare_prints_markup_in_names_as_text(tmp_path: Path, clare) -> None:
     code, out, err = clare("compare", good, odd, "--out", tmp_path / "cmp", "--bootstrap", 20)
     assert code == 0, out + err
     assert "[/x]" in out and "[/bold]" in out
+
+
+# --------------------------------------------------------------------------- 2: lock files
+
+
+def test_a_planted_lock_link_is_refused_and_its_target_untouched(tmp_path: Path) -> None:
+    """The pid was written through a `.lock` symlink: a store copied with `.lock -> ~/.bashrc`
+    emptied that file on `clare verify` (its StoreWriter lock), on fit or eval (the run or
+    report folder's lock) and on predict (--out's lock)."""
+    from clare.cache.writer import StoreWriter
+    from clare.errors import ConfigError, RunError, StoreError
+    from clare.runs import StagedFolder
+    from clare.stages.predict import output_locks
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / ".lock").symlink_to(victim)
+    (tmp_path / ".demo.lock").symlink_to(victim)
+    (tmp_path / ".out.lock").symlink_to(victim)
+    with pytest.raises(
+        StoreError, match=r"store/\.lock: a symbolic link where clare keeps its lock"
+    ):
+        with StoreWriter(tmp_path / "store").lock():
+            pass
+    with pytest.raises(RunError, match=r"\.demo\.lock: a symbolic link"):
+        with StagedFolder(tmp_path / "demo", "clare fit").lock():
+            pass
+    with pytest.raises(ConfigError, match=r"\.out\.lock: a symbolic link"):
+        with output_locks({"--out": tmp_path / "out"}):
+            pass
+    assert victim.read_text() == "precious"
+    (tmp_path / "store" / ".lock").unlink()
+    os.mkfifo(tmp_path / "store" / ".lock")
+    with pytest.raises(StoreError, match="not a regular file"):
+        with StoreWriter(tmp_path / "store").lock():
+            pass
+    (tmp_path / "store" / ".lock").unlink()
+    with StoreWriter(tmp_path / "store").lock():  # an ordinary lock still works, holding the pid
+        assert (tmp_path / "store" / ".lock").read_text() == str(os.getpid())
