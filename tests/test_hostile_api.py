@@ -299,3 +299,28 @@ def test_a_planted_lock_link_is_refused_and_its_target_untouched(tmp_path: Path)
     (tmp_path / "store" / ".lock").unlink()
     with StoreWriter(tmp_path / "store").lock():  # an ordinary lock still works, holding the pid
         assert (tmp_path / "store" / ".lock").read_text() == str(os.getpid())
+
+
+def test_a_planted_partial_link_is_not_written_through(tmp_path: Path) -> None:
+    """Every record, CSV and parquet was written to a fixed `<name>.partial` first: one that
+    existed as a symlink had its target overwritten (and the output became that link)."""
+    import pandas as pd
+
+    from clare.files import atomic_write_bytes, atomic_write_csv
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / "store.json.partial").symlink_to(victim)
+    (tmp_path / "predictions.csv.partial").symlink_to(victim)
+    atomic_write_bytes(tmp_path / "store.json", b"{}\n")
+    atomic_write_csv(tmp_path / "predictions.csv", pd.DataFrame({"input": ["=1+2.png"]}))
+    assert victim.read_text() == "precious"
+    assert (tmp_path / "store.json").read_bytes() == b"{}\n"
+    assert not (tmp_path / "store.json").is_symlink()
+    assert "'=1+2.png" in (tmp_path / "predictions.csv").read_text()
+    leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".partial"))
+    assert leftovers == ["predictions.csv.partial", "store.json.partial"]  # the planted links
+    mode = (tmp_path / "store.json").stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask  # as open() creates a file, not mkstemp's 0600
