@@ -41,7 +41,13 @@ from clare.cache.store import (
 )
 from clare.config import Config
 from clare.errors import StoreError, one_line
-from clare.files import atomic_write_json, atomic_write_parquet, file_sha256, pid_lock
+from clare.files import (
+    atomic_write_json,
+    atomic_write_parquet,
+    file_sha256,
+    open_lock_file,
+    pid_lock,
+)
 
 TOKENS_SHARD_BYTES = 64 * 2**20
 # Arrays stored without compression: fp16 CLIP tokens are 97% of a row's bytes and lz4 saved
@@ -337,7 +343,7 @@ class StoreWriter:
         """Exclusive writer lock; released by the kernel if the process dies."""
         with writable(self.path):
             self.path.mkdir(parents=True, exist_ok=True)
-            handle = open(self.store.lock_path, "a+")  # noqa: SIM115 - held open for the whole block
+            handle = open_lock_file(self.store.lock_path, StoreError)  # held open for the whole block
 
         def held(holder: str) -> StoreError:
             return StoreError(f"{self.path}: another extract is writing this store (pid {holder}); "

@@ -99,8 +99,25 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _bad_number(args: argparse.Namespace) -> str | None:
+    """The first option whose number cannot work (a negative --wait was a traceback from Dask,
+    a negative --local a silent wait of --wait seconds)."""
+    limits = {"--jobs": (args.jobs, 1), "--cores": (args.cores, 1), "--gpus": (args.gpus, 0),
+              "--local": (args.local, 1)}
+    for option, (value, least) in limits.items():
+        if value is not None and value < least:
+            return f"{option} {value}: must be at least {least}"
+    if not args.wait > 0:  # also NaN
+        return f"--wait {args.wait:g}: must be a positive number of seconds"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _arguments(argv)
+    problem = _bad_number(args)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     start = (local_cluster(args.local) if args.local is not None else
              slurm_cluster(args.jobs, args.cores, args.memory, args.walltime, args.gpus))
     try:

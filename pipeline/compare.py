@@ -267,10 +267,10 @@ def print_table(table: CompareTable, console: Any) -> None:
     for column in frame.columns:
         group, subset = str(column[0]), str(column[1])  # (group, subset) MultiIndex columns
         title = f"{group}\n{subset}" if group and group != previous else f"\n{subset}"
-        shown.add_column(title, justify="left" if subset in RUN_LEVELS else "right")
+        shown.add_column(escape(title), justify="left" if subset in RUN_LEVELS else "right")
         previous = group
     for i, values in enumerate(frame.itertuples(index=False)):
-        cells = [str(v) for v in values]
+        cells = [escape(str(v)) for v in values]  # run and subset names are the user's
         n_run = len(RUN_LEVELS)
         cells[n_run:] = [f"[bold]{c}[/]" if flag else c for c, flag in zip(cells[n_run:], best[i], strict=True)]
         shown.add_row(*cells)

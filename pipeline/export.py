@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +148,7 @@ def open_run_source(source: str | os.PathLike[str]) -> Any:
     exported = is_export(folder)
     if exported:
         verify_manifest(folder)
+        check_export_identity(folder)
     run = read_run(folder)
     clip = run.config.models.clip
     if exported and clip.model_config_file is not None and not clip.model_config_file.is_absolute():
@@ -276,27 +279,78 @@ def _check_path_free(folder: Path, names: list[str], local: list[Path]) -> None:
                               "a bug in clare export, please report it")
 
 
-def _check_target(out_dir: Path) -> None:
+def _check_target(out_dir: Path, run_dir: Path) -> None:
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ExportError(f"{out_dir}: already exists and is not an empty folder; choose a new "
                           "folder or delete it")
+    if out_dir.resolve().is_relative_to(run_dir.resolve()):
+        # A refit (`clare fit --overwrite`) replaces the run folder, and the export with it.
+        raise ExportError(f"{out_dir}: inside the run folder {run_dir}, which a refit replaces; "
+                          "choose a folder outside it")
+
+
+def _check_report(report_dir: Path | None) -> None:
+    """A report asked for by name must hold an evaluation: a card silently without metrics
+    would read as a run that was never evaluated."""
+    from clare.records import ReportFolder
+
+    if report_dir is not None and not ReportFolder(Path(report_dir)).has_report():
+        raise ExportError(f"--report {report_dir}: holds no metrics.json (a regular file); pass "
+                          "the folder `clare eval` wrote for this run, or drop --report")
+
+
+def check_export_identity(folder: Path) -> None:
+    """export.json (checked against SHA256SUMS first) must be this clare's export format: a
+    folder from another format would be read with the wrong meaning."""
+    path = Path(folder) / EXPORT_FILE
+    try:
+        identity = json.loads(read_record_bytes(path))
+    except (OSError, ValueError):
+        raise ExportError(f"{path}: unreadable or not JSON; get the export again") from None
+    found = identity.get("format") if isinstance(identity, dict) else None
+    if found != EXPORT_FORMAT:
+        raise ExportError(f"{path}: format {found!r} is not {EXPORT_FORMAT!r}, the one this clare "
+                          "reads; load it with the clare version that exported it, or export again")
 
 
 def export_run(run_dir: Path, out_dir: Path, *, report_dir: Path | None = None) -> Path:
     """Write the self-contained export of the run at `run_dir` into the new folder `out_dir`.
 
     `report_dir` (default `<paths.reports>/<run name>` when it holds a metrics.json) puts the
-    evaluation's metrics table, with bootstrap intervals, in the model card."""
+    evaluation's metrics table, with bootstrap intervals, in the model card. The files are
+    written into a hidden folder beside `out_dir` and renamed into place: an interrupted
+    export leaves no half folder, and of two exports into one folder the second is refused
+    instead of mixing its files with the first's."""
+    from clare.runs import read_run
+
+    run = read_run(Path(run_dir))
+    out_dir = Path(out_dir)
+    _check_target(out_dir, run.path)
+    _check_report(report_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # a folder to share: the mode mkdir gives, not mkdtemp's 0700
+    try:
+        _write_export(run, staging, report_dir)
+        try:
+            os.rename(staging, out_dir)  # replaces an empty folder only
+        except OSError:
+            raise ExportError(f"{out_dir}: was filled by something else while exporting (another "
+                              "`clare export`?); choose a new folder or delete it") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
+
+
+def _write_export(run: Any, out_dir: Path, report_dir: Path | None) -> None:
     import clare
     from clare.config import ClipConfig
     from clare.models.detector import MODEL_FILE, Detector
     from clare.models.loading import load_clip
     from clare.records import RUN_FILE, RunRecord
-    from clare.runs import read_run
 
-    run = read_run(Path(run_dir))
-    out_dir = Path(out_dir)
-    _check_target(out_dir)
     recorded = run.store_fingerprint.get("weights") or {}
     sd_models, sd_identity = _portable_sd(run.config.models, recorded.get("sd") or {})
     clip_models, clip_identity = _portable_clip(run.config.models, recorded.get("clip") or {})
@@ -305,7 +359,6 @@ def export_run(run_dir: Path, out_dir: Path, *, report_dir: Path | None = None) 
     parts = load_clip(run.config.models.clip, local_files_only=run.config.models.local_files_only)
     detector = Detector.load(run.path, clip_model=parts.model, tokenizer=parts.tokenizer)
     detector.clip_config = ClipConfig.model_validate(clip_models)
-    out_dir.mkdir(parents=True, exist_ok=True)
     model_file = detector.save(out_dir)
     if run.config.models.clip.model_config_file is not None:
         atomic_write_bytes(out_dir / CLIP_CONFIG_FILE,
@@ -327,4 +380,3 @@ def export_run(run_dir: Path, out_dir: Path, *, report_dir: Path | None = None) 
     sums = "".join(f"{file_sha256(out_dir / n)}  {n}\n" for n in written)
     atomic_write_bytes(out_dir / MANIFEST_FILE, sums.encode())
     assert MODEL_FILE in written
-    return out_dir

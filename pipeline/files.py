@@ -1,7 +1,7 @@
 """File helpers every stage shares: writes that are never seen half-done, and file hashes.
 
-A write goes to a sibling `<name>.partial` file that is renamed into place, so a reader, or a
-run resumed after a kill, sees the old file or the new one and never a torn one. A `.partial`
+A write goes to a new sibling `<name>.<random>.partial` file that is renamed into place, so a
+reader, or a run resumed after a kill, sees the old file or the new one and never a torn one. A `.partial`
 left by a killed process is what `StoreWriter.remove_partials` cleans up.
 """
 
@@ -15,17 +15,30 @@ import math
 import os
 import shutil
 import stat
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from clare.errors import ClareError
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once: os.umask can only be read by setting it
+
 
 def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    """Call `write(tmp)` on a sibling temporary path, then rename it over `path`."""
+    """Call `write(tmp)` on a sibling temporary path, then rename it over `path`.
+
+    The temporary file is created new (O_EXCL, a random part in its name): a fixed
+    `<name>.partial` that already existed as a symlink was written through, destroying its
+    target, and two writers of one file shared it. Its mode is what open() would give."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".partial")
+    os.close(fd)
+    tmp = Path(name)
     try:
+        tmp.chmod(0o666 & ~_UMASK)
         write(tmp)
         os.replace(tmp, path)
     finally:
@@ -162,6 +175,24 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def open_lock_file(path: Path, error: type[ClareError]) -> IO[str]:
+    """A lock file for `pid_lock`, created when missing. Never opened through a symlink nor
+    as anything but a regular file: the pid written into it truncates what it is, so a `.lock`
+    planted as a link (a copied store, a shared folder) destroyed the file it pointed at, even
+    for `clare verify`. Such a path is `error`, one line naming it."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise error(f"{path}: a symbolic link where clare keeps its lock file (it never writes "
+                    "through one); delete the link") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise error(f"{path}: not a regular file, where clare keeps its lock file; move it away")
+    return os.fdopen(fd, "r+")
 
 
 @contextmanager

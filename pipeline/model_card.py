@@ -9,6 +9,7 @@ clare made it. Everything in it comes from the path-free run record and export i
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,18 @@ INTENDED_USE = """\
 """
 
 
+def _text(value: Any) -> str:
+    """A value from the run record or report, safe in the Markdown a hub page renders: a
+    subset or run name cannot inject HTML, a table cell, or (brackets escaped) a link."""
+    from clare.render.document import markdown_text
+
+    return markdown_text(str(value)).replace("[", "\\[").replace("]", "\\]")
+
+
+def _names(values: list[Any] | None, fallback: str) -> str:
+    return ", ".join(_text(v) for v in values or []) or fallback
+
+
 def _training(record: dict[str, Any]) -> list[str]:
     config = record.get("config") or {}
     data, fit = config.get("data") or {}, config.get("fit") or {}
@@ -34,11 +47,12 @@ def _training(record: dict[str, Any]) -> list[str]:
     selection = record.get("selection") or {}
     threshold = record.get("threshold") or {}
     lines = ["## Training data and protocol", "",
-             f"- Head: `{record.get('module')}`, prompts `{record.get('strategy')}`, attention "
-             f"`{record.get('attention')}`; {record.get('trainable_parameters')} trained parameters "
+             f"- Head: {_text(record.get('module'))}, prompts {_text(record.get('strategy'))}, "
+             f"attention {_text(record.get('attention'))}; "
+             f"{_text(record.get('trainable_parameters'))} trained parameters "
              "on frozen CLIP and Stable Diffusion features (LaRE).",
-             f"- Training subsets: {', '.join(data.get('train') or []) or 'as listed in the config'}; "
-             f"test subsets: {', '.join(data.get('test') or []) or 'as listed in the config'}; "
+             f"- Training subsets: {_names(data.get('train'), 'as listed in the config')}; "
+             f"test subsets: {_names(data.get('test'), 'as listed in the config')}; "
              f"frames per video {data.get('frames_per_video')}.",
              f"- {counts.get('train_entries')} training and {counts.get('val_entries')} validation "
              f"entries ({counts.get('val_videos')} validation videos, fraction "
@@ -70,7 +84,7 @@ def _metrics(report_dir: Path) -> list[str]:
         interval = (f"[{low:.3f}, {high:.3f}]" if not (math.isnan(low) or math.isnan(high))
                     else row["ci_kind"] or "none")
         value = "—" if math.isnan(row["value"]) else f"{row['value']:.3f}"
-        lines.append(f"| {row['subset']} | {value} | {interval} |")
+        lines.append(f"| {_text(row['subset'])} | {value} | {interval} |")
     return [*lines, ""]
 
 
@@ -92,12 +106,14 @@ def model_card(name: str, record: dict[str, Any], identity: dict[str, Any],
                report_dir: Path) -> str:
     """The README.md of an export (Hugging Face model card metadata at the top)."""
     version = identity["clare_version"]
+    # In code spans: a hub repo name's characters only (a backtick would close the span).
+    repo = re.sub(r"[^A-Za-z0-9_.-]", "-", name)
     lines = ["---", "license: mit", "library_name: clare",
              "tags: [deepfake-detection, generated-image-detection, clip, stable-diffusion]", "---",
-             "", f"# {name}: a CLaRE generated-face detector", "",
+             "", f"# {_text(name)}: a CLaRE generated-face detector", "",
              f"Trained and exported with clare {version}. Score images and videos with "
-             f"`clare predict --run owner/{name} photo.png clip.mp4`, or in Python with "
-             f"`clare.load(\"owner/{name}\").predict([...])` (a local copy of this folder works "
+             f"`clare predict --run owner/{repo} photo.png clip.mp4`, or in Python with "
+             f"`clare.load(\"owner/{repo}\").predict([...])` (a local copy of this folder works "
              "the same: `clare predict --run THIS_FOLDER ...`).", "",
              INTENDED_USE, *_training(record), *_metrics(report_dir), *_backbones(identity),
              "## Files", "",

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple, Union
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from pydantic import ValidationError
 
 from clare import fingerprint as fp
@@ -41,7 +41,14 @@ from clare.config_files import (
     parse_override,
 )
 from clare.data.faces import FaceBox, FaceCrop, check_face_mode
-from clare.data.images import DecodedImage, ImageDecodeError, check_dimensions, pixels_sha256
+from clare.data.images import (
+    DecodedImage,
+    ImageDecodeError,
+    check_dimensions,
+    decode_failure,
+    pixels_sha256,
+    to_rgb,
+)
 from clare.data.videos import read_video_frames
 from clare.errors import ConfigError, one_line
 from clare.features import FeatureExtractor, Prepared, RowPreparer, compute_features
@@ -122,9 +129,14 @@ class Item:
     value: Path | Image.Image | np.ndarray
 
 
-def as_items(inputs: Iterable[ImageInput]) -> list[Item]:
+def as_items(inputs: Iterable[ImageInput] | ImageInput) -> list[Item]:
     """Paths stay paths (an image or a video, by suffix); a PIL image or array is labelled
-    `<image N>` / `<array N>` by its position in `inputs`."""
+    `<image N>` / `<array N>` by its position in `inputs`. One path, image or array given bare
+    is one input; a 4-D array (N, H, W, C) is N images."""
+    if isinstance(inputs, str | os.PathLike | Image.Image) or (
+            isinstance(inputs, np.ndarray) and inputs.ndim < 4):
+        # One input given bare: iterating it would score a path's characters or an array's rows.
+        inputs = [inputs]
     items = []
     for number, value in enumerate(inputs):
         if isinstance(value, Image.Image):
@@ -139,7 +151,7 @@ def as_items(inputs: Iterable[ImageInput]) -> list[Item]:
     return items
 
 
-def decode_in_memory(value: Image.Image | np.ndarray, cfg: Config) -> DecodedImage:
+def decode_in_memory(value: Image.Image | np.ndarray, cfg: Config, label: str = "image") -> DecodedImage:
     """A PIL image or uint8 array as the decoder's output, under the same size limits. Its
     identity for seeding is the sha256 of its RGB pixels (it has no file), as a video frame's."""
     if isinstance(value, np.ndarray):
@@ -151,7 +163,13 @@ def decode_in_memory(value: Image.Image | np.ndarray, cfg: Config) -> DecodedIma
     ext = cfg.extract
     check_dimensions(value.width, value.height, max_pixels=ext.max_image_pixels,
                      min_size=ext.min_image_size, max_aspect_ratio=ext.max_aspect_ratio)
-    image = value.convert("RGB")
+    try:
+        # As a file is decoded (16-bit rescaled, EXIF orientation applied), so that a PIL image
+        # scores as its file does; a lazily opened, truncated image fails here, as a row.
+        value.load()
+        image = to_rgb(ImageOps.exif_transpose(value))
+    except Exception as exc:  # noqa: BLE001 - every decoder failure becomes a failed row
+        raise decode_failure(label, exc) from None
     return DecodedImage(image, pixels_sha256(image), value.width, value.height)
 
 
@@ -218,7 +236,7 @@ class _InputPreparer:
     def _in_memory(self, item: Item, crop: FaceCrop | None) -> Prepared:
         assert not isinstance(item.value, Path)
         try:
-            decoded = decode_in_memory(item.value, self.cfg)
+            decoded = decode_in_memory(item.value, self.cfg, item.label)
         except ImageDecodeError as exc:
             return Prepared.failed(str(exc))
         return self.preparer.prepare_decoded(decoded, 0, item.label, crop)
@@ -402,6 +420,13 @@ def predictions_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 # --------------------------------------------------------------------------- the detector
 
 
+def output_name(source: str | os.PathLike[str]) -> str:
+    """The name `clare predict` gives a source's output folder: the folder's own name, so that
+    `--run ..` or `--run .` cannot make `predictions/..` (the folder the command runs in) the
+    output; a hub id's repo name."""
+    return Path(os.path.abspath(os.fspath(source))).name
+
+
 def _check_features(run: Any, cfg: Config) -> None:
     """The SD and CLIP predict would run now must be the ones the run was trained on."""
     fp.require_match(run.store_fingerprint, fp.feature_settings(cfg), fp.FEATURES,
@@ -470,7 +495,8 @@ class Predictor:
         require_backbones(run, cfg)
         _check_features(run, cfg)
         return cls(run, cfg, threshold=chosen, faces=faces, batch_size=size, device=device,
-                   notes=[note] if note else [], name=Path(os.fspath(source)).name)
+                   notes=[note] if note else [],
+                   name=output_name(source))
 
     @classmethod
     def load(cls, source: str | os.PathLike[str], **options: Any) -> Predictor:
@@ -523,7 +549,8 @@ class Predictor:
         flush()
         return scored
 
-    def predict(self, inputs: Iterable[ImageInput], *, explain: bool = False) -> pd.DataFrame:
+    def predict(self, inputs: Iterable[ImageInput] | ImageInput, *,
+                explain: bool = False) -> pd.DataFrame:
         """Score `inputs` (file paths of images or videos, PIL images, RGB uint8 arrays).
 
         One row per image; per video one row per scored frame and one `video` row (the mean

@@ -244,6 +244,22 @@ def load_metrics(metrics_file: Path) -> MetricsRecord:
 # --------------------------------------------------------------------------- report folder
 
 
+def _check_score_values(path: Path, scores: pd.DataFrame) -> None:
+    """Labels 0/1 and p_fake numbers (any scale: intervals and curves use their ranks): other
+    values would fail deep inside the metrics or sort as text into results that look sound."""
+    if "label" in scores.columns and not scores["label"].isin([0, 1]).all():
+        bad = scores["label"][~scores["label"].isin([0, 1])].iloc[0]
+        bad = getattr(bad, "item", lambda: bad)()  # a numpy scalar as the plain value
+        raise ReportError(f"{path}: column 'label' holds {bad!r}, not 0 (real) or 1 (fake); "
+                          f"{RERUN_EVAL}")
+    if "p_fake" in scores.columns:
+        p_fake = scores["p_fake"]
+        numeric = pd.api.types.is_float_dtype(p_fake) or pd.api.types.is_integer_dtype(p_fake)
+        if not numeric:
+            raise ReportError(f"{path}: column 'p_fake' holds {p_fake.dtype}, not numbers; "
+                              f"{RERUN_EVAL}")
+
+
 @dataclass(frozen=True)
 class ReportFolder:
     """What `clare eval` writes into `reports/<run>`, each file named here and nowhere else."""
@@ -295,6 +311,7 @@ class ReportFolder:
         missing = [c for c in required if c not in scores.columns]
         if missing:
             raise ReportError(f"{path}: lacks column(s) {', '.join(missing)}; {RERUN_EVAL}")
+        _check_score_values(path, scores)
         return scores[[c for c in (*required, *optional) if c in scores.columns]]
 
     def save(self, metrics: Mapping[str, Any], scores: pd.DataFrame, roc: Any) -> None:

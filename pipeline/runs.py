@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from clare import fingerprint as fp
 from clare.config import Config, DetectorConfig, reserved_name_problem
 from clare.errors import CheckpointError, ClareError, RunError, short_repr
-from clare.files import file_sha256, pid_lock
+from clare.files import file_sha256, open_lock_file, pid_lock
 from clare.models.detector import MODEL_FILE  # noqa: F401 - its home is the detector
 from clare.records import RUN_FILE, RunRecord
 
@@ -70,7 +70,7 @@ class StagedFolder:
         if problem:
             raise error(f"{self.final}: {problem}")
         self.final.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.lock_path, "a+")  # noqa: SIM115 - held until the block ends
+        handle = open_lock_file(self.lock_path, error)  # held until the block ends
 
         def held(holder: str) -> ClareError:
             return error(f"{self.final}: another {self.command} is writing it (pid {holder}); "

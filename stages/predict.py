@@ -25,7 +25,7 @@ from clare.config import Config
 from clare.console import make_console
 from clare.data.df40 import describe_label_conflicts
 from clare.errors import ConfigError, DataError, StoreError, one_line, reason_label
-from clare.files import pid_lock
+from clare.files import open_lock_file, pid_lock
 from clare.predictor import (
     IMAGE_SUFFIXES,
     PREDICTION_COLUMNS,  # noqa: F401 - the columns' name where the command's users look
@@ -196,7 +196,7 @@ def output_locks(outputs: dict[str, Path | None]) -> Iterator[None]:
                 continue
             Path(folder).mkdir(parents=True, exist_ok=True)  # one that cannot be made fails here
             target = Path(folder).resolve()
-            handle = open(target.parent / f".{target.name}.lock", "a+")  # noqa: SIM115 - held below
+            handle = open_lock_file(target.parent / f".{target.name}.lock", ConfigError)  # held below
 
             def held(holder: str, option: str = option, folder: Path = Path(folder)) -> ConfigError:
                 return ConfigError(f"{option} {folder}: another clare predict is writing it (pid "

@@ -63,3 +63,18 @@ def test_without_dask_jobqueue_the_slurm_path_names_the_extra(
     assert example.main(["--config", str(config), "--jobs", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: dask-jobqueue is not installed; pip install 'clare[cluster]'"]
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--wait", "-1", "--wait -1: must be a positive number of seconds"),  # was Dask's traceback
+    ("--wait", "nan", "--wait nan: must be a positive number of seconds"),
+    ("--local", "-3", "--local -3: must be at least 1"),  # was a silent wait of --wait seconds
+    ("--jobs", "0", "--jobs 0: must be at least 1"),
+    ("--gpus", "-1", "--gpus -1: must be at least 0"),
+])
+def test_a_number_that_cannot_work_is_one_line_before_any_cluster(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, value: str,
+        message: str) -> None:
+    code = _example().main(["--config", str(tmp_path / "never-read.yaml"), option, value])
+    assert code == 2
+    assert capsys.readouterr().err == f"error: {message}\n"

@@ -409,7 +409,7 @@ def test_an_unexpected_decoder_exception_is_that_files_failure(corpus: Path, mon
     def broken(image):
         raise KeyError("a plugin bug")
 
-    monkeypatch.setattr(images, "_to_rgb", broken)
+    monkeypatch.setattr(images, "to_rgb", broken)
     with pytest.raises(ImageDecodeError) as caught:
         decode_image(corpus / "hostile" / "grey.png", max_pixels=MAX_PIXELS, min_size=MIN_SIZE)
     assert caught.value.reason == "decoder error"
@@ -418,7 +418,7 @@ def test_an_unexpected_decoder_exception_is_that_files_failure(corpus: Path, mon
     def exhausted(image):
         raise MemoryError()
 
-    monkeypatch.setattr(images, "_to_rgb", exhausted)
+    monkeypatch.setattr(images, "to_rgb", exhausted)
     with pytest.raises(ImageDecodeError, match="out of memory") as caught:
         decode_image(corpus / "hostile" / "grey.png", max_pixels=MAX_PIXELS, min_size=MIN_SIZE)
     assert caught.value.reason == "too large"

@@ -573,7 +573,14 @@ def _read_only(monkeypatch: pytest.MonkeyPatch, store_path: Path) -> None:
             raise OSError(errno.EROFS, "Read-only file system", str(self))
         return real_unlink(self, missing_ok=missing_ok)
 
+    def guarded_lock(path, error):  # the lock file is opened by os.open (never via a link)
+        if str(path).startswith(str(store_path)):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_lock(path, error)
+
     real_unlink = Path.unlink
+    real_lock = files_module.open_lock_file
+    monkeypatch.setattr(writer_module, "open_lock_file", guarded_lock)
     monkeypatch.setattr(writer_module, "open", guarded_open, raising=False)
     monkeypatch.setattr(files_module, "open", guarded_open, raising=False)
     monkeypatch.setattr(Path, "unlink", guarded_unlink)

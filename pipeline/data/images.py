@@ -45,7 +45,7 @@ def pixels_sha256(image: Image.Image) -> str:
     return hashlib.sha256(image.tobytes() + repr(image.size).encode()).hexdigest()
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit greyscale: PIL's convert would clip at 255; rescale the full range instead.
         array = np.asarray(image, dtype=np.float64)
@@ -120,10 +120,10 @@ def _open_and_decode(data: bytes, *, max_pixels: int, min_size: int,
         if frames > 1:
             raise ImageDecodeError("animated", f"{frames} frames; extract one frame first")
         image.load()
-        return _to_rgb(ImageOps.exif_transpose(image)), width, height
+        return to_rgb(ImageOps.exif_transpose(image)), width, height
 
 
-def _decode_failure(path: Path, exc: Exception) -> ImageDecodeError:
+def decode_failure(path: Path | str, exc: Exception) -> ImageDecodeError:
     """The failed-row reason for an exception a decoder raised."""
     if isinstance(exc, UnidentifiedImageError):
         return ImageDecodeError("not an image", f"{path} is not a readable image file")
@@ -149,5 +149,5 @@ def decode_image(path: Path, *, max_pixels: int, min_size: int,
     except ImageDecodeError:
         raise
     except Exception as exc:  # noqa: BLE001 - every decoder failure becomes a failed row
-        raise _decode_failure(path, exc) from None
+        raise decode_failure(path, exc) from None
     return DecodedImage(rgb, digest, width, height)

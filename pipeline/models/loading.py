@@ -9,7 +9,10 @@ the demo load the tiny models of `clare.models.tiny` through exactly these funct
 
 from __future__ import annotations
 
+import atexit
 import logging
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ import torch
 
 from clare.config import ClipConfig, ModelsConfig, StableDiffusionConfig
 from clare.errors import ModelLoadError, one_line
+from clare.files import read_record_bytes
 from clare.hash_cache import weights_sha256
 from clare.models.clip_image import clip_dims  # noqa: F401 - its one home; kept importable here
 
@@ -112,7 +116,36 @@ def register_clip_config(cfg: ClipConfig) -> None:
             f"models.clip.model_config_file: '{path}' not found; "
             "build it with `clare models tiny --out models/tiny` or remove the key"
         )
+    if path.stem != cfg.model:
+        path = _config_named_as_model(path, cfg.model)
     open_clip.add_model_config(path)
+
+
+_NAMED_CONFIGS: dict[tuple[str, bytes], Path] = {}  # (model, config bytes) -> the copy registered
+
+
+def _config_named_as_model(path: Path, model: str) -> Path:
+    """A copy of `path` named `<model>.json`: open_clip names a config after its file's stem,
+    and an export bundles it as `clip-model.json`, so the original would register under the
+    wrong name in a process that had not registered the model before. The copy lives in a
+    temporary folder for the life of the process (open_clip rescans its files later)."""
+    if not model or Path(model).name != model or model.startswith("."):
+        raise ModelLoadError(f"models.clip.model: '{model}' is not a valid open_clip model name "
+                             "for a custom config; use a plain name such as the config's file name")
+    try:
+        data = read_record_bytes(path)
+    except OSError as exc:
+        raise ModelLoadError(f"models.clip.model_config_file: '{path}' is unreadable "
+                             f"({exc.strerror or one_line(exc)}); restore the file") from None
+    known = _NAMED_CONFIGS.get((model, data))
+    if known is not None:
+        return known
+    folder = Path(tempfile.mkdtemp(prefix="clare-clip-config-"))
+    atexit.register(shutil.rmtree, folder, True)
+    copy = folder / f"{model}.json"
+    copy.write_bytes(data)
+    _NAMED_CONFIGS[(model, data)] = copy
+    return copy
 
 
 @dataclass(frozen=True)

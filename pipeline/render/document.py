@@ -154,7 +154,7 @@ def table_html(table: Table, uid: str) -> Markup:
     return Markup(styler.to_html())  # every cell and title escaped above
 
 
-def _markdown_text(text: str) -> str:
+def markdown_text(text: str) -> str:
     """Cell text for a Markdown table: HTML-escaped like the rest of the page, pipes escaped."""
     return str(escape(text)).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
@@ -162,10 +162,10 @@ def _markdown_text(text: str) -> str:
 def table_markdown(table: Table) -> Markup:
     """The table as Markdown by `DataFrame.to_markdown`; the total row in bold."""
     last = len(table.rows) - 1
-    rows = [[_markdown_text(c.text) for c in row] for row in table.rows]
+    rows = [[markdown_text(c.text) for c in row] for row in table.rows]
     if table.emphasise_last_row and rows:
         rows[last] = [f"**{c}**" for c in rows[last]]
-    frame = pd.DataFrame(rows, columns=[_markdown_text(h) for h in _unique(table.header)])
+    frame = pd.DataFrame(rows, columns=[markdown_text(h) for h in _unique(table.header)])
     align = ["right" if n else "left" for n in _numeric_columns(table)]
     # disable_numparse: the cells are already formatted ("0.500" must not become "0.5").
     return Markup(frame.to_markdown(index=False, colalign=align, disable_numparse=True))
@@ -216,7 +216,7 @@ def render_document(blocks: Sequence[Block], title: str, out_dir: Path, template
         data_uri=lambda p: "data:image/png;base64," + base64.b64encode(p.read_bytes()).decode("ascii"),
         relative=lambda p: p.relative_to(out_dir).as_posix(),
         fence=_fence,
-        md_cell=lambda text: Markup(_markdown_text(text)),  # escaped by _markdown_text
+        md_cell=lambda text: Markup(markdown_text(text)),  # escaped by markdown_text
     )
     return env.get_template(template).render(title=title, blocks=blocks).strip("\n") + "\n"
 
