@@ -143,7 +143,8 @@ def test_cocoop_prompts_differ_per_image_in_one_encoder_call(tiny_clip):
     batch = 5
     features = learner(torch.randn(batch, 3 * W))
     assert features.shape == (batch, 2, E)
-    assert calls == [(batch * 2, 77, T)]  # all B x 2 prompts in ONE call
+    # All B x 2 prompts in ONE call, cut after the end token: <start> + 4 context + name . <end>
+    assert calls == [(batch * 2, 8, T)]
     assert not torch.allclose(features[0], features[1], atol=1e-6)
     assert torch.isfinite(features).all()
     with pytest.raises(ValueError):

@@ -90,6 +90,12 @@ class FrozenTextEncoder(nn.Module):
         self.expects_batch_first = hasattr(self.transformer, "batch_first")
         self.width: int = tower.token_embedding.embedding_dim
         self.context_length = int(self.positional_embedding.shape[0])
+        # Causal attention: a position never sees the ones after it, so a prompt may be cut
+        # just after its output token without changing that token's features.
+        self.causal = mask is not None and _is_causal_mask(mask)
+        # open_clip's plain blocks can run sequence-first (see _run_blocks); others run as built.
+        self.plain_blocks = _plain_blocks(self.transformer)
+        self.exact_shortcuts = True
         self.requires_grad_(False)
         self.eval()
 
@@ -128,7 +134,9 @@ class FrozenTextEncoder(nn.Module):
         dtype: torch.dtype = tower_dtype or self.positional_embedding.dtype
         x = prompt_embeddings.to(dtype) + self.positional_embedding[:length].to(dtype)
         mask = None if self.attn_mask is None else self.attn_mask[:length, :length]
-        if self.expects_batch_first:
+        if self.exact_shortcuts and self.plain_blocks:
+            x = self._run_blocks(x, mask)
+        elif self.expects_batch_first:
             x = self.transformer(x, attn_mask=mask)
         else:
             x = self.transformer(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
@@ -138,6 +146,69 @@ class FrozenTextEncoder(nn.Module):
         if proj is None:
             return x
         return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+
+    def _run_blocks(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        """The transformer's blocks on (N, L, T) embeddings, computed sequence-first.
+
+        Same operations as each block's own forward (LayerNorm, torch's multi-head attention,
+        MLP, layer scale), in the (L, N, T) layout torch's attention computes in. Why: a
+        batch-first nn.MultiheadAttention transposes its input to that layout as a view, and its
+        input projection on the strided view runs as a batched matrix multiply, 3x slower on a
+        CPU than on the contiguous tensor used here. Per-token parts do not care about layout.
+        """
+        x = x.transpose(0, 1).contiguous()
+        # Any: open_clip's blocks are untyped; _plain_blocks checked what they hold.
+        blocks: list[Any] = list(cast(nn.ModuleList, self.transformer.resblocks))
+        for block in blocks:
+            attn: nn.MultiheadAttention = block.attn
+            normed = block.ln_1(x)  # self-attention: query, key and value are the same tokens
+            attended, _ = F.multi_head_attention_forward(
+                normed,
+                normed,
+                normed,
+                attn.embed_dim,
+                attn.num_heads,
+                attn.in_proj_weight,
+                attn.in_proj_bias,
+                attn.bias_k,
+                attn.bias_v,
+                attn.add_zero_attn,
+                attn.dropout,
+                attn.out_proj.weight,
+                attn.out_proj.bias,
+                training=False,
+                need_weights=False,
+                attn_mask=None if mask is None else mask.to(x.dtype),
+            )
+            x = x + block.ls_1(attended)
+            x = x + block.ls_2(block.mlp(block.ln_2(x)))
+        return x.transpose(0, 1)
+
+
+def _is_causal_mask(mask: Tensor) -> bool:
+    """True when `mask` (L, L) blocks exactly the positions after each query (open_clip's)."""
+    length = mask.shape[0]
+    future = torch.ones(length, length, dtype=torch.bool, device=mask.device).triu(1)
+    if mask.dtype == torch.bool:  # True = not allowed to attend
+        return bool(torch.equal(mask, future))
+    return bool(torch.isneginf(mask[future]).all()) and bool((mask[~future] == 0).all())
+
+
+def _plain_blocks(transformer: nn.Module) -> bool:
+    """Whether every block is open_clip's plain ResidualAttentionBlock with torch attention
+    (packed input projection, no cross attention) and no gradient checkpointing."""
+    from open_clip.transformer import ResidualAttentionBlock
+
+    blocks = getattr(transformer, "resblocks", None)
+    if blocks is None or getattr(transformer, "grad_checkpointing", False):
+        return False
+    return all(
+        type(block) is ResidualAttentionBlock
+        and not hasattr(block, "ln_1_kv")
+        and isinstance(block.attn, nn.MultiheadAttention)
+        and block.attn.in_proj_weight is not None
+        for block in blocks
+    )
 
 
 def _content_ids(tokenizer: Tokenizer, text: str, encoder: FrozenTextEncoder) -> list[int]:
@@ -197,6 +268,13 @@ class PromptLearner(nn.Module):
         self.name_lengths = [
             len(_content_ids(tokenizer, name, text_encoder)) for name in self.classnames
         ]
+        # Positions the text tower must run: up to the last output token when its attention is
+        # causal (the rest is padding no output token sees), never fewer than the names need.
+        full = token_ids.shape[1]
+        last_needed = max(int(self.eot_index.max()) + 1, 1 + n_ctx + max(self.name_lengths))
+        self.text_length = min(full, last_needed) if text_encoder.causal else full
+        # False runs the straightforward computation (all positions); tests compare the two.
+        self.exact_shortcuts = True
 
         self.meta_net: nn.Sequential | None = None
         if strategy == "cocoop" and feature_dim is not None:  # None refused above
@@ -272,11 +350,16 @@ class PromptLearner(nn.Module):
             return self.ctx
         return self.ctx.unsqueeze(0).expand(len(self.classnames), -1, -1)
 
-    def assemble(self, ctx: Tensor) -> Tensor:
-        """ctx (..., n_cls, n_ctx, T) -> prompt embeddings (..., n_cls, L, T)."""
+    def assemble(self, ctx: Tensor, length: int | None = None) -> Tensor:
+        """ctx (..., n_cls, n_ctx, T) -> prompt embeddings (..., n_cls, L, T), or only their
+        first `length` positions (at least 1 + n_ctx + the longest name)."""
         lead = ctx.shape[:-3]
         prefix = self.token_prefix.expand(*lead, -1, -1, -1).to(ctx.dtype)
-        suffix = self.token_suffix.expand(*lead, -1, -1, -1).to(ctx.dtype)
+        suffix = self.token_suffix
+        if length is not None:
+            # Every layout ends with the suffix's tail, so cutting it cuts the prompt's end.
+            suffix = suffix[:, : length - 1 - self.n_ctx]
+        suffix = suffix.expand(*lead, -1, -1, -1).to(ctx.dtype)
         if self.position == "end":
             return torch.cat([prefix, ctx, suffix], dim=-2)
         per_class = []
@@ -294,12 +377,15 @@ class PromptLearner(nn.Module):
 
     def forward(self, image_feature: Tensor | None = None) -> Tensor:
         ctx = self._class_context()
+        length = self.text_length if self.exact_shortcuts else None
         if self.meta_net is None:
-            return self.text_encoder(self.assemble(ctx), self.eot_index)
+            return self.text_encoder(self.assemble(ctx, length), self.eot_index)
         if image_feature is None:
             raise ValueError("CoCoOp prompts need the image feature (B, D) that conditions them")
         bias = self.meta_net(F.normalize(image_feature.to(ctx.dtype), dim=-1))  # (B, T)
-        prompts = self.assemble(ctx.unsqueeze(0) + bias[:, None, None, :])  # (B, n_cls, L, T)
+        prompts = self.assemble(
+            ctx.unsqueeze(0) + bias[:, None, None, :], length
+        )  # (B, n_cls, L, T)
         batch, n_cls = prompts.shape[:2]
         # All B x n_cls prompts go through one text-encoder call.
         features = self.text_encoder(prompts.flatten(0, 1), self.eot_index.repeat(batch))
