@@ -159,3 +159,39 @@ def test_no_truncation_without_a_causal_mask(tiny_clip):
     assert learner.text_length == 77
     causal = PromptLearner.from_clip(model, tokenizer, PromptConfig(n_ctx=4))
     assert causal.text_encoder.causal and causal.text_length == 8
+
+
+def test_a_demo_fit_trains_the_same_weights_either_way(
+    tmp_path, demo_data_dir, tiny_models_dir, monkeypatch
+):
+    """The demo's fit (fusion / CoOp / v2, seed 0), 40 steps, with the shortcuts and without:
+    the saved weights agree to float tolerance, and so do the scores they give."""
+    from safetensors.torch import load_file
+    from test_fit import demo_config
+
+    from clare.stages.extract import run_extract
+    from clare.stages.fit import run_fit
+    from clare.stages.prepare import run_prepare
+
+    cfg = demo_config(tmp_path, demo_data_dir, tiny_models_dir, "fit.max_steps=40")
+    run_prepare(cfg, splits=("train",))
+    run_extract(cfg, split="train", quiet=True)
+    fast_run = run_fit(cfg, quiet=True).run_dir
+    fast = load_file(str(fast_run / "model.safetensors"))
+    build = Detector.from_config.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(
+        Detector,
+        "from_config",
+        classmethod(lambda cls, *a, **k: build(cls, *a, **k).use_exact_shortcuts(False)),
+    )
+    reference = load_file(
+        str(run_fit(cfg, overwrite=True, quiet=True).run_dir / "model.safetensors")
+    )
+    assert fast.keys() == reference.keys()
+    whole = _relative(
+        torch.cat([fast[n].flatten() for n in reference]),
+        torch.cat([reference[n].flatten() for n in reference]),
+    )
+    assert whole <= 1e-5, f"weights differ by {whole:.3g} relative"
+    worst = max(float((fast[n] - reference[n]).abs().max()) for n in reference)
+    print(f"demo fit, 40 steps: weights differ by {whole:.3g} relative, at most {worst:.3g}")
