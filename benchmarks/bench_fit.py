@@ -32,7 +32,7 @@ LaRE 4x32x32) in a temp dir; it is read right after it is written, so from the p
 Models have random weights (`open_clip.create_model(..., pretrained=None)`); nothing is
 downloaded. torch keeps its default thread count, which the results record.
 
-    python -m benchmarks.bench_fit                  # ViT-L/14, N=256, batch 32 (~5 min, 2 CPUs)
+    python -m benchmarks.bench_fit                  # ViT-L/14, N=256, batch 32 (~5 min quiet, 2 CPUs)
     python -m benchmarks.bench_fit --device cuda    # same on a GPU (bf16 autocast, as clare fit)
     python -m benchmarks.bench_fit --smoke          # tiny ViT, N=16, seconds (CI)
 """

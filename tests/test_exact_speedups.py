@@ -128,6 +128,7 @@ def test_prompt_truncation_is_exact_in_every_layout(tiny_clip, position, class_s
     assert isinstance(learner, PromptLearner)
     # <start> + 5 context + "real face" + "." + <end>: 10 of the 77 positions run.
     assert learner.text_length == 10 == int(learner.eot_index.max()) + 1
+    assert learner.text_encoder.plain_blocks  # the sequence-first tower is the one compared
     _compare(fast, reference)
 
 
