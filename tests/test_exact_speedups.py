@@ -133,32 +133,29 @@ def test_prompt_truncation_is_exact_in_every_layout(tiny_clip, position, class_s
 
 
 def test_text_tower_runs_only_up_to_the_end_token_and_the_shared_start_once(tiny_clip):
-    """The default prompt (16 context tokens + one-token names): 20 positions, not 77, and the
-    start token + context, the same in both prompts, run once: 17 + 2 x 3 positions."""
-    fast, _reference = _pair(tiny_clip, DetectorConfig())
-    learner = fast.prompt
-    assert isinstance(learner, PromptLearner) and learner.shares_prefix
-    encoder = learner.text_encoder
+    """The default prompt (16 context tokens + one-token names): 20 positions, not 77; CoCoOp
+    runs each image's start token + context, the same in both its prompts, once: 17 + 2 x 3."""
     seen: list[tuple[int, ...]] = []
-    shared = encoder.forward_shared_prefix
+    for strategy in ("coop", "cocoop"):
+        fast, _reference = _pair(tiny_clip, DetectorConfig(strategy=strategy))
+        learner = fast.prompt
+        assert isinstance(learner, PromptLearner) and learner.shares_prefix
+        encoder = learner.text_encoder
+        shared = encoder.forward_shared_prefix
 
-    def spy(prefix, tails, eot_index):
-        seen.append((prefix.shape[1], tails.shape[1], tails.shape[2]))
-        return shared(prefix, tails, eot_index)
+        def spy(prefix, tails, eot_index, shared=shared):
+            seen.append((prefix.shape[1], tails.shape[1], tails.shape[2]))
+            return shared(prefix, tails, eot_index)
 
-    encoder.forward_shared_prefix = spy
-    handle = encoder.register_forward_pre_hook(
-        lambda _module, args: seen.append(args[0].shape[1:2])
-    )
-    try:
-        learner()
+        encoder.forward_shared_prefix = spy
+        encoder.register_forward_pre_hook(lambda _module, args: seen.append(args[0].shape[1:2]))
+        image = torch.randn(1, 3 * W)
+        learner(image)
         learner.shares_prefix = False  # as for class-specific context or names before it
-        learner()
+        learner(image)
         learner.exact_shortcuts = False
-        learner()
-    finally:
-        handle.remove()
-    assert seen == [(17, 2, 3), (20,), (77,)]
+        learner(image)
+    assert seen == [(20,), (20,), (77,), (17, 2, 3), (20,), (77,)]
 
 
 def test_no_truncation_without_a_causal_mask(tiny_clip):
