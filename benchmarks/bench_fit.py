@@ -1,7 +1,8 @@
 """Stage two: a training epoch from the feature store against an end-to-end epoch.
 
-Both paths train the same fusion detector (CoOp prompts, v2 attention) with the same AdamW
-groups, learning-rate rule and gradient clipping as `clare fit`, at batch `--batch-size`:
+Both paths train the same fusion detector (v2 attention) with the same AdamW groups,
+learning-rate rule and gradient clipping as `clare fit`, at batch `--batch-size`, once with
+CoOp and once with CoCoOp prompts:
 
 - store:       batches of cls + tokens + LaRE from `StoreLoader` (shuffled, prefetch 2), the
                frozen CLIP image tower is never run. Whole epochs are timed.
@@ -10,19 +11,28 @@ groups, learning-rate rule and gradient clipping as `clare fit`, at batch `--bat
                same head step. Pixels are random tensors at the model's input size, so image
                decoding and preprocessing are left out (the ratio is a lower bound); LaRE and
                labels come from the store. A CLIP forward at ViT-L/14 size costs seconds per
-               image on a CPU, so `--e2e-steps` steps are timed and the epoch is extrapolated
-               per sample: epoch = N x median(step seconds / batch rows).
+               image on a CPU, so `--e2e-steps` steps are timed (one CLIP forward each, then the
+               step of every detector measured) and the epoch is extrapolated per sample:
+               epoch = N x median(step seconds / batch rows).
 
-It also measures the two halves of the store path alone: the loader (one epoch, no model)
-and the training step (forward + backward + optimiser step on tensors already in memory), in
-samples/s, to show whether the loader can keep up with the step.
+A CoCoOp step runs the text tower once per image (seconds on a CPU at ViT-L/14 size), so
+its store epochs cover the first `--cocoop-rows` rows; ratios are per sample.
+
+It also measures the parts of the store path: the loader alone (one epoch, no model), the
+training step alone (on one batch in memory), the step's split (text tower, head, optimiser,
+and the loader wait inside a store epoch), and a store epoch over batches read into memory
+first, which tells the loader's own cost in an epoch from the cost of fresh batches.
+
+"before" runs the same detectors with `Detector.use_exact_shortcuts(False)`: the
+straightforward computation of the step before issue 25 (all 77 text positions, the
+batch-first text tower, the v2 lift on every position, keys and values of every token).
 
 The store holds random data at the model's sizes (ViT-L/14: tokens 256x1024 fp16, cls 768,
 LaRE 4x32x32) in a temp dir; it is read right after it is written, so from the page cache.
 Models have random weights (`open_clip.create_model(..., pretrained=None)`); nothing is
 downloaded. torch keeps its default thread count, which the results record.
 
-    python -m benchmarks.bench_fit                  # ViT-L/14, N=256, batch 32 (~6 min, 2 CPUs)
+    python -m benchmarks.bench_fit                  # ViT-L/14, N=256, batch 32 (~5 min quiet, 2 CPUs)
     python -m benchmarks.bench_fit --device cuda    # same on a GPU (bf16 autocast, as clare fit)
     python -m benchmarks.bench_fit --smoke          # tiny ViT, N=16, seconds (CI)
 """
@@ -32,6 +42,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import statistics
 import tempfile
 import time
@@ -59,9 +70,9 @@ TINY = "tiny"
 
 DEFAULTS = {
     "full": {"model": "ViT-L-14", "n": 256, "batch_size": 32, "shard_rows": None, "lare_side": 32,
-             "e2e_steps": 2, "step_repeats": 3, "warmup": 1, "repeats": 2},
+             "e2e_steps": 2, "step_repeats": 2, "warmup": 1, "repeats": 1, "cocoop_rows": 64},
     "smoke": {"model": TINY, "n": 16, "batch_size": 8, "shard_rows": 8, "lare_side": 8,
-              "e2e_steps": 2, "step_repeats": 2, "warmup": 1, "repeats": 1},
+              "e2e_steps": 2, "step_repeats": 2, "warmup": 1, "repeats": 1, "cocoop_rows": 8},
 }
 
 
@@ -78,10 +89,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lare-side", type=int, help="LaRE map side (32 at 256 px)")
     parser.add_argument("--e2e-steps", type=int, help="end-to-end steps timed (then extrapolated)")
     parser.add_argument("--step-repeats", type=int, help="timed in-memory training steps")
+    parser.add_argument("--cocoop-rows", type=int,
+                        help="rows of a CoCoOp store epoch (its text tower runs per image, seconds "
+                             "a step on a CPU; ratios are per sample, so fewer rows suffice)")
     parser.add_argument("--work-dir", type=Path, help="where the store goes (default: temp)")
     args = parser.parse_args(argv)
     fill_defaults(args, DEFAULTS)
-    for key in ("n", "batch_size", "e2e_steps", "step_repeats", "repeats", "lare_side"):
+    for key in ("n", "batch_size", "e2e_steps", "step_repeats", "repeats", "lare_side",
+                "cocoop_rows"):
         if getattr(args, key) < 1:
             parser.error(f"--{key.replace('_', '-')} must be at least 1")
     return args
@@ -149,16 +164,20 @@ class Trainer:
         return self.last_loss
 
 
-def build_trainer(clip: Any, tokenizer: Any, device: Any, steps_per_epoch: int) -> Trainer:
-    """Fusion / CoOp / v2 with clare fit's defaults: two AdamW groups (prompt, head)."""
+def build_trainer(clip: Any, tokenizer: Any, device: Any, steps_per_epoch: int,
+                  strategy: str = "coop", exact_shortcuts: bool = True) -> Trainer:
+    """Fusion / v2 with clare fit's defaults: two AdamW groups (prompt, head). The same seed
+    for every detector, so "before" and "after" train the same weights."""
+    import torch
 
     from clare.config import FitConfig
     from clare.models.detector import Detector
     from clare.stages.fit import make_optimizer
 
-    fit = FitConfig()
+    fit = FitConfig(strategy=strategy)
+    torch.manual_seed(0)
     detector = Detector.from_config(fit.detector(), clip, tokenizer).to(device)
-    detector.train()
+    detector.use_exact_shortcuts(exact_shortcuts).train()
     groups = detector.trainable_parameters()
     params = [p for params in groups.values() for p in params]
     return Trainer(detector, make_optimizer(fit, groups), params, device,
@@ -208,14 +227,14 @@ def build_random_store(path: Path, n: int, dims: dict[str, int], lare_side: int,
 
 
 def make_loader(store: Any, batch_size: int, seed: int, *, read_tokens: bool,
-                device: Any = None) -> Any:
+                device: Any = None, rows: int | None = None) -> Any:
     """The loader `clare fit` builds for a training epoch (its shuffle window and prefetch, and
-    page-locked batches on CUDA)."""
+    page-locked batches on CUDA), over the first `rows` store rows (default: all)."""
     from clare.cache.loader import StoreLoader
     from clare.config import FitConfig
 
     fit = FitConfig()
-    manifest = store.manifest()
+    manifest = store.manifest().iloc[:rows]
     return StoreLoader(store, manifest["row"].to_numpy(), manifest["label"].to_numpy(),
                        batch_size=batch_size, seed=seed, shuffle=True,
                        shuffle_window=fit.shuffle_window, prefetch=fit.prefetch,
@@ -250,41 +269,104 @@ def measure_loader(loader: Any, args: argparse.Namespace, epochs: EpochCounter) 
             "samples_per_s": args.n / timing.median_s}
 
 
-def measure_train_step(trainer: Trainer, store: Any, args: argparse.Namespace,
+def measure_train_step(trainer: Trainer, batch: Any, args: argparse.Namespace,
                        sync: Callable[[], None] | None) -> dict[str, Any]:
     """Forward + backward + step on one batch already in memory (no loader, no CLIP)."""
-    loader = make_loader(store, args.batch_size, args.seed, read_tokens=True, device=trainer.device)
-    batch = next(iter(loader.epoch(0)))
     rows = len(batch.rows)
     timing = time_call(lambda: trainer.train_step(batch.cls, batch.tokens, batch.lare, batch.label),
                        warmup=args.warmup, repeats=args.step_repeats, sync=sync)
     return {**timing.as_dict(), "batch_rows": rows, "samples_per_s": rows / timing.median_s}
 
 
+def measure_split(trainer: Trainer, batch: Any, args: argparse.Namespace,
+                  sync: Callable[[], None] | None) -> dict[str, float]:
+    """Median seconds of the step's parts on one in-memory batch: the prompts through the text
+    tower (forward + backward), the image head (forward + backward), and the optimiser
+    (gradient clipping + AdamW step). Each part is backpropagated from a fixed random
+    cotangent, so it costs what it costs inside the step."""
+    import torch
+
+    from clare.scoring import to_device
+
+    detector, device = trainer.detector, trainer.device
+    cls, tokens, lare = (to_device(t, device) for t in (batch.cls, batch.tokens, batch.lare))
+    with torch.no_grad():
+        image = detector.features(cls, tokens, lare)
+    image_grad = torch.randn_like(image)
+    text_grad = torch.randn_like(detector.prompt(image).detach())
+
+    def text_tower() -> None:
+        torch.autograd.backward(detector.prompt(image), text_grad)
+
+    def head() -> None:
+        torch.autograd.backward(detector.features(cls, tokens, lare), image_grad)
+
+    def optimiser() -> None:
+        if trainer.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(trainer.params, trainer.grad_clip)
+        trainer.optimizer.step()
+
+    parts = {"text_tower_s": text_tower, "head_s": head, "optimiser_s": optimiser}
+    return {name: time_call(part, warmup=args.warmup, repeats=args.step_repeats,
+                            sync=sync).median_s for name, part in parts.items()}
+
+
 def measure_store_epoch(trainer: Trainer, loader: Any, args: argparse.Namespace,
                         epochs: EpochCounter, sync: Callable[[], None] | None) -> dict[str, Any]:
+    """Whole epochs of loader batches into the step, and the time the step waited for them."""
     steps: list[int] = []
+    waits: list[float] = []
+    rows = len(loader.rows)
 
     def one_epoch() -> None:
-        count = 0
-        for batch in loader.epoch(epochs.next()):
+        batches = iter(loader.epoch(epochs.next()))
+        count, waited = 0, 0.0
+        while True:
+            asked = time.perf_counter()
+            batch = next(batches, None)
+            waited += time.perf_counter() - asked
+            if batch is None:
+                break
             trainer.train_step(batch.cls, batch.tokens, batch.lare, batch.label)
             count += 1
         steps.append(count)
+        waits.append(waited)
 
     timing = time_call(one_epoch, warmup=args.warmup, repeats=args.repeats, sync=sync)
-    return {**timing.as_dict(), "steps": steps[-1], "samples_per_s": args.n / timing.median_s}
+    return {**timing.as_dict(), "rows": rows, "steps": steps[-1],
+            "samples_per_s": rows / timing.median_s,
+            "loader_wait_s": statistics.median(waits[args.warmup:])}
 
 
-def measure_end_to_end(trainer: Trainer, clip: Any, store: Any, args: argparse.Namespace,
-                       sync: Callable[[], None]) -> dict[str, Any]:
-    """`--e2e-steps` steps that each run the frozen image tower, extrapolated to an epoch."""
+def measure_preread_epoch(trainer: Trainer, loader: Any, args: argparse.Namespace,
+                          epochs: EpochCounter, sync: Callable[[], None]) -> dict[str, Any]:
+    """The steps of whole epochs whose batches were read into memory first: fresh batches as
+    in a store epoch, but no loader thread running beside the step."""
+    runs: list[float] = []
+    for index in range(args.warmup + args.repeats):
+        batches = list(loader.epoch(epochs.next()))
+        started = time.perf_counter()
+        for batch in batches:
+            trainer.train_step(batch.cls, batch.tokens, batch.lare, batch.label)
+        sync()
+        if index >= args.warmup:
+            runs.append(time.perf_counter() - started)
+    median = statistics.median(runs)
+    return {"median_s": median, "min_s": min(runs), "runs_s": runs,
+            "samples_per_s": args.n / median}
+
+
+def measure_end_to_end(trainers: dict[str, Trainer], clip: Any, store: Any,
+                       args: argparse.Namespace, sync: Callable[[], None]) -> dict[str, Any]:
+    """`--e2e-steps` batches through the frozen image tower, each followed by the step of every
+    detector in `trainers`; per detector: (read + CLIP + its step) per sample, extrapolated."""
     import torch
 
     from clare.models.clip_image import ClipImageEncoder
 
-    precision = "bf16" if trainer.amp else "fp32"
-    encoder = ClipImageEncoder(clip, trainer.device, precision)
+    first = next(iter(trainers.values()))
+    precision = "bf16" if first.amp else "fp32"
+    encoder = ClipImageEncoder(clip, first.device, precision)
     side = clip_input_size(clip.visual)
     generator = torch.Generator().manual_seed(args.seed)
 
@@ -292,19 +374,20 @@ def measure_end_to_end(trainer: Trainer, clip: Any, store: Any, args: argparse.N
         return torch.randn((rows, 3, side, side), generator=generator)
 
     # Warm-up on two images only: a full-batch CLIP step costs minutes on a CPU, and the head
-    # step is already warm from the measurements before this one.
+    # steps are already warm from the measurements before this one.
     for _ in range(args.warmup):
         encoder(pixels(min(2, args.batch_size)))
     sync()
     # Only LaRE and labels come from the store; cls and tokens come from CLIP each step.
-    loader = make_loader(store, args.batch_size, args.seed, read_tokens=False, device=trainer.device)
-    step_s: list[float] = []
+    loader = make_loader(store, args.batch_size, args.seed, read_tokens=False, device=first.device)
+    read_s: list[float] = []
     clip_s: list[float] = []
+    step_s: dict[str, list[float]] = {name: [] for name in trainers}
     rows_per_step: list[int] = []
     epoch = 0
-    while len(step_s) < args.e2e_steps:
+    while len(clip_s) < args.e2e_steps:
         batches = iter(loader.epoch(epoch))
-        while len(step_s) < args.e2e_steps:
+        while len(clip_s) < args.e2e_steps:
             started = time.perf_counter()
             batch = next(batches, None)
             fetched = time.perf_counter()
@@ -314,28 +397,28 @@ def measure_end_to_end(trainer: Trainer, clip: Any, store: Any, args: argparse.N
             clip_started = time.perf_counter()
             cls, tokens = encoder(images)
             sync()
-            clip_done = time.perf_counter()
-            trainer.train_step(cls, tokens.float(), batch.lare, batch.label)
-            sync()
-            finished = time.perf_counter()
-            clip_s.append(clip_done - clip_started)
-            step_s.append((fetched - started) + (finished - clip_started))
+            clip_s.append(time.perf_counter() - clip_started)
+            read_s.append(fetched - started)
             rows_per_step.append(len(batch.rows))
+            for name, trainer in trainers.items():
+                step_started = time.perf_counter()
+                trainer.train_step(cls, tokens.float(), batch.lare, batch.label)
+                sync()
+                step_s[name].append(time.perf_counter() - step_started)
         epoch += 1
-    per_sample = statistics.median(s / r for s, r in zip(step_s, rows_per_step, strict=True))
-    clip_per_sample = statistics.median(s / r for s, r in zip(clip_s, rows_per_step, strict=True))
-    return {
-        "steps_timed": len(step_s),
-        "rows_per_step": rows_per_step,
-        "step_s": step_s,
-        "clip_s": clip_s,
-        "per_sample_s": per_sample,
-        "clip_per_sample_s": clip_per_sample,
-        "epoch_s_extrapolated": args.n * per_sample,
-        "samples_per_s": 1.0 / per_sample,
-        "precision": precision,
-        "input_px": side,
-    }
+
+    def per_sample(seconds: list[float]) -> float:
+        return statistics.median(s / r for s, r in zip(seconds, rows_per_step, strict=True))
+
+    per_detector = {}
+    for name, steps in step_s.items():
+        total = [r + c + s for r, c, s in zip(read_s, clip_s, steps, strict=True)]
+        per_detector[name] = {"step_s": total, "per_sample_s": per_sample(total),
+                              "epoch_s_extrapolated": args.n * per_sample(total),
+                              "samples_per_s": 1.0 / per_sample(total)}
+    return {"steps_timed": len(clip_s), "rows_per_step": rows_per_step, "clip_s": clip_s,
+            "clip_per_sample_s": per_sample(clip_s), "read_s": read_s, "precision": precision,
+            "input_px": side, "detectors": per_detector}
 
 
 # --------------------------------------------------------------------------- main
@@ -373,84 +456,135 @@ def main(argv: list[str] | None = None) -> int:
     store_build_s = time.perf_counter() - build_started
     store_bytes, _files = dir_bytes(store.zarr_path)
     steps_per_epoch = -(-args.n // args.batch_size)
-    # The detector keeps only CLIP's text parts; the image tower is used by the end-to-end path.
-    trainer = build_trainer(clip, tokenizer, device, steps_per_epoch)
+    # The detectors keep only CLIP's text parts; the image tower is used by the end-to-end path.
+    trainers = {f"{strategy}{suffix}": build_trainer(clip, tokenizer, device, steps_per_epoch,
+                                                     strategy, exact_shortcuts=not suffix)
+                for suffix in ("", BEFORE) for strategy in ("coop", "cocoop")}
     epochs = EpochCounter()
-
-    # The in-memory step runs first, so it also warms the head for everything after it.
-    train_step = measure_train_step(trainer, store, args, sync)
     loader = make_loader(store, args.batch_size, args.seed, read_tokens=True, device=device)
-    loader_alone = measure_loader(loader, args, epochs)
-    store_epoch = measure_store_epoch(trainer, loader, args, epochs, sync)
-    end_to_end = measure_end_to_end(trainer, clip, store, args, sync)
+    batch = next(iter(loader.epoch(0)))
 
+    cocoop_loader = make_loader(store, args.batch_size, args.seed, read_tokens=True,
+                                device=device, rows=min(args.cocoop_rows, args.n))
+    detectors: dict[str, dict[str, Any]] = {}
+    for name, trainer in trainers.items():
+        epoch_loader = cocoop_loader if name.startswith("cocoop") else loader
+        # The in-memory step runs first, so it also warms the detector for what follows.
+        detectors[name] = {
+            "train_step": measure_train_step(trainer, batch, args, sync),
+            "split": measure_split(trainer, batch, args, sync),
+            "store_epoch": measure_store_epoch(trainer, epoch_loader, args, epochs, sync),
+        }
+    loader_alone = measure_loader(loader, args, epochs)
+    preread = measure_preread_epoch(trainers["coop"], loader, args, epochs, sync)
+    end_to_end = measure_end_to_end(trainers, clip, store, args, sync)
+    for name, entry in detectors.items():
+        e2e, epoch = end_to_end["detectors"][name], entry["store_epoch"]
+        # Per sample: a CoCoOp store epoch may cover fewer rows than the store (--cocoop-rows).
+        entry["e2e_vs_store"] = e2e["per_sample_s"] * epoch["samples_per_s"]
+        # 1.0: the store epoch costs exactly its training steps; above 1: time lost around them.
+        entry["store_epoch_vs_steps"] = (entry["train_step"]["samples_per_s"]
+                                         / epoch["samples_per_s"])
+        entry["final_loss"] = trainers[name].last_loss
+
+    coop = detectors["coop"]
     results: dict[str, Any] = {
         "model": args.model,
         "dims": dims,
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
-        "trainable_parameters": sum(p.numel() for p in trainer.params),
+        "load_average": list(os.getloadavg()),
+        "trainable_parameters": sum(p.numel() for p in trainers["coop"].params),
         "steps_per_epoch": steps_per_epoch,
         "store_bytes_per_image": store_bytes / args.n,
         "store_build_s": store_build_s,
-        "train_step": train_step,
+        # The headline detector (fusion / CoOp / v2, as built) keeps the top-level keys.
+        "train_step": coop["train_step"],
         "loader": loader_alone,
-        "store_epoch": store_epoch,
-        "end_to_end": end_to_end,
-        "e2e_vs_store": end_to_end["epoch_s_extrapolated"] / store_epoch["median_s"],
-        "loader_vs_step": loader_alone["samples_per_s"] / train_step["samples_per_s"],
-        # 1.0: the store epoch costs exactly its training steps; above 1: time lost to reading.
-        "store_epoch_vs_steps": store_epoch["median_s"] / (args.n / train_step["samples_per_s"]),
-        "final_loss": trainer.last_loss,
+        "store_epoch": coop["store_epoch"],
+        "store_epoch_preread": preread,
+        "end_to_end": {**end_to_end, **end_to_end["detectors"]["coop"]},
+        "e2e_vs_store": coop["e2e_vs_store"],
+        "loader_vs_step": loader_alone["samples_per_s"] / coop["train_step"]["samples_per_s"],
+        "store_epoch_vs_steps": coop["store_epoch_vs_steps"],
+        "preread_epoch_vs_steps": preread["median_s"] / (args.n / coop["train_step"]["samples_per_s"]),
+        "detectors": detectors,
+        "final_loss": coop["final_loss"],
         "peak_rss_mib": peak_rss_mib(),
         "seconds_total": time.perf_counter() - started,
     }
     params = {k: getattr(args, k) for k in ("model", "device", "n", "batch_size", "shard_rows",
                                             "lare_side", "e2e_steps", "step_repeats", "warmup",
-                                            "repeats", "seed", "smoke")}
+                                            "repeats", "cocoop_rows", "seed", "smoke")}
     params["torch_threads"] = results["torch_threads"]
-    notes = [
-        "detector: fusion / coop / v2 with clare fit's defaults (AdamW, two groups, lr 5e-4, "
-        "cosine rule, grad clip 1.0); random-weight CLIP; bf16 autocast on cuda only",
-        f"store epoch: median of {args.repeats} whole epochs after {args.warmup} untimed, loader "
-        "with shuffle window 2 and prefetch 2, store read from the page cache",
-        f"end to end: {end_to_end['steps_timed']} timed steps (batch read + CLIP image tower on "
-        "random pixels + head step), extrapolated per sample to the epoch; image decoding and "
-        "preprocessing are not counted, so the ratio is a lower bound",
-        "end to end on cuda: ClipImageEncoder returns features on the CPU, so each step also "
-        "copies the tokens back to the device (as the store path does)",
-        "loader: one epoch with no model; train step: forward + backward + optimiser step on "
-        "one batch already in memory",
-    ]
-    write_results(args.out, NAME, params, results, notes)
-
-    clip_epoch_s = args.n * end_to_end["clip_per_sample_s"]
-    print_table(
-        f"training epoch, {args.model} (random weights) on {device}, N={args.n}, "
-        f"batch {args.batch_size}, {steps_per_epoch} steps, {results['torch_threads']} threads",
-        ["path", "epoch s", "samples/s", "how"],
-        [["store", store_epoch["median_s"], store_epoch["samples_per_s"],
-          f"median of {args.repeats} epochs"],
-         ["end to end", end_to_end["epoch_s_extrapolated"], end_to_end["samples_per_s"],
-          f"{end_to_end['steps_timed']} steps, extrapolated"],
-         ["  of which CLIP image tower", clip_epoch_s, 1.0 / end_to_end["clip_per_sample_s"],
-          "same steps"]],
-    )
-    print_table(
-        "store path, its two halves alone",
-        ["part", "samples/s", "s"],
-        [["StoreLoader, one epoch, no model", loader_alone["samples_per_s"],
-          loader_alone["median_s"]],
-         ["training step on an in-memory batch", train_step["samples_per_s"],
-          train_step["median_s"]]],
-    )
-    print(f"end to end / store per epoch: {results['e2e_vs_store']:.1f}x; loader / step samples/s: "
-          f"{results['loader_vs_step']:.1f}x; store epoch / its steps alone: "
-          f"{results['store_epoch_vs_steps']:.2f}")
-    print(f"results: {args.out}")
+    write_results(args.out, NAME, params, results, NOTES)
+    report(results, args, device)
     if temp is not None:
         temp.cleanup()
     return 0
+
+
+BEFORE = "_before"
+NOTES = [
+    "detectors: fusion / v2 with clare fit's defaults (AdamW, two groups, lr 5e-4, cosine rule, "
+    "grad clip 1.0), CoOp and CoCoOp; random-weight CLIP; bf16 autocast on cuda only",
+    "*_before: the same detector with Detector.use_exact_shortcuts(False), the step as computed "
+    "before issue 25; same seed, same weights at the start",
+    "store epoch: median of `repeats` whole epochs after `warmup` untimed, loader with shuffle "
+    "window 2 and prefetch 2, store read from the page cache; loader_wait_s: time the step "
+    "waited for batches in the median epoch; CoCoOp epochs cover the first `cocoop_rows` rows "
+    "and every ratio is per sample",
+    "store_epoch_preread: the same epochs with their batches read into memory first (no loader "
+    "thread beside the step), fusion / CoOp",
+    "end to end: `e2e_steps` timed steps, each one batch read + one CLIP image tower forward on "
+    "random pixels + the step of each detector; per detector (read + CLIP + its step) per "
+    "sample, extrapolated to the epoch; decoding and preprocessing are not counted, so the "
+    "ratio is a lower bound",
+    "split: median seconds of the step's parts on one in-memory batch, each backpropagated from "
+    "a fixed random cotangent: text tower (prompts, forward + backward), head (image features, "
+    "forward + backward), optimiser (clipping + AdamW step)",
+]
+
+
+def report(results: dict[str, Any], args: argparse.Namespace, device: Any) -> None:
+    """The console tables: per detector, the ratio and the step's split; then the store path."""
+    detectors = results["detectors"]
+    end_to_end = results["end_to_end"]
+    print_table(
+        f"training epoch, {args.model} (random weights) on {device}, N={args.n}, batch "
+        f"{args.batch_size}, {results['steps_per_epoch']} steps, {results['torch_threads']} "
+        f"threads, load average {results['load_average'][0]:.2f}",
+        ["detector", "store epoch s", "end to end s", "e2e / store", "step s", "text tower s",
+         "head s", "optimiser s", "loader wait s", "epoch / steps"],
+        [[name, entry["store_epoch"]["median_s"],
+          end_to_end["detectors"][name]["epoch_s_extrapolated"], entry["e2e_vs_store"],
+          entry["train_step"]["median_s"], entry["split"]["text_tower_s"],
+          entry["split"]["head_s"], entry["split"]["optimiser_s"],
+          entry["store_epoch"]["loader_wait_s"] / entry["store_epoch"]["steps"],
+          entry["store_epoch_vs_steps"]] for name, entry in detectors.items()],
+    )
+    print_table(
+        "store path (fusion / CoOp), its parts alone",
+        ["part", "samples/s", "s"],
+        [["StoreLoader, one epoch, no model", results["loader"]["samples_per_s"],
+          results["loader"]["median_s"]],
+         ["training step on an in-memory batch", results["train_step"]["samples_per_s"],
+          results["train_step"]["median_s"]],
+         ["store epoch, batches read first", results["store_epoch_preread"]["samples_per_s"],
+          results["store_epoch_preread"]["median_s"]],
+         ["CLIP image tower (end to end)", 1.0 / end_to_end["clip_per_sample_s"],
+          args.n * end_to_end["clip_per_sample_s"]]],
+    )
+    coop, before = detectors["coop"], detectors["coop" + BEFORE]
+    print(f"fusion/CoOp end to end / store per epoch: {coop['e2e_vs_store']:.1f}x "
+          f"(before: {before['e2e_vs_store']:.1f}x); fusion/CoCoOp: "
+          f"{detectors['cocoop']['e2e_vs_store']:.1f}x (before: "
+          f"{detectors['cocoop' + BEFORE]['e2e_vs_store']:.1f}x); step "
+          f"{before['train_step']['median_s'] / coop['train_step']['median_s']:.2f}x faster")
+    print(f"loader / step samples/s: {results['loader_vs_step']:.1f}x; store epoch / its steps "
+          f"alone: {results['store_epoch_vs_steps']:.2f} (batches read first: "
+          f"{results['preread_epoch_vs_steps']:.2f})")
+    print(f"results: {args.out}")
 
 
 if __name__ == "__main__":

@@ -181,6 +181,21 @@ def test_bench_fit_smoke(tmp_path: Path) -> None:
     assert results["loader_vs_step"] == pytest.approx(
         results["loader"]["samples_per_s"] / results["train_step"]["samples_per_s"])
     assert math.isfinite(results["final_loss"]) and results["trainable_parameters"] > 0
+    # Both prompt strategies, each as built and as computed before issue 25, with their ratio
+    # and the step's split; a store epoch over batches read first tells the loader's share.
+    detectors = results["detectors"]
+    assert set(detectors) == {"coop", "cocoop", "coop_before", "cocoop_before"}
+    for name, entry in detectors.items():
+        # A CoCoOp store epoch covers --cocoop-rows rows (its text tower runs per image).
+        rows = params["cocoop_rows"] if name.startswith("cocoop") else n
+        assert entry["store_epoch"]["rows"] == rows, name
+        assert entry["store_epoch"]["steps"] == math.ceil(rows / batch), name
+        assert all(positive(entry["split"][part]) for part in
+                   ("text_tower_s", "head_s", "optimiser_s")), name
+        assert 0 <= entry["store_epoch"]["loader_wait_s"] < entry["store_epoch"]["median_s"]
+        assert entry["e2e_vs_store"] == pytest.approx(
+            e2e["detectors"][name]["per_sample_s"] * rows / entry["store_epoch"]["median_s"])
+    assert positive(results["store_epoch_preread"]["samples_per_s"])
 
 
 def test_bench_scale_smoke(tmp_path: Path) -> None:

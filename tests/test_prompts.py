@@ -137,13 +137,20 @@ def test_cocoop_prompts_differ_per_image_in_one_encoder_call(tiny_clip):
         model, tokenizer, PromptConfig(n_ctx=4), "cocoop", feature_dim=3 * W
     )
     calls: list[tuple[int, ...]] = []
-    learner.text_encoder.register_forward_hook(
-        lambda mod, args, out: calls.append(tuple(args[0].shape))
-    )
+    encoder = learner.text_encoder
+    shared = encoder.forward_shared_prefix
+
+    def spy(prefix, tails, eot_index):
+        calls.append((*prefix.shape, *tails.shape))
+        return shared(prefix, tails, eot_index)
+
+    encoder.forward_shared_prefix = spy
     batch = 5
     features = learner(torch.randn(batch, 3 * W))
     assert features.shape == (batch, 2, E)
-    assert calls == [(batch * 2, 77, T)]  # all B x 2 prompts in ONE call
+    # All B x 2 prompts in ONE call, cut after the end token: per image, <start> + 4 context
+    # once, then each class's name . <end>.
+    assert calls == [(batch, 5, T, batch, 2, 3, T)]
     assert not torch.allclose(features[0], features[1], atol=1e-6)
     assert torch.isfinite(features).all()
     with pytest.raises(ValueError):

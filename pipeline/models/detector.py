@@ -311,6 +311,15 @@ class Detector(nn.Module):
         patches = weights.mean(dim=1)[:, 1:]  # (B, P)
         return patches.reshape(-1, self.grid, self.grid)
 
+    def use_exact_shortcuts(self, enabled: bool = True) -> Detector:
+        """Turn the exact speed-ups of the parts (prompt truncation at the end token, the
+        sequence-first text tower, the v2 lift on the mean) on or off; off is the straightforward
+        computation, kept so tests can prove the two agree. On by default."""
+        for part in self.modules():
+            if hasattr(part, "exact_shortcuts"):
+                setattr(part, "exact_shortcuts", enabled)  # noqa: B010 - untyped on Module
+        return self
+
     # ------------------------------------------------------------------ trainable state
     def _frozen_prefixes(self) -> tuple[str, ...]:
         return tuple(
