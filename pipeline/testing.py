@@ -28,6 +28,17 @@ INDEX_COLUMNS = ("path", "subset", "label", "video", "frame", "split")
 # make_image_tree leaves a copy of its index here, so make_config finds it without being told.
 SIDECAR_INDEX = "index.parquet"
 TINY_FOLDER = "tiny"
+# Every distinct detector (module, strategy, attention): strategy and attention do not apply to
+# `lare`, attention not to `clipping`, so these seven are all the different models.
+DISTINCT_DETECTORS = [
+    ("fusion", "coop", "v1"),
+    ("fusion", "coop", "v2"),
+    ("fusion", "cocoop", "v1"),
+    ("fusion", "cocoop", "v2"),
+    ("lare", "coop", "v1"),
+    ("clipping", "coop", "v2"),
+    ("clipping", "cocoop", "v2"),
+]
 
 # --------------------------------------------------------------------------- models
 

@@ -17,19 +17,11 @@ import torch.nn.functional as F
 from clare.config import DetectorConfig, PromptConfig
 from clare.models.detector import Detector
 from clare.models.prompts import PromptLearner
+from clare.testing import DISTINCT_DETECTORS
 
 E, W, GRID = 32, 64, 8
 RELATIVE = 1e-5
-# Every distinct detector: strategy and attention do not apply to `lare`, attention not to `clipping`.
-COMBOS = [
-    ("fusion", "coop", "v1"),
-    ("fusion", "coop", "v2"),
-    ("fusion", "cocoop", "v1"),
-    ("fusion", "cocoop", "v2"),
-    ("lare", "coop", "v1"),
-    ("clipping", "coop", "v2"),
-    ("clipping", "cocoop", "v2"),
-]
+COMBOS = DISTINCT_DETECTORS
 
 
 def _batch(dtype: torch.dtype, size: int = 6, seed: int = 3) -> tuple[torch.Tensor, ...]:

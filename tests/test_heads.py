@@ -19,18 +19,10 @@ from clare.models.heads import (
     LareHead,
 )
 from clare.scoring import fake_probability
+from clare.testing import DISTINCT_DETECTORS
 
 E, W, GRID, P = 32, 64, 8, 64
-# Every distinct detector: strategy and attention do not apply to `lare`, attention not to `clipping`.
-COMBOS = [
-    ("fusion", "coop", "v1"),
-    ("fusion", "coop", "v2"),
-    ("fusion", "cocoop", "v1"),
-    ("fusion", "cocoop", "v2"),
-    ("lare", "coop", "v1"),
-    ("clipping", "coop", "v2"),
-    ("clipping", "cocoop", "v2"),
-]
+COMBOS = DISTINCT_DETECTORS
 
 
 
