@@ -3,6 +3,7 @@ and the README's "Where things are" names the same modules (issue 24)."""
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -75,3 +76,44 @@ def test_no_source_file_is_longer_than_600_lines() -> None:
             if lines > MAX_LINES:
                 too_long[path.relative_to(REPO).as_posix()] = lines
     assert not too_long, f"split these modules: {too_long}"
+
+
+def _module_file(name: str) -> Path:
+    """The file of a module name; the longest matching package wins (clare.stages over clare)."""
+    folder, prefix = max(((f, p) for f, p in FOLDERS.items() if name.startswith(p + ".")),
+                         key=lambda item: len(item[1]))
+    return REPO / folder / (name[len(prefix) + 1:].replace(".", "/") + ".py")
+
+
+def _clare_imports(path: Path, modules: set[str]) -> set[str]:
+    """The clare modules a file imports, at the top or inside a function."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("clare"):
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                found.add(full if full in modules else node.module)
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+    return found & modules
+
+
+def test_no_import_cycle_even_through_function_level_imports() -> None:
+    """Imports run one way: no module reaches itself again, not even through an import placed
+    inside a function to hide a cycle (issue 24: clip_image -> lare -> loading -> clip_image)."""
+    modules = _package_modules()
+    graph = {name: _clare_imports(_module_file(name), modules) - {name} for name in modules}
+    state: dict[str, int] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for target in sorted(graph[name]):
+            assert state.get(target) != 1, "import cycle: " + " -> ".join([*path, name, target])
+            if target not in state:
+                visit(target, [*path, name])
+        state[name] = 2
+
+    for name in sorted(modules):
+        if name not in state:
+            visit(name, [])
+    assert graph["clare.models.loading"] and graph["clare.stages.fit"]  # the graph is read
