@@ -531,7 +531,7 @@ NOTES = [
     "*_before: the same detector with Detector.use_exact_shortcuts(False), the step as computed "
     "before issue 25; same seed, same weights at the start",
     "store epoch: median of `repeats` whole epochs after `warmup` untimed, loader with shuffle "
-    "window 2 and prefetch 2, store read from the page cache; loader_wait_s: time the step "
+    "window and prefetch as `clare fit` sets them (defaults 4 and 2), store read from the page cache; loader_wait_s: time the step "
     "waited for batches in the median epoch; CoCoOp epochs cover the first `cocoop_rows` rows "
     "and every ratio is per sample",
     "store_epoch_preread: the same epochs with their batches read into memory first (no loader "
