@@ -31,6 +31,7 @@ from clare.config import Config
 from clare.errors import CheckpointError, ExportError, ModelLoadError, RunError
 from clare.files import atomic_write_bytes, file_sha256, read_record_bytes
 from clare.models.hub import CLIP_DIR, SD15_DIR, SD15_REPO, checkpoint_origin, read_source_record
+from clare.models.loading import looks_local
 
 EXPORT_FILE = "export.json"
 MANIFEST_FILE = "SHA256SUMS"
@@ -162,18 +163,12 @@ def open_run_source(source: str | os.PathLike[str]) -> Any:
 # --------------------------------------------------------------------------- backbones
 
 
-def _local(name: str) -> bool:
-    from clare.models.loading import _looks_local
-
-    return _looks_local(name)
-
-
 def require_backbones(run: Any, cfg: Config) -> None:
     """Every backbone file the run's fingerprint records must be where `cfg` points: each
     missing one is named, with the command that fetches it (one line)."""
     weights = run.store_fingerprint.get("weights") or {}
     missing: list[str] = []
-    if _local(cfg.models.sd.pretrained):
+    if looks_local(cfg.models.sd.pretrained):
         sd_files = (weights.get("sd") or {}).get("files") or {}
         root = Path(cfg.models.sd.pretrained).expanduser()
         # The files diffusers reads: model_index.json and the parts' folders, which the
@@ -183,7 +178,7 @@ def require_backbones(run: Any, cfg: Config) -> None:
         if absent:
             missing.append(f"in {root}: {', '.join(absent)}")
     clip = cfg.models.clip
-    if _local(clip.pretrained) and not Path(clip.pretrained).expanduser().is_file():
+    if looks_local(clip.pretrained) and not Path(clip.pretrained).expanduser().is_file():
         missing.append(str(Path(clip.pretrained)))
     if clip.model_config_file is not None and not Path(clip.model_config_file).is_file():
         missing.append(str(clip.model_config_file))
@@ -213,7 +208,7 @@ def _portable_sd(models: Any, recorded: dict[str, Any]) -> tuple[dict[str, Any],
     place in the download layout, with the repo and commit its SOURCE.json or cache path gives."""
     sd = models.sd
     files = recorded.get("files") or {}
-    if not _local(sd.pretrained):
+    if not looks_local(sd.pretrained):
         return ({"pretrained": sd.pretrained, "revision": sd.revision},
                 {"repo_id": sd.pretrained, "revision": sd.revision, "location": sd.pretrained,
                  "files": files})
@@ -235,7 +230,7 @@ def _portable_clip(models: Any, recorded: dict[str, Any]) -> tuple[dict[str, Any
     identity = {"model": clip.model, "repo_id": None, "location": clip.pretrained,
                 "sha256": recorded.get("sha256"), "quick_gelu": recorded.get("quick_gelu"),
                 "model_config_sha256": recorded.get("model_config_sha256")}
-    if _local(clip.pretrained):
+    if looks_local(clip.pretrained):
         checkpoint = Path(clip.pretrained).expanduser()
         origin = checkpoint_origin(checkpoint)
         openai = origin is not None and origin.source is not None and origin.source.tag == "openai"

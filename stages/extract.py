@@ -270,7 +270,8 @@ def load_index(cfg: Config, split: str, subsets: list[str] | None) -> pd.DataFra
 
 
 def _feature_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
-    from clare.models.loading import clip_dims, load_clip
+    from clare.models.clip_image import clip_dims
+    from clare.models.loading import load_clip
 
     dims = clip_dims(load_clip(cfg.models.clip, local_files_only=cfg.models.local_files_only).model)
     side = cfg.lare.image_size // 8

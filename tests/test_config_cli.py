@@ -113,7 +113,8 @@ def test_tiny_models_round_trip_through_the_real_loaders(tiny_models_dir, tmp_pa
     import torch
 
     from clare.config import ClipConfig, StableDiffusionConfig
-    from clare.models.loading import clip_dims, load_clip, load_stable_diffusion
+    from clare.models.clip_image import clip_dims
+    from clare.models.loading import load_clip, load_stable_diffusion
     from clare.models.tiny import build_tiny_models
 
     sd = load_stable_diffusion(StableDiffusionConfig(pretrained=str(tiny_models_dir / "sd")))

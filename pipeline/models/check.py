@@ -353,10 +353,10 @@ def check_clip(cfg: ClipConfig) -> CheckReport:
 def _sd_root(models: ModelsConfig) -> Path:
     from huggingface_hub import snapshot_download
 
-    from clare.models.loading import _looks_local
+    from clare.models.loading import looks_local
 
     source = models.sd.pretrained
-    if _looks_local(source):
+    if looks_local(source):
         return Path(source).expanduser()
     try:
         return Path(snapshot_download(source, revision=models.sd.revision, local_files_only=True))

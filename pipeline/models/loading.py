@@ -23,7 +23,6 @@ from clare.config import ClipConfig, ModelsConfig, StableDiffusionConfig
 from clare.errors import ModelLoadError, one_line
 from clare.files import read_record_bytes
 from clare.hash_cache import weights_sha256
-from clare.models.clip_image import clip_dims  # noqa: F401 - its one home; kept importable here
 
 SD_SUBFOLDERS = ("vae", "unet", "scheduler", "text_encoder", "tokenizer")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
@@ -50,8 +49,9 @@ class ClipParts:
     pretrained: str
 
 
-def _looks_local(name: str) -> bool:
-    # A hub id is "org/name"; anything else (or anything that exists on disk) is a path.
+def looks_local(name: str) -> bool:
+    """Whether a `pretrained` setting names a path rather than a hub id: a hub id is
+    "org/name"; anything else (or anything that exists on disk) is a path."""
     return Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") != 1
 
 
@@ -73,7 +73,7 @@ def load_stable_diffusion(
 
     source = cfg.pretrained
     kwargs: dict[str, Any] = {"revision": cfg.revision} if cfg.revision else {}
-    if _looks_local(source):
+    if looks_local(source):
         root = Path(source).expanduser()
         if not root.is_dir():
             raise ModelLoadError(_sd_missing_message(source, "models.sd.pretrained"))
@@ -308,7 +308,7 @@ def sd_weights_fingerprint(models: ModelsConfig) -> dict[str, Any]:
     loaded); the config alone would not notice a re-downloaded, changed revision.
     """
     sd_root: Path | None
-    if _looks_local(models.sd.pretrained):
+    if looks_local(models.sd.pretrained):
         sd_root = Path(models.sd.pretrained).expanduser()
     else:
         sd_root = _hub_snapshot(models.sd.pretrained, models.sd.revision)
