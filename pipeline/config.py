@@ -440,8 +440,3 @@ class Config(_Strict):
 
     def run_name(self) -> str:
         return self.fit.name or f"{self.fit.module}-{self.fit.strategy}"
-
-
-# --------------------------------------------------------------------------- loading
-
-

@@ -69,12 +69,6 @@ VIDEOS_SHOWN = 20  # rows of the per-video table in the report (all of them in V
 # Reads LaRE maps of a store: (store name, row ids) -> array (len(rows), C, H, W).
 LareReader = Callable[[str, np.ndarray], np.ndarray]
 
-# --------------------------------------------------------------------------- formatting
-
-
-# --------------------------------------------------------------------------- operating point
-
-
 # --------------------------------------------------------------------------- sections
 
 
@@ -87,9 +81,6 @@ def _clean_rows(scores: pd.DataFrame, robustness: Mapping[str, Any] | None) -> p
     if "store" in scores.columns and robustness:
         rows = scores[~scores["store"].isin(list(robustness))]
     return rows.dropna(subset=["p_fake"])
-
-
-# --------------------------------------------------------------------------- threshold
 
 
 # --------------------------------------------------------------------------- calibration

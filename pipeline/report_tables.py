@@ -28,6 +28,9 @@ from clare.metrics import (
 from clare.render.document import Block, Cell, Heading, Paragraph, Table
 from clare.render.figures import fmt as _fmt
 
+# Metrics named in the summary paragraph (the TPR key follows what the results hold).
+_SUMMARY_METRICS = ("auc", "ap", "eer", "acc", THRESHOLD_ACC, "video_auc", "tpr_at_1fpr")
+
 
 def _metric_cell(metrics: Mapping[str, Any], key: str) -> Cell:
     value = metrics.get(key)
@@ -281,7 +284,3 @@ def threshold_blocks(subsets: Mapping[str, Mapping[str, Any]], mean: Mapping[str
             "no threshold: runs fitted before clare fit chose one). Refit the run to get the "
             "accuracy at it; accuracies below are at 0.5.")]
     return [heading, _threshold_table(subsets, mean, point)]
-
-
-# Metrics named in the summary paragraph (the TPR key follows what the results hold).
-_SUMMARY_METRICS = ("auc", "ap", "eer", "acc", THRESHOLD_ACC, "video_auc", "tpr_at_1fpr")
